@@ -1,0 +1,1 @@
+"""tuneloop chat app: settings, CLI, serving, UI."""

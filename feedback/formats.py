@@ -1,0 +1,244 @@
+"""Import preference and SFT data from JSONL files, and export training rows as JSONL.
+
+Import formats (one JSON object per line):
+- `trl`: TRL preference rows, `prompt`/`chosen`/`rejected`, either conversational
+  (message lists) or plain strings (a user prompt and assistant replies).
+- `hh`: Anthropic HH-RLHF, `chosen`/`rejected` transcripts of "\\n\\nHuman: ..." and
+  "\\n\\nAssistant: ..." turns that differ only in the last assistant turn.
+- `messages`: SFT conversations `{"messages": [...]}` ending with an assistant turn.
+- `auto`: decided from the first non-empty line; every line must then match.
+
+A file is imported whole or not at all: the first malformed line raises
+`FeedbackError("PATH:LINE: what is wrong")` before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from feedback.errors import FeedbackError
+from feedback.messages import check_conversation, clean_messages
+from feedback.records import NewExample, NewPreference
+from feedback.store import Store
+
+FORMATS = ("auto", "trl", "hh", "messages")
+EXPORT_KINDS = ("sft", "dpo")
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: the format it read, rows added, rows already present."""
+
+    format: str
+    added: int
+    duplicates: int
+
+
+Row = NewPreference | NewExample
+
+
+def _require(row: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        if key not in row:
+            raise FeedbackError(f"missing key {key!r}")
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise FeedbackError(f"{what} must be non-empty text")
+    return value
+
+
+def _assistant_reply(value: Any, what: str) -> str:
+    """The text of a TRL `chosen`/`rejected`: a string or a one-assistant-message list."""
+    if isinstance(value, str):
+        return _text(value, what)
+    messages = clean_messages(value, what=what)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise FeedbackError(f"{what} must be a list with exactly one assistant message")
+    return messages[0]["content"]
+
+
+def parse_trl(row: dict[str, Any]) -> NewPreference:
+    """A TRL preference row (conversational or plain strings) as a preference."""
+    _require(row, "prompt", "chosen", "rejected")
+    prompt_value = row["prompt"]
+    if isinstance(prompt_value, str):
+        prompt = [{"role": "user", "content": _text(prompt_value, "prompt")}]
+    else:
+        prompt = clean_messages(prompt_value, what="prompt")
+    if prompt[-1]["role"] != "user":
+        raise FeedbackError("prompt must end with a user message")
+    chosen = _assistant_reply(row["chosen"], "chosen")
+    rejected = _assistant_reply(row["rejected"], "rejected")
+    if chosen == rejected:
+        raise FeedbackError("chosen and rejected are identical; drop the line")
+    return NewPreference(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def parse_hh_transcript(text: Any, what: str) -> list[dict[str, str]]:
+    """An HH-RLHF transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as messages."""
+    # Some copies drop the leading blank line; the first turn then starts at "Human:".
+    parts = _HH_TURN.split("\n\n" + _text(text, what).lstrip())
+    if parts[0].strip():
+        raise FeedbackError(f"{what} has text before its first '\\n\\nHuman:' turn")
+    turns = [
+        {"role": _HH_ROLES[speaker], "content": body.strip()}
+        for speaker, body in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    if not any(turn["role"] == "user" for turn in turns):
+        raise FeedbackError(f"{what} has no '\\n\\nHuman:' turn")
+    if turns[-1]["role"] != "assistant":
+        raise FeedbackError(f"{what} must end with an '\\n\\nAssistant:' turn")
+    for index, turn in enumerate(turns):
+        if not turn["content"]:
+            raise FeedbackError(f"{what} turn {index + 1} ({turn['role']}) is empty")
+    return turns
+
+
+def parse_hh(row: dict[str, Any]) -> NewPreference:
+    """An HH-RLHF row: shared leading turns become the prompt, last replies the pair."""
+    _require(row, "chosen", "rejected")
+    chosen = parse_hh_transcript(row["chosen"], "chosen")
+    rejected = parse_hh_transcript(row["rejected"], "rejected")
+    if chosen == rejected:
+        raise FeedbackError("chosen and rejected are identical: no divergence to learn from")
+    if chosen[:-1] != rejected[:-1]:
+        raise FeedbackError("chosen and rejected must differ only in their last Assistant turn")
+    return NewPreference(
+        prompt=chosen[:-1], chosen=chosen[-1]["content"], rejected=rejected[-1]["content"]
+    )
+
+
+def parse_messages(row: dict[str, Any]) -> NewExample:
+    """An SFT conversation `{"messages": [...]}` ending with an assistant turn."""
+    _require(row, "messages")
+    messages = clean_messages(row["messages"])
+    check_conversation(messages)
+    return NewExample(messages=messages)
+
+
+PARSERS: dict[str, Callable[[dict[str, Any]], Row]] = {
+    "trl": parse_trl,
+    "hh": parse_hh,
+    "messages": parse_messages,
+}
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    """The format a row looks like from its keys, or None when it fits none."""
+    if "messages" in row:
+        return "messages"
+    if {"prompt", "chosen", "rejected"} <= row.keys():
+        return "trl"
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if (
+        isinstance(chosen, str)
+        and isinstance(rejected, str)
+        and chosen.lstrip().startswith("Human:")
+    ):
+        return "hh"
+    return None
+
+
+def _lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) for each non-empty line."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise FeedbackError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise FeedbackError(f"{path}:{lineno}: each line must be a JSON object")
+                yield lineno, row
+    except FileNotFoundError:
+        raise FeedbackError(f"{path}: no such file; check the path") from None
+    except UnicodeDecodeError:
+        raise FeedbackError(f"{path}: not UTF-8 text; save it as UTF-8 JSONL") from None
+    except OSError as err:
+        raise FeedbackError(f"{path}: cannot read it ({err.strerror}); check the path") from None
+
+
+def read_file(path: str | Path, fmt: str = "auto") -> tuple[str, list[Row]]:
+    """Parse a whole file; returns (format, rows) or raises on the first bad line."""
+    if fmt not in FORMATS:
+        raise FeedbackError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
+    path = Path(path)
+    rows: list[Row] = []
+    chosen_fmt = None if fmt == "auto" else fmt
+    for lineno, row in _lines(path):
+        if fmt == "auto":
+            line_fmt = detect_format(row)
+            if chosen_fmt is None and line_fmt is None:
+                raise FeedbackError(
+                    f"{path}:{lineno}: cannot tell the format from keys {sorted(row)}; expected "
+                    "'messages', 'prompt'/'chosen'/'rejected' or HH 'chosen'/'rejected'"
+                )
+            if chosen_fmt is None:
+                chosen_fmt = line_fmt
+            elif line_fmt is not None and line_fmt != chosen_fmt:
+                raise FeedbackError(
+                    f"{path}:{lineno}: looks like {line_fmt!r} but the file started as "
+                    f"{chosen_fmt!r}; put each format in its own file"
+                )
+        assert chosen_fmt is not None
+        try:
+            rows.append(PARSERS[chosen_fmt](row))
+        except FeedbackError as err:
+            raise FeedbackError(f"{path}:{lineno}: {err}") from None
+    if chosen_fmt is None:
+        raise FeedbackError(f"{path}: the file has no rows; nothing to import")
+    return chosen_fmt, rows
+
+
+def import_file(store: Store, path: str | Path, fmt: str = "auto") -> ImportResult:
+    """Import one JSONL file in one transaction; rows already stored count as duplicates."""
+    found, rows = read_file(path, fmt)
+    result = store.add_bulk(
+        preferences=[r for r in rows if isinstance(r, NewPreference)],
+        examples=[r for r in rows if isinstance(r, NewExample)],
+        source="import",
+    )
+    return ImportResult(format=found, added=result.added, duplicates=result.duplicates)
+
+
+def export(store: Store, kind: str, out: str | Path, split: str = "all") -> int:
+    """Write TRL rows ("sft" or "dpo") of `split` to `out` as JSONL; returns the row count.
+
+    The file appears complete or not at all (temp file, fsync, os.replace), so a trainer
+    never reads half an export.
+    """
+    if kind not in EXPORT_KINDS:
+        raise FeedbackError(f"export kind {kind!r} is unknown; use 'sft' or 'dpo'")
+    rows = store.sft_rows(split) if kind == "sft" else store.dpo_rows(split)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return count

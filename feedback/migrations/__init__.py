@@ -1,0 +1,1 @@
+"""Alembic migrations of the preference store, applied by `feedback.db.migrate`."""

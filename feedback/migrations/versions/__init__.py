@@ -1,0 +1,1 @@
+"""Ordered, hand-written schema revisions (`NNNN_what.py`)."""

@@ -1,0 +1,160 @@
+"""What the store hands to training (TRL rows) and to the status screen (counts).
+
+SFT rows come from imported conversations, expert corrections and thumbs-up replies; DPO
+rows come from non-tie preferences. Each row's side of the train/heldout split is decided
+by its prompt alone (`feedback.split`), so an edit's SFT row and its DPO pair always land
+on the same side. Rows with identical content are yielded once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from feedback.canonical import content_key
+from feedback.errors import FeedbackError
+from feedback.models import (
+    Comparison,
+    Conversation,
+    Correction,
+    Example,
+    Message,
+    Preference,
+    Rating,
+    Response,
+)
+from feedback.split import SPLITS, in_split
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise FeedbackError(f"split {split!r} is unknown; use 'train', 'heldout' or 'all'")
+
+
+def _latest_ratings(session: Session) -> list[tuple[int, bool]]:
+    """(response_id, up) of each user's latest rating of each response."""
+    latest = (
+        select(func.max(Rating.id)).group_by(col(Rating.response_id), col(Rating.user_id))
+    ).scalar_subquery()
+    query = select(Rating.response_id, Rating.up).where(col(Rating.id).in_(latest))
+    return [(response_id, up) for response_id, up in session.exec(query)]
+
+
+def sft_rows(session: Session, split: str) -> list[dict[str, Any]]:
+    """`{"messages": [...]}` rows (each ending in an assistant turn) for TRL's SFTTrainer.
+
+    From, in order:
+    (a) imported conversations;
+    (b) corrections: the response's prompt plus the corrected reply (each user's latest
+        correction of a response);
+    (c) responses without a correction or error whose latest rating is thumbs-up for at
+        least one user and thumbs-down for none.
+    """
+    _check_split(split)
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def emit(messages: list[dict[str, str]]) -> None:
+        key = content_key(messages)
+        if key not in seen and in_split(messages[:-1], split):
+            seen.add(key)
+            out.append({"messages": messages})
+
+    for messages_json in session.exec(select(Example.messages_json).order_by(col(Example.id))):
+        emit(json.loads(messages_json))
+
+    latest_corrections = (
+        select(func.max(Correction.id)).group_by(
+            col(Correction.response_id), col(Correction.user_id)
+        )
+    ).scalar_subquery()
+    corrections = session.exec(
+        select(Correction.content, Response.prompt_json)
+        .join(Response, col(Response.id) == col(Correction.response_id))
+        .where(col(Correction.id).in_(latest_corrections))
+        .order_by(col(Correction.id))
+    )
+    for content, prompt_json in corrections:
+        emit([*json.loads(prompt_json), {"role": "assistant", "content": content}])
+
+    ups: set[int] = set()
+    downs: set[int] = set()
+    for response_id, up in _latest_ratings(session):
+        (ups if up else downs).add(response_id)
+    corrected = set(session.exec(select(Correction.response_id).distinct()).all())
+    liked = sorted(ups - downs - corrected)
+    for start in range(0, len(liked), 500):
+        responses = session.exec(
+            select(Response.prompt_json, Response.content)
+            .where(col(Response.id).in_(liked[start : start + 500]))
+            .where(col(Response.error).is_(None))
+            .order_by(col(Response.id))
+        )
+        for prompt_json, content in responses:
+            if content.strip():
+                emit([*json.loads(prompt_json), {"role": "assistant", "content": content}])
+    return out
+
+
+def dpo_rows(session: Session, split: str) -> list[dict[str, Any]]:
+    """TRL conversational preference rows from every non-tie preference.
+
+    `{"prompt": [...messages], "chosen": [{"role": "assistant", "content": ...}],
+    "rejected": [{"role": "assistant", "content": ...}]}`, oldest first.
+    """
+    _check_split(split)
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    query = (
+        select(Preference.prompt_json, Preference.chosen, Preference.rejected)
+        .where(col(Preference.tie).is_(False))
+        .order_by(col(Preference.id))
+    )
+    for prompt_json, chosen, rejected in session.exec(query):
+        prompt = json.loads(prompt_json)
+        key = content_key([prompt, chosen, rejected])
+        if key in seen or not in_split(prompt, split):
+            continue
+        seen.add(key)
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    return out
+
+
+def counts(session: Session) -> dict[str, Any]:
+    """Row counts for the status screen and the CLI's `status`.
+
+    ratings_up / ratings_down count each user's latest click per response, not every click.
+    """
+
+    def count(model: Any, *where: Any) -> int:
+        return int(session.exec(select(func.count()).select_from(model).where(*where)).one())
+
+    latest = _latest_ratings(session)
+    by_source = {
+        source: int(n)
+        for source, n in session.exec(
+            select(Preference.source, func.count()).group_by(col(Preference.source))
+        )
+    }
+    return {
+        "conversations": count(Conversation),
+        "messages": count(Message),
+        "responses": count(Response),
+        "ratings_up": sum(1 for _, up in latest if up),
+        "ratings_down": sum(1 for _, up in latest if not up),
+        "corrections": count(Correction),
+        "comparisons": count(Comparison),
+        "comparisons_decided": count(Comparison, col(Comparison.choice).is_not(None)),
+        "examples": count(Example),
+        "preferences_by_source": by_source,
+        "preferences_total": sum(by_source.values()),
+    }

@@ -1,0 +1,381 @@
+"""The preference store: every write the app makes, and the reads its screens need.
+
+Each write method runs in its own transaction and has committed (fsync'd, on SQLite) before
+it returns, so the UI can acknowledge a click the moment the call returns and a crash
+right after loses nothing. Methods take keyword arguments only and hand back ids or plain
+dataclasses from `feedback.records`, never ORM objects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from feedback import bulk, compare, rows
+from feedback.canonical import event_key
+from feedback.db import WRITE_OPTIONS, make_engine
+from feedback.errors import FeedbackError
+from feedback.messages import check_prompt
+from feedback.models import (
+    RESPONSE_KINDS,
+    ROLES,
+    Conversation,
+    Correction,
+    Message,
+    Preference,
+    Rating,
+    Response,
+    User,
+    fetch,
+)
+from feedback.passwords import hash_password, verify_password
+from feedback.records import (
+    BulkResult,
+    ConversationInfo,
+    MessageInfo,
+    NewExample,
+    NewPreference,
+    ResponseInfo,
+    UserInfo,
+    as_utc,
+)
+
+
+def _user_info(user: User) -> UserInfo:
+    assert user.id is not None
+    return UserInfo(id=user.id, name=user.name, role=user.role, created_at=as_utc(user.created_at))
+
+
+class Store:
+    """Reads and writes of the preference store over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # Same pool; on SQLite its transactions BEGIN IMMEDIATE (see feedback.db).
+        self._writer = engine.execution_options(**WRITE_OPTIONS)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open (creating and migrating if needed) the database at `url`."""
+        return cls(make_engine(url))
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A session whose work is committed when the block ends without an error."""
+        with Session(self._writer, expire_on_commit=False) as session:
+            yield session
+            session.commit()
+
+    def _read(self) -> Session:
+        return Session(self.engine)
+
+    # Users ---------------------------------------------------------------------------
+
+    def add_user(self, *, name: str, role: str, password: str) -> UserInfo:
+        """Create a login. Names are unique; role is expert, annotator or operator."""
+        name = name.strip()
+        if not name:
+            raise FeedbackError("the user name is empty; give a name")
+        if role not in ROLES:
+            raise FeedbackError(f"role {role!r} is unknown; use one of {', '.join(ROLES)}")
+        if not password:
+            raise FeedbackError("the password is empty; choose a password")
+        password_hash = hash_password(password)  # slow on purpose: outside the transaction
+        duplicate = FeedbackError(f"user {name!r} already exists; pick another name")
+        try:
+            with self._write() as session:
+                if session.exec(select(User).where(User.name == name)).first() is not None:
+                    raise duplicate
+                user = User(name=name, role=role, password_hash=password_hash)
+                session.add(user)
+                session.flush()
+                return _user_info(user)
+        except IntegrityError:  # lost a race with another process adding the same name
+            raise duplicate from None
+
+    def authenticate(self, *, name: str, password: str) -> UserInfo | None:
+        """The user if `password` is theirs, else None (unknown name or wrong password)."""
+        with self._read() as session:
+            user = session.exec(select(User).where(User.name == name.strip())).first()
+        # Verify (slow on purpose) after the connection has gone back to the pool.
+        if user is None or not verify_password(user.password_hash, password):
+            return None
+        return _user_info(user)
+
+    def get_user(self, name: str) -> UserInfo | None:
+        """The user called `name`, or None."""
+        with self._read() as session:
+            user = session.exec(select(User).where(User.name == name.strip())).first()
+            return None if user is None else _user_info(user)
+
+    def list_users(self) -> list[UserInfo]:
+        """Every user, by name."""
+        with self._read() as session:
+            return [_user_info(u) for u in session.exec(select(User).order_by(col(User.name)))]
+
+    # Conversations -------------------------------------------------------------------
+
+    def start_conversation(self, *, user_id: int, title: str) -> int:
+        """Open a new chat for `user_id`; returns its id."""
+        with self._write() as session:
+            fetch(session, User, user_id, "user")
+            conversation = Conversation(user_id=user_id, title=title.strip() or "Untitled")
+            session.add(conversation)
+            session.flush()
+            assert conversation.id is not None
+            return conversation.id
+
+    def add_user_message(self, *, conversation_id: int, content: str) -> int:
+        """Append the user's turn to the transcript; returns the message id."""
+        if not content.strip():
+            raise FeedbackError("the message is empty; type something first")
+        with self._write() as session:
+            fetch(session, Conversation, conversation_id, "conversation")
+            return self._append(session, conversation_id, "user", content, None)
+
+    @staticmethod
+    def _append(
+        session: Session, conversation_id: int, role: str, content: str, response_id: int | None
+    ) -> int:
+        # Lock the conversation (PostgreSQL; SQLite already holds the write lock) so two
+        # concurrent appends cannot pick the same position.
+        session.exec(
+            select(Conversation.id).where(Conversation.id == conversation_id).with_for_update()
+        ).one()
+        last = session.exec(
+            select(func.max(Message.position)).where(Message.conversation_id == conversation_id)
+        ).one()
+        message = Message(
+            conversation_id=conversation_id,
+            position=0 if last is None else last + 1,
+            role=role,
+            content=content,
+            response_id=response_id,
+        )
+        session.add(message)
+        session.flush()
+        assert message.id is not None
+        return message.id
+
+    def add_response(
+        self,
+        *,
+        conversation_id: int,
+        prompt: list[dict[str, Any]],
+        content: str,
+        model: str,
+        adapter_version: str | None,
+        params: dict[str, Any],
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        new_tokens: int | None = None,
+        kind: str = "reply",
+        error: str | None = None,
+    ) -> int:
+        """Record a model output and exactly what produced it; returns the response id.
+
+        A "reply" is also appended to the transcript as the assistant's turn; a "candidate"
+        (the second reply of a compare) is not.
+        """
+        if kind not in RESPONSE_KINDS:
+            raise FeedbackError(f"kind {kind!r} is unknown; use 'reply' or 'candidate'")
+        messages = check_prompt(prompt)
+        try:
+            params_json = json.dumps(params, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise FeedbackError(
+                f"sampling params are not JSON ({err}); pass plain values"
+            ) from None
+        with self._write() as session:
+            fetch(session, Conversation, conversation_id, "conversation")
+            response = Response(
+                conversation_id=conversation_id,
+                prompt_json=json.dumps(messages, ensure_ascii=False),
+                content=content,
+                model=model,
+                adapter_version=adapter_version,
+                params_json=params_json,
+                latency_ms=float(latency_ms),
+                ttft_ms=None if ttft_ms is None else float(ttft_ms),
+                new_tokens=new_tokens,
+                kind=kind,
+                error=error,
+            )
+            session.add(response)
+            session.flush()
+            assert response.id is not None
+            if kind == "reply":
+                self._append(session, conversation_id, "assistant", content, response.id)
+            return response.id
+
+    # Feedback ------------------------------------------------------------------------
+
+    def rate(self, *, response_id: int, user_id: int, up: bool, reason: str | None = None) -> int:
+        """Record one thumbs-up/down click; the latest per response and user counts."""
+        with self._write() as session:
+            fetch(session, Response, response_id, "response")
+            fetch(session, User, user_id, "user")
+            rating = Rating(
+                response_id=response_id,
+                user_id=user_id,
+                up=bool(up),
+                reason=(reason or "").strip() or None,
+            )
+            session.add(rating)
+            session.flush()
+            assert rating.id is not None
+            return rating.id
+
+    def correct(self, *, response_id: int, user_id: int, content: str) -> int:
+        """Store an expert's rewrite of a response; returns the correction id.
+
+        The response row keeps its original text. The rewrite also becomes an "edit"
+        preference: the response's prompt, chosen = the rewrite, rejected = the original.
+        """
+        text = content.strip()
+        if not text:
+            raise FeedbackError("the correction is empty; write the reply as it should be")
+        with self._write() as session:
+            response = fetch(session, Response, response_id, "response")
+            user = fetch(session, User, user_id, "user")
+            if text == response.content.strip():
+                raise FeedbackError("the correction equals the original reply; change it first")
+            correction = Correction(response_id=response_id, user_id=user_id, content=text)
+            session.add(correction)
+            session.flush()
+            assert correction.id is not None
+            session.add(
+                Preference(
+                    prompt_json=response.prompt_json,
+                    chosen=text,
+                    rejected=response.content,
+                    source="edit",
+                    annotator=user.name,
+                    correction_id=correction.id,
+                    rejected_response_id=response_id,
+                    dedup_key=event_key("edit", correction.id),
+                )
+            )
+            return correction.id
+
+    def add_comparison(
+        self,
+        *,
+        user_id: int,
+        original_response_id: int,
+        candidate_response_id: int,
+        original_is_a: bool,
+    ) -> int:
+        """Record that two replies are shown side by side; see `feedback.compare`."""
+        with self._write() as session:
+            return compare.add_comparison(
+                session,
+                user_id=user_id,
+                original_response_id=original_response_id,
+                candidate_response_id=candidate_response_id,
+                original_is_a=original_is_a,
+            )
+
+    def decide_comparison(self, *, comparison_id: int, user_id: int, choice: str) -> int:
+        """Record the owner's final choice ("A", "B" or "tie"); returns the preference id.
+
+        Deciding twice raises FeedbackError (decisions are final); see `feedback.compare`.
+        """
+        with self._write() as session:
+            return compare.decide_comparison(
+                session, comparison_id=comparison_id, user_id=user_id, choice=choice
+            )
+
+    # Reads ---------------------------------------------------------------------------
+
+    def list_conversations(self, *, user_id: int) -> list[ConversationInfo]:
+        """The user's chats, newest first."""
+        with self._read() as session:
+            query = (
+                select(Conversation)
+                .where(Conversation.user_id == user_id)
+                .order_by(col(Conversation.created_at).desc(), col(Conversation.id).desc())
+            )
+            return [
+                ConversationInfo(id=c.id or 0, title=c.title, created_at=as_utc(c.created_at))
+                for c in session.exec(query)
+            ]
+
+    def conversation_messages(self, *, conversation_id: int, user_id: int) -> list[MessageInfo]:
+        """The transcript of one of the user's chats; someone else's chat raises."""
+        with self._read() as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None or conversation.user_id != user_id:
+                raise FeedbackError(
+                    f"conversation {conversation_id} is not yours; open one from your history"
+                )
+            query = (
+                select(Message)
+                .where(Message.conversation_id == conversation_id)
+                .order_by(col(Message.position))
+            )
+            return [
+                MessageInfo(role=m.role, content=m.content, response_id=m.response_id)
+                for m in session.exec(query)
+            ]
+
+    def response(self, *, response_id: int) -> ResponseInfo:
+        """Everything recorded about one response."""
+        with self._read() as session:
+            r = fetch(session, Response, response_id, "response")
+            assert r.id is not None
+            return ResponseInfo(
+                id=r.id,
+                conversation_id=r.conversation_id,
+                prompt=json.loads(r.prompt_json),
+                content=r.content,
+                model=r.model,
+                adapter_version=r.adapter_version,
+                params=json.loads(r.params_json),
+                latency_ms=r.latency_ms,
+                ttft_ms=r.ttft_ms,
+                new_tokens=r.new_tokens,
+                kind=r.kind,
+                error=r.error,
+                created_at=as_utc(r.created_at),
+            )
+
+    def counts(self) -> dict[str, Any]:
+        """Row counts for the status screen; ratings count each user's latest click only."""
+        with self._read() as session:
+            return rows.counts(session)
+
+    # Training data -------------------------------------------------------------------
+
+    def sft_rows(self, split: str = "all") -> Iterator[dict[str, Any]]:
+        """SFT conversations `{"messages": [...]}`; see `feedback.rows.sft_rows`."""
+        with self._read() as session:
+            return iter(rows.sft_rows(session, split))
+
+    def dpo_rows(self, split: str = "all") -> Iterator[dict[str, Any]]:
+        """TRL conversational DPO rows; see `feedback.rows.dpo_rows`."""
+        with self._read() as session:
+            return iter(rows.dpo_rows(session, split))
+
+    # Bulk ----------------------------------------------------------------------------
+
+    def add_bulk(
+        self,
+        *,
+        preferences: Iterable[NewPreference] = (),
+        examples: Iterable[NewExample] = (),
+        source: str = "import",
+    ) -> BulkResult:
+        """Add pairs and conversations in ONE transaction, skipping duplicates.
+
+        Duplicates (same content already stored, or repeated in this batch) are counted,
+        not added. Either everything new is written or, on an error, nothing is.
+        """
+        with self._write() as session:
+            return bulk.add_bulk(session, preferences=preferences, examples=examples, source=source)
