@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The tiny random model and adapters the fast tier runs on.
+pytest_plugins = ["tests.tiny"]
+
 # Air-gapped by design: anything that tries to download fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

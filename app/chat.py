@@ -1,0 +1,285 @@
+"""What happens when an expert chats and gives feedback, without any UI.
+
+`app/ui.py` wires these methods to Gradio; the fast tests call them directly with the tiny
+model and a real SQLite store. Every piece of feedback is committed by the store before a
+method returns, so whatever the UI acknowledges is already durable.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from app.serving import CURRENT, ChatEngine, SamplingParams, ServingError
+from feedback.errors import FeedbackError
+from feedback.store import Store, UserInfo
+
+# Roles allowed into the chat app; annotators work in Argilla.
+CHAT_ROLES = ("expert", "operator")
+# "Compare against" choices besides registered versions.
+COMPARE_SAMPLE = "another sample"
+COMPARE_BASE = "base (no adapter)"
+
+
+class ChatError(Exception):
+    """A user-facing problem with a chat action; the message says what to do."""
+
+
+@dataclass
+class Turn:
+    """One visible message; assistant turns carry the stored response id."""
+
+    role: str
+    content: str
+    response_id: int | None = None
+    adapter_version: str | None = None
+
+
+@dataclass
+class ChatState:
+    """Per-browser-session state: the open conversation and its transcript."""
+
+    conversation_id: int | None = None
+    turns: list[Turn] = field(default_factory=list)
+
+    def history(self) -> list[dict[str, str]]:
+        return [{"role": t.role, "content": t.content} for t in self.turns]
+
+    def last_reply_index(self) -> int | None:
+        for i in range(len(self.turns) - 1, -1, -1):
+            if self.turns[i].role == "assistant" and self.turns[i].response_id is not None:
+                return i
+        return None
+
+
+@dataclass
+class Comparison:
+    """Two candidate replies shown side by side, in the (random) order shown."""
+
+    comparison_id: int
+    a: str
+    b: str
+
+
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
+
+
+def inert(text: str) -> str:
+    """Escape HTML outside code so a message shows literally and never executes.
+
+    Markdown still renders; code spans and fences are left alone because the Markdown
+    renderer already shows their content as text.
+    """
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
+def display(state: ChatState) -> list[dict[str, str]]:
+    """The transcript in Gradio's message format, made inert."""
+    return [{"role": t.role, "content": inert(t.content)} for t in state.turns]
+
+
+class ChatService:
+    """Chat and feedback actions for one deployment (engine + store + limits)."""
+
+    def __init__(
+        self,
+        *,
+        engine: ChatEngine,
+        store: Store,
+        params: SamplingParams,
+        compare_temperature: float,
+        max_message_chars: int,
+        versions: Callable[[], list[str]] = list,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.params = params
+        self.compare_temperature = compare_temperature
+        self.max_message_chars = max_message_chars
+        self._versions = versions
+
+    # -- who is asking -------------------------------------------------------------------
+    def user(self, name: str | None) -> UserInfo:
+        """The logged-in chat user; refuses anyone who may not chat."""
+        user = self.store.get_user(name) if name else None
+        if user is None or user.role not in CHAT_ROLES:
+            raise ChatError("Log in as an expert or operator to chat.")
+        return user
+
+    def login_ok(self, name: str, password: str) -> bool:
+        """Gradio's auth callback: valid password and a chat role."""
+        user = self.store.authenticate(name=name, password=password)
+        return user is not None and user.role in CHAT_ROLES
+
+    # -- chatting ------------------------------------------------------------------------
+    def check_message(self, text: str | None) -> str:
+        text = (text or "").strip()
+        if not text:
+            raise ChatError("Type a message first.")
+        if len(text) > self.max_message_chars:
+            raise ChatError(
+                f"Your message is {len(text):,} characters; the limit is "
+                f"{self.max_message_chars:,}. Shorten it and send again."
+            )
+        return text
+
+    def send(self, user: UserInfo, state: ChatState, text: str | None) -> Iterator[str]:
+        """Record the expert's message, then stream the reply; yields the reply so far.
+
+        The user message is committed before generation starts and the reply after it
+        ends, so a model failure leaves the conversation and everything recorded intact.
+        """
+        text = self.check_message(text)
+        if state.conversation_id is None:
+            state.conversation_id = self.store.start_conversation(user_id=user.id, title=text[:60])
+        self.store.add_user_message(conversation_id=state.conversation_id, content=text)
+        state.turns.append(Turn("user", text))
+        try:
+            reply = self.engine.stream(state.history(), self.params)
+            for _ in reply:
+                yield reply.text
+        except ServingError as err:
+            raise ChatError(f"The model could not answer: {err}") from err
+        except Exception as err:  # a model crash must not take the conversation with it
+            raise ChatError(f"The model failed ({type(err).__name__}: {err}). Try again.") from err
+        info = reply.info
+        assert info is not None  # set by the engine when the stream ends
+        response_id = self.store.add_response(
+            conversation_id=state.conversation_id,
+            prompt=info.prompt,
+            content=info.text,
+            model=info.model_name,
+            adapter_version=info.adapter_version,
+            params=info.params,
+            latency_ms=info.latency_ms,
+            ttft_ms=info.ttft_ms,
+            new_tokens=info.new_tokens,
+            kind="reply",
+        )
+        state.turns.append(Turn("assistant", info.text, response_id, info.adapter_version))
+        yield info.text
+
+    def open(self, user: UserInfo, conversation_id: int) -> ChatState:
+        """Reopen one of the user's own conversations (never someone else's)."""
+        try:
+            messages = self.store.conversation_messages(
+                conversation_id=conversation_id, user_id=user.id
+            )
+        except FeedbackError as err:
+            raise ChatError(str(err)) from err
+        turns = [Turn(m.role, m.content, m.response_id) for m in messages]
+        return ChatState(conversation_id=conversation_id, turns=turns)
+
+    def conversations(self, user: UserInfo) -> list[tuple[str, int]]:
+        """(label, id) pairs of the user's conversations, newest first."""
+        return [
+            (f"#{c.id} {c.title}", c.id) for c in self.store.list_conversations(user_id=user.id)
+        ]
+
+    # -- feedback ------------------------------------------------------------------------
+    def _reply(self, state: ChatState, index: int | None) -> Turn:
+        if index is None:
+            index = state.last_reply_index()
+        if index is None or not 0 <= index < len(state.turns):
+            raise ChatError("There is no reply to give feedback on yet.")
+        turn = state.turns[index]
+        if turn.role != "assistant" or turn.response_id is None:
+            raise ChatError("Pick one of the assistant's replies.")
+        return turn
+
+    def rate(
+        self, user: UserInfo, state: ChatState, index: int | None, *, up: bool, reason: str = ""
+    ) -> str:
+        turn = self._reply(state, index)
+        self.store.rate(
+            response_id=turn.response_id, user_id=user.id, up=up, reason=reason.strip() or None
+        )
+        return f"Saved {'👍' if up else '👎'}" + (f" ({reason.strip()})" if reason.strip() else "")
+
+    def correct(self, user: UserInfo, state: ChatState, index: int | None, text: str) -> str:
+        turn = self._reply(state, index)
+        text = (text or "").strip()
+        if not text:
+            raise ChatError("Write the answer you wanted before saving the correction.")
+        if len(text) > self.max_message_chars:
+            raise ChatError(f"The correction is over {self.max_message_chars:,} characters.")
+        try:
+            self.store.correct(response_id=turn.response_id, user_id=user.id, content=text)
+        except FeedbackError as err:
+            raise ChatError(str(err)) from err
+        return "Saved your corrected answer (the original reply is kept too)."
+
+    def compare_choices(self) -> list[str]:
+        return [COMPARE_SAMPLE, COMPARE_BASE, *self._versions()]
+
+    def compare(
+        self,
+        user: UserInfo,
+        state: ChatState,
+        index: int | None,
+        against: str = COMPARE_SAMPLE,
+        rng: random.Random | None = None,
+    ) -> Iterator[Comparison | str]:
+        """Generate a second candidate for a reply; yields its text so far, then the pair.
+
+        The candidate comes from another sampling of the serving version, or from the
+        named version / the bare base. Which side is the original is random and recorded.
+        """
+        turn = self._reply(state, index)
+        original = self.store.response(response_id=turn.response_id)
+        if against == COMPARE_SAMPLE:
+            adapter: str | None = CURRENT
+            params = SamplingParams(
+                max_new_tokens=self.params.max_new_tokens,
+                temperature=self.compare_temperature,
+                top_p=self.params.top_p,
+            )
+        else:
+            adapter = None if against == COMPARE_BASE else against
+            params = self.params
+        try:
+            reply = self.engine.stream(original.prompt, params, adapter=adapter)
+            for _ in reply:
+                yield reply.text
+        except ServingError as err:
+            raise ChatError(f"Could not generate a second reply: {err}") from err
+        info = reply.info
+        assert info is not None
+        candidate_id = self.store.add_response(
+            conversation_id=original.conversation_id,
+            prompt=info.prompt,
+            content=info.text,
+            model=info.model_name,
+            adapter_version=info.adapter_version,
+            params=info.params,
+            latency_ms=info.latency_ms,
+            ttft_ms=info.ttft_ms,
+            new_tokens=info.new_tokens,
+            kind="candidate",
+        )
+        original_is_a = (rng or random).random() < 0.5
+        comparison_id = self.store.add_comparison(
+            user_id=user.id,
+            original_response_id=original.id,
+            candidate_response_id=candidate_id,
+            original_is_a=original_is_a,
+        )
+        a, b = (original.content, info.text) if original_is_a else (info.text, original.content)
+        yield Comparison(comparison_id, a, b)
+
+    def pick(self, user: UserInfo, comparison_id: int | None, choice: str) -> str:
+        if comparison_id is None:
+            raise ChatError("Press Compare first to get two replies to pick from.")
+        if choice not in ("A", "B", "tie"):
+            raise ChatError("Pick A, B or tie.")
+        try:
+            self.store.decide_comparison(
+                comparison_id=comparison_id, user_id=user.id, choice=choice
+            )
+        except FeedbackError as err:
+            raise ChatError(str(err)) from err
+        return "Saved: it's a tie." if choice == "tie" else f"Saved: {choice} is better."

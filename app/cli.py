@@ -1,0 +1,266 @@
+"""`tuneloop`: the one console command. Thin: each command builds Settings and calls down.
+
+Domain errors become a one-line message and exit code 1; `TUNELOOP_DEBUG=1` shows the
+traceback instead. Every command that reports takes `--json` and then prints one object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.config import Settings
+
+app = typer.Typer(
+    name="tuneloop",
+    help="Self-hosted chat assistant that gets better from its own experts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+users_app = typer.Typer(
+    help="Accounts for experts, annotators and operators.", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+
+
+class Role(StrEnum):
+    expert = "expert"
+    annotator = "annotator"
+    operator = "operator"
+
+
+class ImportFormat(StrEnum):
+    auto = "auto"
+    trl = "trl"
+    hh = "hh"
+    messages = "messages"
+
+
+class ExportKind(StrEnum):
+    sft = "sft"
+    dpo = "dpo"
+
+
+class Split(StrEnum):
+    train = "train"
+    heldout = "heldout"
+    all = "all"
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _store(settings: Settings) -> Any:
+    from feedback.store import Store
+
+    return Store.open(settings.database)
+
+
+def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    typer.echo(json.dumps(payload, default=str) if as_json else text)
+
+
+def _model_label(settings: Settings) -> str:
+    return settings.model or "SmolLM2-135M-Instruct (embedded)"
+
+
+def _first_admin(store: Any, settings: Settings) -> None:
+    """On a fresh home, make an operator account so the first person can log in at all."""
+    if any(u.role in ("expert", "operator") for u in store.list_users()):
+        return
+    password = secrets.token_urlsafe(12)
+    store.add_user(name="admin", role="operator", password=password)
+    path = settings.home / "admin-password"
+    path.write_text(password + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    typer.echo(
+        f"Created the first account: user 'admin' (operator), password {password}\n"
+        f"(also saved in {path}). Add experts with: tuneloop users add NAME --role expert",
+        err=True,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+) -> None:
+    """Serve the chat app: the base model plus the adapter CURRENT names, streaming."""
+    from app.chat import ChatService
+    from app.modelfiles import resolve_model_dir
+    from app.serving import ChatEngine, SamplingParams
+    from app.ui import launch
+    from training.registry import Registry
+
+    settings = _settings()
+    store = _store(settings)
+    _first_admin(store, settings)
+    model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=True)
+    registry = Registry(settings.adapters_dir)
+    engine = ChatEngine(
+        model_dir,
+        registry,
+        system_prompt=settings.system_prompt(),
+        context_tokens=settings.context_tokens,
+        load_in_4bit=settings.load_in_4bit,
+        poll_seconds=settings.adapter_poll_seconds,
+    )
+    engine.start()
+    service = ChatService(
+        engine=engine,
+        store=store,
+        params=SamplingParams(
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+        ),
+        compare_temperature=settings.compare_temperature,
+        max_message_chars=settings.max_message_chars,
+        versions=registry.versions,
+    )
+    try:
+        launch(service, host=host, port=port)
+    finally:
+        engine.close()
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="Login name.")],
+    role: Annotated[Role, typer.Option("--role", help="expert | annotator | operator")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Add an account; the password is read from stdin or prompted for (never an argument)."""
+    settings = _settings()
+    store = _store(settings)
+    user = store.add_user(name=name, role=role.value, password=_read_password())
+    payload = {"id": user.id, "name": user.name, "role": user.role}
+    how = "log in to the chat app" if user.role != "annotator" else "rank pairs in Argilla"
+    _emit(as_json, payload, f"Added {user.role} '{user.name}': they can now {how}.")
+
+
+@users_app.command("list")
+def users_list(as_json: JsonOpt = False) -> None:
+    """List accounts and their roles."""
+    users = _store(_settings()).list_users()
+    rows = [{"id": u.id, "name": u.name, "role": u.role, "created_at": u.created_at} for u in users]
+    text = "\n".join(f"{u.name:<24} {u.role}" for u in users) or "No users yet."
+    _emit(as_json, {"users": rows}, text)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A JSONL file of preferences or conversations.")],
+    fmt: Annotated[
+        ImportFormat, typer.Option("--format", help="auto | trl | hh | messages")
+    ] = ImportFormat.auto,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import preference pairs (TRL, Anthropic HH) or SFT conversations, all or nothing."""
+    from feedback.formats import import_file
+
+    result = import_file(_store(_settings()), file, fmt.value)
+    payload = {"format": result.format, "added": result.added, "duplicates": result.duplicates}
+    text = (
+        f"Imported {result.added} rows from {file} ({result.format}); "
+        f"{result.duplicates} duplicates skipped."
+    )
+    _emit(as_json, payload, text)
+
+
+@app.command("export")
+def export(
+    kind: Annotated[ExportKind, typer.Argument(help="sft: conversations; dpo: preference pairs.")],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL file.")],
+    split: Annotated[Split, typer.Option("--split", help="train | heldout | all")] = Split.all,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export training data in TRL's conversational format."""
+    from feedback.formats import export as export_rows
+
+    n = export_rows(_store(_settings()), kind.value, out, split.value)
+    payload = {"kind": kind.value, "split": split.value, "rows": n, "out": str(out)}
+    _emit(as_json, payload, f"Wrote {n} {kind.value} rows ({split.value}) to {out}.")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Model, serving adapter version, and counts of what experts have given."""
+    from training.registry import Registry
+
+    settings = _settings()
+    counts = _store(settings).counts()
+    version = Registry(settings.adapters_dir).current()
+    payload = {
+        "model": _model_label(settings),
+        "adapter": version,
+        "home": str(settings.home.resolve()),
+        "database": settings.database,
+        "counts": counts,
+    }
+    by_source = counts.get("preferences_by_source", {})
+    lines = [
+        f"model:          {payload['model']}",
+        f"adapter:        {version or 'none (bare base model)'}",
+        f"conversations:  {counts.get('conversations', 0)}",
+        f"ratings:        {counts.get('ratings_up', 0)} up, {counts.get('ratings_down', 0)} down",
+        f"corrections:    {counts.get('corrections', 0)}",
+        "preferences:    "
+        + (", ".join(f"{k} {v}" for k, v in sorted(by_source.items())) or "none"),
+    ]
+    _emit(as_json, payload, "\n".join(lines))
+
+
+def _is_ours(err: BaseException) -> bool:
+    """Errors defined by tuneloop's own packages are user-facing; anything else is a bug."""
+    return type(err).__module__.split(".")[0] in {"app", "feedback", "training"}
+
+
+def main() -> None:
+    """Console entry point: run the typer app, turning errors into one line and exit 1."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as err:
+        if os.environ.get("TUNELOOP_DEBUG"):
+            raise
+        from pydantic import ValidationError
+
+        known = _is_ours(err) or isinstance(err, ValidationError)
+        if isinstance(err, ValidationError):
+            first = err.errors()[0]
+            name = "TUNELOOP_" + str(first["loc"][0]).upper() if first["loc"] else "a setting"
+            message = f"invalid {name}: {first['msg']}"
+        else:
+            message = str(err) if known else f"{type(err).__name__}: {err}"
+        typer.echo(f"error: {message}".splitlines()[0], err=True)
+        if not known:
+            typer.echo("(set TUNELOOP_DEBUG=1 to see the traceback)", err=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,757 @@
+"""Stream chat replies from the base model plus a LoRA adapter, switching adapters live.
+
+One base model is loaded once. Adapter versions from the registry are loaded into it as
+named PEFT LoRA adapters, side by side, and a pair of forward hooks picks the adapter for
+each forward step:
+
+- every reply runs `model.generate` in its own worker thread, and that thread records
+  (thread-local) the adapter its reply was given when it started;
+- the pre-hook takes the model's step lock and, only if a different adapter is active,
+  activates this reply's adapter (or none, for the bare base); the post-hook, registered
+  with `always_call=True`, releases the lock even when the forward raises.
+
+So forward steps of concurrent replies are serialised, each step runs with its own reply's
+adapter, and a reply is produced by exactly one version from its first token to its last,
+whatever CURRENT does meanwhile. Switching versions is just another adapter load (under
+the same lock, so no step sees a half-loaded adapter) and a new default for new replies.
+The hooks cost ~2 us per step (a SmolLM2 step on 2 CPU cores is ~80 ms); when consecutive
+steps belong to different versions, one pass over the LoRA layers (~0.5 ms) switches them.
+tests/test_serving_slow.py measures both against plain `model.generate`.
+
+No gradio here: `app/ui.py` and `app/chat.py` drive this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.registry import Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+CURRENT = "CURRENT"  # as `adapter=`: whatever the registry pointer names right now
+_UNKNOWN = object()  # "which adapter is active" after PEFT itself changed the layers
+_ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How a reply is sampled. `temperature` 0 means greedy (deterministic)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for storage next to the reply."""
+        return asdict(self)
+
+
+@dataclass
+class ReplyInfo:
+    """Everything worth storing about a finished reply."""
+
+    text: str
+    model_name: str
+    adapter_version: str | None  # the version that produced every token; None = bare base
+    params: dict[str, Any]
+    prompt: list[dict[str, str]]  # the exact messages sent: system + trimmed history
+    latency_ms: float  # request start to last token
+    ttft_ms: float | None  # request start to first text; None if the reply is empty
+    new_tokens: int
+    finish_reason: str = "stop"  # "stop" (end of turn), "length" (max_new_tokens), "cancelled"
+
+
+class ServingError(Exception):
+    """A user-facing serving problem: message too long, adapter unusable, generation failed."""
+
+
+class Reply:
+    """A reply being generated. Iterate it for the new text pieces as they arrive.
+
+    `text` is everything received so far; `info` is set once the reply has finished (or
+    was cancelled); `adapter_version` is fixed when the request starts. A Reply is
+    iterated once; leaving the loop early (or `cancel()`) stops generation.
+    """
+
+    def __init__(
+        self,
+        *,
+        version: str | None,
+        params: SamplingParams,
+        prompt: list[dict[str, str]],
+        model_name: str,
+        streamer: Any,
+        control: Any,
+        started: float,
+    ) -> None:
+        self.text = ""
+        self.info: ReplyInfo | None = None
+        self.adapter_version = version
+        self._params = params
+        self._prompt = prompt
+        self._model_name = model_name
+        self._streamer = streamer
+        self._control = control
+        self._started = started
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._finished_at: float | None = None
+        self._new_tokens = 0
+        self._finish_reason = "stop"
+        self._consumed = False
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield new text pieces (deltas); raises ServingError if generation fails."""
+        if self._consumed:
+            return
+        self._consumed = True
+        complete = False
+        try:
+            for piece in self._streamer:
+                if piece:
+                    self.text += piece
+                    yield piece
+            complete = True
+        finally:
+            if not complete:  # the consumer stopped listening: stop generating
+                self.cancel()
+                self._finish(cancelled=True)
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            err = self._error
+            raise ServingError(f"generation failed ({type(err).__name__}: {err})") from err
+        self._finish(cancelled=False)
+
+    def cancel(self) -> None:
+        """Stop generating after the current step (safe from any thread)."""
+        self._control.cancel.set()
+
+    def _finish(self, *, cancelled: bool) -> None:
+        end = self._finished_at if self._finished_at is not None else time.perf_counter()
+        first = self._streamer.first_text_at
+        self.info = ReplyInfo(
+            text=self.text,
+            model_name=self._model_name,
+            adapter_version=self.adapter_version,
+            params=self._params.as_dict(),
+            prompt=self._prompt,
+            latency_ms=(end - self._started) * 1000,
+            ttft_ms=None if first is None else (first - self._started) * 1000,
+            new_tokens=self._control.generated if cancelled else self._new_tokens,
+            finish_reason="cancelled" if cancelled else self._finish_reason,
+        )
+
+
+@dataclass
+class _Adapters:
+    """Which versions are loaded (as which PEFT adapter name) and who is using them."""
+
+    keys: dict[str, str] = field(default_factory=dict)  # version -> PEFT adapter name
+    inflight: Counter[str] = field(default_factory=Counter)
+    last_used: dict[str, float] = field(default_factory=dict)
+
+
+class ChatEngine:
+    """The base model with registry adapters, streaming replies and following CURRENT.
+
+    Loading takes the model's own time (~3 s for the converted SmolLM2). Call `start()` to
+    follow the CURRENT pointer in the background, `close()` to stop. Thread-safe: any
+    number of replies may stream at once, each with the version it started with.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        registry: Registry,
+        *,
+        system_prompt: str = "",
+        context_tokens: int = 2048,
+        load_in_4bit: bool = False,
+        poll_seconds: float = 1.0,
+        model_name: str | None = None,
+        max_adapters: int = 3,
+    ) -> None:
+        if max_adapters < 1:
+            raise ValueError("max_adapters must be at least 1")
+        self.model_dir = Path(model_dir)
+        self.registry = registry
+        self.system_prompt = system_prompt
+        self.poll_seconds = poll_seconds
+        self.max_adapters = max_adapters  # adapters kept in memory (more while in use)
+        self.model_name = model_name or self.model_dir.name
+        self.tokenizer, self.model = _load_model(self.model_dir, load_in_4bit)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        self.context_tokens = min(context_tokens, limit) if limit else context_tokens
+        self._eos_ids = _eos_ids(self.tokenizer, self.model)
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = pad if pad is not None else self._eos_ids[0]
+
+        self._peft: Any = None  # the PeftModel wrapper, once an adapter is loaded
+        self._adapters = _Adapters()
+        self._serving: str | None = None
+        self._refused: str | None = None  # CURRENT named this and it failed to load
+        self._names = itertools.count(1)
+        self._plain_layers: list[Any] = []  # adapter layers, by how to switch them
+        self._special_layers: list[Any] = []
+        self._aux_layers: list[Any] = []
+        self._active: object = None  # PEFT adapter active in the layers (None: none)
+        self._state = threading.Lock()  # guards _adapters and _serving
+        self._admin = threading.RLock()  # one adapter load/unload/refresh at a time
+        self._step = threading.Lock()  # one forward step at a time; guards the layers
+        self._tok_lock = threading.Lock()
+        self._local = threading.local()
+        self._hooks = [
+            self.model.register_forward_pre_hook(self._before_step),
+            self.model.register_forward_hook(self._after_step, always_call=True),
+        ]
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.refresh()  # serve what CURRENT names now (an unusable version is logged, skipped)
+
+    # -- versions ------------------------------------------------------------------------
+    def serving_version(self) -> str | None:
+        """The version new requests get now (None: the bare base model)."""
+        return self._serving
+
+    def loaded_versions(self) -> list[str]:
+        """Versions whose adapters are in memory now."""
+        with self._state:
+            return sorted(self._adapters.keys)
+
+    def refresh(self) -> bool:
+        """Read CURRENT now; load and switch to the version it names. True if it switched.
+
+        A version that fails verification or loading is refused: the engine keeps serving
+        what it had, logs why once, and tries again only after CURRENT changes.
+        """
+        with self._admin:
+            try:
+                pointer = self.registry.current()
+            except (OSError, RegistryError) as err:
+                log.warning("could not read the CURRENT pointer: %s", err)
+                return False
+            if pointer == self._serving:
+                self._refused = None
+                self._evict()
+                return False
+            if pointer is not None and pointer == self._refused:
+                return False
+            if pointer is not None and pointer not in self._adapters.keys:
+                try:
+                    self._load(pointer)
+                except ServingError as err:
+                    self._refused = pointer
+                    log.error(
+                        "CURRENT names %r but it cannot be served; still serving %s. %s",
+                        pointer,
+                        _label(self._serving),
+                        err,
+                    )
+                    return False
+            with self._state:
+                previous, self._serving = self._serving, pointer
+                if pointer is not None:
+                    self._adapters.last_used[pointer] = time.monotonic()
+            self._refused = None
+            log.info("now serving %s (was %s)", _label(pointer), _label(previous))
+            self._evict()
+            return True
+
+    def start(self) -> None:
+        """Follow CURRENT in a background thread, checking every `poll_seconds`."""
+        if self._poller is not None and self._poller.is_alive():
+            return
+        self._stop.clear()
+        self._poller = threading.Thread(
+            target=self._poll, name="tuneloop-adapter-poll", daemon=True
+        )
+        self._poller.start()
+
+    def close(self) -> None:
+        """Stop following CURRENT. Replies in flight still finish."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=max(5.0, 2 * self.poll_seconds))
+            self._poller = None
+
+    def __enter__(self) -> ChatEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- prompts -------------------------------------------------------------------------
+    def build_prompt(self, history: list[dict], max_new_tokens: int) -> list[dict]:
+        """System prompt + as many of the newest turns as fit beside the reply.
+
+        The prompt may use `context_tokens - max_new_tokens` tokens; the oldest whole turns
+        (a user message and the replies after it) go first. A system message in `history`
+        replaces the default system prompt.
+        """
+        budget = self.context_tokens - max_new_tokens
+        if budget <= 0:
+            raise ServingError(
+                f"max_new_tokens ({max_new_tokens}) leaves no room for the prompt in the "
+                f"{self.context_tokens}-token context"
+            )
+        system, turns = _split_history(history)
+        if system is None:
+            system = self.system_prompt
+        head = [{"role": "system", "content": system}] if system else []
+        starts = [i for i, m in enumerate(turns) if m["role"] == "user"]
+        if starts[0] != 0:  # history opening with an assistant message: one more turn
+            starts.insert(0, 0)
+
+        def fits(start: int) -> bool:
+            return len(self._encode(head + turns[start:])) <= budget
+
+        if not fits(starts[-1]):
+            needed = len(self._encode(head + turns[starts[-1] :]))
+            raise ServingError(
+                f"The message is too long: with the system prompt it needs {needed} tokens, but "
+                f"only {budget} fit (a {self.context_tokens}-token context minus "
+                f"{max_new_tokens} for the reply). Shorten it and send again."
+            )
+        lo, hi = 0, len(starts) - 1  # the earliest turn start that fits (fits is monotone)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(starts[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return head + turns[starts[lo] :]
+
+    # -- generation ----------------------------------------------------------------------
+    def stream(
+        self, history: list[dict], params: SamplingParams, *, adapter: str | None = CURRENT
+    ) -> Reply:
+        """Start a reply to `history` (ending with a user turn) and return it at once.
+
+        `adapter`: CURRENT (the serving version), None (the bare base) or a registered
+        version, loaded on demand. Raises ServingError before generating if the prompt
+        cannot fit or the version cannot be used.
+        """
+        started = time.perf_counter()
+        prompt = self.build_prompt(history, params.max_new_tokens)
+        ids = self._encode(prompt)
+        version, key = self._acquire(adapter)
+        try:
+            streamer = _streamer(self.tokenizer)
+            control = _control(len(ids))
+            reply = Reply(
+                version=version,
+                params=params,
+                prompt=prompt,
+                model_name=self.model_name,
+                streamer=streamer,
+                control=control,
+                started=started,
+            )
+            reply._thread = threading.Thread(
+                target=self._generate,
+                args=(reply, ids, key, params),
+                name=f"tuneloop-reply-{_label(version)}",
+                daemon=True,
+            )
+            reply._thread.start()
+        except BaseException:
+            self._release(version)
+            raise
+        return reply
+
+    def generate(
+        self, history: list[dict], params: SamplingParams, *, adapter: str | None = CURRENT
+    ) -> ReplyInfo:
+        """The whole reply at once (same as iterating `stream()` to the end)."""
+        reply = self.stream(history, params, adapter=adapter)
+        for _ in reply:
+            pass
+        assert reply.info is not None
+        return reply.info
+
+    def _generate(
+        self, reply: Reply, ids: list[int], key: str | None, params: SamplingParams
+    ) -> None:
+        """Worker thread: run model.generate with this reply's adapter on every step."""
+        import torch
+
+        self._local.key = key
+        try:
+            input_ids = torch.tensor([ids], device=self.model.device)
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": params.max_new_tokens,
+                "do_sample": not params.greedy,
+                "eos_token_id": self._eos_ids,
+                "pad_token_id": self._pad_id,
+                "streamer": reply._streamer,
+                "stopping_criteria": [reply._control],
+                "disable_compile": True,
+            }
+            if not params.greedy:
+                kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
+            )
+            new = out[0, len(ids) :].tolist()
+            reply._new_tokens = len(new)
+            if new and new[-1] in self._eos_ids:
+                reply._finish_reason = "stop"
+            elif reply._control.cancel.is_set() and len(new) < params.max_new_tokens:
+                reply._finish_reason = "cancelled"
+            else:
+                reply._finish_reason = "length"
+        except Exception as err:
+            log.exception("generation failed (adapter %s)", _label(reply.adapter_version))
+            reply._error = err
+            reply._streamer.end()  # wake the consumer; it raises ServingError
+        finally:
+            reply._finished_at = time.perf_counter()
+            del self._local.key
+            self._release(reply.adapter_version)
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt tokens `messages` take through the chat template (with the reply header)."""
+        return len(self._encode(messages))
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of `messages` through the chat template, ready for the reply."""
+        with self._tok_lock:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- the per-step adapter switch -----------------------------------------------------
+    def _before_step(self, module: Any, args: Any) -> None:
+        try:
+            key: str | None = self._local.key
+        except AttributeError:  # a step not started by one of our replies: serving version
+            key = self._adapters.keys.get(self._serving) if self._serving else None
+        self._step.acquire()
+        self._local.holds_step = True
+        if key != self._active:
+            try:
+                self._activate(key)
+            except BaseException:
+                self._local.holds_step = False
+                self._step.release()
+                raise
+
+    def _after_step(self, module: Any, args: Any, output: Any) -> None:
+        if getattr(self._local, "holds_step", False):
+            self._local.holds_step = False
+            self._step.release()
+
+    def _activate(self, key: str | None) -> None:
+        """Make PEFT adapter `key` (None: none) the active one in every adapter layer.
+
+        PeftModel.set_adapter walks all ~3,000 modules of SmolLM2 and resets requires_grad
+        on every adapter weight: 18 ms, paid on every step while two versions' replies
+        interleave. Our adapters are loaded frozen (is_trainable=False), so that bookkeeping
+        is a no-op and what remains of BaseTunerLayer.set_adapter is setting each layer's
+        active list: ~1 ms. Layers whose class overrides set_adapter get the real call.
+        """
+        names = [] if key is None else [key]
+        for layer in self._plain_layers:
+            layer._active_adapter = list(names)  # exactly what BaseTunerLayer.set_adapter sets
+        for layer in self._special_layers:
+            layer.set_adapter(names, inference_mode=True)
+        for wrapper in self._aux_layers:  # modules_to_save and similar, as peft does it
+            name = None if key is None else wrapper.check_set_adapter(key)
+            if name is not None and name in getattr(wrapper, "_adapters", ()):
+                wrapper.set_adapter(name, inference_mode=True)
+            else:
+                wrapper.set_adapter([], inference_mode=True)
+        self._active = key
+
+    # -- loading and unloading adapters --------------------------------------------------
+    def _acquire(self, adapter: str | None) -> tuple[str | None, str | None]:
+        """Resolve `adapter` to (version, PEFT name) and pin it for a reply."""
+        if adapter is not None and not isinstance(adapter, str):
+            raise ServingError(f"adapter must be CURRENT, None or a version name, not {adapter!r}")
+        with self._state:
+            version = self._serving if adapter == CURRENT else adapter
+            if version is None:
+                return None, None
+            key = self._adapters.keys.get(version)
+            if key is not None:
+                self._pin(version)
+                return version, key
+        with self._admin:  # a version nobody has used lately: load it now
+            if version not in self._adapters.keys:
+                self._load(version)
+            with self._state:
+                self._pin(version)
+                key = self._adapters.keys[version]
+            self._evict()
+        return version, key
+
+    def _pin(self, version: str) -> None:
+        self._adapters.inflight[version] += 1
+        self._adapters.last_used[version] = time.monotonic()
+
+    def _release(self, version: str | None) -> None:
+        if version is None:
+            return
+        with self._state:
+            self._adapters.inflight[version] -= 1
+            over = len(self._adapters.keys) > self.max_adapters
+        if over and self._admin.acquire(blocking=False):  # never wait for a load here
+            try:
+                self._evict()
+            finally:
+                self._admin.release()
+
+    def _load(self, version: str) -> None:
+        """Verify `version` and load it as a new named adapter (caller holds _admin)."""
+        from peft import PeftModel
+
+        try:
+            path = self.registry.verify(version)
+        except RegistryError as err:
+            raise ServingError(f"adapter {version!r} refused: {err}") from err
+        key = f"adapter{next(self._names)}"  # PEFT names cannot hold '.', versions can
+        start = time.perf_counter()
+        with self._step:  # no forward step may run while layers change
+            self._active = _UNKNOWN
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(
+                        self.model,
+                        path,
+                        adapter_name=key,
+                        is_trainable=False,
+                        low_cpu_mem_usage=True,
+                    )
+                else:
+                    self._peft.load_adapter(
+                        path, adapter_name=key, is_trainable=False, low_cpu_mem_usage=True
+                    )
+                missing = [
+                    name
+                    for name, param in self._peft.named_parameters()
+                    if f".{key}." in name and param.device.type == "meta"
+                ]
+                if missing:  # PEFT only warns; these would fail every step of every reply
+                    raise ValueError(f"the adapter file has no weights for {missing[0]} and more")
+            except Exception as err:
+                self._discard(key)
+                raise ServingError(
+                    f"adapter {version!r} failed to load ({type(err).__name__}: {err})"
+                ) from err
+            finally:
+                self._find_layers()
+        with self._state:
+            self._adapters.keys[version] = key
+            self._adapters.last_used[version] = time.monotonic()
+        log.info("loaded adapter %s in %.2f s", version, time.perf_counter() - start)
+
+    def _discard(self, key: str) -> None:
+        """Undo a failed load so the layers hold exactly the adapters we know about."""
+        if self._peft is None:  # the first wrap failed half-way: strip injected layers
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for name, module in list(self.model.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    parent, _, child = name.rpartition(".")
+                    setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+            if "peft_config" in vars(self.model):  # set by PEFT's tuner on the base model
+                del self.model.peft_config
+            return
+        if key in self._peft.peft_config:
+            try:
+                self._delete(key)
+            except Exception:  # pragma: no cover - nothing more we can do
+                log.exception("could not remove the half-loaded adapter %s", key)
+
+    def _evict(self) -> None:
+        """Unload idle adapters beyond `max_adapters`, least recently used first.
+
+        Never the serving version nor one a reply in flight uses (caller holds _admin).
+        """
+        with self._state:
+            a = self._adapters
+            idle = [v for v in a.keys if v != self._serving and a.inflight[v] <= 0]
+            excess = len(a.keys) - self.max_adapters
+            victims = sorted(idle, key=lambda v: a.last_used.get(v, 0.0))[: max(0, excess)]
+            keys = [a.keys.pop(v) for v in victims]
+            for v in victims:
+                a.inflight.pop(v, None)
+                a.last_used.pop(v, None)
+        if not keys:
+            return
+        with self._step:
+            self._active = _UNKNOWN
+            try:
+                for key in keys:
+                    self._delete(key)
+            finally:
+                self._find_layers()
+        log.info("unloaded adapters %s", ", ".join(victims))
+
+    def _delete(self, key: str) -> None:
+        """Delete PEFT adapter `key`, leaving PEFT's own bookkeeping on a loaded one."""
+        self._activate(None)  # nothing active: PEFT need not pick (and warn about) another
+        self._peft.delete_adapter(key)
+        remaining = list(self._peft.peft_config)
+        if remaining:
+            self._peft.set_adapter(remaining[0], inference_mode=True)
+        self._active = _UNKNOWN
+
+    def _find_layers(self) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        modules = list(self.model.modules())
+        tuners = [m for m in modules if isinstance(m, BaseTunerLayer)]
+        plain = BaseTunerLayer.set_adapter
+        self._plain_layers = [m for m in tuners if type(m).set_adapter is plain]
+        self._special_layers = [m for m in tuners if type(m).set_adapter is not plain]
+        self._aux_layers = [m for m in modules if isinstance(m, AuxiliaryTrainingWrapper)]
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # keep following CURRENT whatever happens once
+                log.exception("adapter refresh failed")
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _label(version: str | None) -> str:
+    return version if version is not None else "the bare base model"
+
+
+def _split_history(history: list[dict]) -> tuple[str | None, list[dict[str, str]]]:
+    """(system prompt from history or None, user/assistant turns), validated."""
+    if not history:
+        raise ServingError("Nothing to answer: the conversation is empty.")
+    system: str | None = None
+    turns: list[dict[str, str]] = []
+    for message in history:
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in _ROLES:
+            raise ServingError(f"Unknown message role {role!r}; use one of {', '.join(_ROLES)}.")
+        if not isinstance(content, str):
+            raise ServingError(f"A {role} message must have text content.")
+        if role == "system":
+            system = content
+        else:
+            turns.append({"role": role, "content": content})
+    if not turns or turns[-1]["role"] != "user":
+        raise ServingError("The conversation must end with a user message.")
+    return system, turns
+
+
+def _load_model(model_dir: Path, load_in_4bit: bool) -> tuple[Any, Any]:
+    """Tokenizer and causal LM from a local dir: fp32 on CPU, the checkpoint dtype on GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"dtype": "auto" if cuda else torch.float32}
+    if cuda:  # straight onto the GPU; on CPU no device_map (PEFT would dispatch it as offload)
+        kwargs["device_map"] = {"": 0}
+    if load_in_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ServingError(
+                "load_in_4bit needs bitsandbytes: pip install bitsandbytes "
+                "(or unset TUNELOOP_LOAD_IN_4BIT)"
+            )
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32,
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except Exception as err:
+        raise ServingError(
+            f"could not load the model from {model_dir} ({type(err).__name__}: {err})"
+        ) from err
+    model.eval()
+    if not getattr(tokenizer, "chat_template", None):
+        raise ServingError(f"{model_dir} has no chat template: serve an instruct/chat model")
+    return tokenizer, model
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Every id that ends a turn: the tokenizer's eos and the generation config's."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, configured):
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is not None and int(item) not in ids:
+                ids.append(int(item))
+    if not ids:
+        raise ServingError("the model defines no end-of-sequence token")
+    return ids
+
+
+def _streamer(tokenizer: Any) -> Any:
+    """A TextIteratorStreamer that also notes when its first text was ready."""
+    return _classes()[0](tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _control(prompt_len: int) -> Any:
+    """A stopping criterion that stops on cancel() and counts tokens so far."""
+    return _classes()[1](prompt_len)
+
+
+@functools.cache
+def _classes() -> tuple[type, type]:
+    """Subclasses of transformers' streamer and stopping criterion, made on first use so
+    that importing this module stays light (app/chat.py imports it at startup)."""
+    import torch
+    from transformers import StoppingCriteria, TextIteratorStreamer
+
+    class Streamer(TextIteratorStreamer):
+        first_text_at: float | None = None
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text and self.first_text_at is None:
+                self.first_text_at = time.perf_counter()
+            super().on_finalized_text(text, stream_end=stream_end)
+
+    class Control(StoppingCriteria):
+        def __init__(self, prompt_len: int) -> None:
+            self.prompt_len = prompt_len
+            self.cancel = threading.Event()
+            self.generated = 0
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            self.generated = int(input_ids.shape[1]) - self.prompt_len
+            stop = self.cancel.is_set()
+            return torch.full(
+                (input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device
+            )
+
+    return Streamer, Control

@@ -1,0 +1,327 @@
+"""The chat app: Gradio 6 Blocks wired to `app.chat.ChatService`. No logic lives here.
+
+Experts and operators log in (Gradio's login page, checked against the store), chat with
+the served model, and give feedback on any reply: click a reply to select it (the newest is
+selected by default), then 👍/👎 with an optional reason, edit it, or compare it with a
+second candidate and pick the better one. The like/dislike icons under each reply record
+thumbs too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from app.chat import COMPARE_SAMPLE, ChatError, ChatService, ChatState, Comparison, display, inert
+
+TITLE = "tuneloop"
+AUTH_MESSAGE = (
+    "Log in with your tuneloop account (experts and operators). "
+    "Annotators rank pairs in Argilla instead."
+)
+
+
+def _warn(err: ChatError) -> str:
+    gr.Warning(str(err))
+    return f"⚠️ {err}"
+
+
+def _selected_text(state: ChatState, index: int | None) -> tuple[str, str]:
+    """(description, reply text) of the selected reply, or a hint when there is none."""
+    if index is None or not 0 <= index < len(state.turns):
+        return "_No reply selected yet: send a message, or click a reply._", ""
+    turn = state.turns[index]
+    number = sum(1 for t in state.turns[: index + 1] if t.role == "assistant")
+    preview = turn.content[:80] + ("…" if len(turn.content) > 80 else "")
+    return f"**Selected: reply {number}** — {inert(preview)}", turn.content
+
+
+def build_ui(service: ChatService) -> gr.Blocks:
+    """The Blocks app. Launch it with `launch(service, ...)` so login is enforced."""
+    engine = service.engine
+
+    def header(request: gr.Request) -> str:
+        version = engine.serving_version()
+        adapter = f"adapter **{version}**" if version else "**base model** (no adapter)"
+        who = request.username or "?"
+        return (
+            f"### tuneloop · answering: `{engine.model_name}` · {adapter}\n"
+            f"Signed in as **{who}** · [Log out](/logout)"
+        )
+
+    with gr.Blocks(title=TITLE) as demo:
+        state = gr.State(ChatState())
+        selected = gr.State(None)
+        comparison = gr.State(None)
+
+        model_info = gr.Markdown(elem_id="model-info")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=220):
+                new_chat = gr.Button("New chat", elem_id="new-chat")
+                conversations = gr.Dropdown(
+                    label="Your conversations", choices=[], value=None, elem_id="conversations"
+                )
+            with gr.Column(scale=4):
+                chatbot = gr.Chatbot(
+                    label="Chat",
+                    elem_id="chat",
+                    height=420,
+                    sanitize_html=True,
+                    allow_tags=False,
+                    feedback_options=("Like", "Dislike"),
+                )
+                notice = gr.Markdown(elem_id="notice")
+                with gr.Row():
+                    message = gr.Textbox(
+                        placeholder="Ask the assistant…",
+                        show_label=False,
+                        elem_id="message",
+                        scale=5,
+                        lines=1,
+                        max_lines=8,
+                    )
+                    send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
+                with gr.Accordion("Feedback on the selected reply", open=True):
+                    selected_info = gr.Markdown(elem_id="selected")
+                    with gr.Row():
+                        thumb_up = gr.Button("👍 Good", elem_id="thumb-up")
+                        thumb_down = gr.Button("👎 Bad", elem_id="thumb-down")
+                        reason = gr.Textbox(
+                            label="Reason (optional)", elem_id="reason", scale=3, max_lines=2
+                        )
+                    correction = gr.Textbox(
+                        label="Edit: write the answer you wanted",
+                        lines=3,
+                        max_lines=12,
+                        elem_id="correction",
+                    )
+                    save_correction = gr.Button("Save correction", elem_id="save-correction")
+                    with gr.Row():
+                        against = gr.Dropdown(
+                            label="Compare against",
+                            choices=service.compare_choices(),
+                            value=COMPARE_SAMPLE,
+                            elem_id="compare-against",
+                            scale=3,
+                        )
+                        compare = gr.Button("Compare", elem_id="compare", scale=1)
+                    with gr.Row(visible=False, elem_id="pair") as pair:
+                        with gr.Column():
+                            gr.Markdown("**A**")
+                            cand_a = gr.Markdown(elem_id="cand-a")
+                        with gr.Column():
+                            gr.Markdown("**B**")
+                            cand_b = gr.Markdown(elem_id="cand-b")
+                    with gr.Row(visible=False) as picks:
+                        pick_a = gr.Button("A is better", elem_id="pick-a")
+                        pick_tie = gr.Button("Tie", elem_id="pick-tie")
+                        pick_b = gr.Button("B is better", elem_id="pick-b")
+
+        # -- page load and the model line ---------------------------------------------
+        def on_load(request: gr.Request) -> tuple[Any, ...]:
+            try:
+                user = service.user(request.username)
+            except ChatError as err:
+                return header(request), gr.update(choices=[]), gr.update(), _warn(err)
+            return (
+                header(request),
+                gr.update(choices=service.conversations(user), value=None),
+                gr.update(choices=service.compare_choices(), value=COMPARE_SAMPLE),
+                "",
+            )
+
+        demo.load(on_load, None, [model_info, conversations, against, notice])
+        gr.Timer(2.0).tick(header, None, model_info, show_progress="hidden", queue=False)
+
+        # -- chatting ------------------------------------------------------------------
+        def respond(text: str, st: ChatState, request: gr.Request) -> Iterator[tuple[Any, ...]]:
+            try:
+                user = service.user(request.username)
+                service.check_message(text)
+            except ChatError as err:  # nothing was sent: keep the text so it can be fixed
+                yield display(st), st, text, _warn(err), gr.update(), gr.update(), gr.update()
+                return
+            new_conversation = st.conversation_id is None
+            try:
+                for partial in service.send(user, st, text):
+                    chat = display(st)
+                    if st.turns[-1].role == "user":
+                        chat.append({"role": "assistant", "content": inert(partial)})
+                    yield chat, st, "", "", gr.update(), gr.update(), gr.update()
+            except ChatError as err:
+                yield display(st), st, "", _warn(err), gr.update(), gr.update(), gr.update()
+                return
+            index = st.last_reply_index()
+            info, _ = _selected_text(st, index)
+            convs = (
+                gr.update(choices=service.conversations(user), value=st.conversation_id)
+                if new_conversation
+                else gr.update()
+            )
+            yield display(st), st, "", "", index, info, convs
+
+        chat_outputs = [chatbot, state, message, notice, selected, selected_info, conversations]
+        # A fresh reply also fills the edit box with its text, ready for a correction.
+        for trigger, api in ((send.click, "chat"), (message.submit, False)):
+            trigger(respond, [message, state], chat_outputs, api_name=api).then(
+                lambda st, i: _selected_text(st, i)[1],
+                [state, selected],
+                correction,
+                api_name=False,
+            )
+
+        def start_new() -> tuple[Any, ...]:
+            st = ChatState()
+            info, _ = _selected_text(st, None)
+            return [], st, None, info, "", "", gr.update(visible=False), gr.update(visible=False)
+
+        fresh = [chatbot, state, selected, selected_info, correction, notice, pair, picks]
+        new_chat.click(start_new, None, fresh, api_name="new_chat").then(
+            lambda: gr.update(value=None), None, conversations, api_name=False
+        )
+        # The chatbot's own "clear" icon starts a new conversation too (nothing is deleted).
+        chatbot.clear(start_new, None, fresh, api_name=False)
+
+        def reopen(conversation_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+            if conversation_id is None:
+                return (gr.update(),) * 6
+            try:
+                user = service.user(request.username)
+                st = service.open(user, int(conversation_id))
+            except ChatError as err:
+                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), _warn(err)
+            index = st.last_reply_index()
+            info, text = _selected_text(st, index)
+            return display(st), st, index, info, text, ""
+
+        conversations.input(
+            reopen,
+            [conversations],
+            [chatbot, state, selected, selected_info, correction, notice],
+        )
+
+        # -- choosing a reply ----------------------------------------------------------
+        def select_reply(st: ChatState, evt: gr.SelectData) -> tuple[Any, ...]:
+            index = evt.index if isinstance(evt.index, int) else evt.index[0]
+            if not 0 <= index < len(st.turns) or st.turns[index].role != "assistant":
+                return gr.update(), gr.update(), gr.update()
+            info, text = _selected_text(st, index)
+            return index, info, text
+
+        chatbot.select(select_reply, [state], [selected, selected_info, correction])
+
+        # -- feedback ------------------------------------------------------------------
+        def rate(up: bool) -> Any:
+            def handler(
+                st: ChatState, index: int | None, why: str, request: gr.Request
+            ) -> tuple[str, Any]:
+                try:
+                    user = service.user(request.username)
+                    return service.rate(user, st, index, up=up, reason=why or ""), ""
+                except ChatError as err:
+                    return _warn(err), gr.update()
+
+            return handler
+
+        thumb_up.click(rate(True), [state, selected, reason], [notice, reason], api_name="rate_up")
+        thumb_down.click(
+            rate(False), [state, selected, reason], [notice, reason], api_name="rate_down"
+        )
+
+        def like(st: ChatState, why: str, evt: gr.LikeData, request: gr.Request) -> tuple[str, Any]:
+            index = evt.index if isinstance(evt.index, int) else evt.index[0]
+            liked = evt.liked if isinstance(evt.liked, bool) else evt.liked == "Like"
+            try:
+                user = service.user(request.username)
+                return service.rate(user, st, index, up=liked, reason=why or ""), ""
+            except ChatError as err:
+                return _warn(err), gr.update()
+
+        chatbot.like(like, [state, reason], [notice, reason])
+
+        def save_edit(st: ChatState, index: int | None, text: str, request: gr.Request) -> str:
+            try:
+                user = service.user(request.username)
+                return service.correct(user, st, index, text)
+            except ChatError as err:
+                return _warn(err)
+
+        save_correction.click(save_edit, [state, selected, correction], notice, api_name="correct")
+
+        def run_compare(
+            st: ChatState, index: int | None, choice: str, request: gr.Request
+        ) -> Iterator[tuple[Any, ...]]:
+            hidden = gr.update(visible=False)
+            try:
+                user = service.user(request.username)
+                for item in service.compare(user, st, index, choice or COMPARE_SAMPLE):
+                    if isinstance(item, Comparison):
+                        yield (
+                            inert(item.a),
+                            inert(item.b),
+                            item.comparison_id,
+                            gr.update(visible=True),
+                            gr.update(visible=True),
+                            "Which reply is better?",
+                        )
+                    else:
+                        yield (
+                            "_…_",
+                            "_generating a second reply…_",
+                            None,
+                            gr.update(visible=True),
+                            hidden,
+                            "",
+                        )
+            except ChatError as err:
+                yield "", "", None, hidden, hidden, _warn(err)
+
+        compare.click(
+            run_compare,
+            [state, selected, against],
+            [cand_a, cand_b, comparison, pair, picks, notice],
+            api_name="compare",
+        )
+
+        def pick(choice: str) -> Any:
+            def handler(cid: int | None, request: gr.Request) -> tuple[Any, ...]:
+                try:
+                    user = service.user(request.username)
+                    saved = service.pick(user, cid, choice)
+                except ChatError as err:
+                    return _warn(err), gr.update(), gr.update()
+                return saved, None, gr.update(visible=False)
+
+            return handler
+
+        for button, choice in ((pick_a, "A"), (pick_b, "B"), (pick_tie, "tie")):
+            button.click(
+                pick(choice), [comparison], [notice, comparison, picks], api_name=f"pick_{choice}"
+            )
+
+    return demo
+
+
+def launch(
+    service: ChatService,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    block: bool = True,
+) -> gr.Blocks:
+    """Serve the app with login enforced against the store; returns the running Blocks."""
+    demo = build_ui(service)
+    demo.queue(default_concurrency_limit=16)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        auth=service.login_ok,
+        auth_message=AUTH_MESSAGE,
+        ssr_mode=False,
+        prevent_thread_lock=not block,
+        show_error=True,
+        quiet=False,
+    )
+    return demo

@@ -1,0 +1,205 @@
+"""Serving benchmark: the running chat app against a bare `model.generate` loop.
+
+Both sides use the same model directory, prompts (system prompt + one user message, through
+the same chat template), greedy decoding and token budget, measured in one run because these
+machines are noisy. Prints time to first token and tokens per second (medians) as ratios,
+then runs N concurrent chat sessions for a while and prints errors and p50/p95 TTFT.
+
+    .venv/bin/python -m bench.serve                      # embedded SmolLM2
+    .venv/bin/python -m bench.serve --model PATH --requests 5 --concurrent 8 --seconds 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+PROMPTS = [
+    "My router lights are red. What should I do?",
+    "I was charged twice this month. Can I get a refund?",
+    "We are moving house in three weeks. Can you move our line?",
+    "How do I cancel my contract?",
+    "My speed is much lower than my plan. What now?",
+    "Is there an outage in my area today?",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def bare_loop(model_dir: Path, system: str, prompts: list[str], max_new: int) -> list[dict]:
+    """TTFT and tokens/s of model.generate with a streamer, one request at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for prompt in prompts:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        ids = tok.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run(ids=ids, streamer=streamer, result=result) -> None:
+            with torch.inference_mode():
+                result["out"] = model.generate(
+                    **ids, max_new_tokens=max_new, do_sample=False, streamer=streamer
+                )
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=run)
+        thread.start()
+        ttft = None
+        for piece in streamer:
+            if ttft is None and piece.strip():
+                ttft = time.perf_counter() - start
+        thread.join()
+        total = time.perf_counter() - start
+        new = int(result["out"].shape[1] - ids["input_ids"].shape[1])
+        out.append({"ttft": ttft or total, "total": total, "tokens": new})
+    return out
+
+
+def app_request(client, tok, prompt: str) -> dict:
+    """One chat turn in a fresh conversation through the app, streaming."""
+    client.predict(api_name="/new_chat")
+    start = time.perf_counter()
+    job = client.submit(prompt, api_name="/chat")
+    ttft = None
+    for update in job:
+        chat = update[0] if isinstance(update, (list, tuple)) else None
+        if ttft is None and chat and chat[-1].get("role") == "assistant" and chat[-1]["content"]:
+            ttft = time.perf_counter() - start
+    total = time.perf_counter() - start
+    final = job.outputs()[-1][0][-1]["content"]
+    tokens = len(tok(final, add_special_tokens=False)["input_ids"]) + 1  # + the eos/stop token
+    return {"ttft": ttft or total, "total": total, "tokens": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="local HF model dir (default: embedded)")
+    parser.add_argument("--requests", type=int, default=6, help="sequential requests per side")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from gradio_client import Client
+    from transformers import AutoTokenizer
+
+    from app.config import Settings
+    from app.modelfiles import resolve_model_dir
+    from tests.server import add_user, serve
+
+    settings = Settings()
+    home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
+    # share the converted embedded model with the normal home so it is converted once
+    model_dir = resolve_model_dir(args.model, settings.models_dir, progress=True)
+    system = settings.system_prompt()
+    prompts = (PROMPTS * ((args.requests // len(PROMPTS)) + 1))[: args.requests]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+
+    bare = bare_loop(model_dir, system, prompts, args.max_new_tokens)
+    add_user(home, "bench", "expert", "bench-pw")
+    env = {"TUNELOOP_TEMPERATURE": "0", "TUNELOOP_MAX_NEW_TOKENS": str(args.max_new_tokens)}
+    with serve(home, model=str(model_dir), **env) as (url, _):
+        client = Client(url, auth=("bench", "bench-pw"), verbose=False)
+        app_request(client, tok, "warm-up")
+        via_app = [app_request(client, tok, p) for p in prompts]
+
+        # N concurrent sessions for a fixed time
+        ttfts: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop_at = time.monotonic() + args.seconds
+
+        def session(i: int) -> None:
+            try:
+                c = Client(url, auth=("bench", "bench-pw"), verbose=False)
+            except Exception as err:  # count a failed login as an error
+                with lock:
+                    errors.append(repr(err))
+                return
+            n = i
+            while time.monotonic() < stop_at:
+                try:
+                    r = app_request(c, tok, PROMPTS[n % len(PROMPTS)])
+                    with lock:
+                        ttfts.append(r["ttft"])
+                except Exception as err:
+                    with lock:
+                        errors.append(repr(err))
+                n += 1
+
+        threads = [threading.Thread(target=session, args=(i,)) for i in range(args.concurrent)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def med(rs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rs)
+
+    def tps(rs: list[dict]) -> float:
+        return statistics.median(r["tokens"] / r["total"] for r in rs)
+
+    report = {
+        "model": str(model_dir),
+        "requests": args.requests,
+        "max_new_tokens": args.max_new_tokens,
+        "bare": {"ttft_ms": med(bare, "ttft") * 1e3, "tokens_per_s": tps(bare)},
+        "app": {"ttft_ms": med(via_app, "ttft") * 1e3, "tokens_per_s": tps(via_app)},
+        "concurrent": {
+            "sessions": args.concurrent,
+            "seconds": args.seconds,
+            "requests": len(ttfts),
+            "errors": len(errors),
+            "ttft_p50_ms": pct(ttfts, 0.5) * 1e3 if ttfts else None,
+            "ttft_p95_ms": pct(ttfts, 0.95) * 1e3 if ttfts else None,
+            "first_errors": errors[:3],
+        },
+    }
+    report["ratios"] = {
+        "app_tokens_per_s_vs_bare": report["app"]["tokens_per_s"] / report["bare"]["tokens_per_s"],
+        "app_ttft_minus_bare_ms": report["app"]["ttft_ms"] - report["bare"]["ttft_ms"],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    b, a, c, r = report["bare"], report["app"], report["concurrent"], report["ratios"]
+    print(
+        f"model: {model_dir}  ({args.requests} prompts, {args.max_new_tokens} new tokens, greedy)"
+    )
+    print(f"bare loop : TTFT {b['ttft_ms']:7.0f} ms   {b['tokens_per_s']:6.1f} tok/s")
+    print(f"via app   : TTFT {a['ttft_ms']:7.0f} ms   {a['tokens_per_s']:6.1f} tok/s")
+    print(
+        f"ratio     : app tok/s = {r['app_tokens_per_s_vs_bare']:.2f}x bare (goal >= 0.90); "
+        f"app TTFT = bare + {r['app_ttft_minus_bare_ms']:.0f} ms (goal <= 150)"
+    )
+    print(
+        f"{c['sessions']} concurrent sessions, {c['seconds']:.0f} s: {c['requests']} replies, "
+        f"{c['errors']} errors, TTFT p50 {c['ttft_p50_ms'] or 0:.0f} ms, "
+        f"p95 {c['ttft_p95_ms'] or 0:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

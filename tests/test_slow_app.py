@@ -1,0 +1,37 @@
+"""`slow`: the real embedded SmolLM2, converted on first start, answers through the app."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from tests.server import add_user, serve
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_model_answers_a_chat_through_the_app(_isolated_home: Path) -> None:
+    home = _isolated_home
+    home.mkdir(parents=True, exist_ok=True)
+    add_user(home, "erin", "expert", "pw-erin")
+    # no TUNELOOP_MODEL: the quick start's path, GGUF converted under HOME/models first
+    with serve(home, model=None, TUNELOOP_MAX_NEW_TOKENS="40", TUNELOOP_TEMPERATURE="0") as (
+        url,
+        _,
+    ):
+        client = Client(url, auth=("erin", "pw-erin"), verbose=False)
+        chat = client.predict("What is the capital of France?", api_name="/chat")[0]
+        thumbs = client.predict("fine", api_name="/rate_up")
+    reply = chat[-1]["content"]
+    assert chat[-1]["role"] == "assistant"
+    assert "paris" in reply.lower(), reply  # SmolLM2-135M gets this one right, greedily
+    assert "Saved" in str(thumbs)
+    assert (home / "models" / "SmolLM2-135M-Instruct" / "config.json").is_file()
+    with sqlite3.connect(home / "tuneloop.db") as conn:
+        model, tokens = conn.execute("select model, new_tokens from responses").fetchone()
+        ratings = conn.execute("select up from ratings").fetchall()
+    assert "SmolLM2" in model and tokens > 0
+    assert ratings == [(1,)]

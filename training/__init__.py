@@ -1,0 +1,1 @@
+"""tuneloop training: adapter registry (versions and the CURRENT pointer), training rounds."""
