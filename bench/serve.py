@@ -87,7 +87,9 @@ def app_request(client, tok, prompt: str) -> dict:
         if ttft is None and chat and chat[-1].get("role") == "assistant" and chat[-1]["content"]:
             ttft = time.perf_counter() - start
     total = time.perf_counter() - start
-    final = job.outputs()[-1][0][-1]["content"]
+    content = job.outputs()[-1][0][-1]["content"]  # Gradio 6: a list of parts
+    parts = content if isinstance(content, list) else [content]
+    final = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts)
     tokens = len(tok(final, add_special_tokens=False)["input_ids"]) + 1  # + the eos/stop token
     return {"ttft": ttft or total, "total": total, "tokens": tokens}
 

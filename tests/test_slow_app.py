@@ -25,7 +25,9 @@ def test_embedded_model_answers_a_chat_through_the_app(_isolated_home: Path) -> 
         client = Client(url, auth=("erin", "pw-erin"), verbose=False)
         chat = client.predict("What is the capital of France?", api_name="/chat")[0]
         thumbs = client.predict("fine", api_name="/rate_up")
-    reply = chat[-1]["content"]
+    content = chat[-1]["content"]  # Gradio 6 sends content as a list of parts
+    parts = content if isinstance(content, list) else [content]
+    reply = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts)
     assert chat[-1]["role"] == "assistant"
     assert len(reply.split()) >= 3, reply  # a real answer in words, streamed by the real model
     assert "Saved" in str(thumbs)
