@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from app.serving import CURRENT, ChatEngine, SamplingParams, ServingError
+from app.serving import CURRENT, ChatEngine, ReplyInfo, SamplingParams, ServingError
 from feedback.errors import FeedbackError
 from feedback.store import Store, UserInfo
 
@@ -148,8 +148,14 @@ class ChatService:
             raise ChatError(f"The model failed ({type(err).__name__}: {err}). Try again.") from err
         info = reply.info
         assert info is not None  # set by the engine when the stream ends
-        response_id = self.store.add_response(
-            conversation_id=state.conversation_id,
+        response_id = self._record(state.conversation_id, info, "reply")
+        state.turns.append(Turn("assistant", info.text, response_id, info.adapter_version))
+        yield info.text
+
+    def _record(self, conversation_id: int, info: ReplyInfo, kind: str) -> int:
+        """Store a finished reply (or compare candidate) with how it was made."""
+        return self.store.add_response(
+            conversation_id=conversation_id,
             prompt=info.prompt,
             content=info.text,
             model=info.model_name,
@@ -158,10 +164,8 @@ class ChatService:
             latency_ms=info.latency_ms,
             ttft_ms=info.ttft_ms,
             new_tokens=info.new_tokens,
-            kind="reply",
+            kind=kind,
         )
-        state.turns.append(Turn("assistant", info.text, response_id, info.adapter_version))
-        yield info.text
 
     def open(self, user: UserInfo, conversation_id: int) -> ChatState:
         """Reopen one of the user's own conversations (never someone else's)."""
@@ -249,18 +253,7 @@ class ChatService:
             raise ChatError(f"Could not generate a second reply: {err}") from err
         info = reply.info
         assert info is not None
-        candidate_id = self.store.add_response(
-            conversation_id=original.conversation_id,
-            prompt=info.prompt,
-            content=info.text,
-            model=info.model_name,
-            adapter_version=info.adapter_version,
-            params=info.params,
-            latency_ms=info.latency_ms,
-            ttft_ms=info.ttft_ms,
-            new_tokens=info.new_tokens,
-            kind="candidate",
-        )
+        candidate_id = self._record(original.conversation_id, info, "candidate")
         original_is_a = (rng or random).random() < 0.5
         comparison_id = self.store.add_comparison(
             user_id=user.id,
