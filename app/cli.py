@@ -6,7 +6,6 @@ traceback instead. Every command that reports takes `--json` and then prints one
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import sys
@@ -16,6 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli_common import JsonOpt
+from app.cli_common import emit as _emit
+from app.cli_common import open_settings as _settings
+from app.cli_common import open_store as _store
 from app.config import Settings
 
 app = typer.Typer(
@@ -29,8 +32,6 @@ users_app = typer.Typer(
     help="Accounts for experts, annotators and operators.", no_args_is_help=True
 )
 app.add_typer(users_app, name="users")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
 class Role(StrEnum):
@@ -55,22 +56,6 @@ class Split(StrEnum):
     train = "train"
     heldout = "heldout"
     all = "all"
-
-
-def _settings() -> Settings:
-    settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return settings
-
-
-def _store(settings: Settings) -> Any:
-    from feedback.store import Store
-
-    return Store.open(settings.database)
-
-
-def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
-    typer.echo(json.dumps(payload, default=str) if as_json else text)
 
 
 def _model_label(settings: Settings) -> str:
@@ -228,6 +213,11 @@ def status(as_json: JsonOpt = False) -> None:
         + (", ".join(f"{k} {v}" for k, v in sorted(by_source.items())) or "none"),
     ]
     _emit(as_json, payload, "\n".join(lines))
+
+
+# Command groups that live in their own modules (one module per part of the loop).
+for _module in ("app.cli_argilla", "app.cli_training", "app.cli_eval"):
+    __import__(_module, fromlist=["register"]).register(app)
 
 
 def _is_ours(err: BaseException) -> bool:

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # How often a running server checks the registry's CURRENT pointer, in seconds.
     adapter_poll_seconds: float = Field(default=1.0, gt=0.0)
 
+    # --- Argilla: pairs out for ranking, rankings back (issue 3) ---
+
+    # --- Training rounds: SFT, DPO, evaluation gate, schedule (issue 4) ---
+
+    # --- Batch generation and evaluation sets (issue 5) ---
+
     @field_validator("model")
     @classmethod
     def _empty_model_is_default(cls, value: str | None) -> str | None:

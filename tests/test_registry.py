@@ -186,3 +186,18 @@ def test_concurrent_switches_keep_pointer_and_history_consistent(
     assert history[-1]["to"] == registry.current()
     for before, after in zip(history, history[1:], strict=False):
         assert after["from"] == before["to"] != after["to"]
+
+
+def test_info_is_merged_atomically_and_kept_outside_the_checksums(
+    tmp_path: Path, tiny_adapters: dict[str, Path]
+) -> None:
+    registry = Registry(tmp_path / "adapters")
+    first = next(iter(tiny_adapters.values()))
+    registry.register("v1", first)
+    assert registry.info("v1") == {}
+    registry.update_info("v1", metrics={"loss": 1.5}, reason=None)
+    registry.update_info("v1", status="promoted")
+    assert registry.info("v1") == {"metrics": {"loss": 1.5}, "reason": None, "status": "promoted"}
+    registry.verify("v1")  # info does not touch the checksummed files
+    with pytest.raises(RegistryError):
+        registry.update_info("../escape", x=1)

@@ -7,6 +7,9 @@ Layout under `root`:
                           anything is served from it
     CURRENT               one line: the served version's name; absent means the bare base model
     HISTORY               append-only JSON lines, one per pointer change (rollback reads it)
+    info/<version>.json   what is known about a version (training metadata, metrics, eval
+                          results, a rejection reason); kept outside the checksummed dir so
+                          it can grow after registration
 
 Every change lands atomically (temp file or dir, then rename), so a reader such as the
 running chat server never sees half a version or half a pointer, even if the writer is
@@ -79,7 +82,40 @@ class Registry:
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
+    def info(self, version: str) -> dict[str, Any]:
+        """Everything recorded about `version` with `update_info` ({} when nothing yet)."""
+        try:
+            data = json.loads(self._info_file(version).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except ValueError as err:
+            raise RegistryError(f"unreadable info for adapter version {version!r}: {err}") from err
+        return data if isinstance(data, dict) else {}
+
     # -- writing ---------------------------------------------------------------------------
+    def update_info(self, version: str, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` (JSON-serialisable) into `version`'s info; atomic; returns the new info.
+
+        A top-level key is replaced as a whole, so callers that add to a nested dict
+        (say, `evals`) read `info()` first and write the merged dict back.
+        """
+        target = self._info_file(version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            data = self.info(version)
+            data.update(fields)
+            fd, tmp = tempfile.mkstemp(prefix=f".{version}-", dir=target.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(data, indent=2, default=str) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return data
+
     def register(self, version: str, adapter_dir: Path) -> Path:
         """Copy a PEFT adapter dir in as `version`, with checksums; returns its new path.
 
@@ -189,6 +225,10 @@ class Registry:
                 os.fsync(f.fileno())
 
     # -- helpers ---------------------------------------------------------------------------
+    def _info_file(self, version: str) -> Path:
+        _check_name(version)
+        return self.root / "info" / f"{version}.json"
+
     def _manifest(self, where: Path) -> dict[str, Any]:
         try:
             data = json.loads((where / MANIFEST).read_text(encoding="utf-8"))
