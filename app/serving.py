@@ -18,6 +18,8 @@ The hooks cost ~2 us per step (a SmolLM2 step on 2 CPU cores is ~80 ms); when co
 steps belong to different versions, one pass over the LoRA layers (~0.5 ms) switches them.
 tests/test_serving_slow.py measures both against plain `model.generate`.
 
+Which adapters are loaded, their eviction and the cheap switch itself live in
+`app/adapters.py`; this module owns prompts, generation threads and following CURRENT.
 No gradio here: `app/ui.py` and `app/chat.py` drive this module.
 """
 
@@ -25,22 +27,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from app.adapters import AdapterError, AdapterPool
 from training.registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"  # as `adapter=`: whatever the registry pointer names right now
-_UNKNOWN = object()  # "which adapter is active" after PEFT itself changed the layers
 _ROLES = ("system", "user", "assistant")
 
 
@@ -166,15 +166,6 @@ class Reply:
         )
 
 
-@dataclass
-class _Adapters:
-    """Which versions are loaded (as which PEFT adapter name) and who is using them."""
-
-    keys: dict[str, str] = field(default_factory=dict)  # version -> PEFT adapter name
-    inflight: Counter[str] = field(default_factory=Counter)
-    last_used: dict[str, float] = field(default_factory=dict)
-
-
 class ChatEngine:
     """The base model with registry adapters, streaming replies and following CURRENT.
 
@@ -195,13 +186,10 @@ class ChatEngine:
         model_name: str | None = None,
         max_adapters: int = 3,
     ) -> None:
-        if max_adapters < 1:
-            raise ValueError("max_adapters must be at least 1")
         self.model_dir = Path(model_dir)
         self.registry = registry
         self.system_prompt = system_prompt
         self.poll_seconds = poll_seconds
-        self.max_adapters = max_adapters  # adapters kept in memory (more while in use)
         self.model_name = model_name or self.model_dir.name
         self.tokenizer, self.model = _load_model(self.model_dir, load_in_4bit)
         limit = getattr(self.model.config, "max_position_embeddings", None)
@@ -210,18 +198,8 @@ class ChatEngine:
         pad = self.tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
 
-        self._peft: Any = None  # the PeftModel wrapper, once an adapter is loaded
-        self._adapters = _Adapters()
-        self._serving: str | None = None
+        self.adapters = AdapterPool(self.model, registry, max_adapters=max_adapters)
         self._refused: str | None = None  # CURRENT named this and it failed to load
-        self._names = itertools.count(1)
-        self._plain_layers: list[Any] = []  # adapter layers, by how to switch them
-        self._special_layers: list[Any] = []
-        self._aux_layers: list[Any] = []
-        self._active: object = None  # PEFT adapter active in the layers (None: none)
-        self._state = threading.Lock()  # guards _adapters and _serving
-        self._admin = threading.RLock()  # one adapter load/unload/refresh at a time
-        self._step = threading.Lock()  # one forward step at a time; guards the layers
         self._tok_lock = threading.Lock()
         self._local = threading.local()
         self._hooks = [
@@ -235,12 +213,11 @@ class ChatEngine:
     # -- versions ------------------------------------------------------------------------
     def serving_version(self) -> str | None:
         """The version new requests get now (None: the bare base model)."""
-        return self._serving
+        return self.adapters.serving
 
     def loaded_versions(self) -> list[str]:
         """Versions whose adapters are in memory now."""
-        with self._state:
-            return sorted(self._adapters.keys)
+        return self.adapters.loaded()
 
     def refresh(self) -> bool:
         """Read CURRENT now; load and switch to the version it names. True if it switched.
@@ -248,37 +225,38 @@ class ChatEngine:
         A version that fails verification or loading is refused: the engine keeps serving
         what it had, logs why once, and tries again only after CURRENT changes.
         """
-        with self._admin:
+        pool = self.adapters
+        with pool.admin:
             try:
                 pointer = self.registry.current()
             except (OSError, RegistryError) as err:
                 log.warning("could not read the CURRENT pointer: %s", err)
                 return False
-            if pointer == self._serving:
+            if pointer == pool.serving:
                 self._refused = None
-                self._evict()
+                pool.evict()
                 return False
             if pointer is not None and pointer == self._refused:
                 return False
-            if pointer is not None and pointer not in self._adapters.keys:
+            if pointer is not None and pointer not in pool.keys:
                 try:
-                    self._load(pointer)
-                except ServingError as err:
+                    pool.load(pointer)
+                except AdapterError as err:
                     self._refused = pointer
                     log.error(
                         "CURRENT names %r but it cannot be served; still serving %s. %s",
                         pointer,
-                        _label(self._serving),
+                        _label(pool.serving),
                         err,
                     )
                     return False
-            with self._state:
-                previous, self._serving = self._serving, pointer
+            with pool.state:
+                previous, pool.serving = pool.serving, pointer
                 if pointer is not None:
-                    self._adapters.last_used[pointer] = time.monotonic()
+                    pool.touch(pointer)
             self._refused = None
             log.info("now serving %s (was %s)", _label(pointer), _label(previous))
-            self._evict()
+            pool.evict()
             return True
 
     def start(self) -> None:
@@ -379,7 +357,7 @@ class ChatEngine:
             )
             reply._thread.start()
         except BaseException:
-            self._release(version)
+            self.adapters.release(version)
             raise
         return reply
 
@@ -431,7 +409,7 @@ class ChatEngine:
         finally:
             reply._finished_at = time.perf_counter()
             del self._local.key
-            self._release(reply.adapter_version)
+            self.adapters.release(reply.adapter_version)
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens `messages` take through the chat template (with the reply header)."""
@@ -447,191 +425,35 @@ class ChatEngine:
 
     # -- the per-step adapter switch -----------------------------------------------------
     def _before_step(self, module: Any, args: Any) -> None:
+        pool = self.adapters
         try:
             key: str | None = self._local.key
         except AttributeError:  # a step not started by one of our replies: serving version
-            key = self._adapters.keys.get(self._serving) if self._serving else None
-        self._step.acquire()
+            key = pool.serving_key()
+        pool.step.acquire()
         self._local.holds_step = True
-        if key != self._active:
+        if key != pool.active:
             try:
-                self._activate(key)
+                pool.activate(key)
             except BaseException:
                 self._local.holds_step = False
-                self._step.release()
+                pool.step.release()
                 raise
 
     def _after_step(self, module: Any, args: Any, output: Any) -> None:
         if getattr(self._local, "holds_step", False):
             self._local.holds_step = False
-            self._step.release()
+            self.adapters.step.release()
 
-    def _activate(self, key: str | None) -> None:
-        """Make PEFT adapter `key` (None: none) the active one in every adapter layer.
-
-        PeftModel.set_adapter walks all ~3,000 modules of SmolLM2 and resets requires_grad
-        on every adapter weight: 18 ms, paid on every step while two versions' replies
-        interleave. Our adapters are loaded frozen (is_trainable=False), so that bookkeeping
-        is a no-op and what remains of BaseTunerLayer.set_adapter is setting each layer's
-        active list: ~1 ms. Layers whose class overrides set_adapter get the real call.
-        """
-        names = [] if key is None else [key]
-        for layer in self._plain_layers:
-            layer._active_adapter = list(names)  # exactly what BaseTunerLayer.set_adapter sets
-        for layer in self._special_layers:
-            layer.set_adapter(names, inference_mode=True)
-        for wrapper in self._aux_layers:  # modules_to_save and similar, as peft does it
-            name = None if key is None else wrapper.check_set_adapter(key)
-            if name is not None and name in getattr(wrapper, "_adapters", ()):
-                wrapper.set_adapter(name, inference_mode=True)
-            else:
-                wrapper.set_adapter([], inference_mode=True)
-        self._active = key
-
-    # -- loading and unloading adapters --------------------------------------------------
     def _acquire(self, adapter: str | None) -> tuple[str | None, str | None]:
-        """Resolve `adapter` to (version, PEFT name) and pin it for a reply."""
+        """Resolve `adapter` (CURRENT, None or a version) to (version, PEFT name), pinned."""
         if adapter is not None and not isinstance(adapter, str):
             raise ServingError(f"adapter must be CURRENT, None or a version name, not {adapter!r}")
-        with self._state:
-            version = self._serving if adapter == CURRENT else adapter
-            if version is None:
-                return None, None
-            key = self._adapters.keys.get(version)
-            if key is not None:
-                self._pin(version)
-                return version, key
-        with self._admin:  # a version nobody has used lately: load it now
-            if version not in self._adapters.keys:
-                self._load(version)
-            with self._state:
-                self._pin(version)
-                key = self._adapters.keys[version]
-            self._evict()
-        return version, key
-
-    def _pin(self, version: str) -> None:
-        self._adapters.inflight[version] += 1
-        self._adapters.last_used[version] = time.monotonic()
-
-    def _release(self, version: str | None) -> None:
-        if version is None:
-            return
-        with self._state:
-            self._adapters.inflight[version] -= 1
-            over = len(self._adapters.keys) > self.max_adapters
-        if over and self._admin.acquire(blocking=False):  # never wait for a load here
-            try:
-                self._evict()
-            finally:
-                self._admin.release()
-
-    def _load(self, version: str) -> None:
-        """Verify `version` and load it as a new named adapter (caller holds _admin)."""
-        from peft import PeftModel
-
+        version = self.adapters.serving if adapter == CURRENT else adapter
         try:
-            path = self.registry.verify(version)
-        except RegistryError as err:
-            raise ServingError(f"adapter {version!r} refused: {err}") from err
-        key = f"adapter{next(self._names)}"  # PEFT names cannot hold '.', versions can
-        start = time.perf_counter()
-        with self._step:  # no forward step may run while layers change
-            self._active = _UNKNOWN
-            try:
-                if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(
-                        self.model,
-                        path,
-                        adapter_name=key,
-                        is_trainable=False,
-                        low_cpu_mem_usage=True,
-                    )
-                else:
-                    self._peft.load_adapter(
-                        path, adapter_name=key, is_trainable=False, low_cpu_mem_usage=True
-                    )
-                missing = [
-                    name
-                    for name, param in self._peft.named_parameters()
-                    if f".{key}." in name and param.device.type == "meta"
-                ]
-                if missing:  # PEFT only warns; these would fail every step of every reply
-                    raise ValueError(f"the adapter file has no weights for {missing[0]} and more")
-            except Exception as err:
-                self._discard(key)
-                raise ServingError(
-                    f"adapter {version!r} failed to load ({type(err).__name__}: {err})"
-                ) from err
-            finally:
-                self._find_layers()
-        with self._state:
-            self._adapters.keys[version] = key
-            self._adapters.last_used[version] = time.monotonic()
-        log.info("loaded adapter %s in %.2f s", version, time.perf_counter() - start)
-
-    def _discard(self, key: str) -> None:
-        """Undo a failed load so the layers hold exactly the adapters we know about."""
-        if self._peft is None:  # the first wrap failed half-way: strip injected layers
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            for name, module in list(self.model.named_modules()):
-                if isinstance(module, BaseTunerLayer):
-                    parent, _, child = name.rpartition(".")
-                    setattr(self.model.get_submodule(parent), child, module.get_base_layer())
-            if "peft_config" in vars(self.model):  # set by PEFT's tuner on the base model
-                del self.model.peft_config
-            return
-        if key in self._peft.peft_config:
-            try:
-                self._delete(key)
-            except Exception:  # pragma: no cover - nothing more we can do
-                log.exception("could not remove the half-loaded adapter %s", key)
-
-    def _evict(self) -> None:
-        """Unload idle adapters beyond `max_adapters`, least recently used first.
-
-        Never the serving version nor one a reply in flight uses (caller holds _admin).
-        """
-        with self._state:
-            a = self._adapters
-            idle = [v for v in a.keys if v != self._serving and a.inflight[v] <= 0]
-            excess = len(a.keys) - self.max_adapters
-            victims = sorted(idle, key=lambda v: a.last_used.get(v, 0.0))[: max(0, excess)]
-            keys = [a.keys.pop(v) for v in victims]
-            for v in victims:
-                a.inflight.pop(v, None)
-                a.last_used.pop(v, None)
-        if not keys:
-            return
-        with self._step:
-            self._active = _UNKNOWN
-            try:
-                for key in keys:
-                    self._delete(key)
-            finally:
-                self._find_layers()
-        log.info("unloaded adapters %s", ", ".join(victims))
-
-    def _delete(self, key: str) -> None:
-        """Delete PEFT adapter `key`, leaving PEFT's own bookkeeping on a loaded one."""
-        self._activate(None)  # nothing active: PEFT need not pick (and warn about) another
-        self._peft.delete_adapter(key)
-        remaining = list(self._peft.peft_config)
-        if remaining:
-            self._peft.set_adapter(remaining[0], inference_mode=True)
-        self._active = _UNKNOWN
-
-    def _find_layers(self) -> None:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        modules = list(self.model.modules())
-        tuners = [m for m in modules if isinstance(m, BaseTunerLayer)]
-        plain = BaseTunerLayer.set_adapter
-        self._plain_layers = [m for m in tuners if type(m).set_adapter is plain]
-        self._special_layers = [m for m in tuners if type(m).set_adapter is not plain]
-        self._aux_layers = [m for m in modules if isinstance(m, AuxiliaryTrainingWrapper)]
+            return version, self.adapters.acquire(version)
+        except AdapterError as err:
+            raise ServingError(str(err)) from err
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):

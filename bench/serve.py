@@ -39,27 +39,33 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def bare_loop(model_dir: Path, system: str, prompts: list[str], max_new: int) -> list[dict]:
-    """TTFT and tokens/s of model.generate with a streamer, one request at a time."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+class BareLoop:
+    """`model.generate` with a streamer, one request at a time: the baseline."""
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    out = []
-    for prompt in prompts:
-        messages = [{"role": "system", "content": system}] if system else []
+    def __init__(self, model_dir: Path, system: str, max_new: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.system, self.max_new = system, max_new
+
+    def request(self, prompt: str) -> dict:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        messages = [{"role": "system", "content": self.system}] if self.system else []
         messages.append({"role": "user", "content": prompt})
-        ids = tok.apply_chat_template(
+        ids = self.tok.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
 
-        def run(ids=ids, streamer=streamer, result=result) -> None:
+        def run() -> None:
             with torch.inference_mode():
-                result["out"] = model.generate(
-                    **ids, max_new_tokens=max_new, do_sample=False, streamer=streamer
+                result["out"] = self.model.generate(
+                    **ids, max_new_tokens=self.max_new, do_sample=False, streamer=streamer
                 )
 
         start = time.perf_counter()
@@ -72,8 +78,7 @@ def bare_loop(model_dir: Path, system: str, prompts: list[str], max_new: int) ->
         thread.join()
         total = time.perf_counter() - start
         new = int(result["out"].shape[1] - ids["input_ids"].shape[1])
-        out.append({"ttft": ttft or total, "total": total, "tokens": new})
-    return out
+        return {"ttft": ttft or total, "total": total, "tokens": new}
 
 
 def app_request(client, tok, prompt: str) -> dict:
@@ -119,13 +124,18 @@ def main() -> None:
     prompts = (PROMPTS * ((args.requests // len(PROMPTS)) + 1))[: args.requests]
     tok = AutoTokenizer.from_pretrained(model_dir)
 
-    bare = bare_loop(model_dir, system, prompts, args.max_new_tokens)
+    loop = BareLoop(model_dir, system, args.max_new_tokens)
     add_user(home, "bench", "expert", "bench-pw")
     env = {"TUNELOOP_TEMPERATURE": "0", "TUNELOOP_MAX_NEW_TOKENS": str(args.max_new_tokens)}
     with serve(home, model=str(model_dir), **env) as (url, _):
         client = Client(url, auth=("bench", "bench-pw"), verbose=False)
+        loop.request("warm-up")
         app_request(client, tok, "warm-up")
-        via_app = [app_request(client, tok, p) for p in prompts]
+        # Interleaved, one side at a time, so background load on a noisy machine hits both alike.
+        bare, via_app = [], []
+        for p in prompts:
+            bare.append(loop.request(p))
+            via_app.append(app_request(client, tok, p))
 
         # N concurrent sessions for a fixed time
         ttfts: list[float] = []
