@@ -247,3 +247,81 @@ def fetch(session: Session, model: type[T], row_id: int, what: str) -> T:
     if row is None:
         raise FeedbackError(f"there is no {what} with id {row_id}; check the id")
     return row
+
+
+# Argilla: pairs out for ranking, rankings back (issue 3) ---------------------------------
+
+PAIR_SOURCES = ("compare", "thumbs-down", "generated")
+PAIR_STATUSES = ("pending", "pushed")
+PAIR_DECISIONS = ("A", "B", "tie", "split")
+ARGILLA_RESPONSE_STATUSES = ("submitted", "discarded")
+
+
+class ArgillaPair(FeedbackTable, table=True):
+    """One pair of replies queued for annotators: the outbox row and, later, its verdict.
+
+    Queuing only writes this row (it never waits on Argilla); a sync pushes pending rows
+    under `external_id`, which is stable, so pushing again upserts the same record. Which
+    reply is shown as A is random and recorded (`first_is_a`). The verdict columns are
+    recomputed from the pulled responses on every sync that touches the pair.
+    """
+
+    __tablename__ = "argilla_pairs"
+    __table_args__ = (
+        Index("ux_argilla_pairs_external_id", "external_id", unique=True),
+        Index("ix_argilla_pairs_status", "status"),
+        CheckConstraint(_in("source", PAIR_SOURCES), name="source"),
+        CheckConstraint(_in("status", PAIR_STATUSES), name="status"),
+        CheckConstraint(_in("decision", PAIR_DECISIONS), name="decision"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(sa_type=String)
+    source: str = Field(sa_type=String)
+    prompt_json: str = Field(sa_type=Text)
+    # "first" is the transcript's reply (or the first sample); "second" the other one.
+    first: str = Field(sa_type=Text)
+    second: str = Field(sa_type=Text)
+    first_response_id: int | None = Field(default=None, foreign_key="responses.id", sa_type=Integer)
+    second_response_id: int | None = Field(
+        default=None, foreign_key="responses.id", sa_type=Integer
+    )
+    comparison_id: int | None = Field(default=None, foreign_key="comparisons.id", sa_type=Integer)
+    first_is_a: bool = Field(sa_type=Boolean)
+    metadata_json: str = Field(sa_type=Text)
+    status: str = Field(default="pending", sa_type=String)
+    attempts: int = Field(default=0, sa_type=Integer)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _created()
+    pushed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    decision: str | None = Field(default=None, sa_type=String)
+    agreement: float | None = Field(default=None, sa_type=Float)
+    flagged: bool = Field(default=False, sa_type=Boolean)
+    preference_id: int | None = Field(default=None, foreign_key="preferences.id", sa_type=Integer)
+    decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class ArgillaResponse(FeedbackTable, table=True):
+    """One annotator's response to one pair, as last pulled (drafts are never stored)."""
+
+    __tablename__ = "argilla_responses"
+    __table_args__ = (
+        Index("ux_argilla_responses_argilla_id", "argilla_id", unique=True),
+        Index("ix_argilla_responses_pair", "pair_id"),
+        Index("ix_argilla_responses_annotator", "annotator"),
+        CheckConstraint(_in("status", ARGILLA_RESPONSE_STATUSES), name="status"),
+        CheckConstraint(_in("choice", CHOICES), name="choice"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    pair_id: int = Field(foreign_key="argilla_pairs.id", sa_type=Integer)
+    # Argilla's response UUID: one per record and annotator, stable across edits.
+    argilla_id: str = Field(sa_type=String)
+    annotator: str = Field(sa_type=String)
+    status: str = Field(sa_type=String)
+    # In our terms (A/B as shown to the annotator); None for a discarded response.
+    choice: str | None = Field(default=None, sa_type=String)
+    corrected: str | None = Field(default=None, sa_type=Text)
+    rating: int | None = Field(default=None, sa_type=Integer)
+    argilla_updated_at: str = Field(sa_type=String)
+    pulled_at: datetime = _created()
