@@ -48,10 +48,150 @@ class Settings(BaseSettings):
     adapter_poll_seconds: float = Field(default=1.0, gt=0.0)
 
     # --- Argilla: pairs out for ranking, rankings back (issue 3) ---
+    argilla_url: str | None = Field(
+        default=None,
+        description="A team's own Argilla (e.g. https://argilla.example.org); unset means the "
+        "local stack that `tuneloop argilla up` runs under HOME/argilla.",
+    )
+    argilla_api_key: str | None = Field(
+        default=None, description="Owner API key of TUNELOOP_ARGILLA_URL (not for the local one)."
+    )
+    argilla_port: int = Field(default=6900, ge=1, le=65535, description="Local Argilla's port.")
+    argilla_venv: Path = Field(
+        default=Path(__file__).resolve().parent.parent / ".venv-argilla",
+        description="The local Argilla server's own virtualenv (built by .ci/setup or `up`).",
+    )
+    argilla_workspace: str = Field(default="tuneloop", min_length=1, description="Workspace.")
+    argilla_dataset: str = Field(
+        default="tuneloop-pairs", min_length=1, description="Dataset that receives the pairs."
+    )
+    argilla_min_submitted: int = Field(
+        default=2, ge=1, le=50, description="Submissions each record needs (Argilla overlap)."
+    )
+    argilla_sync_seconds: float = Field(
+        default=60.0, ge=0.0, description="`serve` syncs with Argilla this often; 0 = never."
+    )
+    argilla_min_agreement: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Records whose share of votes for the winning choice is below this are "
+        "flagged and left out of training.",
+    )
+    argilla_timeout_seconds: float = Field(default=60.0, gt=0.0, description="HTTP timeout.")
 
     # --- Training rounds: SFT, DPO, evaluation gate, schedule (issue 4) ---
+    # Core: one round's hyperparameters (defaults work for the embedded SmolLM2 on CPU).
+    sft_epochs: float = Field(default=2.0, gt=0.0, le=100.0, description="SFT epochs.")
+    dpo_epochs: float = Field(default=1.0, gt=0.0, le=100.0, description="DPO epochs.")
+    sft_steps: int = Field(default=0, ge=0, description="SFT steps instead of epochs (0 = epochs).")
+    dpo_steps: int = Field(default=0, ge=0, description="DPO steps instead of epochs (0 = epochs).")
+    train_max_steps: int = Field(default=0, ge=0, description="Cap on each stage's steps; 0: none.")
+    train_batch_size: int = Field(default=4, ge=1, le=1024)
+    train_grad_accum: int = Field(default=1, ge=1, le=1024)
+    sft_learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0)
+    dpo_learning_rate: float = Field(default=2e-5, gt=0.0, le=1.0)
+    dpo_beta: float = Field(default=0.1, gt=0.0, le=10.0, description="DPO KL strength.")
+    lora_r: int = Field(default=16, ge=1, le=1024)
+    lora_alpha: int = Field(default=32, ge=1, le=4096)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    lora_targets: str = Field(
+        default="all-linear", description='"all-linear" or comma-separated module names.'
+    )
+    train_max_length: int = Field(default=512, ge=32, le=131072, description="Tokens per row.")
+    train_save_steps: int = Field(default=20, ge=1, description="Checkpoint every N steps.")
+    train_seed: int = Field(default=42)
+    gradient_checkpointing: bool = Field(
+        default=False, description="Trade speed for memory (big models on a GPU)."
+    )
+    precompute_ref_log_probs: bool = Field(
+        default=True, description="DPO: reference log-probs once, before training."
+    )
+    qlora: bool = Field(default=True, description="On CUDA: 4-bit NF4 base (QLoRA), bf16.")
+    dedup_threshold: float = Field(default=0.85, gt=0.0, lt=1.0, description="MinHash Jaccard.")
+    pii_region: str = Field(default="US", description="Default region for phone numbers.")
+    eval_generate: bool = Field(default=True, description="Generate replies for the rubric.")
+    eval_max_prompts: int = Field(default=24, ge=1, description="Held-out prompts generated.")
+    eval_max_new_tokens: int = Field(default=96, ge=1, le=4096)
+    eval_batch_size: int = Field(default=8, ge=1, le=1024)
+    # The gate: a candidate must beat the serving version by one of the MIN_ margins and
+    # regress by no more than the MAX_ ones.
+    gate_min_pref_acc_gain: float = Field(default=0.02, ge=0.0, le=1.0)
+    gate_min_loss_decrease: float = Field(default=0.01, ge=0.0)
+    gate_min_rubric_gain: float = Field(default=0.05, ge=0.0, le=1.0)
+    gate_max_loss_increase: float = Field(default=0.05, ge=0.0)
+    gate_max_pref_acc_drop: float = Field(default=0.0, ge=0.0, le=1.0)
+    gate_max_rubric_drop: float = Field(default=0.0, ge=0.0, le=1.0)
+    gate_max_general_loss_increase: float = Field(default=0.10, ge=0.0)
+    gate_max_general_pass_drop: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    # Operator side: the schedule (`tuneloop watch`) and experiment tracking.
+    round_min_new: int = Field(
+        default=50,
+        ge=1,
+        description="`watch` starts a round once this many new preferences arrived since the last.",
+    )
+    round_interval_minutes: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="`watch` also starts a round this often, in minutes, if anything is new "
+        "(0 = only by count).",
+    )
+    watch_poll_seconds: float = Field(
+        default=60.0, gt=0.0, description="How often `watch` checks for new feedback."
+    )
+    tracker: str = Field(
+        default="trackio",
+        pattern="^(trackio|none)$",
+        description="Experiment tracker for training curves: trackio (local, offline) or none.",
+    )
 
     # --- Batch generation and evaluation sets (issue 5) ---
+    generate_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Rows per batch for `generate` and `eval`; unset: 8 on a CPU, 32 on a GPU.",
+    )
+    generate_max_new_tokens: int = Field(
+        default=256, ge=1, le=8192, description="Token budget of each `generate`/`eval` reply."
+    )
+    generate_temperature: float = Field(
+        default=0.0, ge=0.0, le=5.0, description="0 = greedy: a rerun gives the same replies."
+    )
+    eval_scorer: str = Field(
+        default="auto",
+        min_length=1,
+        description="Scorers for `eval` and the gate: comma-separated exact, json, rubric, "
+        "FILE.py:FUNCTION, module:FUNCTION; auto = exact when rows have a reference, plus "
+        "rubric when the rubric file exists.",
+    )
+    eval_rubric: Path | None = Field(
+        default=None, description="Rubric file of the `rubric` scorer; unset: DATA_DIR/rubric.json."
+    )
+    gate_eval_sets: str = Field(
+        default="",
+        description="Comma-separated eval set files a round's candidate must not lose on "
+        "against the serving version; empty = no eval gate.",
+    )
+    gate_min_margins: str = Field(
+        default="",
+        description="METRIC=MARGIN,...: the candidate needs at least serving + margin on each; "
+        "empty = every metric, margin 0.",
+    )
+
+    @field_validator("gate_min_margins")
+    @classmethod
+    def _margins_parse(cls, value: str) -> str:
+        for part in filter(str.strip, value.split(",")):
+            name, sep, number = part.partition("=")
+            try:
+                float(number)
+            except ValueError:
+                sep = ""
+            if not sep or not name.strip():
+                raise ValueError(f"{part.strip()!r} is not METRIC=NUMBER (e.g. rubric_pass=0.05)")
+        return value
 
     @field_validator("model")
     @classmethod
@@ -76,6 +216,16 @@ class Settings(BaseSettings):
     @property
     def system_prompt_file(self) -> Path:
         return self.data_dir / "system_prompt.md"
+
+    @property
+    def evals_dir(self) -> Path:
+        """Eval reply cache and the bare base model's eval results (versions keep theirs)."""
+        return self.home / "evals"
+
+    @property
+    def rubric_file(self) -> Path:
+        """The rubric the `rubric` scorer uses."""
+        return self.eval_rubric or self.data_dir / "rubric.json"
 
     def system_prompt(self) -> str:
         """The deployment's system prompt; empty when data/ has none."""

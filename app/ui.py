@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from app.chat import COMPARE_SAMPLE, ChatError, ChatService, ChatState, Comparison, display, inert
+from app.operator_ui import OperatorService, build_operator_tab
 
 TITLE = "tuneloop"
 AUTH_MESSAGE = (
@@ -118,6 +119,9 @@ def build_ui(service: ChatService) -> gr.Blocks:
                         pick_a = gr.Button("A is better", elem_id="pick-a")
                         pick_tie = gr.Button("Tie", elem_id="pick-tie")
                         pick_b = gr.Button("B is better", elem_id="pick-b")
+
+        # Operators only: training rounds, promotion, rollback (app/operator_ui.py).
+        build_operator_tab(OperatorService.for_chat(service.store, engine.registry), demo)
 
         # -- page load and the model line ---------------------------------------------
         def on_load(request: gr.Request) -> tuple[Any, ...]:

@@ -1,0 +1,369 @@
+"""A training round on the tiny model: SFT, DPO, evaluation, gate, promotion, rollback,
+failures that must not promote, resume, the held-out split, and the trainer configs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from app.cli_training import build_round_config
+from app.config import REPO_DATA_DIR, Settings
+from feedback.records import NewExample, NewPreference
+from feedback.store import Store
+from training.evaluate import EvalSettings, GateMargins, choose_candidate, gate
+from training.registry import Registry, RegistryError
+from training.round import RoundBusyError, RoundConfig, list_rounds, run_round
+from training.stages import dpo_config, sft_config
+
+# Words the tiny tokenizer knows; one reply per topic, five ways of asking. 2 of the 30
+# prompts fall in the held-out split.
+ANSWERS = {
+    "tomatoes": "Tomatoes like deep water twice a week and a little mulch to keep the soil cool.",
+    "bread": "Flour, water, salt and yeast make a simple loaf; let the dough rest until doubled.",
+    "a bicycle chain": "A bicycle chain needs a drop of oil every month; wipe off the extra oil.",
+    "soup": "Chop an onion, two carrots and a potato, then cook them in stock for twenty minutes.",
+    "a spider": "A spider has eight legs.",
+    "the weather": "If the sky is grey and the wind turns cold, rain is likely before the evening.",
+}
+QUESTIONS = [
+    "How do I care for {t}?",
+    "What should I know about {t}?",
+    "Tell me about {t}, please.",
+    "Is {t} hard for a beginner?",
+    "Any quick tips on {t}?",
+]
+runner = CliRunner()
+
+
+@pytest.fixture
+def settings(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TUNELOOP_TRACKER", "none")
+    s = Settings()
+    s.home.mkdir(parents=True, exist_ok=True)
+    return s
+
+
+@pytest.fixture
+def store(settings: Settings) -> Store:
+    store = Store.open(settings.database)
+    prefs, examples = [], []
+    for topic, answer in ANSWERS.items():
+        for question in QUESTIONS:
+            prompt = [{"role": "user", "content": question.format(t=topic)}]
+            prefs.append(NewPreference(prompt=prompt, chosen=answer, rejected="No idea, sorry."))
+            examples.append(
+                NewExample(messages=[*prompt, {"role": "assistant", "content": answer}])
+            )
+    store.add_bulk(preferences=prefs, examples=examples)
+    return store
+
+
+def _config(**overrides: object) -> RoundConfig:
+    values: dict = {
+        "sft_steps": 4,
+        "dpo_steps": 4,
+        "batch_size": 4,
+        "sft_learning_rate": 5e-3,
+        "dpo_learning_rate": 5e-3,
+        "save_steps": 1,
+        "system_prompt": "You help with gardens and kitchens.",
+        "eval": EvalSettings(
+            max_prompts=3,
+            max_new_tokens=6,
+            rubric_file=REPO_DATA_DIR / "rubric.json",
+            general_file=REPO_DATA_DIR / "general_checks.jsonl",
+        ),
+    }
+    values.update(overrides)
+    return RoundConfig(**values)  # type: ignore[arg-type]
+
+
+def _run(settings: Settings, store: Store, model_dir: Path, **kwargs: object):
+    return run_round(
+        store=store,
+        registry=Registry(settings.adapters_dir),
+        model_dir=model_dir,
+        rounds_dir=settings.home / "rounds",
+        **{"config": _config(), **kwargs},  # type: ignore[arg-type]
+    )
+
+
+def _tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _tensors(adapter: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter / "adapter_model.safetensors"))
+
+
+def test_round_end_to_end_promotes_then_rolls_back(
+    settings: Settings, store: Store, tiny_model_dir: Path
+) -> None:
+    base_before = _tree_digest(tiny_model_dir)
+    seen: list[dict] = []
+    result = _run(settings, store, tiny_model_dir, on_progress=seen.append)
+
+    assert result.status == "promoted", result.reasons
+    registry = Registry(settings.adapters_dir)
+    assert registry.current() == result.version
+    registry.verify(result.version)
+    folder = settings.home / "rounds" / result.id
+    state = json.loads((folder / "state.json").read_text())
+    assert state["status"] == "promoted" and state["stage"] == "done"
+    assert {s["stage"] for s in seen} >= {"snapshot", "sft", "dpo", "evaluate", "gate", "done"}
+    for name in ("report.json", "report.md", "loss.png", "history.png", "snapshot.json"):
+        assert (folder / name).is_file(), name
+    logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert {(m["stage"], m["step"]) for m in logged} >= {("sft", 4), ("dpo", 4)}
+
+    # The LoRA weights moved away from their initialisation (B starts at zero), DPO moved
+    # them again, and no base weight was touched: the adapters hold only LoRA tensors and
+    # the model files are byte for byte what they were.
+    sft = _tensors(folder / "sft" / "adapter")
+    dpo = _tensors(folder / "dpo" / "adapter")
+    assert all("lora_" in key for key in [*sft, *dpo])
+    assert all(t.abs().sum() > 0 for k, t in sft.items() if "lora_B" in k)
+    assert any(not sft[k].equal(dpo[k]) for k in sft)
+    assert _tree_digest(tiny_model_dir) == base_before
+
+    # Registry metadata, metrics and the gate's comparison.
+    info = registry.info(result.version)
+    snapshot = json.loads((folder / "snapshot.json").read_text())
+    assert info["status"] == "promoted" and info["snapshot_hash"] == snapshot["hash"]
+    assert info["row_counts"]["dpo_train"] > 0 and info["hyperparameters"]["lora_r"] == 16
+    assert info["base_model"] and info["code_version"]
+    for key in ("pref_acc", "heldout_loss", "general_loss", "rubric_pass", "general_pass"):
+        assert key in info["metrics"], key
+    assert result.metrics["serving"]["pref_acc"] == 0.5  # the bare base: every pair a tie
+    assert snapshot["preference_ids"] and snapshot["max_ids"]["preferences"] == 30
+
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["adapter"] == result.version and status["last_round"]["id"] == result.id
+    assert status["adapter_metrics"]["heldout_loss"] == info["metrics"]["heldout_loss"]
+    listed = json.loads(runner.invoke(app, ["rounds", "--json"]).stdout)
+    assert [r["id"] for r in listed["rounds"]] == [result.id]
+    assert listed["new_feedback"]["preferences"] == 0
+
+    out = runner.invoke(app, ["rollback", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == {"from": result.version, "to": None}
+    assert registry.current() is None
+    out = runner.invoke(app, ["promote", result.version, "--json"])
+    assert out.exit_code == 0 and registry.current() == result.version
+
+    # A corrupted adapter is refused before it can be served.
+    weights = registry.path(result.version) / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="corrupted"):
+        registry.verify(result.version)
+    registry.set_current(None)
+    out = runner.invoke(app, ["promote", result.version])
+    assert out.exit_code != 0 and registry.current() is None
+
+
+def _nan_model(src: Path, dest: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dest)
+    return dest
+
+
+def test_nan_loss_fails_the_round_and_keeps_serving(
+    settings: Settings,
+    store: Store,
+    tiny_model_dir: Path,
+    tiny_adapters: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    registry = Registry(settings.adapters_dir)
+    registry.register("v1", tiny_adapters["v1"])
+    registry.set_current("v1")
+    result = _run(settings, store, _nan_model(tiny_model_dir, tmp_path / "nan"))
+    assert result.status == "failed"
+    assert "NonFiniteLossError" in result.reasons[0] and "is nan" in result.reasons[0]
+    assert registry.current() == "v1" and registry.versions() == ["v1"]
+    assert list_rounds(settings.home / "rounds")[-1]["status"] == "failed"
+
+
+def test_exception_mid_dpo_promotes_nothing_and_resume_finishes(
+    settings: Settings, store: Store, tiny_model_dir: Path, tiny_adapters: dict[str, Path]
+) -> None:
+    registry = Registry(settings.adapters_dir)
+    registry.register("v1", tiny_adapters["v1"])
+    registry.set_current("v1")
+
+    def crash(state: dict) -> None:
+        if state["stage"] == "dpo" and state["step"] == 2:
+            raise RuntimeError("disk on fire")
+
+    # Reference log-probs per step here (the other test covers the precomputed default).
+    config = _config(precompute_ref_log_probs=False)
+    first = _run(settings, store, tiny_model_dir, on_progress=crash, config=config)
+    assert first.status == "failed" and "disk on fire" in first.reasons[0]
+    assert registry.current() == "v1" and registry.versions() == ["v1"]
+    folder = settings.home / "rounds" / first.id
+    assert (folder / "sft" / "adapter" / "adapter_config.json").is_file()
+    assert (folder / "dpo" / "checkpoints" / "checkpoint-1").is_dir()
+
+    # Margins no candidate can meet: the resumed round must be rejected, not promoted.
+    never = GateMargins(min_pref_acc_gain=1.0, min_loss_decrease=99.0, min_rubric_gain=1.0)
+    strict = _config(precompute_ref_log_probs=False, margins=never)
+    again = _run(settings, store, tiny_model_dir, resume=True, config=strict)
+    assert again.id == first.id
+    assert again.status == "rejected" and "not better" in again.reasons[-1]
+    assert registry.current() == "v1"
+    assert registry.info(again.version)["status"] == "rejected"
+    logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    sft_steps = [m["step"] for m in logged if m["stage"] == "sft" and "loss" in m]
+    dpo_steps = [m["step"] for m in logged if m["stage"] == "dpo" and "loss" in m]
+    assert sft_steps == [1, 2, 3, 4]  # SFT was not run again
+    assert dpo_steps == [1, 2, 2, 3, 4]  # DPO went on from checkpoint-1
+
+
+def test_heldout_prompts_never_reach_training(settings: Settings, store: Store) -> None:
+    from training.datasets import take_snapshot
+
+    # A near copy of a held-out prompt, added as a training candidate, must be dropped too.
+    heldout = list(store.dpo_rows("heldout"))
+    assert heldout, "the fixture data must put at least one pair in the held-out split"
+    near = heldout[0]["prompt"][0]["content"].replace("?", " ?")
+    store.add_bulk(
+        examples=[NewExample(messages=[{"role": "user", "content": near},
+                                       {"role": "assistant", "content": "A near copy."}])]
+    )  # fmt: skip
+    snap = take_snapshot(store, seed_file=REPO_DATA_DIR / "seed_sft.jsonl")
+    held_texts = {
+        m["content"].strip()
+        for row in [*snap.sft_heldout, *snap.dpo_heldout]
+        for m in (row.get("prompt") or row["messages"][:-1])
+        if m["role"] == "user"
+    }
+    assert held_texts
+    train_text = json.dumps([*snap.sft_train, *snap.dpo_train])
+    for text in held_texts:
+        assert json.dumps(text)[1:-1] not in train_text
+    assert "A near copy." not in train_text
+    assert snap.info["curation"]["near_heldout"] >= 1
+    assert snap.info["seed_rows"] == 6
+
+
+def test_one_round_at_a_time_and_a_crashed_lock_is_free(
+    settings: Settings, store: Store, tiny_model_dir: Path
+) -> None:
+    from training.round import _exclusive
+
+    rounds = settings.home / "rounds"
+    with _exclusive(rounds), pytest.raises(RoundBusyError):
+        _run(settings, store, tiny_model_dir)
+    # A process that dies holding the lock leaves nothing stuck: the OS drops flock locks.
+    code = (
+        "import fcntl, os, sys; f = open(sys.argv[1], 'a'); "
+        "fcntl.flock(f, fcntl.LOCK_EX); os._exit(3)"
+    )
+    assert subprocess.run([sys.executable, "-c", code, str(rounds / ".lock")]).returncode == 3
+    with _exclusive(rounds):
+        pass
+    # A round killed mid-way (state still "running", lock free) is reported as failed.
+    killed = rounds / "r0001-20261122T093000"
+    killed.mkdir()
+    (killed / "state.json").write_text(json.dumps({"id": killed.name, "status": "running"}))
+    with _exclusive(rounds):
+        assert list_rounds(rounds)[-1]["status"] == "running"
+    assert list_rounds(rounds)[-1]["status"] == "failed"
+    assert "interrupted" in list_rounds(rounds)[-1]["reason"]
+
+
+def test_configs_from_default_settings_are_valid_for_installed_trl(tmp_path: Path) -> None:
+    config = build_round_config(Settings())
+    sft = sft_config(config, tmp_path / "sft", 10, tmp_path)
+    dpo = dpo_config(config, tmp_path / "dpo", 10, tmp_path)
+    assert sft.assistant_only_loss and not sft.gradient_checkpointing
+    assert sft.max_length == dpo.max_length == config.max_length
+    assert dpo.precompute_ref_log_probs and dpo.beta == config.dpo_beta
+    assert sft.learning_rate == config.sft_learning_rate and sft.max_steps == 10
+    assert config.seed_file is not None and config.seed_file.is_file()
+    assert config.eval.rubric_file is not None and config.eval.rubric_file.is_file()
+    from training.lora import lora_config
+
+    lora = lora_config(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+    assert lora.r == 16 and lora.target_modules == "all-linear"
+
+
+def test_training_template_marks_exactly_the_assistant_replies(tiny_model_dir: Path) -> None:
+    from training.stages import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir, training_template=True)
+    plain = load_tokenizer(tiny_model_dir, training_template=False)
+    conv = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi there."},
+        {"role": "user", "content": "Bread?"},
+        {"role": "assistant", "content": "Flour and water."},
+    ]
+    assert tok.apply_chat_template(conv, tokenize=False) == plain.apply_chat_template(
+        conv, tokenize=False
+    )
+    out = tok.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
+    marked = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert tok.decode(marked) == "Hi there.<|im_end|>Flour and water.<|im_end|>"
+
+
+def test_the_gate_never_ships_a_worse_dpo_stage() -> None:
+    serving = {"pref_acc": 0.5, "heldout_loss": 2.0, "rubric_pass": 0.0, "general_loss": 3.0}
+    sft = {"pref_acc": 0.6, "heldout_loss": 1.5, "rubric_pass": 0.25, "general_loss": 3.0}
+    dpo = {"pref_acc": 0.9, "heldout_loss": 1.6, "rubric_pass": 0.18, "general_loss": 3.0}
+    assert choose_candidate({"sft": sft, "dpo": dpo}) == "sft"
+    assert gate(sft, serving, GateMargins()) == []
+    # Alone against a better serving version, the worse stage is refused, with reasons.
+    reasons = gate(dpo, {**sft, "pref_acc": 0.95}, GateMargins())
+    assert any("rubric pass rate fell" in r for r in reasons)
+    assert any("preference accuracy fell" in r for r in reasons)
+    regress = gate({**sft, "general_loss": 3.5}, serving, GateMargins())
+    assert any("general-instruction loss rose" in r for r in regress)
+    assert gate({**sft, "heldout_loss": float("nan")}, serving, GateMargins())
+    # A tie between stages goes to the earlier one: DPO has to earn its place.
+    assert choose_candidate({"sft": sft, "dpo": dict(sft)}) == "sft"
+
+
+def test_rollback_walks_back_through_what_served(
+    settings: Settings, tiny_adapters: dict[str, Path]
+) -> None:
+    registry = Registry(settings.adapters_dir)
+    for name in ("v1", "v2"):
+        registry.register(name, tiny_adapters[name])
+    assert runner.invoke(app, ["rollback"]).exit_code == 1  # the pointer never moved
+    registry.set_current("v1")
+    registry.set_current("v2")
+    out = runner.invoke(app, ["rollback", "--json"])
+    assert json.loads(out.stdout) == {"from": "v2", "to": "v1"}
+    assert registry.info("v2")["status"] == "rolled_back"
+    out = runner.invoke(app, ["rollback", "--json"])  # not back to v2: it was rolled back
+    assert json.loads(out.stdout) == {"from": "v1", "to": None}
+    assert registry.current() is None
+
+
+def test_train_resume_with_nothing_to_resume_says_so(settings: Settings, store: Store) -> None:
+    out = runner.invoke(app, ["train", "--resume", "--json"])
+    assert out.exit_code == 1
+    assert "no failed or interrupted round to resume" in str(out.exception)

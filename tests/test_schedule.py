@@ -1,0 +1,210 @@
+"""`tuneloop watch`: when a round is due, one at a time, state from disk (survives restarts)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from feedback.records import NewPreference
+from feedback.store import Store
+from training import schedule
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def _round(n: int, status: str, *, minutes_ago: float, **extra: object) -> dict:
+    started = (NOW - timedelta(minutes=minutes_ago)).isoformat()
+    return {
+        "id": f"r{n:04d}-20261122T0930",
+        "status": status,
+        "stage": "done",
+        "started_at": started,
+        "finished_at": started,
+        **extra,
+    }
+
+
+def decide(rounds: list[dict], prefs: int, *, busy: bool = False, interval: float = 0.0,
+           other: int = 0) -> schedule.Decision:  # fmt: skip
+    return schedule.decide(
+        rounds=rounds,
+        new={"preferences": prefs, "corrections": other, "ratings": 0},
+        busy=busy,
+        min_new=10,
+        interval_minutes=interval,
+        now=NOW,
+    )
+
+
+def test_a_round_is_due_once_enough_new_preferences_arrived() -> None:
+    assert not decide([], 9).run
+    assert decide([], 10).run
+    assert "10 new preferences" in decide([], 10).reason
+    done = [_round(1, "promoted", minutes_ago=5)]
+    assert decide(done, 12).run and not decide(done, 3).run
+
+
+def test_the_interval_starts_a_round_only_when_something_is_new() -> None:
+    done = [_round(1, "rejected", minutes_ago=90)]
+    assert decide(done, 1, interval=60).run
+    assert not decide(done, 1, interval=120).run  # not yet
+    assert not decide(done, 0, interval=60).run  # nothing new: no point retraining
+    assert decide(done, 0, interval=60, other=2).run  # corrections count too
+    assert not decide(done, 1, interval=0).run  # interval off
+
+
+def test_one_round_at_a_time_and_a_crashed_round_is_resumed() -> None:
+    assert not decide([], 50, busy=True).run
+    crashed = [_round(1, "running", minutes_ago=5)]
+    d = decide(crashed, 0)
+    assert d.run and d.resume and "r0001" in d.reason
+
+
+def test_an_interrupted_round_is_resumed_at_once() -> None:
+    stopped = [_round(1, "failed", minutes_ago=1, reason="interrupted")]
+    d = decide(stopped, 0)
+    assert d.run and d.resume
+
+
+def test_a_failed_round_is_not_retried_in_a_loop() -> None:
+    failed = [_round(1, "failed", minutes_ago=5, reason="disk full")]
+    d = decide(failed, 50)
+    assert not d.run and "disk full" in d.reason
+    later = [_round(1, "failed", minutes_ago=schedule.FAILED_BACKOFF_MINUTES + 1)]
+    assert decide(later, 50).run
+
+
+def test_lock_held_sees_a_live_round_and_not_a_dead_one(tmp_path: Path) -> None:
+    rounds = tmp_path / "rounds"
+    assert not schedule.lock_held(rounds)
+    rounds.mkdir()
+    with open(rounds / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running round holds
+        assert schedule.lock_held(rounds)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert not schedule.lock_held(rounds)  # the file stays; a released lock is free
+
+
+def _prefs(store: Store, n: int, start: int = 0) -> None:
+    store.add_bulk(
+        preferences=[
+            NewPreference(
+                prompt=[{"role": "user", "content": f"question {i}"}],
+                chosen=f"good answer {i}",
+                rejected=f"bad answer {i}",
+            )
+            for i in range(start, start + n)
+        ]
+    )
+
+
+def test_check_reads_new_feedback_and_rounds_from_disk(tmp_path: Path) -> None:
+    """The decision comes from the store and the rounds dir alone: a fresh watcher process
+    (a restart) decides exactly what the old one would have."""
+    from training.datasets import feedback_marks
+
+    store = Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    rounds = tmp_path / "rounds"
+    _prefs(store, 4)
+    d = schedule.check(store, rounds, min_new=4, interval_minutes=0)
+    assert d.run and d.new["preferences"] == 4 and d.last_round is None
+
+    # a finished round froze those 4; two more arrive: below the threshold
+    folder = rounds / "r0001-20261122T0930"
+    folder.mkdir(parents=True)
+    (folder / "snapshot.json").write_text(json.dumps(feedback_marks(store)))
+    state = _round(1, "promoted", minutes_ago=1)
+    (folder / "state.json").write_text(json.dumps(state))
+    _prefs(store, 2, start=10)
+    d = schedule.check(store, rounds, min_new=4, interval_minutes=0)
+    assert not d.run and d.new["preferences"] == 2 and d.last_round == state["id"]
+    _prefs(store, 2, start=20)
+    assert schedule.check(store, rounds, min_new=4, interval_minutes=0).run
+
+
+def test_watch_runs_a_due_round_and_reports_it() -> None:
+    calls: list[bool] = []
+    said: list[str] = []
+    events = schedule.watch(
+        checker=lambda: schedule.Decision(True, "12 new preferences (threshold 10)"),
+        runner=lambda resume: (
+            calls.append(resume)
+            or {"returncode": 0, "round": {"status": "promoted", "version": "r0001-x-sft"}}
+        ),
+        poll_seconds=0,
+        once=True,
+        say=said.append,
+    )
+    assert calls == [False]
+    assert events[0]["result"]["round"]["status"] == "promoted"
+    assert said[-1] == "round finished: promoted r0001-x-sft"
+
+
+def test_watch_keeps_checking_until_stopped() -> None:
+    decisions = iter([schedule.Decision(False, "1 new"), schedule.Decision(True, "due", True)])
+    ran: list[bool] = []
+
+    def runner(resume: bool) -> dict:
+        ran.append(resume)
+        raise KeyboardInterrupt  # how an operator stops `tuneloop watch`
+
+    with pytest.raises(KeyboardInterrupt):
+        schedule.watch(
+            checker=lambda: next(decisions),
+            runner=runner,
+            poll_seconds=0,
+            say=lambda _: None,
+            sleep=lambda _: None,
+        )
+    assert ran == [True]
+
+
+FAST_ROUND = {
+    "TUNELOOP_TRACKER": "none",
+    "TUNELOOP_EVAL_GENERATE": "false",
+    "TUNELOOP_TRAIN_MAX_STEPS": "1",
+}
+
+
+def test_watch_once_runs_a_real_round_then_waits_for_new_feedback(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    """`tuneloop watch --once` twice, as two processes (a restart in between): the first
+    starts a real round on the tiny model, the second sees nothing new and runs none."""
+    import os
+    import subprocess
+    import sys
+
+    from app.config import Settings
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database)
+    _prefs(store, 6)
+    env = {**os.environ, **FAST_ROUND, "TUNELOOP_MODEL": str(tiny_model_dir),
+           "TUNELOOP_ROUND_MIN_NEW": "5"}  # fmt: skip
+
+    def watch_once() -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "app.cli", "watch", "--once", "--json"],
+            env=env, capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first = watch_once()
+    assert first["run"] and "6 new preferences" in first["reason"]
+    log = (settings.home / "rounds" / "watch.log").read_text()
+    assert first["result"]["returncode"] == 0, log[-2000:]
+    outcome = first["result"]["round"]
+    assert outcome["status"] in ("promoted", "rejected", "done"), log[-2000:]
+    states = json.loads((settings.home / "rounds" / outcome["id"] / "state.json").read_text())
+    assert states["status"] == outcome["status"]
+
+    second = watch_once()
+    assert not second["run"] and second["new"]["preferences"] == 0
+    assert second["last_round"] == outcome["id"]

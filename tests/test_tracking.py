@@ -1,0 +1,136 @@
+"""Experiment tracking: a real TRL run reports through `report_to` into trackio's local store."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from training import tracking
+
+
+def _sft_run(model_dir: Path, run_dir: Path, tracker: str, steps: int = 3) -> None:
+    """A few real SFT steps on the tiny model, configured the way a round configures them."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"How do I water tomatoes {i}?"},
+                {"role": "assistant", "content": "Deep water twice a week and a little mulch."},
+            ]
+        }
+        for i in range(8)
+    ]
+    config = SFTConfig(
+        output_dir=str(run_dir / "sft"),
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        max_length=64,
+        gradient_checkpointing=False,
+        report_to=tracking.report_to(tracker, run_dir),
+        project=tracking.PROJECT,
+        run_name=tracking.run_name(run_dir, "sft"),
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
+    trainer.train()
+
+
+def test_a_rounds_training_curve_lands_in_the_local_tracker(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rounds = tmp_path / "rounds"
+    run_dir = rounds / "r0001-20261122T0930"
+    run_dir.mkdir(parents=True)
+    _sft_run(tiny_model_dir, run_dir, "trackio", steps=3)
+
+    assert (rounds / ".trackio" / "tuneloop.db").is_file()
+    assert tracking.runs(rounds) == ["r0001-20261122T0930-sft"]
+    points = tracking.logged_metrics(rounds, "r0001-20261122T0930-sft")
+    losses = [p["train/loss"] for p in points if "train/loss" in p]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+    # a second home in the same process gets its own store, not the first one's
+    other = tmp_path / "other" / "rounds"
+    (other / "r0001-x").mkdir(parents=True)
+    _sft_run(tiny_model_dir, other / "r0001-x", "trackio", steps=1)
+    assert tracking.runs(other) == ["r0001-x-sft"]
+    assert tracking.runs(rounds) == ["r0001-20261122T0930-sft"]
+
+
+def test_tracker_none_reports_nowhere(tmp_path: Path) -> None:
+    assert tracking.report_to("none", tmp_path / "rounds" / "r1") == []
+    assert not (tmp_path / "rounds" / ".trackio").exists()
+    with pytest.raises(tracking.TrackingError, match="unknown tracker"):
+        tracking.report_to("wandb", tmp_path / "rounds" / "r1")
+
+
+def test_the_tracker_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
+    assert Settings().tracker == "trackio"
+    monkeypatch.setenv("TUNELOOP_TRACKER", "mlflow")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_a_real_round_logs_both_stages_to_the_tracker(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    """`tuneloop train` with the default tracker: one tracker run per stage, with its curve."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from app.config import Settings
+    from feedback.records import NewPreference
+    from feedback.store import Store
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    Store.open(settings.database).add_bulk(
+        preferences=[
+            NewPreference(
+                prompt=[{"role": "user", "content": f"What comes after June, question {i}?"}],
+                chosen="July comes after June.",
+                rejected="A spider has eight legs.",
+            )
+            for i in range(8)
+        ]
+    )
+    env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "trackio",
+           "TUNELOOP_EVAL_GENERATE": "false", "TUNELOOP_TRAIN_MAX_STEPS": "2"}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "train", "--json", "--no-promote"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    round_id = json.loads(proc.stdout.strip().splitlines()[-1])["id"]
+    rounds = settings.home / "rounds"
+    assert sorted(tracking.runs(rounds)) == [f"{round_id}-dpo", f"{round_id}-sft"]
+    # the tracker holds the same loss curve as the round's own metrics.jsonl
+    lines = (rounds / round_id / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
+    for stage in ("sft", "dpo"):
+        ours = [m["loss"] for m in logged if m["stage"] == stage and "loss" in m]
+        points = tracking.logged_metrics(rounds, f"{round_id}-{stage}")
+        tracked = [p["train/loss"] for p in points if "train/loss" in p]
+        assert ours and tracked == pytest.approx(ours), stage

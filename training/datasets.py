@@ -1,0 +1,206 @@
+"""Store rows -> the round's frozen training and held-out data (a snapshot), with its hash.
+
+A snapshot is taken once per round: the store's train/held-out rows (TRL conversational
+format) plus the seed examples in `data/`, each given the deployment's system prompt when
+it has none (the chat app always sends one), curated (`training.curation`), hashed, and
+written to the round's folder, so a resumed round trains on exactly the same rows even if
+feedback kept arriving. Held-out rows are never curated into training: the split is the
+store's stable prompt-hash split, and train rows that nearly repeat a held-out prompt are
+dropped as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feedback.canonical import canonical_json
+from feedback.split import in_split
+from training.curation import CurationReport, dedup, drop_near_heldout, scrub_row
+
+Row = dict[str, Any]
+PARTS = ("sft_train", "dpo_train", "sft_heldout", "dpo_heldout")
+
+
+@dataclass
+class Snapshot:
+    """The rows one round trains and evaluates on, and what is known about them."""
+
+    sft_train: list[Row]
+    dpo_train: list[Row]
+    sft_heldout: list[Row]
+    dpo_heldout: list[Row]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def eval_sft(self) -> list[Row]:
+        """Held-out conversations to measure SFT loss on: held-out SFT rows plus each
+        held-out pair's prompt with its chosen reply (duplicates once)."""
+        rows = list(self.sft_heldout)
+        seen = {canonical_json(r["messages"]) for r in rows}
+        for pair in self.dpo_heldout:
+            messages = [*pair["prompt"], *pair["chosen"]]
+            if canonical_json(messages) not in seen:
+                seen.add(canonical_json(messages))
+                rows.append({"messages": messages})
+        return rows
+
+
+def with_system(messages: list[dict[str, Any]], system_prompt: str) -> list[dict[str, Any]]:
+    """`messages` with the system prompt in front unless they already start with one."""
+    if not system_prompt or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def read_seed_rows(path: Path | None) -> list[Row]:
+    """The `{"messages": [...]}` rows of a seed JSONL file (none when there is no file)."""
+    if path is None or not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if isinstance(row, dict) and row.get("messages"):
+                rows.append({"messages": row["messages"]})
+    return rows
+
+
+def _sft_prompt(row: Row) -> list[dict[str, Any]]:
+    return list(row["messages"][:-1])
+
+
+def take_snapshot(
+    store: Any,
+    *,
+    seed_file: Path | None = None,
+    system_prompt: str = "",
+    dedup_threshold: float = 0.85,
+    pii_region: str = "US",
+) -> Snapshot:
+    """Read, split, curate and hash the round's rows from `store` (and the seed file)."""
+    seeds = read_seed_rows(seed_file)
+    sft_all = [*seeds, *store.sft_rows("all")]
+    sft_train = [r for r in sft_all if in_split(_sft_prompt(r), "train")]
+    sft_heldout = [r for r in sft_all if in_split(_sft_prompt(r), "heldout")]
+    dpo_train = list(store.dpo_rows("train"))
+    dpo_heldout = list(store.dpo_rows("heldout"))
+
+    def sys_sft(rows: list[Row]) -> list[Row]:
+        return [{"messages": with_system(r["messages"], system_prompt)} for r in rows]
+
+    def sys_dpo(rows: list[Row]) -> list[Row]:
+        return [{**r, "prompt": with_system(r["prompt"], system_prompt)} for r in rows]
+
+    sft_train, sft_heldout = sys_sft(sft_train), sys_sft(sft_heldout)
+    dpo_train, dpo_heldout = sys_dpo(dpo_train), sys_dpo(dpo_heldout)
+    raw = {"sft_train": len(sft_train), "dpo_train": len(dpo_train)}
+
+    report = CurationReport()
+    heldout = [*sft_heldout, *dpo_heldout]
+    sft_train = drop_near_heldout(sft_train, heldout, threshold=dedup_threshold, report=report)
+    dpo_train = drop_near_heldout(dpo_train, heldout, threshold=dedup_threshold, report=report)
+    sft_train = dedup(sft_train, threshold=dedup_threshold, report=report)
+    dpo_train = dedup(dpo_train, threshold=dedup_threshold, report=report)
+    sft_train = [scrub_row(r, report, pii_region) for r in sft_train]
+    dpo_train = [scrub_row(r, report, pii_region) for r in dpo_train]
+    sft_heldout = dedup(sft_heldout, near=False, report=CurationReport())
+    dpo_heldout = dedup(dpo_heldout, near=False, report=CurationReport())
+
+    snap = Snapshot(sft_train, dpo_train, sft_heldout, dpo_heldout)
+    snap.info = {
+        "hash": snapshot_hash(snap),
+        "counts": {part: len(getattr(snap, part)) for part in PARTS},
+        "raw_counts": raw,
+        "seed_rows": len(seeds),
+        "curation": {
+            "exact_duplicates": report.exact_duplicates,
+            "near_duplicates": report.near_duplicates,
+            "near_heldout": report.near_heldout,
+            "pii": report.pii,
+        },
+        **feedback_marks(store),
+    }
+    return snap
+
+
+def snapshot_hash(snap: Snapshot) -> str:
+    """sha256 over the four row lists in canonical JSON: same rows, same hash."""
+    payload = canonical_json({part: getattr(snap, part) for part in PARTS})
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def save_snapshot(snap: Snapshot, folder: Path) -> None:
+    """Write the rows (`data/<part>.jsonl`) and `snapshot.json` under `folder`."""
+    data = Path(folder) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for part in PARTS:
+        lines = [json.dumps(r, ensure_ascii=False) for r in getattr(snap, part)]
+        (data / f"{part}.jsonl").write_text("".join(f"{x}\n" for x in lines), encoding="utf-8")
+    (Path(folder) / "snapshot.json").write_text(
+        json.dumps(snap.info, indent=2) + "\n", encoding="utf-8"
+    )
+
+
+def load_snapshot(folder: Path) -> Snapshot:
+    """The snapshot `save_snapshot` wrote (a resumed round trains on exactly these rows)."""
+    data = Path(folder) / "data"
+    parts = {}
+    for part in PARTS:
+        text = (data / f"{part}.jsonl").read_text(encoding="utf-8")
+        parts[part] = [json.loads(line) for line in text.splitlines() if line.strip()]
+    info = json.loads((Path(folder) / "snapshot.json").read_text(encoding="utf-8"))
+    return Snapshot(info=info, **parts)
+
+
+def feedback_marks(store: Any) -> dict[str, Any]:
+    """The newest preference / correction / rating ids now, and the training pairs' ids.
+
+    A later `new_feedback_since` counts rows with larger ids. Read-only queries on the
+    store's tables; the store itself has no query for ids.
+    """
+    from sqlalchemy import func
+    from sqlmodel import Session, col, select
+
+    from feedback.models import Correction, Preference, Rating
+
+    with Session(store.engine) as session:
+        marks = {
+            name: int(session.exec(select(func.max(col(model.id)))).one() or 0)
+            for name, model in (
+                ("preferences", Preference),
+                ("corrections", Correction),
+                ("ratings", Rating),
+            )
+        }
+        pairs = session.exec(
+            select(Preference.id, Preference.prompt_json)
+            .where(col(Preference.tie).is_(False))
+            .order_by(col(Preference.id))
+        ).all()
+    ids = [int(i or 0) for i, prompt in pairs if in_split(json.loads(prompt), "train")]
+    return {"max_ids": marks, "preference_ids": ids}
+
+
+def new_feedback_since(store: Any, max_ids: dict[str, int] | None) -> dict[str, int]:
+    """How many preferences / corrections / ratings have ids above `max_ids` (None: all)."""
+    from sqlalchemy import func
+    from sqlmodel import Session, col, select
+
+    from feedback.models import Correction, Preference, Rating
+
+    marks = max_ids or {}
+    out = {}
+    with Session(store.engine) as session:
+        for name, model in (
+            ("preferences", Preference),
+            ("corrections", Correction),
+            ("ratings", Rating),
+        ):
+            query = (
+                select(func.count()).select_from(model).where(col(model.id) > marks.get(name, 0))
+            )
+            out[name] = int(session.exec(query).one())
+    return out

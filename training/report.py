@@ -1,0 +1,128 @@
+"""A round's report: report.json (everything), report.md (a summary) and PNG plots.
+
+Plots (matplotlib, Agg backend, no display needed):
+  loss.png     training loss per step, one line per stage, from metrics.jsonl
+  history.png  held-out preference accuracy, loss and rubric pass rate of every finished
+               round's candidate so far (this one included), against its serving version
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+_METRICS = ("pref_acc", "heldout_loss", "rubric_pass", "general_loss", "general_pass")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+def write_report(
+    folder: Path, *, result: dict[str, Any], snapshot: dict[str, Any], config: dict[str, Any]
+) -> dict[str, Any]:
+    """Write report.json, report.md, loss.png and history.png into the round's `folder`."""
+    folder = Path(folder)
+    report = {
+        "round": folder.name,
+        "result": result,
+        "snapshot": {k: v for k, v in snapshot.items() if k != "preference_ids"},
+        "hyperparameters": config,
+        "plots": ["loss.png", "history.png"],
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (folder / "report.md").write_text(_markdown(report), encoding="utf-8")
+    plot_losses(folder / "metrics.jsonl", folder / "loss.png")
+    plot_history(folder.parent, folder / "history.png")
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    result = report["result"]
+    snap = report["snapshot"]
+    metrics = result.get("metrics") or {}
+    lines = [
+        f"# Training round {report['round']}",
+        "",
+        f"- outcome: **{result['status']}**"
+        + (f" (version `{result['version']}`)" if result.get("version") else ""),
+        f"- candidate stage: {result.get('candidate_stage') or '-'}",
+        f"- serving before: {result.get('serving_before') or 'bare base'}; "
+        f"after: {result.get('serving_after') or 'bare base'}",
+        f"- data snapshot: `{str(snap.get('hash', ''))[:16]}`, rows {snap.get('counts')}",
+        f"- curation: {snap.get('curation')}",
+    ]
+    if result.get("reasons"):
+        lines += ["", "## Why it was not promoted", ""] + [f"- {r}" for r in result["reasons"]]
+    if metrics:
+        names = list(metrics)
+        lines += ["", "## Held-out metrics", "", "| metric | " + " | ".join(names) + " |"]
+        lines.append("|---" * (len(names) + 1) + "|")
+        for key in _METRICS:
+            lines.append(
+                f"| {key} | " + " | ".join(_fmt(metrics[n].get(key)) for n in names) + " |"
+            )
+        samples = metrics.get(result.get("candidate_stage") or "", {}).get("samples") or []
+        if samples:
+            lines += ["", "## Sample replies of the candidate", ""]
+            for s in samples[:3]:
+                reply = str(s["reply"]).replace("\n", " ")[:300]
+                lines.append(f"- **{s['prompt'][:120]}** → {reply} (rubric: {s['passes']})")
+    lines += ["", "Plots: loss.png (training loss), history.png (metrics across rounds).", ""]
+    return "\n".join(lines)
+
+
+def plot_losses(metrics_file: Path, out: Path) -> None:
+    """Loss per step for each stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    if metrics_file.is_file():
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if "loss" in row:
+                series.setdefault(row["stage"], []).append((row["step"], row["loss"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage, points in series.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=stage, marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    if series:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_history(rounds_dir: Path, out: Path) -> None:
+    """Candidate vs serving metrics for every round that has a report, oldest first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for report in sorted(Path(rounds_dir).glob("r*/report.json")):
+        data = json.loads(report.read_text(encoding="utf-8"))
+        result = data.get("result", {})
+        metrics = result.get("metrics") or {}
+        stage = result.get("candidate_stage")
+        if stage in metrics:
+            rows.append((data["round"][:5], metrics[stage], metrics.get("serving", {})))
+    keys = ("pref_acc", "heldout_loss", "rubric_pass")
+    fig, axes = plt.subplots(1, len(keys), figsize=(10, 3.2))
+    for ax, key in zip(axes, keys, strict=True):
+        xs = list(range(len(rows)))
+        ax.plot(xs, [r[1].get(key) for r in rows], marker="o", label="candidate")
+        ax.plot(xs, [r[2].get(key) for r in rows], marker="x", linestyle="--", label="serving")
+        ax.set_xticks(xs, [r[0] for r in rows], rotation=45)
+        ax.set_title(key)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

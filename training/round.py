@@ -1,0 +1,396 @@
+"""One training round: snapshot -> SFT -> DPO -> evaluate -> gate -> register (and promote).
+
+Everything a round does lands under `rounds_dir/<round id>/`:
+    state.json     live progress, replaced atomically (other processes read it)
+    metrics.jsonl  one line per logged training step
+    snapshot.json  + data/*.jsonl: the frozen, curated rows and their hash
+    sft/, dpo/     checkpoints and each stage's adapter
+    report.json, report.md, *.png
+One round at a time: an exclusive `flock` on `rounds_dir/.lock`, which the OS releases
+when a crashed round's process dies. A failed round records its reason and leaves the
+serving version (the registry's CURRENT) untouched; `resume=True` continues the newest
+unfinished round from its snapshot and last checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.registry import Registry
+from training.stages import NonFiniteLossError, RoundConfig
+
+__all__ = [
+    "NonFiniteLossError",
+    "RoundBusyError",
+    "RoundConfig",
+    "RoundError",
+    "RoundResult",
+    "list_rounds",
+    "new_feedback_since_last_round",
+    "run_round",
+]
+
+_ROUND_RE = re.compile(r"r(\d{4,})-\d{8}T\d{4,6}")
+FINISHED = ("done", "rejected", "promoted")
+
+
+class RoundError(Exception):
+    """A round that cannot start or continue (nothing to train on, nothing to resume)."""
+
+
+class RoundBusyError(RoundError):
+    """Another round holds the lock."""
+
+
+@dataclass
+class RoundResult:
+    """How a round ended."""
+
+    id: str
+    status: str  # done | failed | rejected | promoted
+    version: str | None = None
+    candidate_stage: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    serving_before: str | None = None
+    serving_after: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` atomically, so a reader sees the old or the new state, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _exclusive(rounds_dir: Path) -> Iterator[None]:
+    import fcntl
+
+    rounds_dir.mkdir(parents=True, exist_ok=True)
+    with open(rounds_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RoundBusyError("another training round is running; wait for it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_is_free(rounds_dir: Path) -> bool:
+    import fcntl
+
+    try:
+        with open(rounds_dir / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False
+    return True
+
+
+def list_rounds(rounds_dir: Path) -> list[dict[str, Any]]:
+    """Every round's state.json, oldest first.
+
+    A round whose state still says "running" while no process holds the round lock was
+    killed mid-way; it is reported as "failed" (interrupted) so that nobody waits for it.
+    """
+    rounds_dir = Path(rounds_dir)
+    if not rounds_dir.is_dir():
+        return []
+    out = []
+    for entry in sorted(rounds_dir.iterdir()):
+        state = entry / "state.json"
+        if entry.is_dir() and _ROUND_RE.fullmatch(entry.name) and state.is_file():
+            try:
+                out.append(json.loads(state.read_text(encoding="utf-8")))
+            except ValueError:
+                continue
+    if out and out[-1].get("status") == "running" and _lock_is_free(rounds_dir):
+        out[-1].update(
+            status="failed",
+            reason="interrupted: its process ended mid-round (tuneloop train --resume)",
+        )
+    return out
+
+
+def new_feedback_since_last_round(store: Any, rounds_dir: Path) -> dict[str, int]:
+    """Preferences / corrections / ratings added after the last finished round's snapshot."""
+    from training.datasets import new_feedback_since
+
+    marks = None
+    for state in reversed(list_rounds(rounds_dir)):
+        snap = Path(rounds_dir) / state["id"] / "snapshot.json"
+        if state.get("status") in FINISHED and snap.is_file():
+            marks = json.loads(snap.read_text(encoding="utf-8")).get("max_ids")
+            break
+    return new_feedback_since(store, marks)
+
+
+def _new_round_id(rounds_dir: Path) -> str:
+    numbers = [int(m.group(1)) for e in rounds_dir.iterdir() if (m := _ROUND_RE.fullmatch(e.name))]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"r{max(numbers, default=0) + 1:04d}-{stamp}"
+
+
+def _code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("tuneloop")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        found = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{found}+g{commit}" if commit else found
+
+
+class _Round:
+    """The state of one round on disk, and the steps that move it on."""
+
+    def __init__(self, folder: Path, on_progress: Callable[[dict], None] | None) -> None:
+        self.folder = folder
+        self.on_progress = on_progress
+        self.state: dict[str, Any] = {}
+
+    def update(self, *, quiet: bool = False, **fields: Any) -> None:
+        """Merge `fields` into state.json; tell `on_progress` (errors swallowed if `quiet`)."""
+        self.state.update(fields)
+        _write_json(self.folder / "state.json", self.state)
+        if self.on_progress is not None:
+            try:
+                self.on_progress(dict(self.state))
+            except Exception:
+                if not quiet:
+                    raise
+
+    def log(self, stage: str, step: int, max_steps: int, numbers: dict[str, float]) -> None:
+        line = {"stage": stage, "step": step, "time": _now(), **numbers}
+        with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        loss = numbers.get("loss", self.state.get("loss"))
+        self.update(stage=stage, step=step, max_steps=max_steps, loss=loss)
+
+
+def _resumable(rounds_dir: Path) -> str:
+    for state in reversed(list_rounds(rounds_dir)):
+        if state.get("status") in ("running", "failed"):
+            return str(state["id"])
+        break
+    raise RoundError("there is no failed or interrupted round to resume; start a new one")
+
+
+def run_round(
+    *,
+    store: Any,
+    registry: Registry,
+    model_dir: Path,
+    config: RoundConfig,
+    rounds_dir: Path,
+    resume: bool = False,
+    promote: bool = True,
+    extra_gate: Callable[[str, str | None], list[str]] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+) -> RoundResult:
+    """Run (or resume) one round; returns how it ended. Raises only RoundBusyError (another
+    round runs) and RoundError (nothing to resume); a failure inside the round is recorded
+    in its state and returned as status "failed", with CURRENT unchanged."""
+    from training.datasets import load_snapshot, save_snapshot, take_snapshot
+
+    rounds_dir = Path(rounds_dir)
+    with _exclusive(rounds_dir):
+        round_id = _resumable(rounds_dir) if resume else _new_round_id(rounds_dir)
+        folder = rounds_dir / round_id
+        folder.mkdir(parents=True, exist_ok=True)
+        rnd = _Round(folder, on_progress)
+        serving = registry.current()
+        if resume:
+            rnd.state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            rnd.update(status="running", reason=None, finished_at=None, resumed_at=_now())
+        else:
+            rnd.update(
+                id=round_id,
+                status="running",
+                stage="snapshot",
+                step=0,
+                max_steps=0,
+                loss=None,
+                started_at=_now(),
+                finished_at=None,
+                reason=None,
+                version=None,
+            )
+        try:
+            if resume and (folder / "snapshot.json").is_file():
+                snap = load_snapshot(folder)
+            else:
+                snap = take_snapshot(
+                    store,
+                    seed_file=config.seed_file,
+                    system_prompt=config.system_prompt,
+                    dedup_threshold=config.dedup_threshold,
+                    pii_region=config.pii_region,
+                )
+                save_snapshot(snap, folder)
+            return _train_and_gate(
+                rnd, snap, registry, Path(model_dir), config, serving, promote, extra_gate
+            )
+        except BaseException as err:
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+            if isinstance(err, KeyboardInterrupt):
+                reason = "interrupted"
+            rnd.update(status="failed", reason=reason, finished_at=_now(), quiet=True)
+            if rnd.state.get("version"):
+                registry.update_info(rnd.state["version"], status="failed", reasons=[reason])
+            if not isinstance(err, Exception):
+                raise
+            return RoundResult(
+                id=round_id, status="failed", reasons=[reason], serving_before=serving,
+                serving_after=registry.current(),
+            )  # fmt: skip
+
+
+def _train_and_gate(
+    rnd: _Round,
+    snap: Any,
+    registry: Registry,
+    model_dir: Path,
+    config: RoundConfig,
+    serving: str | None,
+    promote: bool,
+    extra_gate: Callable[[str, str | None], list[str]] | None,
+) -> RoundResult:
+    from training.evaluate import choose_candidate, evaluate_models, gate
+    from training.report import write_report
+    from training.stages import train_dpo, train_sft
+
+    folder = rnd.folder
+    if not snap.sft_train and not snap.dpo_train:
+        raise RoundError("nothing to train on: the store and the seed file have no train rows")
+    stages: dict[str, Path] = {}
+    if snap.sft_train:
+        rnd.update(stage="sft", step=0)
+        done = folder / "sft" / "adapter"
+        stages["sft"] = (
+            done
+            if (done / "adapter_config.json").is_file()
+            else train_sft(model_dir, snap.sft_train, folder / "sft", config, rnd.log)
+        )
+    if snap.dpo_train:
+        rnd.update(stage="dpo", step=0)
+        done = folder / "dpo" / "adapter"
+        stages["dpo"] = (
+            done
+            if (done / "adapter_config.json").is_file()
+            else train_dpo(
+                model_dir, snap.dpo_train, stages.get("sft"), folder / "dpo", config, rnd.log
+            )
+        )
+
+    rnd.update(stage="evaluate", step=0)
+    serving_dir = registry.verify(serving) if serving else None
+    metrics = evaluate_models(
+        model_dir,
+        {"serving": serving_dir, **stages},
+        sft_rows=snap.eval_sft(),
+        pairs=snap.dpo_heldout,
+        settings=config.eval,
+        load_in_4bit=config.qlora and _cuda(),
+    )
+    stage_metrics = {name: metrics[name] for name in stages}
+    candidate = choose_candidate(stage_metrics)
+    rnd.update(stage="gate")
+    reasons = gate(metrics[candidate], metrics["serving"], config.margins)
+
+    version = f"{folder.name}-{candidate}"
+    registry.register(version, stages[candidate])
+    rnd.update(version=version)
+    registry.update_info(
+        version,
+        status="candidate",
+        round=folder.name,
+        stage=candidate,
+        created_at=_now(),
+        base_model=str(model_dir),
+        code_version=_code_version(),
+        snapshot_hash=snap.info.get("hash"),
+        row_counts=snap.info.get("counts"),
+        hyperparameters=_hyperparameters(config),
+        metrics=metrics[candidate],
+        serving_metrics=metrics["serving"],
+        compared_with=serving,
+    )
+    if extra_gate is not None:
+        reasons += extra_gate(version, serving)
+
+    if reasons:
+        status = "rejected"
+    elif promote:
+        registry.set_current(version)
+        status = "promoted"
+    else:
+        status = "done"
+    info_status = {"rejected": "rejected", "promoted": "promoted", "done": "passed"}[status]
+    registry.update_info(version, status=info_status, reasons=reasons)
+    result = RoundResult(
+        id=folder.name,
+        status=status,
+        version=version,
+        candidate_stage=candidate,
+        reasons=reasons,
+        serving_before=serving,
+        serving_after=registry.current(),
+        metrics=metrics,
+        report=str(folder / "report.md"),
+    )
+    write_report(
+        folder, result=result.to_dict(), snapshot=snap.info, config=_hyperparameters(config)
+    )
+    rnd.update(stage="done", status=status, reason="; ".join(reasons) or None, finished_at=_now())
+    return result
+
+
+def _cuda() -> bool:
+    from training.stages import on_cuda
+
+    return on_cuda()
+
+
+def _hyperparameters(config: RoundConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(config), default=str))

@@ -1,0 +1,271 @@
+"""The two training stages of a round, each one TRL trainer built from our settings.
+
+SFT: `SFTTrainer` on the snapshot's conversations, a fresh LoRA adapter, loss on assistant
+tokens only (the training chat template marks them). DPO: `DPOTrainer` continuing that
+adapter on the preference pairs; TRL copies it into a frozen "ref" adapter, so the
+reference is base + SFT. Nothing here loops over batches: TRL owns the loop, we own the
+configs and one callback that records progress and stops a run whose loss is not finite.
+
+Speed choices (measured by bench/train_throughput.py): no gradient checkpointing for small
+models (TRL turns it on by default, ~25% slower on CPU), reference log-probs computed once
+before DPO instead of on every step, and per-stage step counts from the data size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.evaluate import EvalSettings, GateMargins
+from training.lora import lora_config
+
+Row = dict[str, Any]
+LogFn = Callable[[str, int, int, dict[str, float]], None]
+
+
+class NonFiniteLossError(Exception):
+    """Training produced a NaN or infinite loss; the round stops and promotes nothing."""
+
+
+@dataclass
+class RoundConfig:
+    """Hyperparameters and inputs of one round (built by the CLI from Settings)."""
+
+    sft_epochs: float = 2.0
+    dpo_epochs: float = 1.0
+    sft_steps: int = 0  # > 0: exactly this many SFT steps instead of epochs
+    dpo_steps: int = 0
+    max_steps: int = 0  # > 0: cap on each stage's steps
+    batch_size: int = 4
+    grad_accum: int = 1
+    sft_learning_rate: float = 2e-4
+    dpo_learning_rate: float = 2e-5
+    dpo_beta: float = 0.1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"
+    max_length: int = 512
+    warmup_steps: int = 0
+    save_steps: int = 20
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    precompute_ref_log_probs: bool = True
+    qlora: bool = True  # 4-bit base (bitsandbytes) when CUDA is there; ignored on CPU
+    system_prompt: str = ""
+    seed_file: Path | None = None
+    dedup_threshold: float = 0.85
+    pii_region: str = "US"
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    margins: GateMargins = field(default_factory=GateMargins)
+    tracker: str = "none"
+
+
+def on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
+    """How many optimizer steps a stage runs for `rows` training rows."""
+    explicit = config.sft_steps if stage == "sft" else config.dpo_steps
+    epochs = config.sft_epochs if stage == "sft" else config.dpo_epochs
+    per_epoch = math.ceil(math.ceil(rows / config.batch_size) / config.grad_accum)
+    steps = explicit or max(1, math.ceil(per_epoch * epochs))
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir: Path) -> dict:
+    cuda = on_cuda()
+    kwargs: dict[str, Any] = {
+        "output_dir": str(out_dir),
+        "max_steps": steps,
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "warmup_steps": config.warmup_steps,
+        "logging_steps": 1,
+        "logging_nan_inf_filter": False,  # a NaN loss must show (and stop the round)
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": 2,
+        "seed": config.seed,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "max_length": config.max_length,
+        "bf16": cuda,
+        "use_cpu": not cuda,
+        "disable_tqdm": True,
+        "report_to": [],
+    }
+    if config.tracker != "none":
+        from training.tracking import PROJECT, report_to, run_name
+
+        kwargs.update(
+            report_to=report_to(config.tracker, run_dir),
+            project=PROJECT,
+            run_name=run_name(run_dir, stage),
+        )
+    return kwargs
+
+
+def sft_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) -> Any:
+    """The `SFTConfig` for a round's SFT stage."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **_common(config, out_dir, steps, "sft", run_dir),
+        learning_rate=config.sft_learning_rate,
+        assistant_only_loss=True,
+    )
+
+
+def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) -> Any:
+    """The `DPOConfig` for a round's DPO stage."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **_common(config, out_dir, steps, "dpo", run_dir),
+        learning_rate=config.dpo_learning_rate,
+        beta=config.dpo_beta,
+        precompute_ref_log_probs=config.precompute_ref_log_probs,
+    )
+
+
+def load_base(model_dir: Path, config: RoundConfig) -> Any:
+    """The base model for training: fp32 on CPU; bf16 (4-bit NF4 with QLoRA) on CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not on_cuda():
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    if config.qlora:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if config.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
+    return model
+
+
+def load_tokenizer(model_dir: Path, *, training_template: bool) -> Any:
+    """The model's tokenizer, with a pad token, and the training template for SFT."""
+    from transformers import AutoTokenizer
+
+    from training.template import use_training_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return use_training_template(tokenizer) if training_template else tokenizer
+
+
+def progress_callback(stage: str, log: LogFn) -> Any:
+    """A TRL callback that reports each logged step and stops on a non-finite loss."""
+    from transformers import TrainerCallback
+
+    class RoundProgress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            for key in ("loss", "grad_norm"):
+                if key in numbers and not math.isfinite(numbers[key]):
+                    raise NonFiniteLossError(
+                        f"{stage} {key} is {numbers[key]} at step {state.global_step}; "
+                        "check the learning rate, the data and the base model's weights"
+                    )
+            log(stage, int(state.global_step), int(state.max_steps), numbers)
+
+    return RoundProgress()
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def train_sft(
+    model_dir: Path, rows: list[Row], stage_dir: Path, config: RoundConfig, log: LogFn
+) -> Path:
+    """Train a fresh LoRA adapter with SFT; returns `stage_dir/adapter`. Resumes from the
+    last checkpoint in `stage_dir/checkpoints` when there is one."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    checkpoints = stage_dir / "checkpoints"
+    args = sft_config(config, checkpoints, stage_steps(len(rows), config, "sft"), stage_dir.parent)
+    trainer = SFTTrainer(
+        model=load_base(model_dir, config),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=load_tokenizer(model_dir, training_template=True),
+        peft_config=lora_config(
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+        ),
+        callbacks=[progress_callback("sft", log)],
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
+    adapter = stage_dir / "adapter"
+    trained: Any = trainer.model
+    trained.save_pretrained(str(adapter))
+    return adapter
+
+
+def train_dpo(
+    model_dir: Path,
+    pairs: list[Row],
+    sft_adapter: Path | None,
+    stage_dir: Path,
+    config: RoundConfig,
+    log: LogFn,
+) -> Path:
+    """Continue the SFT adapter with DPO (reference = the SFT adapter); with no SFT adapter,
+    a fresh one against the bare base. Returns `stage_dir/adapter`."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import DPOTrainer
+
+    checkpoints = stage_dir / "checkpoints"
+    args = dpo_config(config, checkpoints, stage_steps(len(pairs), config, "dpo"), stage_dir.parent)
+    base = load_base(model_dir, config)
+    peft_config = None
+    if sft_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
+    else:
+        model = base
+        peft_config = lora_config(
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+        )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=load_tokenizer(model_dir, training_template=False),
+        peft_config=peft_config,
+        callbacks=[progress_callback("dpo", log)],
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
+    adapter = stage_dir / "adapter"
+    trained: Any = trainer.model
+    trained.save_pretrained(str(adapter), selected_adapters=["default"])
+    return adapter
