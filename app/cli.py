@@ -116,9 +116,20 @@ def serve(
         max_message_chars=settings.max_message_chars,
         versions=registry.versions,
     )
+    from app.cli_argilla import start_background_sync
+
+    sync_stop = start_background_sync(settings, store, engine)
+    if sync_stop is None:
+        typer.echo(
+            "note: Argilla is not set up or not syncing; pairs stay queued "
+            "(run `tuneloop argilla up`, or set TUNELOOP_ARGILLA_URL).",
+            err=True,
+        )
     try:
         launch(service, host=host, port=port)
     finally:
+        if sync_stop is not None:
+            sync_stop.set()
         engine.close()
 
 
@@ -137,10 +148,17 @@ def users_add(
     """Add an account; the password is read from stdin or prompted for (never an argument)."""
     settings = _settings()
     store = _store(settings)
-    user = store.add_user(name=name, role=role.value, password=_read_password())
-    payload = {"id": user.id, "name": user.name, "role": user.role}
+    password = _read_password()
+    user = store.add_user(name=name, role=role.value, password=password)
+    payload: dict[str, Any] = {"id": user.id, "name": user.name, "role": user.role}
     how = "log in to the chat app" if user.role != "annotator" else "rank pairs in Argilla"
-    _emit(as_json, payload, f"Added {user.role} '{user.name}': they can now {how}.")
+    text = f"Added {user.role} '{user.name}': they can now {how}."
+    if user.role == "annotator":
+        from app.cli_argilla import add_annotator
+
+        payload["argilla"] = add_annotator(settings, user.name, password)
+        text += "\n" + payload["argilla"]
+    _emit(as_json, payload, text)
 
 
 @users_app.command("list")
@@ -190,17 +208,26 @@ def export(
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Model, serving adapter version, and counts of what experts have given."""
+    from app.cli_argilla import status_payload
     from training.registry import Registry
 
     settings = _settings()
-    counts = _store(settings).counts()
-    version = Registry(settings.adapters_dir).current()
+    store = _store(settings)
+    counts = store.counts()
+    registry = Registry(settings.adapters_dir)
+    version = registry.current()
+    from training.round import list_rounds  # issue 4: the serving version's metrics, last round
+
+    rounds = list_rounds(settings.home / "rounds")
     payload = {
         "model": _model_label(settings),
         "adapter": version,
         "home": str(settings.home.resolve()),
         "database": settings.database,
         "counts": counts,
+        "adapter_metrics": registry.info(version).get("metrics") if version else None,
+        "last_round": rounds[-1] if rounds else None,
+        "argilla": status_payload(settings, store),
     }
     by_source = counts.get("preferences_by_source", {})
     lines = [
@@ -211,8 +238,23 @@ def status(as_json: JsonOpt = False) -> None:
         f"corrections:    {counts.get('corrections', 0)}",
         "preferences:    "
         + (", ".join(f"{k} {v}" for k, v in sorted(by_source.items())) or "none"),
+        _argilla_line(payload["argilla"]),
     ]
+    if rounds:
+        last = rounds[-1]
+        lines.append(f"last round:     {last['id']} {last.get('status')} ({last.get('stage')})")
     _emit(as_json, payload, "\n".join(lines))
+
+
+def _argilla_line(argilla: dict[str, Any]) -> str:
+    agreement = argilla["agreement"]
+    alpha = agreement["alpha"]
+    return (
+        f"argilla:        {argilla['url'] or argilla['note']}; pairs {argilla['outbox']}; "
+        f"agreement {agreement['percent_agreement']}, alpha "
+        f"{'n/a' if alpha is None else round(alpha, 3)}, "
+        f"{agreement['flagged_records']} flagged"
+    )
 
 
 # Command groups that live in their own modules (one module per part of the loop).

@@ -1,0 +1,385 @@
+"""Evaluation sets: the operator's own JSONL of prompts, answered by adapter versions, scored.
+
+An eval run answers every row of a set with each named adapter (`base`, or a registered
+version), scores the replies with the chosen scorers (`training/scorers.py`) and gives one
+dict of metrics per adapter. Replies are cached under `cache_dir`, keyed by what decides
+them: the base model's files, the adapter's checksummed files, the prompts exactly as sent
+(system prompt included) and the generation parameters; so re-running an eval after adding
+a version only generates for the new one, and re-scoring with another scorer generates
+nothing.
+
+Results are recorded with the versions: `Registry.info(version)["evals"][<set name>]`, and
+for the bare base model (which has no registry entry) in `evals_dir/base/<set name>.json`.
+The promotion gate (`gate_reasons`) compares a candidate with the serving version on the
+same set, metric by metric; every metric counts as higher-is-better.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.generate import (
+    generate_replies,
+    load_for_generation,
+    read_rows,
+    row_conversation,
+)
+from training.registry import MANIFEST, Registry, RegistryError
+from training.scorers import Scorer, combined_metrics
+
+BASE = "base"
+CURRENT = "CURRENT"
+
+
+class EvalError(Exception):
+    """A user-facing eval problem: unknown adapter, unusable set, bad gate setting."""
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The rows of one eval set file, with a digest of their content."""
+
+    path: Path
+    name: str
+    rows: list[dict[str, Any]]
+    digest: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """An adapter to evaluate: its label (`base` or a version), its dir and content identity."""
+
+    label: str
+    adapter_dir: Path | None
+    identity: str
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """How replies are generated for an eval (all but batch_size are part of the cache key)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    batch_size: int | None = None
+
+
+@dataclass
+class EvalRun:
+    """One eval's outcome: metrics per adapter label, in the order the adapters were named."""
+
+    evalset: EvalSet
+    labels: list[str]
+    scorers: list[str]
+    params: GenParams
+    model: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+    replies: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The run as one JSON-ready object (what `tuneloop eval --json` prints)."""
+        first = self.labels[0]
+        return {
+            "set": self.evalset.name,
+            "path": str(self.evalset.path),
+            "rows": len(self.evalset.rows),
+            "set_digest": self.evalset.digest,
+            "scorers": self.scorers,
+            "adapters": self.labels,
+            "metrics": self.metrics,
+            "diff_vs_first": {
+                label: {
+                    k: v - self.metrics[first][k]
+                    for k, v in self.metrics[label].items()
+                    if k in self.metrics[first]
+                }
+                for label in self.labels[1:]
+            },
+            "cached": self.cached,
+            "params": {
+                "max_new_tokens": self.params.max_new_tokens,
+                "temperature": self.params.temperature,
+            },
+        }
+
+
+def load_set(path: Path) -> EvalSet:
+    """Read and check an eval set (same row shapes as `tuneloop generate` takes)."""
+    rows = read_rows(Path(path))
+    digest = hashlib.sha256(
+        "\n".join(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows).encode()
+    ).hexdigest()
+    return EvalSet(path=Path(path), name=Path(path).stem, rows=rows, digest=digest)
+
+
+def resolve_targets(names: list[str], registry: Registry) -> list[Target]:
+    """`base`, `CURRENT` (the version it names now; `base` when unset) or versions, verified.
+
+    A name given twice (or CURRENT naming a version also listed) is evaluated once.
+    """
+    targets: dict[str, Target] = {}
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        label = (registry.current() or BASE) if name == CURRENT else name
+        if label in targets:
+            continue
+        if label == BASE:
+            targets[label] = Target(BASE, None, BASE)
+            continue
+        try:
+            where = registry.verify(label)
+        except RegistryError as err:
+            raise EvalError(str(err)) from err
+        manifest = json.loads((where / MANIFEST).read_text(encoding="utf-8"))
+        files = json.dumps(manifest.get("files", {}), sort_keys=True)
+        targets[label] = Target(label, where, hashlib.sha256(files.encode()).hexdigest())
+    if not targets:
+        raise EvalError("no adapter named: use base, CURRENT or a version name")
+    return list(targets.values())
+
+
+def model_identity(model_dir: Path) -> str:
+    """A digest of the base model's config and weight files (names, sizes, mtimes)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).iterdir()):
+        if path.is_file() and (path.suffix in {".safetensors", ".bin", ".json", ".gguf"}):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def run_eval(
+    evalset: EvalSet,
+    targets: list[Target],
+    scorers: list[Scorer],
+    *,
+    model_dir: Path,
+    system_prompt: str,
+    cache_dir: Path,
+    params: GenParams | None = None,
+    load_in_4bit: bool = False,
+    progress: bool = False,
+) -> EvalRun:
+    """Answer the set with each target (cached replies reused), then score every target.
+
+    Scoring happens only after all replies exist, and a scorer failure raises before
+    anything is returned, so a failed eval records nothing.
+    """
+    params = params or GenParams()
+    conversations = [row_conversation(row, system_prompt) for row in evalset.rows]
+    model = model_identity(model_dir)
+    run = EvalRun(
+        evalset=evalset,
+        labels=[t.label for t in targets],
+        scorers=[s.name for s in scorers],
+        params=params,
+        model=model,
+    )
+    for target in targets:
+        key = _cache_key(model, target, conversations, params, load_in_4bit)
+        cache_file = Path(cache_dir) / f"{key}.json"
+        replies = _read_cache(cache_file, len(conversations))
+        run.cached[target.label] = replies is not None
+        if replies is None:
+            replies = _generate(model_dir, target, conversations, params, load_in_4bit, progress)
+            _write_json(
+                cache_file, {"adapter": target.label, "set": evalset.name, "replies": replies}
+            )
+        run.replies[target.label] = replies
+    for label in run.labels:
+        run.metrics[label] = combined_metrics(scorers, evalset.rows, run.replies[label])
+    return run
+
+
+def record(run: EvalRun, registry: Registry, evals_dir: Path) -> None:
+    """Store each adapter's result for this set: registry info for versions, a file for base."""
+    for label in run.labels:
+        result = {
+            "set": run.evalset.name,
+            "path": str(run.evalset.path.resolve()),
+            "set_digest": run.evalset.digest,
+            "rows": len(run.evalset.rows),
+            "scorers": run.scorers,
+            "metrics": run.metrics[label],
+            "params": {
+                "max_new_tokens": run.params.max_new_tokens,
+                "temperature": run.params.temperature,
+            },
+            "model": run.model,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        if label == BASE:
+            _write_json(Path(evals_dir) / BASE / f"{run.evalset.name}.json", result)
+        else:
+            evals = dict(registry.info(label).get("evals") or {})
+            evals[run.evalset.name] = result
+            registry.update_info(label, evals=evals)
+
+
+def recorded(registry: Registry, evals_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every recorded eval result: {adapter label: {set name: result}}, base first."""
+    found: dict[str, dict[str, Any]] = {}
+    base_dir = Path(evals_dir) / BASE
+    if base_dir.is_dir():
+        for file in sorted(base_dir.glob("*.json")):
+            try:
+                found.setdefault(BASE, {})[file.stem] = json.loads(file.read_text("utf-8"))
+            except ValueError:
+                continue
+    for version in registry.versions():
+        evals = registry.info(version).get("evals")
+        if isinstance(evals, dict) and evals:
+            found[version] = evals
+    return found
+
+
+def format_table(run: EvalRun) -> str:
+    """A metric per row, an adapter per column, and each column's difference to the first."""
+    first = run.labels[0]
+    names = list(run.metrics[first])
+    for label in run.labels[1:]:
+        names += [k for k in run.metrics[label] if k not in names]
+    header = ["metric", *run.labels]
+    lines = [header]
+    for name in names:
+        cells = [name]
+        base_value = run.metrics[first].get(name)
+        for label in run.labels:
+            value = run.metrics[label].get(name)
+            if value is None:
+                cells.append("-")
+            elif label == first or base_value is None:
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(f"{value:.3f} ({value - base_value:+.3f})")
+        lines.append(cells)
+    widths = [max(len(row[c]) for row in lines) for c in range(len(header))]
+    cached = [label for label in run.labels if run.cached.get(label)]
+    title = (
+        f"{run.evalset.name}: {len(run.evalset.rows)} rows, scorers {', '.join(run.scorers)}"
+        + (f"; cached replies for {', '.join(cached)}" if cached else "")
+    )
+    body = [
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in lines
+    ]
+    return "\n".join([title, *body])
+
+
+def parse_margins(text: str) -> dict[str, float]:
+    """`"rubric_pass=0.05,exact=0"` -> {"rubric_pass": 0.05, "exact": 0.0}; "" -> {}."""
+    margins: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            margins[name.strip()] = float(value)
+        except ValueError:
+            raise EvalError(
+                f"bad margin {part.strip()!r}: write METRIC=NUMBER, e.g. rubric_pass=0.05"
+            ) from None
+    return margins
+
+
+def gate_reasons(
+    run: EvalRun, candidate: str, serving: str, margins: dict[str, float]
+) -> list[str]:
+    """Why `candidate` may not replace `serving` on this run's set ([] = it may).
+
+    A gated metric must reach at least the serving value plus its margin (a negative
+    margin tolerates that much loss). With no margins given, every metric is gated at 0:
+    the candidate must not lose on any of them.
+    """
+    have, ref = run.metrics[candidate], run.metrics[serving]
+    gated = margins or {name: 0.0 for name in ref}
+    reasons = []
+    for name, margin in gated.items():
+        if name not in have or name not in ref:
+            reasons.append(
+                f"{run.evalset.name}: gated metric {name!r} was not returned by the scorers "
+                f"({', '.join(run.scorers)})"
+            )
+            continue
+        if have[name] < ref[name] + margin - 1e-9:
+            reasons.append(
+                f"{run.evalset.name}: {name} {have[name]:.3f} for {candidate} vs "
+                f"{ref[name]:.3f} for {serving} (needs at least {margin:+.3f})"
+            )
+    return reasons
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _generate(
+    model_dir: Path,
+    target: Target,
+    conversations: list[list[dict[str, str]]],
+    params: GenParams,
+    load_in_4bit: bool,
+    progress: bool,
+) -> list[str]:
+    model, tokenizer = load_for_generation(model_dir, target.adapter_dir, load_in_4bit=load_in_4bit)
+    try:
+        return generate_replies(
+            model,
+            tokenizer,
+            conversations,
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            batch_size=params.batch_size,
+            progress=progress,
+        )
+    finally:
+        del model, tokenizer
+        gc.collect()
+
+
+def _cache_key(
+    model: str,
+    target: Target,
+    conversations: list[list[dict[str, str]]],
+    params: GenParams,
+    load_in_4bit: bool,
+) -> str:
+    decided_by = {
+        "model": model,
+        "adapter": target.identity,
+        "conversations": conversations,
+        "max_new_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        "load_in_4bit": load_in_4bit,
+    }
+    return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()
+
+
+def _read_cache(path: Path, n: int) -> list[str] | None:
+    try:
+        replies = json.loads(path.read_text(encoding="utf-8"))["replies"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = (
+        isinstance(replies, list) and len(replies) == n and all(isinstance(r, str) for r in replies)
+    )
+    return replies if ok else None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
