@@ -26,7 +26,6 @@ No gradio here: `app/ui.py` and `app/chat.py` drive this module.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import threading
 import time
@@ -391,9 +390,10 @@ class ChatEngine:
             }
             if not params.greedy:
                 kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            out = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
-            )
+            with torch.inference_mode():  # no autograd bookkeeping on any op of any step
+                out = self.model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
+                )
             new = out[0, len(ids) :].tolist()
             reply._new_tokens = len(new)
             if new and new[-1] in self._eos_ids:
@@ -491,37 +491,14 @@ def _split_history(history: list[dict]) -> tuple[str | None, list[dict[str, str]
 
 
 def _load_model(model_dir: Path, load_in_4bit: bool) -> tuple[Any, Any]:
-    """Tokenizer and causal LM from a local dir: fp32 on CPU, the checkpoint dtype on GPU."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Tokenizer and causal LM from a local dir, loaded as `tuneloop generate` loads them
+    (fp32 on CPU, the checkpoint dtype on GPU), so a chat reply and a batch reply match."""
+    from training.generate import GenerationError, load_for_generation
 
-    cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"dtype": "auto" if cuda else torch.float32}
-    if cuda:  # straight onto the GPU; on CPU no device_map (PEFT would dispatch it as offload)
-        kwargs["device_map"] = {"": 0}
-    if load_in_4bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ServingError(
-                "load_in_4bit needs bitsandbytes: pip install bitsandbytes "
-                "(or unset TUNELOOP_LOAD_IN_4BIT)"
-            )
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32,
-        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    except Exception as err:
-        raise ServingError(
-            f"could not load the model from {model_dir} ({type(err).__name__}: {err})"
-        ) from err
-    model.eval()
-    if not getattr(tokenizer, "chat_template", None):
-        raise ServingError(f"{model_dir} has no chat template: serve an instruct/chat model")
+        model, tokenizer = load_for_generation(model_dir, load_in_4bit=load_in_4bit)
+    except GenerationError as err:
+        raise ServingError(str(err)) from err
     return tokenizer, model
 
 

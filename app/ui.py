@@ -9,15 +9,20 @@ thumbs too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import gradio as gr
 
 from app.chat import COMPARE_SAMPLE, ChatError, ChatService, ChatState, Comparison, display, inert
 from app.operator_ui import OperatorService, build_operator_tab
 
+T = TypeVar("T")
 TITLE = "tuneloop"
+# While a reply streams, the page is updated at most this often (the first text at once,
+# the final text always): each update is a full render and a message to every open tab.
+STREAM_INTERVAL_S = 0.1
 AUTH_MESSAGE = (
     "Log in with your tuneloop account (experts and operators). "
     "Annotators rank pairs in Argilla instead."
@@ -27,6 +32,21 @@ AUTH_MESSAGE = (
 def _warn(err: ChatError) -> str:
     gr.Warning(str(err))
     return f"⚠️ {err}"
+
+
+def _throttled(items: Iterable[T], interval: float = STREAM_INTERVAL_S) -> Iterator[T]:
+    """Pass on the first item, then one at most every `interval` seconds, and the last."""
+    last_sent: float | None = None
+    held: list[T] = []
+    for item in items:
+        now = time.monotonic()
+        if last_sent is None or now - last_sent >= interval:
+            held.clear()
+            last_sent = now
+            yield item
+        else:
+            held[:] = [item]
+    yield from held
 
 
 def _selected_text(state: ChatState, index: int | None) -> tuple[str, str]:
@@ -149,7 +169,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
                 return
             new_conversation = st.conversation_id is None
             try:
-                for partial in service.send(user, st, text):
+                for partial in _throttled(service.send(user, st, text)):
                     chat = display(st)
                     if st.turns[-1].role == "user":
                         chat.append({"role": "assistant", "content": inert(partial)})
@@ -260,7 +280,8 @@ def build_ui(service: ChatService) -> gr.Blocks:
             hidden = gr.update(visible=False)
             try:
                 user = service.user(request.username)
-                for item in service.compare(user, st, index, choice or COMPARE_SAMPLE):
+                candidates = service.compare(user, st, index, choice or COMPARE_SAMPLE)
+                for item in _throttled(candidates):
                     if isinstance(item, Comparison):
                         yield (
                             inert(item.a),

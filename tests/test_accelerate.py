@@ -81,20 +81,17 @@ def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
     import sys
 
     from app.config import Settings
-    from feedback.records import NewPreference
     from feedback.store import Store
+    from tests.tiny import add_pairs
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    Store.open(settings.database).add_bulk(
-        preferences=[
-            NewPreference(
-                prompt=[{"role": "user", "content": f"Tell me about spiders and the sky, {i}."}],
-                chosen="A spider has eight legs; a grey sky means rain.",
-                rejected="Paris.",
-            )
-            for i in range(8)
-        ]
+    add_pairs(
+        Store.open(settings.database),
+        8,
+        prompt="Tell me about spiders and the sky, {i}.",
+        chosen="A spider has eight legs; a grey sky means rain.",
+        rejected="Paris.",
     )
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert launcher, "accelerate's launcher is installed with the package"

@@ -8,7 +8,6 @@ the base model's own greedy replies: `exact` then has to tell base (1.0) from an
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from app.cli_eval import make_eval_gate
 from app.config import Settings
+from tests.cli import run_cli
 from training.evalsets import EvalError, format_table, gate_reasons, load_set, parse_margins
 from training.generate import generate_replies, load_for_generation, row_conversation
 from training.registry import Registry
@@ -32,20 +32,6 @@ from training.scorers import (
 MAX_NEW = 16
 REPO_RUBRIC = Path(__file__).resolve().parent.parent / "data" / "rubric.json"
 QUESTIONS = ["How do I water tomatoes?", "Hi", "Which month comes after June?", "Hello!"]
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str):
-    """Run the real `tuneloop` entry point in-process: (exit code, stdout, stderr)."""
-    from app.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tuneloop", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

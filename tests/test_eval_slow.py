@@ -7,30 +7,17 @@ each answers differently from the base and from the other, as trained versions w
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.config import REPO_DATA_DIR, Settings
+from tests.cli import run_cli
 from training.registry import Registry
 
 pytestmark = pytest.mark.slow
 MAX_NEW = 16
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str):
-    from app.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tuneloop", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def make_adapter(model_dir: Path, dest: Path, seed: int) -> Path:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.config import Settings
+from tests.cli import run_cli
 from training.generate import (
     GenerationError,
     generate_file,
@@ -36,20 +36,6 @@ QUESTIONS = [
     "I would like a recipe for soup.",
     "A bicycle chain needs oil",
 ]
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str):
-    """Run the real `tuneloop` entry point in-process: (exit code, stdout, stderr)."""
-    from app.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tuneloop", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -11,8 +11,8 @@ import pytest
 
 from app.config import Settings
 from app.operator_ui import OperatorError, OperatorService
-from feedback.records import NewPreference
 from feedback.store import Store
+from tests.tiny import add_pairs
 from training.registry import Registry
 
 ROUND = "r0001-20261122T0930"
@@ -138,12 +138,7 @@ def test_eval_results_recorded_with_a_version_are_shown(
 
 
 def test_new_feedback_counts_since_the_last_round(service: OperatorService) -> None:
-    service.store.add_bulk(
-        preferences=[
-            NewPreference(prompt=[{"role": "user", "content": f"q{i}"}], chosen="a", rejected="b")
-            for i in range(3)
-        ]
-    )
+    add_pairs(service.store, 3, prompt="q{i}", chosen="a", rejected="b")
     assert service.new_feedback("olga")["preferences"] == 3
     assert "3 preferences" in service.summary("olga")
 
@@ -167,15 +162,12 @@ def test_start_round_runs_a_real_round_in_the_background(
     for key, value in {"TUNELOOP_TRACKER": "none", "TUNELOOP_EVAL_GENERATE": "false",
                        "TUNELOOP_TRAIN_MAX_STEPS": "1"}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
-    service.store.add_bulk(
-        preferences=[
-            NewPreference(
-                prompt=[{"role": "user", "content": f"How do I water tomatoes, case {i}?"}],
-                chosen="Deep water twice a week and a little mulch.",
-                rejected="Bread needs flour.",
-            )
-            for i in range(12)
-        ]
+    add_pairs(
+        service.store,
+        12,
+        prompt="How do I water tomatoes, case {i}?",
+        chosen="Deep water twice a week and a little mulch.",
+        rejected="Bread needs flour.",
     )
     message = service.start_round("olga")
     assert message.startswith("Started a round")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from feedback.records import NewPreference
 from feedback.store import Store
+from tests.tiny import add_pairs
 from training import schedule
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -90,16 +90,7 @@ def test_lock_held_sees_a_live_round_and_not_a_dead_one(tmp_path: Path) -> None:
 
 
 def _prefs(store: Store, n: int, start: int = 0) -> None:
-    store.add_bulk(
-        preferences=[
-            NewPreference(
-                prompt=[{"role": "user", "content": f"question {i}"}],
-                chosen=f"good answer {i}",
-                rejected=f"bad answer {i}",
-            )
-            for i in range(start, start + n)
-        ]
-    )
+    add_pairs(store, n, start=start)
 
 
 def test_check_reads_new_feedback_and_rounds_from_disk(tmp_path: Path) -> None:

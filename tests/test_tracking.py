@@ -101,20 +101,17 @@ def test_a_real_round_logs_both_stages_to_the_tracker(
     import sys
 
     from app.config import Settings
-    from feedback.records import NewPreference
     from feedback.store import Store
+    from tests.tiny import add_pairs
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    Store.open(settings.database).add_bulk(
-        preferences=[
-            NewPreference(
-                prompt=[{"role": "user", "content": f"What comes after June, question {i}?"}],
-                chosen="July comes after June.",
-                rejected="A spider has eight legs.",
-            )
-            for i in range(8)
-        ]
+    add_pairs(
+        Store.open(settings.database),
+        8,
+        prompt="What comes after June, question {i}?",
+        chosen="July comes after June.",
+        rejected="A spider has eight legs.",
     )
     env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "trackio",
            "TUNELOOP_EVAL_GENERATE": "false", "TUNELOOP_TRAIN_MAX_STEPS": "2"}  # fmt: skip

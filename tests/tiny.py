@@ -6,12 +6,14 @@ one has a few hundred tokens (byte-level BPE trained on the paragraph below) in 
 replies are gibberish, but deterministic under greedy decoding, which is what the tests
 compare. Nothing is downloaded.
 
-Fixtures: `tiny_model_dir` (session) and `tiny_adapters` (session: {"v1": dir, "v2": dir}).
+Fixtures: `tiny_model_dir` (session) and `tiny_adapters` (session: {"v1": dir, "v2": dir});
+`add_pairs` fills a store with numbered preference pairs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +135,27 @@ def tiny_adapters(
     """Two different adapters for the tiny model: {"v1": dir, "v2": dir} (seeds 1 and 2)."""
     root = tmp_path_factory.mktemp("tiny-adapters")
     return {f"v{s}": build_tiny_adapter(tiny_model_dir, root / f"v{s}", seed=s) for s in (1, 2)}
+
+
+def add_pairs(
+    store: Any,
+    n: int,
+    *,
+    prompt: str = "question {i}",
+    chosen: str = "good answer {i}",
+    rejected: str = "bad answer {i}",
+    start: int = 0,
+) -> None:
+    """Add `n` one-turn preference pairs to `store`; `{i}` in each text is the pair's number."""
+    from feedback.records import NewPreference
+
+    store.add_bulk(
+        preferences=[
+            NewPreference(
+                prompt=[{"role": "user", "content": prompt.format(i=i)}],
+                chosen=chosen.format(i=i),
+                rejected=rejected.format(i=i),
+            )
+            for i in range(start, start + n)
+        ]
+    )

@@ -58,7 +58,7 @@ def load_for_generation(
 
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"dtype": "auto" if cuda else torch.float32}
-    if cuda:
+    if cuda:  # straight onto the GPU; on CPU no device_map (PEFT would dispatch it as offload)
         kwargs["device_map"] = {"": 0}
     if load_in_4bit:
         if importlib.util.find_spec("bitsandbytes") is None:
