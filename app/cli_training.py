@@ -38,6 +38,7 @@ def build_round_config(
     """The round's hyperparameters from Settings (command-line overrides win)."""
     from training.evaluate import EvalSettings, GateMargins
     from training.round import RoundConfig
+    from training.stages import default_train_batch_size
 
     data = settings.data_dir
     return RoundConfig(
@@ -46,7 +47,7 @@ def build_round_config(
         sft_steps=settings.sft_steps if sft_steps is None else sft_steps,
         dpo_steps=settings.dpo_steps if dpo_steps is None else dpo_steps,
         max_steps=settings.train_max_steps if max_steps is None else max_steps,
-        batch_size=settings.train_batch_size,
+        batch_size=settings.train_batch_size or default_train_batch_size(),
         grad_accum=settings.train_grad_accum,
         sft_learning_rate=settings.sft_learning_rate,
         dpo_learning_rate=settings.dpo_learning_rate,

@@ -87,7 +87,12 @@ class Settings(BaseSettings):
     sft_steps: int = Field(default=0, ge=0, description="SFT steps instead of epochs (0 = epochs).")
     dpo_steps: int = Field(default=0, ge=0, description="DPO steps instead of epochs (0 = epochs).")
     train_max_steps: int = Field(default=0, ge=0, description="Cap on each stage's steps; 0: none.")
-    train_batch_size: int = Field(default=4, ge=1, le=1024)
+    train_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Rows per training step per device; unset: 2 on a CPU, 8 on a GPU.",
+    )
     train_grad_accum: int = Field(default=1, ge=1, le=1024)
     sft_learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0)
     dpo_learning_rate: float = Field(default=2e-5, gt=0.0, le=1.0)

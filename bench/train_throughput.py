@@ -2,11 +2,11 @@
 
 Both sides train the same LoRA (r=16, all linear layers) on the same model and the same
 rows (the demo domain: system prompt, seed examples, preference pairs made from them) for
-one epoch of each stage at the same batch size. The baseline is what a plain script gets
-with TRL's defaults: `SFTConfig` / `DPOConfig` as they come (gradient checkpointing on,
-reference log-probs recomputed every DPO step). Ours is `training.stages` with the
-settings' defaults (no gradient checkpointing, reference log-probs computed once, loss on
-assistant tokens). Each variant runs in its own subprocess so its peak memory is its own
+one epoch of each stage. The baseline is what a plain script gets with TRL's defaults:
+`SFTConfig` / `DPOConfig` as they come (batch 8, gradient checkpointing on, reference
+log-probs recomputed every DPO step). Ours is `training.stages` with the settings' defaults
+(batch 2 on a CPU, 8 on a GPU; no gradient checkpointing, reference log-probs computed
+once, loss on assistant tokens). Each variant runs in its own subprocess so its peak memory is its own
 (peak RSS on CPU, `torch.cuda.max_memory_allocated` on a GPU).
 
 Tokens/s counts the tokens of every row a stage trains on (DPO: prompt + chosen and
@@ -90,6 +90,12 @@ def _peak_memory() -> float:
 
 def run_variant(variant: str, model_dir: Path, rows: int, batch: int, out: Path) -> dict:
     """Train SFT then DPO one epoch each; return seconds per stage and peak memory."""
+    # Both sides import the training libraries before their clocks start (a plain script
+    # imports them at the top; our stages import them lazily, on first use).
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+
     from training.stages import RoundConfig, train_dpo, train_sft
 
     sft, dpo = demo_rows(rows)
@@ -205,7 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="A local HF model dir (default: the embedded SmolLM2).")
     parser.add_argument("--rows", type=int, default=16, help="SFT rows and DPO pairs.")
-    parser.add_argument("--batch", type=int, default=4, help="Our round's batch size.")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="Our round's batch size (0: the settings' default)."
+    )
     parser.add_argument(
         "--plain-batch", type=int, default=0, help="The plain script's (0: TRL's default, 8)."
     )
@@ -231,6 +239,9 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
+    from training.stages import default_train_batch_size
+
+    args.batch = args.batch or default_train_batch_size()
     sft, dpo = demo_rows(args.rows)
     sft_tokens, dpo_tokens = count_tokens(model_dir, sft, dpo)
     results = {}
