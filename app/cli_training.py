@@ -64,6 +64,7 @@ def build_round_config(
         qlora=settings.qlora,
         system_prompt=settings.system_prompt(),
         seed_file=data / "seed_sft.jsonl",
+        replay_file=data / "replay_prompts.jsonl",
         dedup_threshold=settings.dedup_threshold,
         pii_region=settings.pii_region,
         eval=EvalSettings(

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         description="Rows per training step per device; unset: 2 on a CPU, 8 on a GPU.",
     )
     train_grad_accum: int = Field(default=1, ge=1, le=1024)
-    sft_learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0)
+    sft_learning_rate: float = Field(default=6e-4, gt=0.0, le=1.0)
     dpo_learning_rate: float = Field(default=2e-5, gt=0.0, le=1.0)
     dpo_beta: float = Field(default=0.1, gt=0.0, le=10.0, description="DPO KL strength.")
     lora_r: int = Field(default=16, ge=1, le=1024)

@@ -6,8 +6,8 @@ one epoch of each stage. The baseline is what a plain script gets with TRL's def
 `SFTConfig` / `DPOConfig` as they come (batch 8, gradient checkpointing on, reference
 log-probs recomputed every DPO step). Ours is `training.stages` with the settings' defaults
 (batch 2 on a CPU, 8 on a GPU; no gradient checkpointing, reference log-probs computed
-once, loss on assistant tokens). Each variant runs in its own subprocess so its peak memory is its own
-(peak RSS on CPU, `torch.cuda.max_memory_allocated` on a GPU).
+once, loss on assistant tokens). Each variant runs in its own subprocess so its peak memory
+is its own (peak RSS on CPU, `torch.cuda.max_memory_allocated` on a GPU).
 
 Tokens/s counts the tokens of every row a stage trains on (DPO: prompt + chosen and
 prompt + rejected), divided by that stage's wall time including DPO's reference pass.

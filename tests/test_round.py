@@ -367,3 +367,36 @@ def test_train_resume_with_nothing_to_resume_says_so(settings: Settings, store: 
     out = runner.invoke(app, ["train", "--resume", "--json"])
     assert out.exit_code == 1
     assert "no failed or interrupted round to resume" in str(out.exception)
+
+
+def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
+    settings: Settings, store: Store, tiny_model_dir: Path
+) -> None:
+    """The replay prompts are answered by the bare base model (greedy, as `generate` would)
+    and trained on as SFT rows, never split off as held-out; a resumed round keeps them."""
+    from training.datasets import load_snapshot, replay_rows
+    from training.generate import generate_replies, load_for_generation, row_conversation
+
+    replay_file = REPO_DATA_DIR / "replay_prompts.jsonl"
+    system = "You help with gardens and kitchens."
+    result = _run(
+        settings, store, tiny_model_dir, config=_config(replay_file=replay_file, dpo_steps=1),
+        promote=False,
+    )  # fmt: skip
+    assert result.status in ("done", "rejected"), result.reasons
+    snap = load_snapshot(settings.home / "rounds" / result.id)
+    prompts = [json.loads(x)["prompt"] for x in replay_file.read_text().splitlines() if x]
+    assert len(prompts) >= 20
+    replayed = [r for r in snap.sft_train if r["messages"][1]["content"] in prompts]
+    assert len(replayed) == snap.info["replay_rows"] > 0
+    assert all(r["messages"][0] == {"role": "system", "content": system} for r in replayed)
+    held = json.dumps([*snap.sft_heldout, *snap.dpo_heldout])
+    assert not any(json.dumps(p)[1:-1] in held for p in prompts)
+
+    # the answers are the base model's own greedy replies to exactly those conversations
+    model, tok = load_for_generation(tiny_model_dir)
+    first = [row_conversation({"prompt": p}, system) for p in prompts[:3]]
+    expected = [r.strip() for r in generate_replies(model, tok, first, max_new_tokens=48)]
+    by_prompt = {r["messages"][1]["content"]: r["messages"][2]["content"] for r in replayed}
+    assert [by_prompt.get(p) for p in prompts[:3]] == expected
+    assert replay_rows(tiny_model_dir, None, system_prompt=system) == []

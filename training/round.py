@@ -231,7 +231,7 @@ def run_round(
     """Run (or resume) one round; returns how it ended. Raises only RoundBusyError (another
     round runs) and RoundError (nothing to resume); a failure inside the round is recorded
     in its state and returned as status "failed", with CURRENT unchanged."""
-    from training.datasets import load_snapshot, save_snapshot, take_snapshot
+    from training.datasets import load_snapshot, replay_rows, save_snapshot, take_snapshot
 
     rounds_dir = Path(rounds_dir)
     with _exclusive(rounds_dir):
@@ -260,8 +260,16 @@ def run_round(
             if resume and (folder / "snapshot.json").is_file():
                 snap = load_snapshot(folder)
             else:
+                rnd.update(stage="replay")
+                replay = replay_rows(
+                    Path(model_dir),
+                    config.replay_file,
+                    system_prompt=config.system_prompt,
+                    max_new_tokens=config.replay_max_new_tokens,
+                )
                 snap = take_snapshot(
                     store,
+                    replay=replay,
                     seed_file=config.seed_file,
                     system_prompt=config.system_prompt,
                     dedup_threshold=config.dedup_threshold,

@@ -49,7 +49,7 @@ class RoundConfig:
     max_steps: int = 0  # > 0: cap on each stage's steps
     batch_size: int = CPU_TRAIN_BATCH_SIZE
     grad_accum: int = 1
-    sft_learning_rate: float = 2e-4
+    sft_learning_rate: float = 6e-4
     dpo_learning_rate: float = 2e-5
     dpo_beta: float = 0.1
     lora_r: int = 16
@@ -65,6 +65,10 @@ class RoundConfig:
     qlora: bool = True  # 4-bit base (bitsandbytes) when CUDA is there; ignored on CPU
     system_prompt: str = ""
     seed_file: Path | None = None
+    # General prompts the bare base answers at snapshot time; its answers join SFT so the
+    # round keeps the base model's general behaviour while it learns the domain.
+    replay_file: Path | None = None
+    replay_max_new_tokens: int = 48
     dedup_threshold: float = 0.85
     pii_region: str = "US"
     eval: EvalSettings = field(default_factory=EvalSettings)
