@@ -127,7 +127,9 @@ class Settings(BaseSettings):
     gate_max_loss_increase: float = Field(default=0.05, ge=0.0)
     gate_max_pref_acc_drop: float = Field(default=0.0, ge=0.0, le=1.0)
     gate_max_rubric_drop: float = Field(default=0.0, ge=0.0, le=1.0)
-    gate_max_general_loss_increase: float = Field(default=0.10, ge=0.0)
+    # Measured with bench/loop_quality.py: a round that kept its general answers (replay) rose
+    # 0.14 here, as the house style wraps them too; rounds that forgot them rose 1.0-1.6.
+    gate_max_general_loss_increase: float = Field(default=0.25, ge=0.0)
     gate_max_general_pass_drop: float = Field(default=0.0, ge=0.0, le=1.0)
 
     # Operator side: the schedule (`tuneloop watch`) and experiment tracking.

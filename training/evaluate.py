@@ -59,7 +59,7 @@ class GateMargins:
     max_loss_increase: float = 0.05
     max_pref_acc_drop: float = 0.0
     max_rubric_drop: float = 0.0
-    max_general_loss_increase: float = 0.10
+    max_general_loss_increase: float = 0.25
     max_general_pass_drop: float = 0.0
 
 
