@@ -16,6 +16,7 @@ import pytest
 from app.cli_eval import make_eval_gate
 from app.config import Settings
 from tests.cli import run_cli
+from tests.tiny import tiny_registry
 from training.evalsets import EvalError, format_table, gate_reasons, load_set, parse_margins
 from training.generate import generate_replies, load_for_generation, row_conversation
 from training.registry import Registry
@@ -42,12 +43,9 @@ def env(
     tiny_adapters: dict[str, Path],
 ) -> Registry:
     """TUNELOOP_MODEL = the tiny model; v1 and v2 registered; CURRENT unset (bare base)."""
-    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("TUNELOOP_GENERATE_MAX_NEW_TOKENS", str(MAX_NEW))
-    registry = Registry(_isolated_home / "adapters")
-    for version, path in tiny_adapters.items():
-        registry.register(version, path)
-    return registry
+    return tiny_registry(
+        monkeypatch, _isolated_home, tiny_model_dir, tiny_adapters, max_new_tokens=MAX_NEW
+    )
 
 
 @pytest.fixture(scope="module")

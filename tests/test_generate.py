@@ -16,6 +16,7 @@ import pytest
 
 from app.config import Settings
 from tests.cli import run_cli
+from tests.tiny import tiny_registry
 from training.generate import (
     GenerationError,
     generate_file,
@@ -59,11 +60,9 @@ def env(
     tiny_adapters: dict[str, Path],
 ) -> Registry:
     """TUNELOOP_MODEL = the tiny model; v1 and v2 registered, CURRENT -> v1."""
-    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("TUNELOOP_GENERATE_MAX_NEW_TOKENS", str(MAX_NEW))
-    registry = Registry(_isolated_home / "adapters")
-    for version, path in tiny_adapters.items():
-        registry.register(version, path)
+    registry = tiny_registry(
+        monkeypatch, _isolated_home, tiny_model_dir, tiny_adapters, max_new_tokens=MAX_NEW
+    )
     registry.set_current("v1")
     return registry
 

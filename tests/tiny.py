@@ -159,3 +159,22 @@ def add_pairs(
             for i in range(start, start + n)
         ]
     )
+
+
+def tiny_registry(
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    model_dir: Path,
+    adapters: dict[str, Path],
+    *,
+    max_new_tokens: int,
+) -> Any:
+    """Serve the tiny model (TUNELOOP_MODEL) with `adapters` registered under `home`."""
+    from training.registry import Registry
+
+    monkeypatch.setenv("TUNELOOP_MODEL", str(model_dir))
+    monkeypatch.setenv("TUNELOOP_GENERATE_MAX_NEW_TOKENS", str(max_new_tokens))
+    registry = Registry(home / "adapters")
+    for version, path in adapters.items():
+        registry.register(version, path)
+    return registry
