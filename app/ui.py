@@ -49,6 +49,18 @@ def _throttled(items: Iterable[T], interval: float = STREAM_INTERVAL_S) -> Itera
     yield from held
 
 
+def _sent(outputs: list[Any], *values: Any) -> list[Any]:
+    """`values` as Gradio would send them to `outputs`: each component's own postprocess."""
+    sent = []
+    for component, value in zip(outputs, values, strict=True):
+        if isinstance(component, gr.State):  # kept on the server as it is
+            sent.append(value)
+            continue
+        value = component.postprocess(value)
+        sent.append(value.model_dump() if hasattr(value, "model_dump") else value)
+    return sent
+
+
 def _selected_text(state: ChatState, index: int | None) -> tuple[str, str]:
     """(description, reply text) of the selected reply, or a hint when there is none."""
     if index is None or not 0 <= index < len(state.turns):
@@ -76,6 +88,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
         state = gr.State(ChatState())
         selected = gr.State(None)
         comparison = gr.State(None)
+        replied = gr.State(False)  # did the last chat event add a reply (see `settle`)
 
         model_info = gr.Markdown(elem_id="model-info")
         with gr.Row():
@@ -160,39 +173,51 @@ def build_ui(service: ChatService) -> gr.Blocks:
         gr.Timer(2.0).tick(header, None, model_info, show_progress="hidden", queue=False)
 
         # -- chatting ------------------------------------------------------------------
-        def respond(text: str, st: ChatState, request: gr.Request) -> Iterator[tuple[Any, ...]]:
+        # A reply streams as many small updates, and Gradio's own post-processing of an
+        # update hops to a worker thread once per output (~0.7 ms and three thread wake-ups
+        # for these outputs, taken from the cores the model is generating on). So the
+        # streaming event carries only what changes while a reply streams, is registered
+        # with postprocess=False, and post-processes its values itself, in the thread it
+        # already runs in, with the components' own `postprocess` (see `_sent`). The
+        # selection, the edit box and the conversation list follow once, in `settle`.
+        streamed = [chatbot, state, message, notice, replied]
+
+        def respond(text: str, st: ChatState, request: gr.Request) -> Iterator[list[Any]]:
             try:
                 user = service.user(request.username)
                 service.check_message(text)
             except ChatError as err:  # nothing was sent: keep the text so it can be fixed
-                yield display(st), st, text, _warn(err), gr.update(), gr.update(), gr.update()
+                yield _sent(streamed, display(st), st, text, _warn(err), False)
                 return
-            new_conversation = st.conversation_id is None
             try:
                 for partial in _throttled(service.send(user, st, text)):
                     chat = display(st)
                     if st.turns[-1].role == "user":
                         chat.append({"role": "assistant", "content": inert(partial)})
-                    yield chat, st, "", "", gr.update(), gr.update(), gr.update()
+                    yield _sent(streamed, chat, st, "", "", False)
             except ChatError as err:
-                yield display(st), st, "", _warn(err), gr.update(), gr.update(), gr.update()
+                yield _sent(streamed, display(st), st, "", _warn(err), False)
                 return
-            index = st.last_reply_index()
-            info, _ = _selected_text(st, index)
-            convs = (
-                gr.update(choices=service.conversations(user), value=st.conversation_id)
-                if new_conversation
-                else gr.update()
-            )
-            yield display(st), st, "", "", index, info, convs
+            yield _sent(streamed, display(st), st, "", "", True)
 
-        chat_outputs = [chatbot, state, message, notice, selected, selected_info, conversations]
-        # A fresh reply also fills the edit box with its text, ready for a correction.
+        def settle(st: ChatState, added: bool, request: gr.Request) -> tuple[Any, ...]:
+            """After a reply: select it, put its text in the edit box, list the conversation."""
+            if not added:  # nothing new (refused or failed): leave the selection alone
+                return gr.update(), gr.update(), gr.update(), gr.update()
+            index = st.last_reply_index()
+            info, text = _selected_text(st, index)
+            try:
+                user = service.user(request.username)
+                convs = gr.update(choices=service.conversations(user), value=st.conversation_id)
+            except ChatError:
+                convs = gr.update()
+            return index, info, text, convs
+
         for trigger, api in ((send.click, "chat"), (message.submit, False)):
-            trigger(respond, [message, state], chat_outputs, api_name=api).then(
-                lambda st, i: _selected_text(st, i)[1],
-                [state, selected],
-                correction,
+            trigger(respond, [message, state], streamed, api_name=api, postprocess=False).then(
+                settle,
+                [state, replied],
+                [selected, selected_info, correction, conversations],
                 api_name=False,
             )
 

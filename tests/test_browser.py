@@ -94,6 +94,7 @@ def test_expert_chats_and_gives_every_kind_of_feedback(
         expect(page.locator("#notice")).to_contain_text("Saved 👎")
 
         # edit: the box holds the reply; write the answer wanted
+        expect(page.locator("#correction textarea")).not_to_have_value("")
         page.locator("#correction textarea").fill("Hello, unplug it for 30 seconds (POL-7).")
         page.locator("#save-correction").click()
         expect(page.locator("#notice")).to_contain_text("corrected answer")
@@ -109,7 +110,10 @@ def test_expert_chats_and_gives_every_kind_of_feedback(
         page.locator("#chat button[aria-label=Like]").last.click()
         expect(page.locator("#notice")).to_contain_text("Saved 👍")
 
-        # empty and over-long messages: a clear notice, nothing lost
+        # empty and over-long messages: a clear notice, nothing lost, and the reply the
+        # expert had selected (the first) stays selected
+        page.locator("#chat [data-testid=bot]").first.click()
+        expect(page.locator("#selected")).to_contain_text("reply 1")
         page.locator("#message textarea").fill("   ")
         page.locator("#send").click()
         expect(page.locator("#notice")).to_contain_text("Type a message first")
@@ -117,6 +121,8 @@ def test_expert_chats_and_gives_every_kind_of_feedback(
         page.locator("#send").click()
         expect(page.locator("#notice")).to_contain_text("the limit is")
         expect(page.locator("#chat [data-testid=bot]")).to_have_count(2)
+        expect(page.locator("#message textarea")).to_have_value("x" * 4001)
+        expect(page.locator("#selected")).to_contain_text("reply 1")
 
         # a second user sees none of the first user's conversations
         other = login(browser, url, "olga", "pw-olga")
