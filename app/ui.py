@@ -191,14 +191,14 @@ def build_ui(service: ChatService) -> gr.Blocks:
                 return
             try:
                 for partial in _throttled(service.send(user, st, text)):
+                    # send() stores the reply and adds its turn just before its last item
+                    done = st.turns[-1].role == "assistant"
                     chat = display(st)
-                    if st.turns[-1].role == "user":
+                    if not done:
                         chat.append({"role": "assistant", "content": inert(partial)})
-                    yield _sent(streamed, chat, st, "", "", False)
+                    yield _sent(streamed, chat, st, "", "", done)
             except ChatError as err:
                 yield _sent(streamed, display(st), st, "", _warn(err), False)
-                return
-            yield _sent(streamed, display(st), st, "", "", True)
 
         def settle(st: ChatState, added: bool, request: gr.Request) -> tuple[Any, ...]:
             """After a reply: select it, put its text in the edit box, list the conversation."""
