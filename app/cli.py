@@ -84,9 +84,11 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
 ) -> None:
     """Serve the chat app: the base model plus the adapter CURRENT names, streaming."""
+    from app.serving import ChatEngine, SamplingParams, tune_cpu_threads
+
+    tune_cpu_threads()  # before anything loads torch
     from app.chat import ChatService
     from app.modelfiles import resolve_model_dir
-    from app.serving import ChatEngine, SamplingParams
     from app.ui import launch
     from training.registry import Registry
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +41,14 @@ from training.registry import Registry, RegistryError
 log = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"  # as `adapter=`: whatever the registry pointer names right now
+
+# How long an idle OpenMP worker of torch's CPU kernels busy-waits for the next parallel
+# region before it sleeps. libgomp's default (300,000 spins, milliseconds) keeps the
+# workers spinning through every gap of a generation step; on the 2-core reference machine
+# that spinning was ~40% of the CPU a reply took (SmolLM2: 117 -> 68 CPU-ms per token at
+# the same tokens/s), CPU the web server, the store and the other chats needed. Set before
+# torch loads, and only where the operator has not set it.
+SERVING_THREAD_ENV = {"GOMP_SPINCOUNT": "2000"}
 _ROLES = ("system", "user", "assistant")
 
 
@@ -464,6 +473,17 @@ class ChatEngine:
 
 
 # -- helpers ---------------------------------------------------------------------------
+def tune_cpu_threads(environ: Any = None) -> dict[str, str]:
+    """Apply SERVING_THREAD_ENV where unset (call before torch is imported); returns what
+    was set. Has no effect once torch is loaded, so `tuneloop serve` calls it first."""
+    environ = os.environ if environ is None else environ
+    applied = {}
+    for name, value in SERVING_THREAD_ENV.items():
+        if name not in environ:
+            environ[name] = applied[name] = value
+    return applied
+
+
 def _label(version: str | None) -> str:
     return version if version is not None else "the bare base model"
 

@@ -454,3 +454,28 @@ def test_idle_adapters_are_unloaded_beyond_the_bound(
     assert "".join(slow) == reference(ASK, "v2", LONG)
     assert engine.loaded_versions() == ["v1"]
     assert engine.generate(ASK, GREEDY, adapter="v1").text == reference(ASK, "v1", GREEDY)
+
+
+def test_serving_sets_the_openmp_spin_default_only_where_unset() -> None:
+    from app.serving import SERVING_THREAD_ENV, tune_cpu_threads
+
+    environ: dict[str, str] = {}
+    assert tune_cpu_threads(environ) == SERVING_THREAD_ENV
+    assert environ == SERVING_THREAD_ENV
+    mine = {"GOMP_SPINCOUNT": "300000"}  # the operator's own choice wins
+    assert tune_cpu_threads(mine) == {}
+    assert mine == {"GOMP_SPINCOUNT": "300000"}
+
+
+def test_nothing_serve_imports_before_the_tuning_loads_torch() -> None:
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads it: `tuneloop serve` tunes first,
+    so none of the modules it imports must pull torch in at import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, app.cli, app.serving, app.chat, app.modelfiles, app.ui, "
+        "training.registry, app.cli_argilla; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
