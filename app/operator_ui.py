@@ -203,13 +203,18 @@ class OperatorService:
         self.operator(name)
         if self.running():
             raise OperatorError("A round is already running; wait for it to finish.")
+        from app.serving import untuned_environ
         from training.schedule import train_command
 
         log = self.rounds_dir / "operator-train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             self._proc = subprocess.Popen(
-                train_command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                train_command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=untuned_environ(),  # the serving CPU setting is not for training
             )
         return f"Started a round (process {self._proc.pid}); progress appears below."
 

@@ -481,7 +481,18 @@ def tune_cpu_threads(environ: Any = None) -> dict[str, str]:
     for name, value in SERVING_THREAD_ENV.items():
         if name not in environ:
             environ[name] = applied[name] = value
+    if environ is os.environ:
+        _TUNED.update(applied)
     return applied
+
+
+def untuned_environ() -> dict[str, str]:
+    """This process's environment without what `tune_cpu_threads` set in it: for the
+    training rounds the server starts, which the serving setting was not measured for."""
+    return {k: v for k, v in os.environ.items() if _TUNED.get(k) != v}
+
+
+_TUNED: dict[str, str] = {}  # what tune_cpu_threads set in os.environ
 
 
 def _label(version: str | None) -> str:

@@ -467,6 +467,25 @@ def test_serving_sets_the_openmp_spin_default_only_where_unset() -> None:
     assert mine == {"GOMP_SPINCOUNT": "300000"}
 
 
+def test_rounds_the_server_starts_do_not_inherit_the_serving_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    import app.serving
+    from app.serving import SERVING_THREAD_ENV, tune_cpu_threads, untuned_environ
+
+    environ = {k: v for k, v in os.environ.items() if k not in SERVING_THREAD_ENV}
+    environ["TUNELOOP_SOMETHING"] = "kept"
+    monkeypatch.setattr(os, "environ", environ)  # this process's environment, restored after
+    monkeypatch.setattr(app.serving, "_TUNED", {})
+    assert tune_cpu_threads() == SERVING_THREAD_ENV
+    assert all(os.environ[k] == v for k, v in SERVING_THREAD_ENV.items())
+    child = untuned_environ()
+    assert child["TUNELOOP_SOMETHING"] == "kept"
+    assert not set(SERVING_THREAD_ENV) & set(child)
+
+
 def test_nothing_serve_imports_before_the_tuning_loads_torch() -> None:
     """libgomp reads GOMP_SPINCOUNT once, when torch loads it: `tuneloop serve` tunes first,
     so none of the modules it imports must pull torch in at import time."""
