@@ -1,8 +1,14 @@
-"""Runs the real `tuneloop` entry point in-process, for tests that check its output."""
+"""Runs the real `tuneloop` entry point, in-process for tests that check its output, or as
+its own process for a whole training round."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,3 +27,40 @@ def run_cli(
         code = int(exit_.code or 0)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def train_in_subprocess(
+    model_dir: Path,
+    *,
+    launcher: list[str],
+    tracker: str,
+    max_steps: int,
+    pairs: tuple[str, str, str],
+) -> tuple[Any, dict]:
+    """8 (prompt, chosen, rejected) pairs in the test home's store, then `LAUNCHER -m app.cli
+    train --json --no-promote` on `model_dir` as its own process; (Settings, its result)."""
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.tiny import add_pairs
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    prompt, chosen, rejected = pairs
+    add_pairs(Store.open(settings.database), 8, prompt=prompt, chosen=chosen, rejected=rejected)
+    env = {
+        **os.environ,
+        "TUNELOOP_MODEL": str(model_dir),
+        "TUNELOOP_TRACKER": tracker,
+        "TUNELOOP_EVAL_GENERATE": "false",
+        "TUNELOOP_TRAIN_MAX_STEPS": str(max_steps),
+    }
+    proc = subprocess.run(
+        [*launcher, "-m", "app.cli", "train", "--json", "--no-promote"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return settings, json.loads(proc.stdout.strip().splitlines()[-1])

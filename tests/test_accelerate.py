@@ -74,36 +74,24 @@ def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
     _isolated_home: Path, tiny_model_dir: Path
 ) -> None:
     """`accelerate launch ... -m app.cli train`: the same command starts a multi-GPU round."""
-    import json
-    import os
     import shutil
-    import subprocess
     import sys
 
-    from app.config import Settings
-    from feedback.store import Store
-    from tests.tiny import add_pairs
+    from tests.cli import train_in_subprocess
 
-    settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    add_pairs(
-        Store.open(settings.database),
-        8,
-        prompt="Tell me about spiders and the sky, {i}.",
-        chosen="A spider has eight legs; a grey sky means rain.",
-        rejected="Paris.",
-    )
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert launcher, "accelerate's launcher is installed with the package"
-    env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "none",
-           "TUNELOOP_EVAL_GENERATE": "false", "TUNELOOP_TRAIN_MAX_STEPS": "1"}  # fmt: skip
-    proc = subprocess.run(
-        [launcher, "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no",
-         "-m", "app.cli", "train", "--json", "--no-promote"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    settings, result = train_in_subprocess(
+        tiny_model_dir,
+        launcher=[launcher, "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no"],
+        tracker="none",
+        max_steps=1,
+        pairs=(
+            "Tell me about spiders and the sky, {i}.",
+            "A spider has eight legs; a grey sky means rain.",
+            "Paris.",
+        ),
+    )
     assert result["status"] in ("done", "rejected"), result
     assert result["version"] and result["serving_after"] is None  # --no-promote
     adapter = settings.adapters_dir / "versions" / result["version"]

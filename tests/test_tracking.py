@@ -96,31 +96,22 @@ def test_a_real_round_logs_both_stages_to_the_tracker(
 ) -> None:
     """`tuneloop train` with the default tracker: one tracker run per stage, with its curve."""
     import json
-    import os
-    import subprocess
     import sys
 
-    from app.config import Settings
-    from feedback.store import Store
-    from tests.tiny import add_pairs
+    from tests.cli import train_in_subprocess
 
-    settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    add_pairs(
-        Store.open(settings.database),
-        8,
-        prompt="What comes after June, question {i}?",
-        chosen="July comes after June.",
-        rejected="A spider has eight legs.",
+    settings, result = train_in_subprocess(
+        tiny_model_dir,
+        launcher=[sys.executable],
+        tracker="trackio",
+        max_steps=2,
+        pairs=(
+            "What comes after June, question {i}?",
+            "July comes after June.",
+            "A spider has eight legs.",
+        ),
     )
-    env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "trackio",
-           "TUNELOOP_EVAL_GENERATE": "false", "TUNELOOP_TRAIN_MAX_STEPS": "2"}  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "train", "--json", "--no-promote"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    round_id = json.loads(proc.stdout.strip().splitlines()[-1])["id"]
+    round_id = result["id"]
     rounds = settings.home / "rounds"
     assert sorted(tracking.runs(rounds)) == [f"{round_id}-dpo", f"{round_id}-sft"]
     # the tracker holds the same loss curve as the round's own metrics.jsonl
