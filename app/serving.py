@@ -49,6 +49,7 @@ CURRENT = "CURRENT"  # as `adapter=`: whatever the registry pointer names right 
 # the same tokens/s), CPU the web server, the store and the other chats needed. Set before
 # torch loads, and only where the operator has not set it.
 SERVING_THREAD_ENV = {"GOMP_SPINCOUNT": "2000"}
+_TUNED: dict[str, str] = {}  # what tune_cpu_threads set in os.environ
 _ROLES = ("system", "user", "assistant")
 
 
@@ -490,9 +491,6 @@ def untuned_environ() -> dict[str, str]:
     """This process's environment without what `tune_cpu_threads` set in it: for the
     training rounds the server starts, which the serving setting was not measured for."""
     return {k: v for k, v in os.environ.items() if _TUNED.get(k) != v}
-
-
-_TUNED: dict[str, str] = {}  # what tune_cpu_threads set in os.environ
 
 
 def _label(version: str | None) -> str:
