@@ -102,6 +102,9 @@ def stored_new_tokens(home: Path) -> int:
     return int(row[0])
 
 
+_SSL = ssl.create_default_context()  # one for every gradio_client call (see bench_client)
+
+
 def bench_client(url: str):
     """A gradio_client logged in as the bench user, light on the CPU it shares with the app.
 
@@ -113,9 +116,6 @@ def bench_client(url: str):
     from gradio_client import Client
 
     return Client(url, auth=("bench", "bench-pw"), verbose=False, ssl_verify=_SSL)
-
-
-_SSL = ssl.create_default_context()
 
 
 def finer_client_polling(interval: float = 0.005) -> None:

@@ -76,7 +76,7 @@ def replay_rows(
     Training on them next to the domain's rows (replay, or self-distillation) holds the
     round to what the base model already did outside the domain: measured with
     bench/loop_quality.py, a round that learned the demo house style kept 7 of 10 general
-    checks right with them and 0 of 10 without. None when there is no such file.
+    checks right with them and 0 of 10 without. Empty when there is no such file.
     """
     if path is None or not Path(path).is_file():
         return []
