@@ -1,13 +1,12 @@
 """`tuneloop generate` and `tuneloop eval`: batch replies and scored side-by-side comparisons.
 
-Also `make_eval_gate(settings)`, which turns TUNELOOP_GATE_EVAL_SETS into the extra check a
-training round runs before it promotes a candidate.
+The same eval sets gate every training round (TUNELOOP_GATE_EVAL_SETS): the round builds
+that from Settings itself (`RoundConfig.from_settings`), so nothing here decides promotion.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -138,64 +137,6 @@ def eval_(
     )
     record(result, registry, settings.evals_dir)
     emit(as_json, result.as_dict(), format_table(result))
-
-
-def make_eval_gate(settings: Settings) -> Callable[[str, str | None], list[str]] | None:
-    """The round's `extra_gate` from TUNELOOP_GATE_EVAL_SETS; None when no set is named.
-
-    The gate evaluates the serving version (or the bare base) and the candidate on each
-    set with TUNELOOP_EVAL_SCORER, records the results, and returns one reason per gated
-    metric (TUNELOOP_GATE_MIN_MARGINS; default: all, margin 0) the candidate falls short
-    on. An eval that cannot run blocks the promotion too, saying why.
-    """
-    paths = [Path(p.strip()) for p in settings.gate_eval_sets.split(",") if p.strip()]
-    if not paths:
-        return None
-
-    def gate(candidate: str, serving: str | None) -> list[str]:
-        from app.modelfiles import ModelError
-        from training.evalsets import (
-            BASE,
-            EvalError,
-            gate_reasons,
-            load_set,
-            parse_margins,
-            record,
-            resolve_targets,
-            run_eval,
-        )
-        from training.generate import GenerationError
-        from training.registry import Registry, RegistryError
-        from training.scorers import ScorerError, resolve_scorers
-
-        registry = Registry(settings.adapters_dir)
-        reasons: list[str] = []
-        try:
-            margins = parse_margins(settings.gate_min_margins)
-            model_dir = _model_dir(settings)
-            for path in paths:
-                evalset = load_set(path)
-                scorers = resolve_scorers(
-                    settings.eval_scorer, evalset.rows, rubric_path=settings.rubric_file
-                )
-                reference = serving or BASE
-                result = run_eval(
-                    evalset,
-                    resolve_targets([reference, candidate], registry),
-                    scorers,
-                    model_dir=model_dir,
-                    system_prompt=settings.system_prompt(),
-                    cache_dir=settings.evals_dir / "cache",
-                    params=_params(settings, None, None),
-                    load_in_4bit=settings.load_in_4bit,
-                )
-                record(result, registry, settings.evals_dir)
-                reasons += gate_reasons(result, candidate, reference, margins)
-        except (EvalError, GenerationError, ModelError, RegistryError, ScorerError) as err:
-            return [f"eval gate could not run: {err}"]
-        return reasons
-
-    return gate
 
 
 def _model_dir(settings: Settings) -> Path:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from app.cli_common import JsonOpt, emit, open_settings, open_store
-from app.config import Settings
-
-if TYPE_CHECKING:
-    from training.registry import Registry
-    from training.round import RoundConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -21,87 +16,6 @@ def register(app: typer.Typer) -> None:
 
 
 # --- Core: a round (`tuneloop train`), promotion, rollback, the list of rounds ---------------
-
-
-class RoundFailedError(Exception):
-    """A training round ended as failed (its reason is in its state.json)."""
-
-
-class RollbackError(Exception):
-    """There is nothing to roll back to."""
-
-
-def build_round_config(
-    settings: Settings, *, sft_steps: int | None = None, dpo_steps: int | None = None,
-    max_steps: int | None = None,
-) -> RoundConfig:  # fmt: skip
-    """The round's hyperparameters from Settings (command-line overrides win)."""
-    from training.evaluate import EvalSettings, GateMargins
-    from training.round import RoundConfig
-    from training.stages import default_train_batch_size
-
-    data = settings.data_dir
-    return RoundConfig(
-        sft_epochs=settings.sft_epochs,
-        dpo_epochs=settings.dpo_epochs,
-        sft_steps=settings.sft_steps if sft_steps is None else sft_steps,
-        dpo_steps=settings.dpo_steps if dpo_steps is None else dpo_steps,
-        max_steps=settings.train_max_steps if max_steps is None else max_steps,
-        batch_size=settings.train_batch_size or default_train_batch_size(),
-        grad_accum=settings.train_grad_accum,
-        sft_learning_rate=settings.sft_learning_rate,
-        dpo_learning_rate=settings.dpo_learning_rate,
-        dpo_beta=settings.dpo_beta,
-        lora_r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        lora_targets=settings.lora_targets,
-        max_length=settings.train_max_length,
-        save_steps=settings.train_save_steps,
-        seed=settings.train_seed,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        precompute_ref_log_probs=settings.precompute_ref_log_probs,
-        qlora=settings.qlora,
-        system_prompt=settings.system_prompt(),
-        seed_file=data / "seed_sft.jsonl",
-        replay_file=data / "replay_prompts.jsonl",
-        dedup_threshold=settings.dedup_threshold,
-        pii_region=settings.pii_region,
-        eval=EvalSettings(
-            batch_size=settings.eval_batch_size,
-            max_length=settings.train_max_length,
-            generate=settings.eval_generate,
-            max_prompts=settings.eval_max_prompts,
-            max_new_tokens=settings.eval_max_new_tokens,
-            rubric_file=data / "rubric.json",
-            general_file=data / "general_checks.jsonl",
-            system_prompt=settings.system_prompt(),
-        ),
-        margins=GateMargins(
-            min_pref_acc_gain=settings.gate_min_pref_acc_gain,
-            min_loss_decrease=settings.gate_min_loss_decrease,
-            min_rubric_gain=settings.gate_min_rubric_gain,
-            max_loss_increase=settings.gate_max_loss_increase,
-            max_pref_acc_drop=settings.gate_max_pref_acc_drop,
-            max_rubric_drop=settings.gate_max_rubric_drop,
-            max_general_loss_increase=settings.gate_max_general_loss_increase,
-            max_general_pass_drop=settings.gate_max_general_pass_drop,
-        ),
-        tracker=settings.tracker,
-    )
-
-
-def rollback_target(registry: Registry) -> str | None:
-    """The version that served before the current one (None = the bare base), skipping
-    versions already rolled back; RollbackError when the pointer never moved."""
-    current = registry.current()
-    for entry in reversed(registry.history()):
-        target = entry.get("from")
-        if target == current:
-            continue
-        if target is None or registry.info(target).get("status") != "rolled_back":
-            return target
-    raise RollbackError("nothing to roll back to: CURRENT has never pointed elsewhere")
 
 
 def register_core(app: typer.Typer) -> None:
@@ -125,12 +39,12 @@ def register_core(app: typer.Typer) -> None:
         """Run one training round: snapshot, SFT, DPO, evaluate, gate, promote if better."""
         from app.modelfiles import resolve_model_dir
         from training.registry import Registry
-        from training.round import run_round
+        from training.round import RoundConfig, run_round
 
         settings = open_settings()
         store = open_store(settings)
         model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=not as_json)
-        config = build_round_config(
+        config = RoundConfig.from_settings(
             settings, sft_steps=sft_steps, dpo_steps=dpo_steps, max_steps=max_steps
         )
         last: dict[str, object] = {}
@@ -160,6 +74,15 @@ def register_core(app: typer.Typer) -> None:
         text = f"Round {result.id}: {result.status}" + (
             f", version {result.version} ({result.candidate_stage})" if result.version else ""
         )
+        for stage, decision in result.gate.items():
+            text += f"\n  {stage}: {decision['decision']}"
+            for comp in decision["comparisons"]:
+                if comp["margin"] is not None and comp["diff"] is not None:
+                    text += (
+                        f"\n    {comp['name']} {comp['diff']:+.3f} "
+                        f"[{comp['low']:+.3f}, {comp['high']:+.3f}] n={comp['n']}: "
+                        f"{comp['verdict']}"
+                    )
         if result.reasons:
             text += "\n" + "\n".join(f"  - {r}" for r in result.reasons)
         if result.report:
@@ -171,17 +94,21 @@ def register_core(app: typer.Typer) -> None:
     @app.command("promote")
     def promote(
         version: Annotated[str, typer.Argument(help="A registered adapter version.")],
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force", help="Serve it even though the gate rejected it or could not decide."
+            ),
+        ] = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Serve VERSION now (checksums verified; a running serve switches within seconds)."""
         from training.registry import Registry
 
         registry = Registry(open_settings().adapters_dir)
-        before = registry.current()
-        registry.set_current(version)
-        registry.update_info(version, status="promoted", promoted_by="operator")
-        payload = {"from": before, "to": version}
-        emit(as_json, payload, f"Serving {version} (was {before or 'the bare base model'}).")
+        before, now = registry.promote(version, by=f"operator {_who()}", force=force)
+        payload = {"from": before, "to": now, "forced": force}
+        emit(as_json, payload, f"Serving {now} (was {before or 'the bare base model'}).")
 
     @app.command("rollback")
     def rollback(as_json: JsonOpt = False) -> None:
@@ -189,11 +116,7 @@ def register_core(app: typer.Typer) -> None:
         from training.registry import Registry
 
         registry = Registry(open_settings().adapters_dir)
-        before = registry.current()
-        target = rollback_target(registry)
-        registry.set_current(target)
-        if before is not None:
-            registry.update_info(before, status="rolled_back")
+        before, target = registry.rollback(by=f"operator {_who()}")
         payload = {"from": before, "to": target}
         emit(as_json, payload, f"Rolled back from {before} to {target or 'the bare base model'}.")
 
@@ -275,3 +198,13 @@ def register_watch(app: typer.Typer) -> None:
         settings = open_settings()
         typer.echo(f"trackio dashboard on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
         tracking.show(settings.home / "rounds", host=host, port=port)
+
+
+def _who() -> str:
+    """The operator's login name on this machine, for the version's record."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

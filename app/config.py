@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from training.gate import DEFAULT_MARGINS, MIN_ITEMS, GateConfigError, parse_margins
+
 # The repository's own data/ folder: the demo domain's system prompt, seed examples, rubric.
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -119,19 +121,6 @@ class Settings(BaseSettings):
     eval_max_prompts: int = Field(default=24, ge=1, description="Held-out prompts generated.")
     eval_max_new_tokens: int = Field(default=96, ge=1, le=4096)
     eval_batch_size: int = Field(default=8, ge=1, le=1024)
-    # The gate: a candidate must beat the serving version by one of the MIN_ margins and
-    # regress by no more than the MAX_ ones.
-    gate_min_pref_acc_gain: float = Field(default=0.02, ge=0.0, le=1.0)
-    gate_min_loss_decrease: float = Field(default=0.01, ge=0.0)
-    gate_min_rubric_gain: float = Field(default=0.05, ge=0.0, le=1.0)
-    gate_max_loss_increase: float = Field(default=0.05, ge=0.0)
-    gate_max_pref_acc_drop: float = Field(default=0.0, ge=0.0, le=1.0)
-    gate_max_rubric_drop: float = Field(default=0.0, ge=0.0, le=1.0)
-    # Measured with bench/loop_quality.py: a round that kept its general answers (replay) rose
-    # 0.14 here, as the house style wraps them too; rounds that forgot them rose 1.0-1.6.
-    gate_max_general_loss_increase: float = Field(default=0.25, ge=0.0)
-    gate_max_general_pass_drop: float = Field(default=0.0, ge=0.0, le=1.0)
-
     # Operator side: the schedule (`tuneloop watch`) and experiment tracking.
     round_min_new: int = Field(
         default=50,
@@ -178,26 +167,31 @@ class Settings(BaseSettings):
     )
     gate_eval_sets: str = Field(
         default="",
-        description="Comma-separated eval set files a round's candidate must not lose on "
-        "against the serving version; empty = no eval gate.",
+        description="Comma-separated eval set files every round also gates on (each stage "
+        "against the serving version); empty = the held-out metrics only.",
     )
-    gate_min_margins: str = Field(
-        default="",
-        description="METRIC=MARGIN,...: the candidate needs at least serving + margin on each; "
-        "empty = every metric, margin 0.",
+    gate_margins: str = Field(
+        default=DEFAULT_MARGINS,
+        description="METRIC=MARGIN or SET:METRIC=MARGIN, comma-separated: how much each "
+        "gated metric must gain (positive: an objective the candidate must be shown to beat), "
+        "or may lose (zero or negative); in the metric's better direction. An eval set none "
+        "of whose metrics is named gates every metric at 0.",
     )
 
-    @field_validator("gate_min_margins")
+    gate_min_items: int = Field(
+        default=MIN_ITEMS,
+        ge=1,
+        description="Fewest paired items a gated metric needs before the gate calls it better "
+        "or worse; below it the metric is inconclusive.",
+    )
+
+    @field_validator("gate_margins")
     @classmethod
     def _margins_parse(cls, value: str) -> str:
-        for part in filter(str.strip, value.split(",")):
-            name, sep, number = part.partition("=")
-            try:
-                float(number)
-            except ValueError:
-                sep = ""
-            if not sep or not name.strip():
-                raise ValueError(f"{part.strip()!r} is not METRIC=NUMBER (e.g. rubric_pass=0.05)")
+        try:
+            parse_margins(value)
+        except GateConfigError as err:
+            raise ValueError(str(err)) from None
         return value
 
     @field_validator("model")

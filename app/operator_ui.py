@@ -7,7 +7,8 @@ shows the tab only to operators.
 
 A round started here runs as a `tuneloop train --json` subprocess (`training.schedule`), so
 the chat keeps serving while it trains; its live progress is the round's own `state.json`,
-polled by a timer. Promotion and rollback go through `Registry.set_current`, which the
+polled by a timer. Promotion and rollback are the registry's own `promote` and `rollback`
+(the one path `tuneloop promote`/`rollback` and rounds take too), which the
 running server follows within `TUNELOOP_ADAPTER_POLL_SECONDS`.
 """
 
@@ -181,8 +182,10 @@ class OperatorService:
         except RegistryError as err:
             raise OperatorError(str(err)) from err
         lines = [f"**{version}** · status: {info.get('status', 'unknown')}"]
-        if info.get("reason"):
-            lines.append(f"reason: {info['reason']}")
+        if info.get("decision"):
+            lines.append(f"gate decision: {info['decision']}")
+        for reason in info.get("reasons") or []:
+            lines.append(f"- {reason}")
         for key, value in _numbers(info.get("metrics", {})).items():
             lines.append(f"- {key}: {value:.4g}")
         evals = info.get("evals")
@@ -221,31 +224,25 @@ class OperatorService:
     def promote(self, name: str | None, version: str | None) -> str:
         """Serve `version` now (verified first); the running server switches by itself.
 
-        Records it in the version's info the way `tuneloop promote` does.
+        The registry's one promotion path: a version the gate rejected or could not decide
+        on is refused here, with what to do (`tuneloop promote --force`).
         """
         user = self.operator(name)
         if not version:
             raise OperatorError("Pick a version to promote.")
         try:
-            self.registry.set_current(version)
+            self.registry.promote(version, by=user.name)
         except RegistryError as err:
             raise OperatorError(str(err)) from err
-        self.registry.update_info(version, status="promoted", promoted_by=user.name)
         return f"Now serving {version}."
 
     def rollback(self, name: str | None) -> str:
         """Serve the version that served before the current one (as `tuneloop rollback`)."""
-        from app.cli_training import RollbackError, rollback_target
-
-        self.operator(name)
-        before = self.registry.current()
+        user = self.operator(name)
         try:
-            target = rollback_target(self.registry)
-            self.registry.set_current(target)
-        except (RollbackError, RegistryError) as err:
+            _, target = self.registry.rollback(by=user.name)
+        except RegistryError as err:
             raise OperatorError(f"Cannot roll back: {err}") from err
-        if before is not None:
-            self.registry.update_info(before, status="rolled_back")
         return f"Rolled back: now serving {target or 'the bare base model'}."
 
 

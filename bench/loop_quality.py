@@ -18,12 +18,20 @@
    accuracy: the share of held-out pairs (the expert's template answer against the base
    model's own reply) in which the model gives the expert's answer the higher mean token
    log-probability.
+5. Sabotage runs (`--sabotage-runs`, 5 by default, one seed each): the same loop with every
+   label of the simulated expert flipped (picks, thumbs, and correction pairs with the
+   expert's answer as the rejected side). The gate (the product's defaults, plus the demo
+   eval set `data/eval_demo.jsonl`, whose rubric checks the expected policy) must promote
+   none of them while the honest run is still promoted. Each run prints the gate's decision
+   per stage with every gated metric's difference and 95% interval, and the round's time.
 
     .venv/bin/python -m bench.loop_quality                   # embedded SmolLM2, temp home
     .venv/bin/python -m bench.loop_quality --home /tmp/loop --train-args "--max-steps 4"
+    .venv/bin/python -m bench.loop_quality --sabotage-runs 2       # fewer sabotage seeds
 
-Goal (issue 4): at least +30 percentage points of rubric pass rate after one round, with the
-round under 15 minutes on a 2-core CPU.
+Goals: at least +30 percentage points of rubric pass rate after the honest round, which the
+gate promotes, with the round under 15 minutes on a 2-core CPU; 0 of 5 sabotage rounds
+promoted.
 """
 
 from __future__ import annotations
@@ -122,11 +130,28 @@ def pref_accuracy(model: Any, tok: Any, pairs: list[tuple[list, str, str]]) -> f
 
 
 def simulate_expert(
-    store: Any, rubric: Any, rows: list[dict], replies: list[str], seconds: list[str], system: str
+    store: Any,
+    rubric: Any,
+    rows: list[dict],
+    replies: list[str],
+    seconds: list[str],
+    system: str,
+    *,
+    sabotage: bool = False,
+    seed: int = 0,
 ) -> dict[str, int]:
-    """Record the expert's judgements through the real store, as the chat app does."""
+    """Record the expert's judgements through the real store, as the chat app does.
+
+    With `sabotage`, every label is flipped: the compare pick goes to the reply that passes
+    fewer checks, 👍 and 👎 swap, and where the honest expert would write a correction the
+    saboteur keeps the model's reply as the winner of the pair (the expert's answer
+    becomes the rejected side, as a bulk import of flipped pairs would store it).
+    """
+    from feedback.records import NewPreference
+
     user = store.add_user(name="sim-expert", role="expert", password="not-used-" + "x" * 8)
-    rng = random.Random(0)
+    rng = random.Random(seed)
+    flipped: list[Any] = []
     tally = {"compare_picks": 0, "ties": 0, "thumbs_up": 0, "thumbs_down": 0, "corrections": 0}
     for i, (row, a, b) in enumerate(zip(rows, replies, seconds, strict=True)):
         prompt = conversation(row, system)
@@ -152,19 +177,92 @@ def simulate_expert(
             choice = "tie"
             tally["ties"] += 1
         else:
-            original_wins = score_a > score_b
+            original_wins = (score_a > score_b) != sabotage
             choice = "A" if original_wins == original_is_a else "B"
             tally["compare_picks"] += 1
         store.decide_comparison(comparison_id=comparison, user_id=user.id, choice=choice)
         # Thumbs, and an edit wherever the reply is not what the expert would send
         failed = [k for k, v in rubric.score(a, row).items() if v is False]
-        store.rate(response_id=reply_id, user_id=user.id, up=not failed,
-                   reason=", ".join(failed) or None)  # fmt: skip
-        tally["thumbs_down" if failed else "thumbs_up"] += 1
-        if failed:
+        up = (not failed) != sabotage
+        store.rate(response_id=reply_id, user_id=user.id, up=up,
+                   reason=None if up else ", ".join(failed) or "no")  # fmt: skip
+        tally["thumbs_up" if up else "thumbs_down"] += 1
+        if failed and not sabotage:
             store.correct(response_id=reply_id, user_id=user.id, content=expert_answer(row, i))
             tally["corrections"] += 1
+        elif failed:
+            flipped.append(NewPreference(prompt=prompt, chosen=a, rejected=expert_answer(row, i)))
+            tally["corrections"] += 1
+    if flipped:
+        store.add_bulk(preferences=flipped)
     return tally
+
+
+def gate_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Each stage's decision and its gated comparisons, as printed and saved."""
+    out: dict[str, Any] = {}
+    for stage, decision in (result.get("gate") or {}).items():
+        out[stage] = {
+            "decision": decision["decision"],
+            "comparisons": [
+                {k: c[k] for k in ("name", "n", "serving", "candidate", "diff", "low", "high",
+                                   "margin", "verdict")}
+                for c in decision["comparisons"]
+                if c["margin"] is not None
+            ],
+        }  # fmt: skip
+    return out
+
+
+def print_gate(summary: dict[str, Any]) -> None:
+    for stage, decision in summary.items():
+        print(f"  {stage}: {decision['decision']}")
+        for c in decision["comparisons"]:
+            if c["diff"] is None:
+                print(f"    {c['name']:<24} not measured")
+                continue
+            print(f"    {c['name']:<24} {c['serving']:.3f} -> {c['candidate']:.3f}  "
+                  f"diff {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] n={c['n']} "
+                  f"margin {c['margin']:+g}: {c['verdict']}")  # fmt: skip
+
+
+def run_round(home: Path, model_dir: Path, train_args: str, gate_env: dict[str, str]) -> tuple:
+    """`tuneloop train --json` as an operator runs it; (result, minutes)."""
+    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_MODEL": str(model_dir),
+           "TUNELOOP_TRACKER": os.environ.get("TUNELOOP_TRACKER", "none"), **gate_env}  # fmt: skip
+    command = [sys.executable, "-m", "app.cli", "train", "--json", *train_args.split()]
+    t1 = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    minutes = (time.perf_counter() - t1) / 60
+    (home / "train.log").write_text(proc.stderr + proc.stdout, encoding="utf-8")
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if not lines:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"the round printed no result (exit {proc.returncode})")
+    return json.loads(lines[-1]), minutes
+
+
+def expert_store(
+    home: Path, model_dir: Path, rows: list[dict], system: str, rubric: Any, *,
+    sabotage: bool, seed: int, max_new_tokens: int,
+) -> dict[str, int]:  # fmt: skip
+    """The served model (bare base) answers the expert prompts; the expert judges them."""
+    import torch
+
+    from feedback.store import Store
+    from training.generate import generate_replies, load_for_generation
+
+    torch.manual_seed(seed)
+    model, tok = load_for_generation(model_dir)
+    convs = [conversation(r, system) for r in rows]
+    gen = {"max_new_tokens": max_new_tokens}
+    replies = generate_replies(model, tok, convs, temperature=0.7, top_p=0.9, **gen)
+    seconds = generate_replies(model, tok, convs, temperature=1.0, **gen)
+    del model
+    store = Store.open(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
+    return simulate_expert(
+        store, rubric, rows, replies, seconds, system, sabotage=sabotage, seed=seed
+    )
 
 
 def main() -> None:
@@ -173,111 +271,126 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="home for the loop (default: a temp dir)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--train-args", default="", help="extra `tuneloop train` arguments")
+    parser.add_argument(
+        "--sabotage-runs", type=int, default=5,
+        help="rounds on flipped labels, one seed each; none may be promoted (0: skip)",
+    )  # fmt: skip
+    parser.add_argument("--skip-honest", action="store_true", help="only the sabotage runs")
+    parser.add_argument(
+        "--gate-eval-sets", default=str(DATA / "eval_demo.jsonl"),
+        help="TUNELOOP_GATE_EVAL_SETS for every round ('' = held-out metrics only)",
+    )  # fmt: skip
+    parser.add_argument("--gate-margins", default=None, help="TUNELOOP_GATE_MARGINS")
     args = parser.parse_args()
-
-    import torch
 
     from app.config import Settings
     from app.modelfiles import resolve_model_dir
-    from feedback.store import Store
     from training.generate import generate_replies, load_for_generation
     from training.registry import Registry
     from training.rubric import load_rubric
 
-    torch.manual_seed(0)
     settings = Settings()  # the operator's own home: where the converted model is cached
     model_dir = resolve_model_dir(args.model or settings.model, settings.models_dir)
-    home = args.home or Path(tempfile.mkdtemp(prefix="tuneloop-loop-"))
-    home.mkdir(parents=True, exist_ok=True)
+    root = args.home or Path(tempfile.mkdtemp(prefix="tuneloop-loop-"))
+    root.mkdir(parents=True, exist_ok=True)
     system = (DATA / "system_prompt.md").read_text(encoding="utf-8").strip()
     rubric = load_rubric(DATA / "rubric.json")
     train_rows = read_jsonl(DATA / "demo_prompts.jsonl")
     held_rows = read_jsonl(DATA / "demo_heldout.jsonl")
-    print(f"model {model_dir}; home {home}; {len(train_rows)} expert prompts, "
-          f"{len(held_rows)} held-out prompts")  # fmt: skip
+    gate_env = {"TUNELOOP_GATE_EVAL_SETS": args.gate_eval_sets}
+    if args.gate_margins is not None:
+        gate_env["TUNELOOP_GATE_MARGINS"] = args.gate_margins
+    print(f"model {model_dir}; root {root}; {len(train_rows)} expert prompts, "
+          f"{len(held_rows)} held-out prompts; gate {json.dumps(gate_env)}")  # fmt: skip
+    summary: dict[str, Any] = {"gate_env": gate_env, "runs": []}
 
-    t0 = time.perf_counter()
-    model, tok = load_for_generation(model_dir)
-    held_convs = [conversation(r, system) for r in held_rows]
-    gen = {"max_new_tokens": args.max_new_tokens}
-    before = generate_replies(model, tok, held_convs, **gen)
-    train_convs = [conversation(r, system) for r in train_rows]
-    replies = generate_replies(model, tok, train_convs, temperature=0.7, top_p=0.9, **gen)
-    seconds = generate_replies(model, tok, train_convs, temperature=1.0, **gen)
-    held_pairs = [
-        (c, expert_answer(r, i), reply)
-        for i, (c, r, reply) in enumerate(zip(held_convs, held_rows, before, strict=True))
-    ]
-    acc_before = pref_accuracy(model, tok, held_pairs)
-    del model
-    print(f"generated before/pairs in {time.perf_counter() - t0:.0f} s")
+    if not args.skip_honest:
+        home = root / "honest"
+        home.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        model, tok = load_for_generation(model_dir)
+        held_convs = [conversation(r, system) for r in held_rows]
+        gen = {"max_new_tokens": args.max_new_tokens}
+        before = generate_replies(model, tok, held_convs, **gen)
+        held_pairs = [
+            (c, expert_answer(r, i), reply)
+            for i, (c, r, reply) in enumerate(zip(held_convs, held_rows, before, strict=True))
+        ]
+        acc_before = pref_accuracy(model, tok, held_pairs)
+        del model
+        tally = expert_store(home, model_dir, train_rows, system, rubric, sabotage=False,
+                             seed=0, max_new_tokens=args.max_new_tokens)  # fmt: skip
+        print(f"honest expert: {json.dumps(tally)} ({time.perf_counter() - t0:.0f} s)")
+        result, minutes = run_round(home, model_dir, args.train_args, gate_env)
+        print(f"honest round {result['id']}: {result['status']} in {minutes:.1f} min; "
+              f"candidate {result.get('version')} ({result.get('candidate_stage')})")  # fmt: skip
+        gate = gate_summary(result)
+        print_gate(gate)
+        if not result.get("version"):
+            raise SystemExit("the round produced no adapter; see " + str(home / "train.log"))
+        adapter_dir = Registry(home / "adapters").verify(result["version"])
+        model, tok = load_for_generation(model_dir, adapter_dir)
+        after = generate_replies(model, tok, held_convs, **gen)
+        acc_after = pref_accuracy(model, tok, held_pairs)
+        del model
+        rb, ra = rubric_rates(rubric, before, held_rows), rubric_rates(rubric, after, held_rows)
+        report = {
+            "run": "honest",
+            "rubric_pass_before": rb["all"],
+            "rubric_pass_after": ra["all"],
+            "rubric_gain_pp": round(100 * (ra["all"] - rb["all"]), 1),
+            "checks_before": rb,
+            "checks_after": ra,
+            "heldout_pref_acc_before": acc_before,
+            "heldout_pref_acc_after": acc_after,
+            "round_minutes": round(minutes, 2),
+            "round_status": result["status"],
+            "decision": result.get("decision"),
+            "stage": result.get("candidate_stage"),
+            "gate": gate,
+            "expert": tally,
+        }
+        summary["runs"].append(report)
+        (home / "samples.jsonl").write_text(
+            "".join(
+                json.dumps({"prompt": r["prompt"], "before": b, "after": a}) + "\n"
+                for r, b, a in zip(held_rows, before, after, strict=True)
+            ),
+            encoding="utf-8",
+        )
+        print(f"held-out rubric pass rate: before {rb['all']:.0%}, after {ra['all']:.0%} "
+              f"({report['rubric_gain_pp']:+.1f} pp)")  # fmt: skip
+        for check in rubric.checks:
+            print(f"  {check.name:<16} {rb[check.name]:.0%} -> {ra[check.name]:.0%}")
+        print(f"held-out preference accuracy: before {acc_before:.0%}, after {acc_after:.0%}")
 
-    store = Store.open(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
-    tally = simulate_expert(store, rubric, train_rows, replies, seconds, system)
-    counts = store.counts()
-    print("simulated expert:", json.dumps(tally))
-    print("store:", json.dumps({k: counts[k] for k in ("responses", "corrections",
-          "comparisons_decided", "preferences_total", "preferences_by_source")}))  # fmt: skip
+    for seed in range(1, args.sabotage_runs + 1):
+        home = root / f"sabotage-{seed}"
+        home.mkdir(parents=True, exist_ok=True)
+        tally = expert_store(home, model_dir, train_rows, system, rubric, sabotage=True,
+                             seed=seed, max_new_tokens=args.max_new_tokens)  # fmt: skip
+        result, minutes = run_round(home, model_dir, args.train_args, gate_env)
+        gate = gate_summary(result)
+        print(f"sabotage seed {seed}: {result['status']} in {minutes:.1f} min; stage "
+              f"{result.get('candidate_stage')}; expert {json.dumps(tally)}")  # fmt: skip
+        print_gate(gate)
+        summary["runs"].append({
+            "run": f"sabotage-{seed}", "round_status": result["status"],
+            "decision": result.get("decision"), "stage": result.get("candidate_stage"),
+            "round_minutes": round(minutes, 2), "gate": gate, "expert": tally,
+        })  # fmt: skip
+        (root / "loop_quality.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_MODEL": str(model_dir),
-           "TUNELOOP_TRACKER": os.environ.get("TUNELOOP_TRACKER", "none")}  # fmt: skip
-    command = [sys.executable, "-m", "app.cli", "train", "--json", *args.train_args.split()]
-    t1 = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    round_seconds = time.perf_counter() - t1
-    (home / "train.log").write_text(proc.stderr + proc.stdout, encoding="utf-8")
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if not lines:
-        print(proc.stderr[-3000:])
-        raise SystemExit(f"the round printed no result (exit {proc.returncode})")
-    result = json.loads(lines[-1])
-    print(f"round {result['id']}: {result['status']} in {round_seconds / 60:.1f} min; "
-          f"candidate {result.get('version')} ({result.get('candidate_stage')})")  # fmt: skip
-    for reason in result.get("reasons") or []:
-        print(f"  gate: {reason}")
-    if not result.get("version"):
-        raise SystemExit("the round produced no adapter; see " + str(home / "train.log"))
-
-    adapter_dir = Registry(home / "adapters").verify(result["version"])
-    model, tok = load_for_generation(model_dir, adapter_dir)
-    after = generate_replies(model, tok, held_convs, **gen)
-    acc_after = pref_accuracy(model, tok, held_pairs)
-    del model
-
-    rb, ra = rubric_rates(rubric, before, held_rows), rubric_rates(rubric, after, held_rows)
-    report = {
-        "rubric_pass_before": rb["all"],
-        "rubric_pass_after": ra["all"],
-        "rubric_gain_pp": round(100 * (ra["all"] - rb["all"]), 1),
-        "checks_before": rb,
-        "checks_after": ra,
-        "heldout_pref_acc_before": acc_before,
-        "heldout_pref_acc_after": acc_after,
-        "round_minutes": round(round_seconds / 60, 2),
-        "round_status": result["status"],
-        "round_metrics": {
-            k: {m: v.get(m) for m in ("rubric_pass", "pref_acc", "heldout_loss", "general_loss")}
-            for k, v in (result.get("metrics") or {}).items()
-        },
-        "expert": tally,
-    }
-    (home / "loop_quality.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (home / "samples.jsonl").write_text(
-        "".join(
-            json.dumps({"prompt": r["prompt"], "before": b, "after": a}) + "\n"
-            for r, b, a in zip(held_rows, before, after, strict=True)
-        ),
-        encoding="utf-8",
-    )
+    (root / "loop_quality.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    sabotaged = [r for r in summary["runs"] if r["run"].startswith("sabotage")]
+    promoted = sum(r["round_status"] == "promoted" for r in sabotaged)
     print()
-    print(f"held-out rubric pass rate: before {rb['all']:.0%}, after {ra['all']:.0%} "
-          f"({report['rubric_gain_pp']:+.1f} pp; goal +30 pp)")  # fmt: skip
-    for check in rubric.checks:
-        print(f"  {check.name:<16} {rb[check.name]:.0%} -> {ra[check.name]:.0%}")
-    print(f"held-out preference accuracy: before {acc_before:.0%}, after {acc_after:.0%}")
-    print(f"round: {result['status']}, {round_seconds / 60:.1f} min (goal < 15 min on 2 cores)")
-    print(f"round's own gate metrics: {json.dumps(report['round_metrics'])}")
-    print(f"details: {home / 'loop_quality.json'}, {home / 'samples.jsonl'}")
+    for r in summary["runs"]:
+        print(f"{r['run']:<12} {r['round_status']:<12} stage {r['stage'] or '-':<4} "
+              f"{r['round_minutes']:.1f} min")  # fmt: skip
+    if sabotaged:
+        print(f"sabotage: {promoted} of {len(sabotaged)} rounds promoted (goal 0)")
+    print(f"details: {root / 'loop_quality.json'}")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
             "Paris.",
         ),
     )
-    assert result["status"] in ("done", "rejected"), result
+    assert result["status"] in ("done", "rejected", "inconclusive"), result
     assert result["version"] and result["serving_after"] is None  # --no-promote
     adapter = settings.adapters_dir / "versions" / result["version"]
     assert (adapter / "adapter_config.json").is_file()

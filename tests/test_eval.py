@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
-from app.cli_eval import make_eval_gate
 from app.config import Settings
 from tests.cli import run_cli
 from tests.tiny import tiny_registry
-from training.evalsets import EvalError, format_table, gate_reasons, load_set, parse_margins
+from training.evalsets import format_table, item_metrics, load_set
 from training.generate import generate_replies, load_for_generation, row_conversation
 from training.registry import Registry
 from training.scorers import (
@@ -140,6 +139,9 @@ def test_eval_exact_side_by_side_and_recorded(
     assert metrics["base"]["exact"] == 1.0  # the references are the base model's replies
     assert metrics["v1"]["exact"] < 1.0 and metrics["v2"]["exact"] < 1.0
     assert result["diff_vs_first"]["v1"]["exact"] == pytest.approx(metrics["v1"]["exact"] - 1)
+    # paired over the 3 rows with a reference: an interval around the difference
+    low, high = result["interval_vs_first"]["v1"]["exact"]
+    assert low <= result["diff_vs_first"]["v1"]["exact"] <= high and low < high
     assert result["cached"] == {"base": False, "v1": False, "v2": False}
 
     # recorded with the versions, and for base under HOME/evals/base/
@@ -165,7 +167,7 @@ def test_eval_exact_side_by_side_and_recorded(
     lines = out.splitlines()
     assert lines[1].split() == ["metric", "base", "v1"]
     assert lines[2].split()[:2] == ["exact", "1.000"]
-    assert f"({metrics['v1']['exact'] - 1:+.3f})" in lines[2]
+    assert f"({metrics['v1']['exact'] - 1:+.3f} [" in lines[2]  # with its interval
     assert "cached replies for base, v1" in lines[0]
 
 
@@ -324,128 +326,21 @@ def test_eval_refuses_unknown_adapter_and_bad_set(
     assert code == 1 and "line 2" in err
 
 
-# -- the promotion gate ---------------------------------------------------------------------
-def test_gate_reasons_and_margins(tmp_path: Path) -> None:
+# -- what the promotion gate reads --------------------------------------------------------
+def test_per_row_metrics_pair_rows_and_skip_rows_a_scorer_cannot_score(tmp_path: Path) -> None:
+    """The gate pairs eval rows by index: each metric per row, None where it does not apply."""
+    rows = [{"prompt": "a", "reference": "x"}, {"prompt": "b"}, {"prompt": "c", "reference": "y"}]
+    scorers = resolve_scorers("exact,json", rows, rubric_path=None)
+    items = item_metrics(scorers, rows, ["x", "1", "z"])
+    assert items["exact"] == [1.0, None, 0.0]  # row 2 has no reference: exact does not apply
+    assert items["json_valid"] == [0.0, 1.0, 0.0]  # other scorers still score that row
     path = tmp_path / "s.jsonl"
     path.write_text('{"prompt": "x"}\n')
     from training.evalsets import EvalRun, GenParams
 
     run = EvalRun(load_set(path), ["v1", "v2"], ["exact"], GenParams(), "m")
-    run.metrics = {
-        "v1": {"exact": 0.5, "rubric_pass": 0.5},
-        "v2": {"exact": 0.5, "rubric_pass": 0.52},
-    }
-    assert gate_reasons(run, "v2", "v1", {}) == []
-    assert gate_reasons(run, "v2", "v1", {"rubric_pass": 0.02, "exact": 0}) == []
-    reasons = gate_reasons(run, "v2", "v1", {"rubric_pass": 0.05})
-    assert len(reasons) == 1 and reasons[0].startswith("s: rubric_pass 0.520 for v2 vs 0.500")
-    assert gate_reasons(run, "v1", "v2", {})[0].startswith("s: rubric_pass 0.500 for v1")
-    assert gate_reasons(run, "v1", "v2", {"rubric_pass": -0.1}) == []
-    assert "gated metric 'bleu' was not returned" in gate_reasons(run, "v2", "v1", {"bleu": 0})[0]
-    assert parse_margins(" rubric_pass=0.05, exact=0 ") == {"rubric_pass": 0.05, "exact": 0.0}
-    with pytest.raises(EvalError, match="bad margin 'exact'"):
-        parse_margins("exact")
-    assert "exact" in format_table(run)
-
-
-def test_eval_gate_blocks_a_candidate_that_loses_on_a_gated_metric(
-    env: Registry, eval_set: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert make_eval_gate(Settings()) is None  # no gate sets: no gate
-    monkeypatch.setenv("TUNELOOP_GATE_EVAL_SETS", str(eval_set))
-    monkeypatch.setenv("TUNELOOP_EVAL_SCORER", "exact")
-    monkeypatch.setenv("TUNELOOP_GATE_MIN_MARGINS", "exact=0")
-    gate = make_eval_gate(Settings())
-    assert gate is not None
-    # serving: the bare base, whose replies are the references; v1 loses on exact
-    reasons = gate("v1", None)
-    assert len(reasons) == 1 and reasons[0].startswith("demo_set: exact ")
-    assert "for v1 vs 1.000 for base" in reasons[0]
-    assert env.info("v1")["evals"]["demo_set"]["metrics"]["exact"] < 1.0  # recorded too
-    # a metric that is not gated does not block; a tolerated loss does not block
-    monkeypatch.setenv("TUNELOOP_GATE_MIN_MARGINS", "exact=-1")
-    assert make_eval_gate(Settings())("v1", None) == []  # type: ignore[misc]
-    # an eval that cannot run blocks too, saying why
-    monkeypatch.setenv("TUNELOOP_EVAL_SCORER", "json,nosuch.module:f")
-    reasons = make_eval_gate(Settings())("v1", None)  # type: ignore[misc]
-    assert len(reasons) == 1 and reasons[0].startswith("eval gate could not run: scorer")
-
-
-def test_a_round_with_the_eval_gate_is_not_promoted_when_it_loses(
-    env: Registry, eval_set: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A real training round (tiny model) whose own gate lets everything through; the eval
-    gate then stops the candidate, CURRENT stays where it was, and the reason names the metric.
-    """
-    from feedback.records import NewExample, NewPreference
-    from feedback.store import Store
-    from training.evaluate import EvalSettings, GateMargins
-    from training.round import RoundConfig, run_round
-
-    monkeypatch.setenv("TUNELOOP_GATE_EVAL_SETS", str(eval_set))
-    monkeypatch.setenv("TUNELOOP_EVAL_SCORER", "exact")
-    monkeypatch.setenv("TUNELOOP_GATE_MIN_MARGINS", "exact=0")
-    settings = Settings()
-    store = Store.open(settings.database)
-    # 30 prompts, so that the stable split holds some out and the round's own metrics exist
-    topics = ("bread", "soup", "tomatoes", "the weather", "a spider", "a bicycle chain")
-    asks = (
-        "How do I care for {t}?",
-        "Tell me about {t}, please.",
-        "Any quick tips on {t}?",
-        "What should I know about {t}?",
-        "Is {t} hard for a beginner?",
-    )
-    prompts = [ask.format(t=t) for t in topics for ask in asks]
-    answer = "Paris is the capital of France."
-    store.add_bulk(
-        preferences=[
-            NewPreference(
-                prompt=[{"role": "user", "content": p}], chosen=answer, rejected="No idea."
-            )
-            for p in prompts
-        ],
-        examples=[
-            NewExample(
-                messages=[{"role": "user", "content": p}, {"role": "assistant", "content": answer}]
-            )
-            for p in prompts
-        ],
-    )
-    lenient = GateMargins(
-        min_pref_acc_gain=-1.0,
-        min_loss_decrease=-1e9,
-        min_rubric_gain=-1.0,
-        max_loss_increase=1e9,
-        max_pref_acc_drop=1.0,
-        max_rubric_drop=1.0,
-        max_general_loss_increase=1e9,
-        max_general_pass_drop=1.0,
-    )
-    config = RoundConfig(
-        sft_steps=2,
-        dpo_steps=2,
-        batch_size=4,
-        sft_learning_rate=5e-2,
-        dpo_learning_rate=5e-2,
-        eval=EvalSettings(generate=False),
-        margins=lenient,
-    )
-    result = run_round(
-        store=store,
-        registry=env,
-        model_dir=Path(settings.model or ""),
-        config=config,
-        rounds_dir=settings.home / "rounds",
-        extra_gate=make_eval_gate(settings),
-    )
-    assert result.status == "rejected", result
-    assert len(result.reasons) == 1 and result.reasons[0].startswith("demo_set: exact ")
-    assert f"for {result.version} vs 1.000 for base" in result.reasons[0]
-    assert env.current() is None  # still the bare base
-    info = env.info(str(result.version))
-    assert info["status"] == "rejected" and info["reasons"] == result.reasons
-    assert info["evals"]["demo_set"]["metrics"]["exact"] < 1.0
+    run.metrics = {"v1": {"exact": 0.5}, "v2": {"exact": 0.75}}
+    assert "0.750 (+0.250)" in format_table(run)
 
 
 def test_the_demo_eval_set_and_example_scorer() -> None:

@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
-from app.cli_training import build_round_config
 from app.config import REPO_DATA_DIR, Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
-from training.evaluate import EvalSettings, GateMargins, choose_candidate, gate
+from training.evaluate import EvalSettings
+from training.gate import GateConfig, parse_margins
 from training.registry import Registry, RegistryError
 from training.round import RoundBusyError, RoundConfig, list_rounds, run_round
 from training.stages import dpo_config, sft_config
@@ -40,6 +40,12 @@ QUESTIONS = [
     "Any quick tips on {t}?",
 ]
 runner = CliRunner()
+# The round mechanics on 2 held-out items: the gate's statistics are tested on their own
+# (tests/test_gate.py) and through the entry points with eval sets (tests/test_gate_entry.py).
+MECHANICS = GateConfig(
+    margins=parse_margins("pref_acc=-1,heldout_loss=0,general_loss=-1,general_pass=-1"),
+    min_items=2,
+)
 
 
 @pytest.fixture
@@ -81,6 +87,7 @@ def _config(**overrides: object) -> RoundConfig:
             rubric_file=REPO_DATA_DIR / "rubric.json",
             general_file=REPO_DATA_DIR / "general_checks.jsonl",
         ),
+        "gate": MECHANICS,
     }
     values.update(overrides)
     return RoundConfig(**values)  # type: ignore[arg-type]
@@ -226,12 +233,17 @@ def test_exception_mid_dpo_promotes_nothing_and_resume_finishes(
     assert (folder / "sft" / "adapter" / "adapter_config.json").is_file()
     assert (folder / "dpo" / "checkpoints" / "checkpoint-1").is_dir()
 
-    # Margins no candidate can meet: the resumed round must be rejected, not promoted.
-    never = GateMargins(min_pref_acc_gain=1.0, min_loss_decrease=99.0, min_rubric_gain=1.0)
-    strict = _config(precompute_ref_log_probs=False, margins=never)
+    # A margin no candidate can meet: the resumed round must be rejected, not promoted, and
+    # the reasons name the metric that stopped each stage.
+    never = GateConfig(margins=parse_margins("heldout_loss=99"), min_items=2)
+    strict = _config(precompute_ref_log_probs=False, gate=never)
     again = _run(settings, store, tiny_model_dir, resume=True, config=strict)
     assert again.id == first.id
-    assert again.status == "rejected" and "not better" in again.reasons[-1]
+    assert again.status == "rejected" and again.decision == "reject"
+    for stage in ("sft", "dpo"):
+        assert any(r.startswith(f"{stage} reject: heldout_loss ") for r in again.reasons)
+    report = (folder / "report.md").read_text()
+    assert "## Gate: dpo vs serving — reject" in report and "[95% interval]" in report
     assert registry.current() == "v1"
     assert registry.info(again.version)["status"] == "rejected"
     logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -294,8 +306,13 @@ def test_one_round_at_a_time_and_a_crashed_lock_is_free(
     assert "interrupted" in list_rounds(rounds)[-1]["reason"]
 
 
-def test_configs_from_default_settings_are_valid_for_installed_trl(tmp_path: Path) -> None:
-    config = build_round_config(Settings())
+def test_configs_from_default_settings_are_valid_for_installed_trl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.gate import DEFAULT_MARGINS
+
+    config = RoundConfig.from_settings(Settings())
+    assert config.gate.margins == parse_margins(DEFAULT_MARGINS) and not config.gate.eval_sets
     sft = sft_config(config, tmp_path / "sft", 10, tmp_path)
     dpo = dpo_config(config, tmp_path / "dpo", 10, tmp_path)
     assert sft.assistant_only_loss and not sft.gradient_checkpointing
@@ -308,6 +325,19 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(tmp_path: Pat
 
     lora = lora_config(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
     assert lora.r == 16 and lora.target_modules == "all-linear"
+
+    # Every setting reaches the round by name, the gate's eval sets and rubric included.
+    rubric = tmp_path / "rubric.json"
+    monkeypatch.setenv("TUNELOOP_EVAL_RUBRIC", str(rubric))
+    monkeypatch.setenv("TUNELOOP_GATE_EVAL_SETS", f"{tmp_path}/a.jsonl, {tmp_path}/b.jsonl")
+    monkeypatch.setenv("TUNELOOP_GATE_MARGINS", "a:exact=0.1")
+    monkeypatch.setenv("TUNELOOP_TRAIN_SEED", "7")
+    monkeypatch.setenv("TUNELOOP_DPO_BETA", "0.3")
+    config = RoundConfig.from_settings(Settings(), max_steps=3, sft_steps=None)
+    assert config.eval.rubric_file == rubric and config.gate.rubric_file == rubric
+    assert config.gate.eval_sets == (tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    assert config.gate.margins == {"a:exact": 0.1}
+    assert (config.seed, config.dpo_beta, config.max_steps, config.sft_steps) == (7, 0.3, 3, 0)
 
 
 def test_training_template_marks_exactly_the_assistant_replies(tiny_model_dir: Path) -> None:
@@ -329,21 +359,33 @@ def test_training_template_marks_exactly_the_assistant_replies(tiny_model_dir: P
     assert tok.decode(marked) == "Hi there.<|im_end|>Flour and water.<|im_end|>"
 
 
-def test_the_gate_never_ships_a_worse_dpo_stage() -> None:
-    serving = {"pref_acc": 0.5, "heldout_loss": 2.0, "rubric_pass": 0.0, "general_loss": 3.0}
-    sft = {"pref_acc": 0.6, "heldout_loss": 1.5, "rubric_pass": 0.25, "general_loss": 3.0}
-    dpo = {"pref_acc": 0.9, "heldout_loss": 1.6, "rubric_pass": 0.18, "general_loss": 3.0}
-    assert choose_candidate({"sft": sft, "dpo": dpo}) == "sft"
-    assert gate(sft, serving, GateMargins()) == []
-    # Alone against a better serving version, the worse stage is refused, with reasons.
-    reasons = gate(dpo, {**sft, "pref_acc": 0.95}, GateMargins())
-    assert any("rubric pass rate fell" in r for r in reasons)
-    assert any("preference accuracy fell" in r for r in reasons)
-    regress = gate({**sft, "general_loss": 3.5}, serving, GateMargins())
-    assert any("general-instruction loss rose" in r for r in regress)
-    assert gate({**sft, "heldout_loss": float("nan")}, serving, GateMargins())
-    # A tie between stages goes to the earlier one: DPO has to earn its place.
-    assert choose_candidate({"sft": sft, "dpo": dict(sft)}) == "sft"
+def test_a_dpo_stage_trained_on_flipped_pairs_never_ships(
+    settings: Settings, tiny_model_dir: Path
+) -> None:
+    """Every pair's labels flipped (the canned refusal "chosen"), the corrections right: the
+    DPO stage unlearns what SFT taught, so the gate ships SFT alone, saying why DPO was
+    dropped, and records each stage's decision."""
+    store = Store.open(settings.database)
+    prefs, examples = [], []
+    for topic, answer in ANSWERS.items():
+        for question in QUESTIONS:
+            prompt = [{"role": "user", "content": question.format(t=topic)}]
+            prefs.append(NewPreference(prompt=prompt, chosen="No idea, sorry.", rejected=answer))
+            examples.append(
+                NewExample(messages=[*prompt, {"role": "assistant", "content": answer}])
+            )
+    store.add_bulk(preferences=prefs, examples=examples)
+    config = _config(dpo_learning_rate=5e-2, dpo_steps=6)
+    result = _run(settings, store, tiny_model_dir, config=config)
+    assert result.status == "promoted" and result.candidate_stage == "sft", result.reasons
+    assert any(r.startswith("dpo dropped: ") for r in result.reasons), result.reasons
+    assert set(result.gate) == {"sft", "dpo"}
+    registry = Registry(settings.adapters_dir)
+    assert registry.current() == result.version and result.version.endswith("-sft")
+    info = registry.info(result.version)
+    assert info["decision"] == "promote" and set(info["gate"]) == {"sft", "dpo"}
+    report = (settings.home / "rounds" / result.id / "report.md").read_text()
+    assert "Why the other stages were dropped" in report and "dpo dropped" in report
 
 
 def test_rollback_walks_back_through_what_served(
@@ -383,7 +425,7 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
         settings, store, tiny_model_dir, config=_config(replay_file=replay_file, dpo_steps=1),
         promote=False,
     )  # fmt: skip
-    assert result.status in ("done", "rejected"), result.reasons
+    assert result.status in ("done", "rejected", "inconclusive"), result.reasons
     snap = load_snapshot(settings.home / "rounds" / result.id)
     prompts = [json.loads(x)["prompt"] for x in replay_file.read_text().splitlines() if x]
     assert len(prompts) >= 20

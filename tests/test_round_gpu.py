@@ -62,7 +62,7 @@ def test_qlora_round_on_cuda(tiny_model_dir: Path) -> None:
         config=config,
         rounds_dir=settings.home / "rounds",
     )
-    assert result.status in ("promoted", "rejected"), result.reasons
+    assert result.status in ("promoted", "rejected", "inconclusive"), result.reasons
     folder = settings.home / "rounds" / result.id
     weights = load_file(str(folder / "dpo" / "adapter" / "adapter_model.safetensors"))
     assert weights and all("lora_" in k for k in weights)

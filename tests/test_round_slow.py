@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from app.cli_training import build_round_config
 from app.config import Settings
 from feedback.records import NewPreference
 from feedback.store import Store
 from training.registry import Registry
-from training.round import run_round
+from training.round import RoundConfig, run_round
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +37,7 @@ def test_short_round_on_smollm2() -> None:
             pairs.append(NewPreference(prompt=prompt, chosen=good, rejected="Please call us."))
     store.add_bulk(preferences=pairs)
     model_dir = resolve_model_dir(None, settings.models_dir, progress=False)
-    config = build_round_config(settings, sft_steps=3, dpo_steps=3)
+    config = RoundConfig.from_settings(settings, sft_steps=3, dpo_steps=3)
     config.batch_size = 2
     config.max_length = 384
     config.eval = type(config.eval)(
@@ -59,7 +58,8 @@ def test_short_round_on_smollm2() -> None:
         rounds_dir=settings.home / "rounds",
     )
 
-    assert result.status in ("promoted", "rejected"), result.reasons
+    assert result.status in ("promoted", "rejected", "inconclusive"), result.reasons
+    assert set(result.gate) == {"sft", "dpo"}  # every stage was gated
     assert result.version is not None
     assert registry.current() == (result.version if result.status == "promoted" else None)
     registry.verify(result.version)

@@ -10,8 +10,9 @@ nothing.
 
 Results are recorded with the versions: `Registry.info(version)["evals"][<set name>]`, and
 for the bare base model (which has no registry entry) in `evals_dir/base/<set name>.json`.
-The promotion gate (`gate_reasons`) compares a candidate with the serving version on the
-same set, metric by metric; every metric counts as higher-is-better.
+Every metric is also kept per row (`EvalRun.items`): the promotion gate (`training/gate.py`)
+pairs the serving version's rows with a candidate's and decides on the difference with its
+interval; every scorer metric counts as higher-is-better.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from training.gate import GateConfig
 from training.generate import (
     generate_replies,
     load_for_generation,
@@ -32,7 +34,7 @@ from training.generate import (
     row_conversation,
 )
 from training.registry import MANIFEST, Registry, RegistryError
-from training.scorers import Scorer, combined_metrics
+from training.scorers import Scorer, ScorerError, combined_metrics, resolve_scorers
 
 BASE = "base"
 CURRENT = "CURRENT"
@@ -82,6 +84,33 @@ class EvalRun:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     replies: dict[str, list[str]] = field(default_factory=dict)
+    # Per-row values of each metric (None where it does not apply), for paired statistics.
+    items: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+
+    def intervals(self) -> dict[str, dict[str, list[float]]]:
+        """Each later adapter's 95% interval of its per-row difference to the first adapter
+        (paired bootstrap, as the promotion gate computes it), per metric."""
+        from training.gate import ItemScores, compare
+
+        first = self.items.get(self.labels[0], {})
+        out: dict[str, dict[str, list[float]]] = {}
+        for label in self.labels[1:]:
+            out[label] = {}
+            for metric, values in self.items.get(label, {}).items():
+                pairs = [
+                    (a, b)
+                    for a, b in zip(first.get(metric, []), values, strict=False)
+                    if a is not None and b is not None
+                ]
+                if not pairs:
+                    continue
+                comp = compare(
+                    "eval", metric,
+                    ItemScores([a for a, _ in pairs]), ItemScores([b for _, b in pairs]), None,
+                )  # fmt: skip
+                if comp.low is not None and comp.high is not None:
+                    out[label][metric] = [comp.low, comp.high]
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         """The run as one JSON-ready object (what `tuneloop eval --json` prints)."""
@@ -102,6 +131,7 @@ class EvalRun:
                 }
                 for label in self.labels[1:]
             },
+            "interval_vs_first": self.intervals(),
             "cached": self.cached,
             "params": {
                 "max_new_tokens": self.params.max_new_tokens,
@@ -197,19 +227,29 @@ def run_eval(
         run.replies[target.label] = replies
     for label in run.labels:
         run.metrics[label] = combined_metrics(scorers, evalset.rows, run.replies[label])
+        run.items[label] = item_metrics(scorers, evalset.rows, run.replies[label])
     return run
 
 
-def record(run: EvalRun, registry: Registry, evals_dir: Path) -> None:
-    """Store each adapter's result for this set: registry info for versions, a file for base."""
-    for label in run.labels:
+def record(
+    run: EvalRun, registry: Registry, evals_dir: Path, names: dict[str, str] | None = None
+) -> None:
+    """Store each adapter's result for this set: registry info for versions, a file for base.
+
+    `names` maps run labels to the names to record them under (a round's stage label to
+    the version it became); labels it leaves out are not recorded.
+    """
+    for run_label in run.labels:
+        if names is not None and run_label not in names:
+            continue
+        label = names[run_label] if names is not None else run_label
         result = {
             "set": run.evalset.name,
             "path": str(run.evalset.path.resolve()),
             "set_digest": run.evalset.digest,
             "rows": len(run.evalset.rows),
             "scorers": run.scorers,
-            "metrics": run.metrics[label],
+            "metrics": run.metrics[run_label],
             "params": {
                 "max_new_tokens": run.params.max_new_tokens,
                 "temperature": run.params.temperature,
@@ -243,13 +283,15 @@ def recorded(registry: Registry, evals_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def format_table(run: EvalRun) -> str:
-    """A metric per row, an adapter per column, and each column's difference to the first."""
+    """A metric per row, an adapter per column, and each column's difference to the first
+    with its 95% interval (paired over rows)."""
     first = run.labels[0]
     names = list(run.metrics[first])
     for label in run.labels[1:]:
         names += [k for k in run.metrics[label] if k not in names]
     header = ["metric", *run.labels]
     lines = [header]
+    intervals = run.intervals()
     for name in names:
         cells = [name]
         base_value = run.metrics[first].get(name)
@@ -260,7 +302,9 @@ def format_table(run: EvalRun) -> str:
             elif label == first or base_value is None:
                 cells.append(f"{value:.3f}")
             else:
-                cells.append(f"{value:.3f} ({value - base_value:+.3f})")
+                low_high = intervals.get(label, {}).get(name)
+                ci = f" [{low_high[0]:+.3f}, {low_high[1]:+.3f}]" if low_high else ""
+                cells.append(f"{value:.3f} ({value - base_value:+.3f}{ci})")
         lines.append(cells)
     widths = [max(len(row[c]) for row in lines) for c in range(len(header))]
     cached = [label for label in run.labels if run.cached.get(label)]
@@ -278,49 +322,71 @@ def format_table(run: EvalRun) -> str:
     return "\n".join([title, *body])
 
 
-def parse_margins(text: str) -> dict[str, float]:
-    """`"rubric_pass=0.05,exact=0"` -> {"rubric_pass": 0.05, "exact": 0.0}; "" -> {}."""
-    margins: dict[str, float] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        try:
-            if not sep or not name.strip():
-                raise ValueError
-            margins[name.strip()] = float(value)
-        except ValueError:
-            raise EvalError(
-                f"bad margin {part.strip()!r}: write METRIC=NUMBER, e.g. rubric_pass=0.05"
-            ) from None
-    return margins
+def item_metrics(
+    scorers: list[Scorer], rows: list[dict[str, Any]], replies: list[str]
+) -> dict[str, list[float | None]]:
+    """Each metric per row (None where it does not apply to that row), for paired statistics:
+    each scorer runs on one row at a time, so a row a scorer cannot score is simply absent."""
+    per_row: list[dict[str, float]] = []
+    for row, reply in zip(rows, replies, strict=True):
+        metrics: dict[str, float] = {}
+        for scorer in scorers:
+            try:
+                metrics.update(scorer([row], [reply]))
+            except ScorerError:
+                continue  # this scorer does not apply to this row (no reference, say)
+        per_row.append(metrics)
+    names = sorted({name for metrics in per_row for name in metrics})
+    return {name: [metrics.get(name) for metrics in per_row] for name in names}
 
 
-def gate_reasons(
-    run: EvalRun, candidate: str, serving: str, margins: dict[str, float]
-) -> list[str]:
-    """Why `candidate` may not replace `serving` on this run's set ([] = it may).
+def target_for_dir(label: str, adapter_dir: Path) -> Target:
+    """A not-yet-registered adapter (a round's stage) as an eval target, keyed by content."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(adapter_dir).rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(adapter_dir).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return Target(label, Path(adapter_dir), digest.hexdigest())
 
-    A gated metric must reach at least the serving value plus its margin (a negative
-    margin tolerates that much loss). With no margins given, every metric is gated at 0:
-    the candidate must not lose on any of them.
-    """
-    have, ref = run.metrics[candidate], run.metrics[serving]
-    gated = margins or {name: 0.0 for name in ref}
-    reasons = []
-    for name, margin in gated.items():
-        if name not in have or name not in ref:
-            reasons.append(
-                f"{run.evalset.name}: gated metric {name!r} was not returned by the scorers "
-                f"({', '.join(run.scorers)})"
+
+def gate_runs(
+    gate: GateConfig,
+    *,
+    registry: Registry,
+    model_dir: Path,
+    system_prompt: str,
+    serving: str | None,
+    stages: dict[str, Path],
+) -> list[EvalRun]:
+    """Answer each of the gate's eval sets with the serving version (or the bare base) and
+    every stage of a round, scored per row, so the gate can pair them item by item."""
+    runs = []
+    cache_dir = Path(gate.evals_dir or ".") / "cache"
+    params = GenParams(
+        max_new_tokens=gate.eval_max_new_tokens,
+        temperature=gate.eval_temperature,
+        batch_size=gate.eval_batch_size,
+    )
+    for path in gate.eval_sets:
+        evalset = load_set(path)
+        scorers = resolve_scorers(gate.eval_scorer, evalset.rows, rubric_path=gate.rubric_file)
+        targets = resolve_targets([serving or BASE], registry) + [
+            target_for_dir(name, adapter) for name, adapter in stages.items()
+        ]
+        runs.append(
+            run_eval(
+                evalset,
+                targets,
+                scorers,
+                model_dir=model_dir,
+                system_prompt=system_prompt,
+                cache_dir=cache_dir,
+                params=params,
+                load_in_4bit=gate.load_in_4bit,
             )
-            continue
-        if have[name] < ref[name] + margin - 1e-9:
-            reasons.append(
-                f"{run.evalset.name}: {name} {have[name]:.3f} for {candidate} vs "
-                f"{ref[name]:.3f} for {serving} (needs at least {margin:+.3f})"
-            )
-    return reasons
+        )
+    return runs
 
 
 # -- helpers -------------------------------------------------------------------------------

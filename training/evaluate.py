@@ -1,4 +1,4 @@
-"""Held-out evaluation of adapters against each other, and the gate that decides promotion.
+"""Held-out evaluation of adapters against each other, item by item, for the gate.
 
 Metrics per model (the bare base, the serving adapter, each stage of the round):
   - `pref_acc`: share of held-out pairs whose implicit DPO reward ranks chosen above
@@ -13,13 +13,13 @@ Metrics per model (the bare base, the serving adapter, each stage of the round):
   - `general_pass` (generation on): share of general checks whose reply matches its
     `must_match` pattern.
 Every model is evaluated on the same rows in the same process, so the gate compares like
-with like; the base model is loaded once and adapters are switched by name.
+with like; the base model is loaded once and adapters are switched by name. Each metric is
+also kept per item (`metrics["items"]`), which `training/gate.py` pairs across models.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,21 +46,6 @@ class EvalSettings:
     rubric_file: Path | None = None
     general_file: Path | None = None
     system_prompt: str = ""  # given to the general checks, as the chat app serves them
-
-
-@dataclass(frozen=True)
-class GateMargins:
-    """How much better a candidate must be than the serving version, and what counts as a
-    regression."""
-
-    min_pref_acc_gain: float = 0.02
-    min_loss_decrease: float = 0.01
-    min_rubric_gain: float = 0.05
-    max_loss_increase: float = 0.05
-    max_pref_acc_drop: float = 0.0
-    max_rubric_drop: float = 0.0
-    max_general_loss_increase: float = 0.25
-    max_general_pass_drop: float = 0.0
 
 
 def read_general_checks(path: Path | None) -> list[Row]:
@@ -197,10 +182,16 @@ def evaluate_models(
     kw = {"batch_size": settings.batch_size, "max_length": settings.max_length}
 
     def measure() -> dict[str, Any]:
+        heldout = reply_logps(model, tokenizer, loss_items, **kw)
+        general_scores = reply_logps(model, tokenizer, general_items, **kw)
         m: dict[str, Any] = {
-            "heldout_loss": _mean_nll(reply_logps(model, tokenizer, loss_items, **kw)),
-            "general_loss": _mean_nll(reply_logps(model, tokenizer, general_items, **kw)),
+            "heldout_loss": _mean_nll(heldout),
+            "general_loss": _mean_nll(general_scores),
             "pair_logps": [s for s, _ in reply_logps(model, tokenizer, pair_items, **kw)],
+            "items": {
+                "heldout_loss": _item_nll(heldout),
+                "general_loss": _item_nll(general_scores),
+            },
         }
         if settings.generate and rubric is not None and gen_prompts:
             replies = generate_replies(
@@ -211,6 +202,7 @@ def evaluate_models(
                 for reply, prompt in zip(replies, gen_prompts, strict=True)
             ]
             m["rubric_pass"] = sum(passed) / len(passed)
+            m["items"]["rubric_pass"] = {"values": [float(p) for p in passed]}
             m["samples"] = [
                 {"prompt": p[-1]["content"], "reply": r, "passes": ok}
                 for p, r, ok in list(zip(gen_prompts, replies, passed, strict=True))[:5]
@@ -227,6 +219,7 @@ def evaluate_models(
                 for r, reply in zip(general_gen, replies, strict=True)
             ]
             m["general_pass"] = sum(ok) / len(ok)
+            m["items"]["general_pass"] = {"values": [float(v) for v in ok]}
         return m
 
     results: dict[str, dict[str, Any]] = {}
@@ -236,7 +229,7 @@ def evaluate_models(
     base_metrics = measure()
     for name, adapter in adapters.items():
         if adapter is None:
-            results[name] = dict(base_metrics)
+            results[name] = {**base_metrics, "items": dict(base_metrics["items"])}
             continue
         if on_model:
             on_model(name)
@@ -252,89 +245,27 @@ def evaluate_models(
     n = len(pairs)
     for metrics in results.values():
         logps = metrics.pop("pair_logps")
-        metrics["pref_acc"] = _pref_acc(logps, base_logps, n) if n else None
+        outcomes = _pref_outcomes(logps, base_logps, n)
+        metrics["pref_acc"] = sum(outcomes) / n if n else None
+        if n:
+            metrics["items"]["pref_acc"] = {"values": outcomes}
         metrics["heldout_pairs"] = n
         metrics["heldout_rows"] = len(sft_rows)
     return results
 
 
-def _pref_acc(logps: list[float], base: list[float], n: int) -> float:
-    """Share of pairs whose implicit reward ranks chosen first; ties count half."""
-    score = 0.0
+def _pref_outcomes(logps: list[float], base: list[float], n: int) -> list[float]:
+    """Per pair: 1 when the implicit reward ranks chosen first, 0.5 for a tie, else 0."""
+    out = []
     for i in range(n):
         chosen = logps[i] - base[i]
         rejected = logps[n + i] - base[n + i]
         margin = chosen - rejected
-        score += 1.0 if margin > 1e-6 else 0.5 if abs(margin) <= 1e-6 else 0.0
-    return score / n
+        out.append(1.0 if margin > 1e-6 else 0.5 if abs(margin) <= 1e-6 else 0.0)
+    return out
 
 
-# -- choosing and gating ----------------------------------------------------------------------
-def _num(metrics: dict[str, Any], key: str) -> float | None:
-    value = metrics.get(key)
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
-    """Sort key (higher is better): rubric pass rate, then preference accuracy, then -loss."""
-    rubric = _num(metrics, "rubric_pass")
-    pref = _num(metrics, "pref_acc")
-    loss = _num(metrics, "heldout_loss")
-    return (
-        rubric if rubric is not None else 0.0,
-        pref if pref is not None else 0.0,
-        -loss if loss is not None else -math.inf,
-    )
-
-
-def choose_candidate(stages: dict[str, dict[str, Any]]) -> str:
-    """The best stage by `rank_key` (the earlier stage wins a tie: DPO must earn its place)."""
-    names = list(stages)
-    return max(names, key=lambda s: (rank_key(stages[s]), -names.index(s)))
-
-
-def gate(candidate: dict[str, Any], serving: dict[str, Any], margins: GateMargins) -> list[str]:
-    """Reasons the candidate may not replace the serving version ([] = promote)."""
-    reasons: list[str] = []
-    for key in ("heldout_loss", "pref_acc", "general_loss", "rubric_pass"):
-        value = candidate.get(key)
-        if isinstance(value, float) and not math.isfinite(value):
-            reasons.append(f"{key} is not a finite number ({value})")
-    if reasons:
-        return reasons
-
-    def delta(key: str) -> float | None:
-        a, b = _num(candidate, key), _num(serving, key)
-        return None if a is None or b is None else a - b
-
-    d_loss, d_pref = delta("heldout_loss"), delta("pref_acc")
-    d_rubric, d_gen_loss, d_gen_pass = (
-        delta("rubric_pass"),
-        delta("general_loss"),
-        delta("general_pass"),
-    )
-    if d_loss is not None and d_loss > margins.max_loss_increase:
-        reasons.append(f"held-out loss rose by {d_loss:.4f} (> {margins.max_loss_increase})")
-    if d_pref is not None and d_pref < -margins.max_pref_acc_drop:
-        reasons.append(f"preference accuracy fell by {-d_pref:.3f}")
-    if d_rubric is not None and d_rubric < -margins.max_rubric_drop:
-        reasons.append(f"rubric pass rate fell by {-d_rubric:.3f}")
-    if d_gen_loss is not None and d_gen_loss > margins.max_general_loss_increase:
-        reasons.append(
-            f"general-instruction loss rose by {d_gen_loss:.4f} "
-            f"(> {margins.max_general_loss_increase}): a regression outside the domain"
-        )
-    if d_gen_pass is not None and d_gen_pass < -margins.max_general_pass_drop:
-        reasons.append(f"general-instruction pass rate fell by {-d_gen_pass:.3f}")
-    better = (
-        (d_pref is not None and d_pref >= margins.min_pref_acc_gain)
-        or (d_loss is not None and -d_loss >= margins.min_loss_decrease)
-        or (d_rubric is not None and d_rubric >= margins.min_rubric_gain)
-    )
-    if not better:
-        reasons.append(
-            "not better than the serving version by the configured margins "
-            f"(preference accuracy +{margins.min_pref_acc_gain}, held-out loss "
-            f"-{margins.min_loss_decrease} or rubric pass rate +{margins.min_rubric_gain})"
-        )
-    return reasons
+def _item_nll(scores: list[tuple[float, int]]) -> dict[str, list[float]]:
+    """Per-item mean token NLL, weighted by tokens (their weighted mean is `_mean_nll`)."""
+    kept = [(s, n) for s, n in scores if n > 0]
+    return {"values": [-s / n for s, n in kept], "weights": [float(n) for _, n in kept]}

@@ -40,6 +40,14 @@ class RegistryError(Exception):
     """A user-facing registry problem: bad name, unknown, partial or corrupted version."""
 
 
+class PromotionRefusedError(RegistryError):
+    """The gate did not pass this version; promoting it needs `force`."""
+
+
+# Gate decisions that keep a version from being promoted unless an operator forces it.
+NOT_PASSED = ("reject", "inconclusive")
+
+
 class Registry:
     """Adapter versions under `root/versions/` and the `root/CURRENT` pointer."""
 
@@ -223,6 +231,50 @@ class Registry:
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+
+    # -- promotion: the one path every entry point (CLI, Operator tab, rounds) takes --------
+    def promote(self, version: str, *, by: str, force: bool = False) -> tuple[str | None, str]:
+        """Serve `version` now; returns (previous, new). A version the gate rejected or
+        could not decide on is refused unless `force` (recorded as forced, with who)."""
+        info = self.info(version)
+        decision = info.get("decision")
+        if decision in NOT_PASSED and not force:
+            why = "; ".join(info.get("reasons") or []) or "see its round's report"
+            raise PromotionRefusedError(
+                f"the gate's decision on {version} was {decision} ({why}); "
+                "promote it anyway with `tuneloop promote --force`"
+            )
+        before = self.current()
+        self.set_current(version)
+        self.update_info(
+            version,
+            status="promoted",
+            promoted_by=by,
+            promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            forced=bool(force and decision in NOT_PASSED),
+        )
+        return before, version
+
+    def rollback_target(self) -> str | None:
+        """The version that served before the current one (None = the bare base), skipping
+        versions already rolled back; RegistryError when the pointer never moved."""
+        current = self.current()
+        for entry in reversed(self.history()):
+            target = entry.get("from")
+            if target == current:
+                continue
+            if target is None or self.info(target).get("status") != "rolled_back":
+                return target
+        raise RegistryError("nothing to roll back to: CURRENT has never pointed elsewhere")
+
+    def rollback(self, *, by: str) -> tuple[str | None, str | None]:
+        """Serve the version that served before the current one; returns (previous, new)."""
+        before = self.current()
+        target = self.rollback_target()
+        self.set_current(target)
+        if before is not None:
+            self.update_info(before, status="rolled_back", rolled_back_by=by)
+        return before, target
 
     # -- helpers ---------------------------------------------------------------------------
     def _info_file(self, version: str) -> Path:

@@ -53,8 +53,38 @@ def _markdown(report: dict[str, Any]) -> str:
         f"- data snapshot: `{str(snap.get('hash', ''))[:16]}`, rows {snap.get('counts')}",
         f"- curation: {snap.get('curation')}",
     ]
+    if result.get("decision"):
+        lines.insert(3, f"- gate decision on that stage: **{result['decision']}**")
     if result.get("reasons"):
-        lines += ["", "## Why it was not promoted", ""] + [f"- {r}" for r in result["reasons"]]
+        title = "Why" if result["status"] != "promoted" else "Why the other stages were dropped"
+        lines += ["", f"## {title}", ""] + [f"- {r}" for r in result["reasons"]]
+    for stage, decision in (result.get("gate") or {}).items():
+        lines += [
+            "",
+            f"## Gate: {stage} vs serving — {decision['decision']}",
+            "",
+            "Paired over the same items; 95% interval of the difference (candidate - serving)"
+            " by paired bootstrap. Margin: the gain required (positive) or loss tolerated"
+            " (negative) in the metric's better direction.",
+            "",
+            "| metric | items | serving | candidate | difference [95% interval] | margin "
+            "| verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in decision["comparisons"]:
+            interval = (
+                f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+                if c["diff"] is not None
+                else "-"
+            )
+            margin = "-" if c["margin"] is None else f"{c['margin']:+g}"
+            verdict = c["verdict"] + (
+                f" (~{c['items_needed']} items needed)" if c.get("items_needed") else ""
+            )
+            lines.append(
+                f"| {c['name']} | {c['n']} | {_fmt(c['serving'])} | {_fmt(c['candidate'])} | "
+                f"{interval} | {margin} | {verdict} |"
+            )
     if metrics:
         names = list(metrics)
         lines += ["", "## Held-out metrics", "", "| metric | " + " | ".join(names) + " |"]

@@ -1,4 +1,5 @@
-"""One training round: snapshot -> SFT -> DPO -> evaluate -> gate -> register (and promote).
+"""One training round: snapshot -> SFT -> DPO -> evaluate -> gate every stage -> register
+(and promote the best stage that passes).
 
 Everything a round does lands under `rounds_dir/<round id>/`:
     state.json     live progress, replaced atomically (other processes read it)
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 _ROUND_RE = re.compile(r"r(\d{4,})-\d{8}T\d{4,6}")
-FINISHED = ("done", "rejected", "promoted")
+FINISHED = ("done", "rejected", "inconclusive", "promoted")
 
 
 class RoundError(Exception):
@@ -56,13 +57,15 @@ class RoundResult:
     """How a round ended."""
 
     id: str
-    status: str  # done | failed | rejected | promoted
+    status: str  # done | failed | rejected | inconclusive | promoted
     version: str | None = None
     candidate_stage: str | None = None
+    decision: str | None = None  # the gate's: promote | reject | inconclusive
     reasons: list[str] = field(default_factory=list)
     serving_before: str | None = None
     serving_after: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)  # each stage's decision and comparisons
     report: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,7 +228,6 @@ def run_round(
     rounds_dir: Path,
     resume: bool = False,
     promote: bool = True,
-    extra_gate: Callable[[str, str | None], list[str]] | None = None,
     on_progress: Callable[[dict], None] | None = None,
 ) -> RoundResult:
     """Run (or resume) one round; returns how it ended. Raises only RoundBusyError (another
@@ -276,9 +278,7 @@ def run_round(
                     pii_region=config.pii_region,
                 )
                 save_snapshot(snap, folder)
-            return _train_and_gate(
-                rnd, snap, registry, Path(model_dir), config, serving, promote, extra_gate
-            )
+            return _train_and_gate(rnd, snap, registry, Path(model_dir), config, serving, promote)
         except BaseException as err:
             reason = f"{type(err).__name__}: {err}".splitlines()[0]
             if isinstance(err, KeyboardInterrupt):
@@ -302,9 +302,8 @@ def _train_and_gate(
     config: RoundConfig,
     serving: str | None,
     promote: bool,
-    extra_gate: Callable[[str, str | None], list[str]] | None,
 ) -> RoundResult:
-    from training.evaluate import choose_candidate, evaluate_models, gate
+    from training.evaluate import evaluate_models
     from training.report import write_report
     from training.stages import train_dpo, train_sft
 
@@ -339,16 +338,19 @@ def _train_and_gate(
         sft_rows=snap.eval_sft(),
         pairs=snap.dpo_heldout,
         settings=config.eval,
-        load_in_4bit=config.qlora and _cuda(),
+        # Judge the model that will serve: the serving precision, not the training one.
+        load_in_4bit=config.gate.load_in_4bit,
     )
-    stage_metrics = {name: metrics[name] for name in stages}
-    candidate = choose_candidate(stage_metrics)
+    runs, eval_error = _eval_set_runs(config, registry, model_dir, serving, stages)
     rnd.update(stage="gate")
-    reasons = gate(metrics[candidate], metrics["serving"], config.margins)
+    decisions = _decide_stages(config, metrics, runs, list(stages), eval_error)
+    candidate, reasons = _pick(decisions, list(stages))
+    decision = decisions[candidate].decision
 
     version = f"{folder.name}-{candidate}"
     registry.register(version, stages[candidate])
     rnd.update(version=version)
+    public = {name: _public(m) for name, m in metrics.items()}
     registry.update_info(
         version,
         status="candidate",
@@ -360,31 +362,39 @@ def _train_and_gate(
         snapshot_hash=snap.info.get("hash"),
         row_counts=snap.info.get("counts"),
         hyperparameters=_hyperparameters(config),
-        metrics=metrics[candidate],
-        serving_metrics=metrics["serving"],
+        metrics=public[candidate],
+        serving_metrics=public["serving"],
         compared_with=serving,
+        decision=decision,
+        gate={name: d.as_dict() for name, d in decisions.items()},
     )
-    if extra_gate is not None:
-        reasons += extra_gate(version, serving)
+    if config.gate.evals_dir is not None:
+        from training.evalsets import record
 
-    if reasons:
-        status = "rejected"
+        for run in runs:  # the serving version (or base) under its own label
+            names = {run.labels[0]: run.labels[0], candidate: version}
+            record(run, registry, config.gate.evals_dir, names)
+
+    if decision != "promote":
+        status = "rejected" if decision == "reject" else "inconclusive"
     elif promote:
-        registry.set_current(version)
+        registry.promote(version, by=f"round {folder.name}")
         status = "promoted"
     else:
         status = "done"
-    info_status = {"rejected": "rejected", "promoted": "promoted", "done": "passed"}[status]
+    info_status = {"promoted": "promoted", "done": "passed"}.get(status, status)
     registry.update_info(version, status=info_status, reasons=reasons)
     result = RoundResult(
         id=folder.name,
         status=status,
         version=version,
         candidate_stage=candidate,
+        decision=decision,
         reasons=reasons,
         serving_before=serving,
         serving_after=registry.current(),
-        metrics=metrics,
+        metrics=public,
+        gate={name: d.as_dict() for name, d in decisions.items()},
         report=str(folder / "report.md"),
     )
     write_report(
@@ -392,6 +402,116 @@ def _train_and_gate(
     )
     rnd.update(stage="done", status=status, reason="; ".join(reasons) or None, finished_at=_now())
     return result
+
+
+def _eval_set_runs(
+    config: RoundConfig,
+    registry: Registry,
+    model_dir: Path,
+    serving: str | None,
+    stages: dict[str, Path],
+) -> tuple[list[Any], str | None]:
+    """The gate's eval sets answered by serving and every stage; (runs, why they failed)."""
+    if not config.gate.eval_sets:
+        return [], None
+    from training.evalsets import EvalError, gate_runs
+    from training.generate import GenerationError
+    from training.registry import RegistryError
+    from training.scorers import ScorerError
+
+    try:
+        runs = gate_runs(
+            config.gate,
+            registry=registry,
+            model_dir=model_dir,
+            system_prompt=config.system_prompt,
+            serving=serving,
+            stages=stages,
+        )
+    except (EvalError, GenerationError, RegistryError, ScorerError, OSError, ValueError) as err:
+        return [], f"the eval gate could not run: {err}".splitlines()[0]
+    return runs, None
+
+
+def _decide_stages(
+    config: RoundConfig,
+    metrics: dict[str, dict[str, Any]],
+    runs: list[Any],
+    stages: list[str],
+    eval_error: str | None,
+) -> dict[str, Any]:
+    """Every stage's decision against the serving version, on held-out items and eval sets."""
+    from training.gate import HELDOUT, ItemScores, StageDecision, compare, decide
+
+    gate = config.gate
+    decisions: dict[str, StageDecision] = {}
+    for stage in stages:
+        comparisons = []
+        serving_items = metrics["serving"].get("items", {})
+        for metric, items in metrics[stage].get("items", {}).items():
+            ref = serving_items.get(metric)
+            comparisons.append(
+                compare(
+                    HELDOUT,
+                    metric,
+                    ItemScores(**ref) if ref else None,
+                    ItemScores(**items),
+                    gate.margin(HELDOUT, metric),
+                    min_items=gate.min_items,
+                    resamples=gate.resamples,
+                )
+            )
+        for run in runs:
+            reference = run.items[run.labels[0]]
+            for metric, values in run.items[stage].items():
+                pairs = [
+                    (a, b)
+                    for a, b in zip(reference.get(metric, []), values, strict=False)
+                    if a is not None and b is not None
+                ]
+                comparisons.append(
+                    compare(
+                        run.evalset.name,
+                        metric,
+                        ItemScores([a for a, _ in pairs]),
+                        ItemScores([b for _, b in pairs]),
+                        gate.margin(run.evalset.name, metric),
+                        min_items=gate.min_items,
+                        resamples=gate.resamples,
+                    )
+                )
+        decision = decide(stage, comparisons)
+        if eval_error:  # an eval that cannot run blocks the promotion too
+            decision.decision = "reject"
+            decision.reasons = [eval_error, *decision.reasons]
+        decisions[stage] = decision
+    return decisions
+
+
+def _pick(decisions: dict[str, Any], order: list[str]) -> tuple[str, list[str]]:
+    """The stage to register: the clearest winner among those the gate would promote (the
+    earlier stage wins a tie: DPO must earn its place); with none, the clearest of all, so
+    an operator can still force it. Returns it with the reasons that explain the choice."""
+    passing = [s for s in order if decisions[s].decision == "promote"]
+    pool = passing or order
+    best = max(pool, key=lambda s: (round(decisions[s].strength(), 9), -order.index(s)))
+    reasons: list[str] = []
+    for stage in order:
+        d = decisions[stage]
+        if stage == best and d.decision == "promote":
+            continue
+        label = "dropped" if passing else d.decision
+        if passing and d.decision == "promote":
+            why = [f"{best} wins more clearly"]
+        else:
+            why = d.reasons or [d.decision]
+        reasons += [f"{stage} {label}: {r}" for r in why]
+    return best, reasons
+
+
+def _public(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics without the per-item values (those live in the round's report.json)."""
+    return {k: v for k, v in metrics.items() if k != "items"}
 
 
 def _cuda() -> bool:

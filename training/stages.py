@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from training.evaluate import EvalSettings, GateMargins
+from training.evaluate import EvalSettings
+from training.gate import GateConfig, parse_margins
 from training.lora import lora_config
 
 Row = dict[str, Any]
@@ -72,8 +73,55 @@ class RoundConfig:
     dedup_threshold: float = 0.85
     pii_region: str = "US"
     eval: EvalSettings = field(default_factory=EvalSettings)
-    margins: GateMargins = field(default_factory=GateMargins)
+    gate: GateConfig = field(default_factory=GateConfig)
     tracker: str = "none"
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> RoundConfig:
+        """The round's configuration from the one Settings object (`app.config.Settings`),
+        read once: every field of the same name (or `train_<name>`), the domain's files,
+        the evaluation and the whole gate, eval sets included. `overrides` win (the CLI's
+        options; None means "not given")."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            for name in (f.name, f"train_{f.name}"):
+                if name in type(settings).model_fields:
+                    values[f.name] = getattr(settings, name)
+                    break
+        data = Path(settings.data_dir)
+        system_prompt = settings.system_prompt()
+        values.update(
+            batch_size=settings.train_batch_size or default_train_batch_size(),
+            system_prompt=system_prompt,
+            seed_file=data / "seed_sft.jsonl",
+            replay_file=data / "replay_prompts.jsonl",
+            eval=EvalSettings(
+                batch_size=settings.eval_batch_size,
+                max_length=settings.train_max_length,
+                generate=settings.eval_generate,
+                max_prompts=settings.eval_max_prompts,
+                max_new_tokens=settings.eval_max_new_tokens,
+                rubric_file=settings.rubric_file,
+                general_file=data / "general_checks.jsonl",
+                system_prompt=system_prompt,
+            ),
+            gate=GateConfig(
+                margins=parse_margins(settings.gate_margins),
+                eval_sets=tuple(
+                    Path(p.strip()) for p in settings.gate_eval_sets.split(",") if p.strip()
+                ),
+                eval_scorer=settings.eval_scorer,
+                rubric_file=settings.rubric_file,
+                eval_max_new_tokens=settings.generate_max_new_tokens,
+                eval_temperature=settings.generate_temperature,
+                eval_batch_size=settings.generate_batch_size,
+                load_in_4bit=settings.load_in_4bit,
+                evals_dir=settings.evals_dir,
+                min_items=settings.gate_min_items,
+            ),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
 
 def default_train_batch_size() -> int:

@@ -1,0 +1,111 @@
+"""The gate's statistics on hand-made paired outcomes whose right answer is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.gate import (
+    HELDOUT,
+    GateConfig,
+    GateConfigError,
+    ItemScores,
+    compare,
+    decide,
+    paired_interval,
+    parse_margins,
+)
+
+
+def _binary(wins: int, losses: int, ties: int) -> tuple[ItemScores, ItemScores]:
+    """Serving and candidate pass/fail per item: `wins` only the candidate passes, `losses`
+    only serving passes, `ties` both fail."""
+    serving = [0.0] * wins + [1.0] * losses + [0.0] * ties
+    candidate = [1.0] * wins + [0.0] * losses + [0.0] * ties
+    return ItemScores(serving), ItemScores(candidate)
+
+
+def _decision(wins: int, losses: int, ties: int, margin: float = 0.0, **kw: int) -> str:
+    serving, candidate = _binary(wins, losses, ties)
+    comp = compare("evalset", "exact", serving, candidate, margin, **kw)
+    return decide("sft", [comp]).decision
+
+
+def test_all_ties_are_inconclusive_whatever_the_size() -> None:
+    assert _decision(0, 0, 12) == "inconclusive"
+    assert _decision(0, 0, 500) == "inconclusive"
+    serving, candidate = _binary(0, 0, 20)
+    comp = compare("evalset", "exact", serving, candidate, 0.05)
+    assert comp.verdict == "unsure" and comp.items_needed and comp.items_needed > 20
+    assert "items would be needed" in decide("sft", [comp]).reasons[0]
+
+
+def test_a_clear_win_promotes_and_a_clear_loss_rejects() -> None:
+    assert _decision(12, 0, 8) == "promote"
+    assert _decision(0, 12, 8) == "reject"
+    comp = compare("evalset", "exact", *_binary(0, 12, 8), 0.0)
+    assert comp.diff == pytest.approx(-0.6) and comp.high is not None and comp.high < 0
+    assert "exact -0.600" in decide("sft", [comp]).reasons[0]
+
+
+def test_a_handful_of_agreeing_items_is_not_enough() -> None:
+    # Three of three: a plain bootstrap would give [+1, +1]; ours stays unsure.
+    assert _decision(3, 0, 0, min_items=1) == "inconclusive"
+    assert _decision(6, 0, 0, min_items=1) == "promote"
+    # Below the minimum item count nothing is decided, however clear it looks.
+    assert _decision(6, 0, 0) == "inconclusive"  # default minimum: 8
+    assert _decision(0, 7, 0) == "inconclusive"
+
+
+def test_a_small_team_with_50_prompts_and_a_real_20_point_gain_gets_promoted() -> None:
+    # +20 pp on 50 prompts: 15 items better, 5 worse, 30 unchanged.
+    assert _decision(15, 5, 30) == "promote"
+    # The same gain on 10 prompts is too few to tell.
+    assert _decision(3, 1, 6) == "inconclusive"
+    # A margin of +0.10 asks for more evidence than +0.20 on 50 items gives.
+    serving, candidate = _binary(15, 5, 30)
+    comp = compare("evalset", "exact", serving, candidate, 0.10)
+    assert comp.verdict == "unsure" and comp.items_needed and comp.items_needed > 50
+
+
+def test_loss_metrics_improve_downwards_and_guards_tolerate_their_margin() -> None:
+    serving = ItemScores([2.0] * 10, [5.0] * 10)
+    lower = ItemScores([1.5 + 0.01 * i for i in range(10)], [5.0] * 10)
+    higher = ItemScores([2.5 + 0.01 * i for i in range(10)], [5.0] * 10)
+    slightly = ItemScores([2.02 + 0.001 * i for i in range(10)], [5.0] * 10)
+    assert compare(HELDOUT, "heldout_loss", serving, lower, -0.05).verdict == "better"
+    assert compare(HELDOUT, "heldout_loss", serving, higher, -0.05).verdict == "worse"
+    # A rise of ~0.025 is within a tolerated 0.05: not a regression, not a gain.
+    assert compare(HELDOUT, "heldout_loss", serving, slightly, -0.05).verdict == "unsure"
+    # Objectives must all be shown better; a guard only blocks when shown worse.
+    objective = compare("evalset", "exact", *_binary(15, 0, 5), 0.05)
+    guard = compare(HELDOUT, "heldout_loss", serving, slightly, -0.05)
+    assert decide("dpo", [objective, guard]).decision == "promote"
+    broken = compare(HELDOUT, "heldout_loss", serving, higher, -0.05)
+    assert decide("dpo", [objective, broken]).decision == "reject"
+
+
+def test_the_interval_is_reproducible_and_covers_the_mean() -> None:
+    diffs = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 1.0, 1.0, 0.0, 0.0] * 3
+    first = paired_interval(diffs)
+    assert first == paired_interval(diffs)  # fixed seed: the same decision every time
+    assert first[0] < sum(diffs) / len(diffs) < first[1]
+
+
+def test_margins_parse_and_qualify_by_set() -> None:
+    margins = parse_margins("rubric_pass=0.05, eval_demo:exact=0 ,heldout_loss=-0.1")
+    assert margins == {"rubric_pass": 0.05, "eval_demo:exact": 0.0, "heldout_loss": -0.1}
+    gate = GateConfig(margins=margins)
+    assert gate.margin(HELDOUT, "rubric_pass") == 0.05
+    assert gate.margin("eval_demo", "exact") == 0.0
+    assert gate.margin("eval_demo", "json_valid") is None  # the set is named: only exact
+    assert gate.margin("other_set", "json_valid") == 0.0  # a set not named: every metric at 0
+    assert gate.margin(HELDOUT, "general_pass") is None  # not gated, only reported
+    for bad in ("rubric_pass", "=1", "exact=abc", "exact=nan"):
+        with pytest.raises(GateConfigError, match="METRIC=NUMBER"):
+            parse_margins(bad)
+
+
+def test_no_gated_metric_measured_is_inconclusive() -> None:
+    missing = compare(HELDOUT, "pref_acc", None, ItemScores([1.0]), 0.0)
+    assert missing.verdict == "missing"
+    assert decide("sft", [missing]).decision == "inconclusive"

@@ -1,0 +1,232 @@
+"""The eval-set gate through every entry point that starts a round: `tuneloop train`,
+`tuneloop watch --once`, and the Operator tab's button in a real browser.
+
+An eval set named in TUNELOOP_GATE_EVAL_SETS on which the candidate loses blocks the
+promotion; the same set rewritten so that the candidate wins allows it. The tiny model's
+replies are gibberish, so each row says which outcome counts as a pass: `"same": true` rows
+pass when the reply equals the bare base model's greedy reply (the reference), `"same":
+false` rows when it differs. A trained candidate answers differently from the base, so it
+loses on a set of "same" rows and wins on a set of "different" rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli import run_cli
+from tests.tiny import add_pairs
+
+ROWS = 10  # above the gate's default minimum of 8 paired items
+MAX_NEW = 16
+QUESTIONS = [f"How do I water tomatoes, case {i}?" for i in range(ROWS)]
+SCORER = '''
+def agrees(rows, replies):
+    """1 for a row whose reply is (or, with "same": false, is not) the reference."""
+    ok = [(reply.strip() == row["reference"].strip()) == row["same"]
+          for row, reply in zip(rows, replies)]
+    return {"agrees": sum(ok) / len(ok)}
+'''
+
+
+@pytest.fixture(scope="module")
+def base_replies(tiny_model_dir: Path) -> list[str]:
+    """The bare base model's greedy replies to QUESTIONS, as the eval will ask them."""
+    from app.config import Settings
+    from training.generate import generate_replies, load_for_generation, row_conversation
+
+    system = Settings(model=str(tiny_model_dir)).system_prompt()
+    model, tok = load_for_generation(tiny_model_dir)
+    conversations = [row_conversation({"prompt": q}, system) for q in QUESTIONS]
+    return generate_replies(model, tok, conversations, max_new_tokens=MAX_NEW)
+
+
+def write_set(path: Path, base_replies: list[str], *, same: bool) -> None:
+    rows = [
+        {"prompt": q, "reference": r, "same": same}
+        for q, r in zip(QUESTIONS, base_replies, strict=True)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture
+def gate_env(
+    _isolated_home: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    base_replies: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    """Settings for a fast round on the tiny model whose only gate is the eval set."""
+    from app.config import Settings
+    from feedback.store import Store
+
+    scorer = tmp_path / "gate_scorer.py"
+    scorer.write_text(SCORER, encoding="utf-8")
+    evalset = tmp_path / "demo_set.jsonl"
+    write_set(evalset, base_replies, same=True)
+    env = {
+        "TUNELOOP_MODEL": str(tiny_model_dir),
+        "TUNELOOP_TRACKER": "none",
+        "TUNELOOP_EVAL_GENERATE": "false",
+        "TUNELOOP_SFT_STEPS": "2",
+        "TUNELOOP_DPO_STEPS": "2",
+        "TUNELOOP_TRAIN_BATCH_SIZE": "4",
+        "TUNELOOP_SFT_LEARNING_RATE": "0.05",
+        "TUNELOOP_DPO_LEARNING_RATE": "0.05",
+        "TUNELOOP_GENERATE_MAX_NEW_TOKENS": str(MAX_NEW),
+        "TUNELOOP_GATE_EVAL_SETS": str(evalset),
+        "TUNELOOP_EVAL_SCORER": f"{scorer}:agrees",
+        "TUNELOOP_GATE_MARGINS": "demo_set:agrees=0",
+        "TUNELOOP_ROUND_MIN_NEW": "5",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    add_pairs(
+        Store.open(settings.database),
+        12,
+        prompt="How do I grow tomatoes, question {i}?",
+        chosen="Deep water twice a week and a little mulch.",
+        rejected="Bread needs flour.",
+    )
+    return {"env": env, "set": evalset, "settings": settings}
+
+
+def _current(settings: Any) -> str | None:
+    from training.registry import Registry
+
+    return Registry(settings.adapters_dir).current()
+
+
+def test_tuneloop_train_is_gated_by_the_eval_set(
+    gate_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    settings = gate_env["settings"]
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--json")
+    lost = json.loads(out.strip().splitlines()[-1])
+    assert code == 0, err
+    assert lost["status"] == "rejected" and lost["decision"] == "reject", lost
+    assert any("demo_set:agrees -" in r for r in lost["reasons"]), lost["reasons"]
+    assert _current(settings) is None
+    comparisons = lost["gate"][lost["candidate_stage"]]["comparisons"]
+    agrees = next(c for c in comparisons if c["name"] == "demo_set:agrees")
+    assert agrees["n"] == ROWS and agrees["high"] < 0 and agrees["verdict"] == "worse"
+
+    # The operator can still serve a rejected version, but only by saying so.
+    code, _, err = run_cli(monkeypatch, capsys, "promote", lost["version"])
+    assert code == 1 and "--force" in err and _current(settings) is None
+    code, out, _ = run_cli(monkeypatch, capsys, "promote", lost["version"], "--force", "--json")
+    assert (
+        code == 0
+        and json.loads(out.strip().splitlines()[-1])["forced"]
+        and _current(settings) == lost["version"]
+    )
+    code, _, _ = run_cli(monkeypatch, capsys, "rollback")
+    assert code == 0 and _current(settings) is None
+
+    write_set(gate_env["set"], _base(gate_env), same=False)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--json")
+    won = json.loads(out.strip().splitlines()[-1])
+    assert code == 0, err
+    assert won["status"] == "promoted" and won["decision"] == "promote", won
+    assert _current(settings) == won["version"]
+    from training.registry import Registry
+
+    info = Registry(settings.adapters_dir).info(won["version"])
+    assert info["evals"]["demo_set"]["metrics"]["agrees"] == 1.0  # recorded with the version
+
+    # A set on which nothing differs (every reply fails json) cannot tell: inconclusive.
+    monkeypatch.setenv("TUNELOOP_EVAL_SCORER", "json")
+    monkeypatch.setenv("TUNELOOP_GATE_MARGINS", "demo_set:json_valid=0")
+    code, out, err = run_cli(monkeypatch, capsys, "train")
+    assert code == 0, err
+    assert ": inconclusive" in out and "items would be needed" in out
+    assert _current(settings) == won["version"]
+
+
+def _base(gate_env: dict[str, Any]) -> list[str]:
+    rows = [json.loads(x) for x in gate_env["set"].read_text().splitlines()]
+    return [r["reference"] for r in rows]
+
+
+def test_watch_once_is_gated_by_the_eval_set(gate_env: dict[str, Any]) -> None:
+    settings = gate_env["settings"]
+    env = {**os.environ, **gate_env["env"]}
+
+    def watch_once() -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "app.cli", "watch", "--once", "--json"],
+            env=env, capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first = watch_once()
+    log = (settings.home / "rounds" / "watch.log").read_text()
+    assert first["run"] and first["result"]["round"]["status"] == "rejected", log[-3000:]
+    assert _current(settings) is None
+
+    from feedback.store import Store
+
+    add_pairs(Store.open(settings.database), 6, prompt="Soup, question {i}?", start=100)
+    write_set(gate_env["set"], _base(gate_env), same=False)
+    second = watch_once()
+    log = (settings.home / "rounds" / "watch.log").read_text()
+    assert second["run"] and second["result"]["round"]["status"] == "promoted", log[-3000:]
+    assert _current(settings) == second["result"]["round"]["version"]
+
+
+@pytest.mark.browser
+def test_the_operator_tabs_button_is_gated_by_the_eval_set(
+    gate_env: dict[str, Any], tiny_model_dir: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.server import add_user, serve
+    from tests.test_browser import ARGS, CHROMIUM, login
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian chromium: apt-get install chromium chromium-driver")
+    from playwright.sync_api import sync_playwright
+
+    settings = gate_env["settings"]
+    home = settings.home
+    add_user(home, "olga", "operator", "pw-olga-long")
+    env = {k: v for k, v in gate_env["env"].items() if k != "TUNELOOP_MODEL"}
+    with (
+        serve(home, model=str(tiny_model_dir), **env) as (url, _),
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = login(browser, url, "olga", "pw-olga-long")
+        page.get_by_role("tab", name="Operator").click()
+        progress = page.locator("#op-progress")
+
+        page.locator("#op-start").click()
+        expect(page.locator("#op-notice")).to_contain_text("Started a round")
+        expect(progress).to_contain_text("rejected", timeout=300_000)
+        assert _current(settings) is None
+
+        write_set(gate_env["set"], _base(gate_env), same=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the finished round's process has exited
+            page.locator("#op-start").click()
+            try:
+                expect(page.locator("#op-notice")).to_contain_text("Started a round", timeout=5_000)
+                break
+            except AssertionError:
+                continue
+        expect(progress).to_contain_text("promoted", timeout=300_000)
+        version = _current(settings)
+        assert version is not None and version.startswith("r0002-")
+        expect(page.locator("#model-info")).to_contain_text(version, timeout=30_000)
+        browser.close()
