@@ -411,8 +411,24 @@ def test_train_resume_with_nothing_to_resume_says_so(settings: Settings, store: 
     assert "no failed or interrupted round to resume" in str(out.exception)
 
 
+@pytest.fixture
+def ending_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny model with every third token id ending a turn, so its greedy replies end
+    after a few tokens (the random tiny model alone never ends one)."""
+    import shutil
+
+    dest = tmp_path / "ending"
+    shutil.copytree(tiny_model_dir, dest)
+    config_file = dest / "generation_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    vocab = json.loads((dest / "config.json").read_text())["vocab_size"]
+    config["eos_token_id"] = list(range(0, vocab, 3))
+    config_file.write_text(json.dumps(config))
+    return dest
+
+
 def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
-    settings: Settings, store: Store, tiny_model_dir: Path
+    settings: Settings, store: Store, ending_model_dir: Path
 ) -> None:
     """The replay prompts are answered by the bare base model (greedy, as `generate` would)
     and trained on as SFT rows, never split off as held-out; a resumed round keeps them."""
@@ -421,10 +437,8 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
 
     replay_file = REPO_DATA_DIR / "replay_prompts.jsonl"
     system = "You help with gardens and kitchens."
-    result = _run(
-        settings, store, tiny_model_dir, config=_config(replay_file=replay_file, dpo_steps=1),
-        promote=False,
-    )  # fmt: skip
+    config = _config(replay_file=replay_file, dpo_steps=1, replay_max_new_tokens=2)
+    result = _run(settings, store, ending_model_dir, config=config, promote=False)
     assert result.status in ("done", "rejected", "inconclusive"), result.reasons
     snap = load_snapshot(settings.home / "rounds" / result.id)
     prompts = [json.loads(x)["prompt"] for x in replay_file.read_text().splitlines() if x]
@@ -435,10 +449,52 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
     held = json.dumps([*snap.sft_heldout, *snap.dpo_heldout])
     assert not any(json.dumps(p)[1:-1] in held for p in prompts)
 
-    # the answers are the base model's own greedy replies to exactly those conversations
-    model, tok = load_for_generation(tiny_model_dir)
-    first = [row_conversation({"prompt": p}, system) for p in prompts[:3]]
-    expected = [r.strip() for r in generate_replies(model, tok, first, max_new_tokens=48)]
+    # The answers are the base model's own greedy replies to exactly those conversations;
+    # those the 2-token budget cut off were generated again with 4x the budget, and any
+    # still cut off were dropped: every replayed answer is one the model ended itself.
+    model, tok = load_for_generation(ending_model_dir)
+    convs = [row_conversation({"prompt": p}, system) for p in prompts]
+    cut: set[int] = set()
+    short = generate_replies(model, tok, convs, max_new_tokens=2, cut_off=cut)
+    assert cut and len(cut) < len(prompts)  # some ended within 2 tokens, some did not
+    still: set[int] = set()
+    longer = generate_replies(model, tok, convs, max_new_tokens=8, cut_off=still)
     by_prompt = {r["messages"][1]["content"]: r["messages"][2]["content"] for r in replayed}
-    assert [by_prompt.get(p) for p in prompts[:3]] == expected
-    assert replay_rows(tiny_model_dir, None, system_prompt=system) == []
+    for i, prompt in enumerate(prompts):
+        expected = (longer[i] if i in cut else short[i]).strip()
+        dropped = i in cut and i in still
+        assert by_prompt.get(prompt) == (None if dropped or not expected else expected), prompt
+    assert replay_rows(ending_model_dir, None, system_prompt=system) == []
+
+
+def test_replay_is_cached_per_model_prompts_and_system_prompt_and_drops_cut_answers(
+    ending_model_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.generate as generate
+    from training.datasets import replay_rows
+
+    replay_file = tmp_path / "replay.jsonl"
+    replay_file.write_text("".join(json.dumps({"prompt": f"Tips on soup {i}?"}) + "\n"
+                                   for i in range(3)))  # fmt: skip
+    cache = tmp_path / "cache"
+    first = replay_rows(ending_model_dir, replay_file, system_prompt="Be kind.", cache_dir=cache)
+    assert first and len(list(cache.glob("*.json"))) == 1
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the replay answers should have come from the cache")
+
+    monkeypatch.setattr(generate, "load_for_generation", no_model)
+    again = replay_rows(ending_model_dir, replay_file, system_prompt="Be kind.", cache_dir=cache)
+    assert again == first
+    with pytest.raises(AssertionError, match="from the cache"):  # another system prompt
+        replay_rows(ending_model_dir, replay_file, system_prompt="Be brief.", cache_dir=cache)
+    monkeypatch.undo()
+
+    # The tiny model rarely ends a reply by itself: an answer cut off at the budget is
+    # generated again with 4x the budget, and dropped if that is cut off too.
+    kept = replay_rows(
+        tiny_model_dir, replay_file, system_prompt="", cache_dir=cache, max_new_tokens=4
+    )
+    saved = [json.loads(f.read_text()) for f in cache.glob("*.json")]
+    mine = next(s for s in saved if s["rows"] == kept)
+    assert mine["cut_off"] >= 1 and len(kept) + mine["cut_off"] == 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,16 @@ def read_seed_rows(path: Path | None) -> list[Row]:
     return rows
 
 
+REPLAY_RETRY_TOKENS = 512  # a reply cut off at the budget is generated once more with this
+
+
 def replay_rows(
-    model_dir: Path, path: Path | None, *, system_prompt: str, max_new_tokens: int = 48
+    model_dir: Path,
+    path: Path | None,
+    *,
+    system_prompt: str,
+    max_new_tokens: int = 128,
+    cache_dir: Path | None = None,
 ) -> list[Row]:
     """The bare base model's own greedy answers to the general prompts in `path`.
 
@@ -77,6 +86,12 @@ def replay_rows(
     round to what the base model already did outside the domain: measured with
     bench/loop_quality.py, a round that learned the demo house style kept 7 of 10 general
     checks right with them and 0 of 10 without. Empty when there is no such file.
+
+    Only finished answers are kept: one the token budget cut off is generated again with a
+    larger budget, and dropped if it still does not end (trained on, a cut-off answer
+    teaches the model to stop mid-sentence). Greedy answers depend only on the base model's
+    files, the prompts and the system prompt, so with `cache_dir` they are generated once
+    per combination and reused by every later round.
     """
     if path is None or not Path(path).is_file():
         return []
@@ -86,16 +101,78 @@ def replay_rows(
     if not rows:
         return []
     conversations = [row_conversation(r, system_prompt) for r in rows]
+    cache = _replay_cache_file(cache_dir, model_dir, conversations, max_new_tokens)
+    if cache is not None and cache.is_file():
+        try:
+            cached = json.loads(cache.read_text(encoding="utf-8"))["rows"]
+            if isinstance(cached, list):
+                return cached
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: generate again and replace it
     model, tokenizer = load_for_generation(Path(model_dir))
     try:
-        replies = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens)
+        cut: set[int] = set()
+        replies = generate_replies(
+            model, tokenizer, conversations, max_new_tokens=max_new_tokens, cut_off=cut
+        )
+        budget = _retry_budget(model, tokenizer, [conversations[i] for i in cut], max_new_tokens)
+        if cut and budget > max_new_tokens:
+            again = sorted(cut)
+            still: set[int] = set()
+            longer = generate_replies(
+                model,
+                tokenizer,
+                [conversations[i] for i in again],
+                max_new_tokens=budget,
+                cut_off=still,
+            )
+            for k, i in enumerate(again):
+                replies[i] = longer[k]
+            cut = {again[k] for k in still}
     finally:
         del model
-    return [
+    out = [
         {"messages": [*conv, {"role": "assistant", "content": reply.strip()}]}
-        for conv, reply in zip(conversations, replies, strict=True)
-        if reply.strip()
+        for i, (conv, reply) in enumerate(zip(conversations, replies, strict=True))
+        if reply.strip() and i not in cut
     ]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"rows": out, "cut_off": len(cut)}), encoding="utf-8")
+        os.replace(tmp, cache)
+    return out
+
+
+def _retry_budget(model: Any, tokenizer: Any, conversations: list[Any], first: int) -> int:
+    """Tokens for a second try at cut-off replies: 4x the first budget, at most
+    REPLAY_RETRY_TOKENS, and within the model's context after the longest prompt."""
+    budget = min(REPLAY_RETRY_TOKENS, 4 * first)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and conversations:
+        from training.evaluate import _ids
+
+        longest = max(
+            len(_ids(tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True)))
+            for c in conversations
+        )
+        budget = min(budget, int(limit) - longest)
+    return budget
+
+
+def _replay_cache_file(
+    cache_dir: Path | None, model_dir: Path, conversations: list[Any], max_new_tokens: int
+) -> Path | None:
+    """Where replay answers for exactly these inputs are kept (None: no cache)."""
+    if cache_dir is None:
+        return None
+    from training.evalsets import model_identity
+
+    key = json.dumps(
+        [model_identity(Path(model_dir)), conversations, max_new_tokens, REPLAY_RETRY_TOKENS],
+        sort_keys=True,
+    )
+    return Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def _sft_prompt(row: Row) -> list[dict[str, Any]]:

@@ -110,12 +110,15 @@ def generate_replies(
     progress: bool = False,
     top_p: float = 1.0,
     on_batch: Callable[[list[int], list[str], float], None] | None = None,
+    cut_off: set[int] | None = None,
 ) -> list[str]:
     """One reply per conversation (each ends with a user turn and has its system message).
 
     Batched and left-padded, greedy when `temperature` is 0. `on_batch(indices, replies,
     seconds)` is called after each batch with the positions (in `conversations`) it answered,
-    so a caller can save results as they come and resume after an interruption.
+    so a caller can save results as they come and resume after an interruption. Positions
+    whose reply ran out of `max_new_tokens` before the model ended it are added to
+    `cut_off` when given (a caller that trains on replies must not take those as finished).
     """
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -152,10 +155,14 @@ def generate_replies(
         for start in range(0, len(order), size):
             batch = order[start : start + size]
             began = time.perf_counter()
-            texts = _generate_batch(model, tokenizer, [prompts[i] for i in batch], pad_id, kwargs)
+            texts, ended = _generate_batch(
+                model, tokenizer, [prompts[i] for i in batch], pad_id, kwargs
+            )
             seconds = time.perf_counter() - began
-            for i, text in zip(batch, texts, strict=True):
+            for i, text, done in zip(batch, texts, ended, strict=True):
                 replies[i] = text
+                if cut_off is not None and not done:
+                    cut_off.add(i)
             if on_batch is not None:
                 on_batch(list(batch), texts, seconds)
             if bar is not None:
@@ -168,8 +175,9 @@ def generate_replies(
 
 def _generate_batch(
     model: Any, tokenizer: Any, prompts: list[list[int]], pad_id: int, kwargs: dict[str, Any]
-) -> list[str]:
-    """Left-pad `prompts` into one tensor, generate, and decode each row's new tokens."""
+) -> tuple[list[str], list[bool]]:
+    """Left-pad `prompts` into one tensor, generate, and decode each row's new tokens;
+    with, per row, whether the model ended it (an end token) rather than the token budget."""
     import torch
 
     width = max(len(ids) for ids in prompts)
@@ -184,11 +192,12 @@ def _generate_batch(
             input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
         )
     eos = set(kwargs["eos_token_id"])
-    texts = []
+    texts, ended = [], []
     for row in out[:, width:].tolist():
-        end = next((k for k, t in enumerate(row) if t in eos), len(row))
+        end = next((k for k, t in enumerate(row) if t in eos), None)
+        ended.append(end is not None)
         texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
-    return texts
+    return texts, ended
 
 
 def _encode(tokenizer: Any, conversation: list[dict], index: int) -> list[int]:

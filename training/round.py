@@ -268,6 +268,7 @@ def run_round(
                     config.replay_file,
                     system_prompt=config.system_prompt,
                     max_new_tokens=config.replay_max_new_tokens,
+                    cache_dir=config.replay_cache_dir,
                 )
                 snap = take_snapshot(
                     store,

@@ -69,7 +69,8 @@ class RoundConfig:
     # General prompts the bare base answers at snapshot time; its answers join SFT so the
     # round keeps the base model's general behaviour while it learns the domain.
     replay_file: Path | None = None
-    replay_max_new_tokens: int = 48
+    replay_max_new_tokens: int = 128
+    replay_cache_dir: Path | None = None  # None: replay answers are generated every round
     dedup_threshold: float = 0.85
     pii_region: str = "US"
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -95,6 +96,7 @@ class RoundConfig:
             system_prompt=system_prompt,
             seed_file=data / "seed_sft.jsonl",
             replay_file=data / "replay_prompts.jsonl",
+            replay_cache_dir=Path(settings.home) / "replay",
             eval=EvalSettings(
                 batch_size=settings.eval_batch_size,
                 max_length=settings.train_max_length,
