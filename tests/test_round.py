@@ -315,7 +315,7 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(
     assert config.gate.margins == parse_margins(DEFAULT_MARGINS) and not config.gate.eval_sets
     sft = sft_config(config, tmp_path / "sft", 10, tmp_path)
     dpo = dpo_config(config, tmp_path / "dpo", 10, tmp_path)
-    assert sft.assistant_only_loss and not sft.gradient_checkpointing
+    assert sft.completion_only_loss and not sft.gradient_checkpointing
     assert sft.max_length == dpo.max_length == config.max_length
     assert dpo.precompute_ref_log_probs and dpo.beta == config.dpo_beta
     assert sft.learning_rate == config.sft_learning_rate and sft.max_steps == 10
@@ -340,23 +340,39 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(
     assert (config.seed, config.dpo_beta, config.max_steps, config.sft_steps) == (7, 0.3, 3, 0)
 
 
-def test_training_template_marks_exactly_the_assistant_replies(tiny_model_dir: Path) -> None:
-    from training.stages import load_tokenizer
+def test_sft_trains_only_the_final_reply_of_a_conversation(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A correction on the second reply of a chat: TRL's own tokenization of the round's SFT
+    rows puts only that reply (and its end token) in the loss, never the earlier model turn."""
+    from datasets import Dataset
+    from trl import SFTTrainer
 
-    tok = load_tokenizer(tiny_model_dir, training_template=True)
-    plain = load_tokenizer(tiny_model_dir, training_template=False)
+    from training.datasets import final_turn_rows
+    from training.stages import load_base, load_tokenizer
+
     conv = [
         {"role": "user", "content": "Hello!"},
         {"role": "assistant", "content": "Hi there."},
         {"role": "user", "content": "Bread?"},
         {"role": "assistant", "content": "Flour and water."},
     ]
-    assert tok.apply_chat_template(conv, tokenize=False) == plain.apply_chat_template(
-        conv, tokenize=False
+    config = _config()
+    tok = load_tokenizer(tiny_model_dir)
+    trainer = SFTTrainer(
+        model=load_base(tiny_model_dir, config),
+        args=sft_config(config, tmp_path / "sft", 1, tmp_path),
+        train_dataset=Dataset.from_list(final_turn_rows([{"messages": conv}])),
+        processing_class=tok,
     )
-    out = tok.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
-    marked = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
-    assert tok.decode(marked) == "Hi there.<|im_end|>Flour and water.<|im_end|>"
+    row = trainer.train_dataset[0]
+    trained = [i for i in row["labels"] if i != -100]  # what the loss sees
+    text = tok.decode(trained).strip()
+    assert text.startswith("Flour and water.<|im_end|>") and "Hi there" not in text
+    assert (
+        row["input_ids"]
+        == tok.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+    )  # the whole chat is there as context
 
 
 def test_a_dpo_stage_trained_on_flipped_pairs_never_ships(

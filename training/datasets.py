@@ -175,6 +175,13 @@ def _replay_cache_file(
     return Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
+def final_turn_rows(rows: list[Row]) -> list[Row]:
+    """`{"messages"}` rows as TRL prompt/completion rows: everything before the final
+    assistant reply is context, the reply is the only thing trained on. A correction or a
+    👍 vouches for that one reply; earlier model turns in the same chat were never vetted."""
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+
+
 def _sft_prompt(row: Row) -> list[dict[str, Any]]:
     return list(row["messages"][:-1])
 

@@ -1,10 +1,11 @@
 """The two training stages of a round, each one TRL trainer built from our settings.
 
-SFT: `SFTTrainer` on the snapshot's conversations, a fresh LoRA adapter, loss on assistant
-tokens only (the training chat template marks them). DPO: `DPOTrainer` continuing that
-adapter on the preference pairs; TRL copies it into a frozen "ref" adapter, so the
-reference is base + SFT. Nothing here loops over batches: TRL owns the loop, we own the
-configs and one callback that records progress and stops a run whose loss is not finite.
+SFT: `SFTTrainer` on the snapshot's conversations as prompt/completion rows, a fresh LoRA
+adapter, loss on the final assistant reply only (TRL's completion-only loss). DPO:
+`DPOTrainer` continuing that adapter on the preference pairs; TRL copies it into a frozen
+"ref" adapter, so the reference is base + SFT. Nothing here loops over batches: TRL owns
+the loop, we own the configs and one callback that records progress and stops a run whose
+loss is not finite.
 
 Speed choices (measured by bench/train_throughput.py): no gradient checkpointing for small
 models (TRL turns it on by default, ~25% slower on CPU), reference log-probs computed once
@@ -185,7 +186,9 @@ def sft_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
     return SFTConfig(
         **_common(config, out_dir, steps, "sft", run_dir),
         learning_rate=config.sft_learning_rate,
-        assistant_only_loss=True,
+        # Rows are prompt/completion: the loss covers the final reply only (what an expert
+        # wrote or vetted), never earlier model turns that are there as context.
+        completion_only_loss=True,
     )
 
 
@@ -228,16 +231,14 @@ def load_base(model_dir: Path, config: RoundConfig) -> Any:
     return model
 
 
-def load_tokenizer(model_dir: Path, *, training_template: bool) -> Any:
-    """The model's tokenizer, with a pad token, and the training template for SFT."""
+def load_tokenizer(model_dir: Path) -> Any:
+    """The model's tokenizer, with a pad token."""
     from transformers import AutoTokenizer
-
-    from training.template import use_training_template
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return use_training_template(tokenizer) if training_template else tokenizer
+    return tokenizer
 
 
 def progress_callback(stage: str, log: LogFn) -> Any:
@@ -272,13 +273,15 @@ def train_sft(
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from training.datasets import final_turn_rows
+
     checkpoints = stage_dir / "checkpoints"
     args = sft_config(config, checkpoints, stage_steps(len(rows), config, "sft"), stage_dir.parent)
     trainer = SFTTrainer(
         model=load_base(model_dir, config),
         args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=load_tokenizer(model_dir, training_template=True),
+        train_dataset=Dataset.from_list(final_turn_rows(rows)),
+        processing_class=load_tokenizer(model_dir),
         peft_config=lora_config(
             r=config.lora_r,
             alpha=config.lora_alpha,
@@ -327,7 +330,7 @@ def train_dpo(
         ref_model=None,
         args=args,
         train_dataset=Dataset.from_list(pairs),
-        processing_class=load_tokenizer(model_dir, training_template=False),
+        processing_class=load_tokenizer(model_dir),
         peft_config=peft_config,
         callbacks=[progress_callback("dpo", log)],
     )
