@@ -92,8 +92,9 @@ def eval_(
         str | None,
         typer.Option(
             "--scorer",
-            help="Comma-separated: exact, json, rubric, FILE.py:FUNCTION, module:FUNCTION, "
-            "or auto (default: TUNELOOP_EVAL_SCORER).",
+            help="Comma-separated: exact, json, rubric, pairwise (against the first adapter, "
+            "judged by TUNELOOP_JUDGE_MODEL), FILE.py:FUNCTION, module:FUNCTION, or auto "
+            "(default: TUNELOOP_EVAL_SCORER).",
         ),
     ] = None,
     rubric: Annotated[
@@ -121,7 +122,10 @@ def eval_(
     settings = open_settings()
     evalset = load_set(set_file)
     scorers = resolve_scorers(
-        scorer or settings.eval_scorer, evalset.rows, rubric_path=rubric or settings.rubric_file
+        scorer or settings.eval_scorer,
+        evalset.rows,
+        rubric_path=rubric or settings.rubric_file,
+        judge=judge(settings),
     )
     registry = Registry(settings.adapters_dir)
     targets = resolve_targets(adapters.split(","), registry)
@@ -176,7 +180,10 @@ def make_eval_gate(settings: Settings) -> Callable[[str, str | None], list[str]]
             for path in paths:
                 evalset = load_set(path)
                 scorers = resolve_scorers(
-                    settings.eval_scorer, evalset.rows, rubric_path=settings.rubric_file
+                    settings.eval_scorer,
+                    evalset.rows,
+                    rubric_path=settings.rubric_file,
+                    judge=judge(settings),
                 )
                 reference = serving or BASE
                 result = run_eval(
@@ -196,6 +203,30 @@ def make_eval_gate(settings: Settings) -> Callable[[str, str | None], list[str]]
         return reasons
 
     return gate
+
+
+def judge(settings: Settings) -> Any:
+    """The `pairwise` scorer's judge from TUNELOOP_JUDGE_MODEL (None when unset).
+
+    "embedded" (or "default") is the built-in SmolLM2; anything else a model directory or
+    .gguf file. It is located (and a GGUF converted) only when pairwise is asked for.
+    """
+    from training.scorers import Judge
+
+    if settings.judge_model is None:
+        return None
+    name = None if settings.judge_model in ("embedded", "default") else settings.judge_model
+
+    def model_dir() -> Path:
+        from app.modelfiles import resolve_model_dir
+
+        return resolve_model_dir(name, settings.models_dir, progress=True)
+
+    return Judge(
+        model_dir=model_dir,
+        system_prompt=settings.system_prompt(),
+        batch_size=settings.generate_batch_size or 8,
+    )
 
 
 def _model_dir(settings: Settings) -> Path:

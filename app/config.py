@@ -170,11 +170,17 @@ class Settings(BaseSettings):
         default="auto",
         min_length=1,
         description="Scorers for `eval` and the gate: comma-separated exact, json, rubric, "
-        "FILE.py:FUNCTION, module:FUNCTION; auto = exact when rows have a reference, plus "
-        "rubric when the rubric file exists.",
+        "pairwise, FILE.py:FUNCTION, module:FUNCTION; auto = exact when rows have a "
+        "reference, plus rubric when the rubric file exists.",
     )
     eval_rubric: Path | None = Field(
         default=None, description="Rubric file of the `rubric` scorer; unset: DATA_DIR/rubric.json."
+    )
+    judge_model: str | None = Field(
+        default=None,
+        description="The `pairwise` scorer's judge: a local Hugging Face chat model directory "
+        "(or .gguf file), best a stronger model than the one being trained; 'embedded' = the "
+        "built-in SmolLM2 (plumbing only). Unset: pairwise refuses to run.",
     )
     gate_eval_sets: str = Field(
         default="",
@@ -200,7 +206,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{part.strip()!r} is not METRIC=NUMBER (e.g. rubric_pass=0.05)")
         return value
 
-    @field_validator("model")
+    @field_validator("model", "judge_model")
     @classmethod
     def _empty_model_is_default(cls, value: str | None) -> str | None:
         return value or None

@@ -171,6 +171,9 @@ def run_eval(
 ) -> EvalRun:
     """Answer the set with each target (cached replies reused), then score every target.
 
+    Scorers that compare two adapters (`needs_reference`, e.g. pairwise) score each target
+    against the first one, so the first target scores itself (a tie: win rate 0.5).
+
     Scoring happens only after all replies exist, and a scorer failure raises before
     anything is returned, so a failed eval records nothing.
     """
@@ -195,8 +198,9 @@ def run_eval(
                 cache_file, {"adapter": target.label, "set": evalset.name, "replies": replies}
             )
         run.replies[target.label] = replies
+    reference = run.replies[run.labels[0]]  # what comparing scorers (pairwise) judge against
     for label in run.labels:
-        run.metrics[label] = combined_metrics(scorers, evalset.rows, run.replies[label])
+        run.metrics[label] = combined_metrics(scorers, evalset.rows, run.replies[label], reference)
     return run
 
 
