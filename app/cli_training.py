@@ -66,6 +66,7 @@ def build_round_config(
         seed_file=data / "seed_sft.jsonl",
         replay_file=data / "replay_prompts.jsonl",
         dedup_threshold=settings.dedup_threshold,
+        heldout_min_items=settings.heldout_min_items,
         pii_region=settings.pii_region,
         eval=EvalSettings(
             batch_size=settings.eval_batch_size,

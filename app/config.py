@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feedback.split import HELDOUT_MIN_ITEMS
+
 # The repository's own data/ folder: the demo domain's system prompt, seed examples, rubric.
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -113,6 +115,12 @@ class Settings(BaseSettings):
         default=True, description="DPO: reference log-probs once, before training."
     )
     qlora: bool = Field(default=True, description="On CUDA: 4-bit NF4 base (QLoRA), bf16.")
+    heldout_min_items: int = Field(
+        default=HELDOUT_MIN_ITEMS,
+        ge=0,
+        description="Hold out at least this many distinct prompts (never more than a third of "
+        "them) when 10% of the prompts is fewer; 0: the plain 10% hash split.",
+    )
     dedup_threshold: float = Field(default=0.85, gt=0.0, lt=1.0, description="MinHash Jaccard.")
     pii_region: str = Field(default="US", description="Default region for phone numbers.")
     eval_generate: bool = Field(default=True, description="Generate replies for the rubric.")

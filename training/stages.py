@@ -70,6 +70,9 @@ class RoundConfig:
     replay_file: Path | None = None
     replay_max_new_tokens: int = 48
     dedup_threshold: float = 0.85
+    # At least this many distinct prompts held out (feedback.split.plan_split); 0 = the
+    # plain 10% hash split. `tuneloop train` passes TUNELOOP_HELDOUT_MIN_ITEMS.
+    heldout_min_items: int = 0
     pii_region: str = "US"
     eval: EvalSettings = field(default_factory=EvalSettings)
     margins: GateMargins = field(default_factory=GateMargins)
