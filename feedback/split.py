@@ -126,8 +126,3 @@ def plan_split(
     )
     return HeldoutSplit(threshold=threshold, heldout_answers=answers)
 
-
-def split_of(prompt_messages: Messages) -> Split:
-    """The prompt's side under the default split (no minimum size)."""
-    return HeldoutSplit().side(prompt_messages)
-
