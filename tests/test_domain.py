@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.cli import run_cli
-from tests.tiny import add_pairs
 from training.domain import FILES, skeleton
 
 PROMPT = "You answer questions about watering gardens, in one sentence."
@@ -66,6 +65,7 @@ def test_a_round_with_only_a_system_prompt_trains_promotes_and_says_what_it_skip
     minimal: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from app.config import Settings
+    from feedback.records import NewPreference
     from feedback.store import Store
     from training.registry import Registry
 
@@ -81,16 +81,23 @@ def test_a_round_with_only_a_system_prompt_trains_promotes_and_says_what_it_skip
         monkeypatch.setenv(key, value)
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    add_pairs(
-        Store.open(settings.database),
-        30,
-        prompt="How do I water tomatoes, case {i}?",
-        chosen="Deep water twice a week and a little mulch, case {i}.",
-        rejected="Bread needs flour.",
+    # 30 prompts different enough that curation keeps them apart, each with its own answer.
+    from tests.test_round import ANSWERS, QUESTIONS
+
+    Store.open(settings.database).add_bulk(
+        preferences=[
+            NewPreference(
+                prompt=[{"role": "user", "content": question.format(t=topic)}],
+                chosen=f"{answer} Tip {k}.",
+                rejected="No idea, sorry.",
+            )
+            for topic, answer in ANSWERS.items()
+            for k, question in enumerate(QUESTIONS)
+        ]
     )
     code, out, err = run_cli(monkeypatch, capsys, "train", "--json")
-    assert code == 0, err
-    result = json.loads(out)
+    assert code == 0, (out, err)
+    result = json.loads(out.strip().splitlines()[-1])  # the trainer prints its log lines too
     assert result["status"] == "promoted", result
     assert Registry(settings.adapters_dir).current() == result["version"]
 
@@ -104,9 +111,11 @@ def test_a_round_with_only_a_system_prompt_trains_promotes_and_says_what_it_skip
     snap = json.loads((folder / "snapshot.json").read_text())
     assert snap["seed_rows"] == 0 and snap["replay_rows"] == 0
     assert snap["split"]["heldout_prompts"] == 10  # the minimum, capped at a third of 30
-    # Every training row carries the folder's system prompt.
-    sft = [json.loads(line) for line in (folder / "data" / "sft_train.jsonl").read_text().split()]
-    assert sft and all(r["messages"][0]["content"] == PROMPT for r in sft)
+    # Every training pair carries the folder's system prompt (no seeds, no replay: no SFT).
+    data = folder / "data"
+    assert not (data / "sft_train.jsonl").read_text()
+    dpo = [json.loads(line) for line in (data / "dpo_train.jsonl").read_text().splitlines()]
+    assert len(dpo) == 20 and all(r["prompt"][0]["content"] == PROMPT for r in dpo)
 
 
 def test_generate_and_eval_with_only_a_system_prompt(
