@@ -125,4 +125,3 @@ def plan_split(
         for answer in row_answers
     )
     return HeldoutSplit(threshold=threshold, heldout_answers=answers)
-

@@ -164,3 +164,44 @@ def test_export_through_the_cli_applies_all_three_rules(
     trained = [r["messages"][-1]["content"] for r in out["train"]]
     assert "hi there!" not in trained  # repeats a held-out answer
     assert len(out["train"]) + len(out["heldout"]) == len(out["all"]) - 1 == 29
+
+
+def test_a_round_snapshot_applies_the_split_to_seeds_and_feedback(tmp_path: Path) -> None:
+    """The round's snapshot: a seed conversation continuing a held-out prompt is held out,
+    a pair repeating a held-out answer is not trained on, and the minimum counts seeds."""
+    from feedback.records import NewExample, NewPreference
+    from feedback.store import Store
+    from training.datasets import take_snapshot
+
+    store = Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.add_bulk(
+        examples=[
+            NewExample(messages=[*user(HELD), {"role": "assistant", "content": "Hi there!"}])
+        ],
+        preferences=[
+            NewPreference(prompt=user(TRAIN_Q), chosen="Hi there!", rejected="no"),
+            *(
+                NewPreference(prompt=user(f"topic {i}"), chosen=f"answer {i}", rejected="no")
+                for i in range(40)
+            ),
+        ],
+    )
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(
+        json.dumps({"messages": [*FOLLOW_UP, {"role": "assistant", "content": "Then we go."}]})
+        + "\n"
+    )
+    snap = take_snapshot(store, seed_file=seeds, system_prompt="S", heldout_min_items=12)
+    held_prompts = [r["messages"][1:-1] for r in snap.sft_heldout]
+    assert user(HELD) in held_prompts and FOLLOW_UP in held_prompts
+    assert not snap.sft_train
+    assert all(r["prompt"][1:] != user(TRAIN_Q) for r in [*snap.dpo_train, *snap.dpo_heldout])
+    assert snap.info["curation"]["same_answer_as_heldout"] == 1
+    # 43 prompts, 10% by hash would hold out 9; the minimum asks for 12 (a third is 14):
+    # the seed conversation and the prompt it continues, and 10 of the pairs.
+    assert snap.info["split"]["heldout_prompts"] == 12
+    assert snap.info["split"]["threshold"] > HELDOUT_PERCENT
+    assert len(snap.dpo_heldout) == 10
+    # On the train side: 41 pairs less 10 held out, less the one repeating a held-out answer
+    # (curation then merges near-duplicate "topic N" prompts further).
+    assert len(snap.info["preference_ids"]) == 41 - 10 - 1
