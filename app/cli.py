@@ -201,10 +201,38 @@ def export(
 ) -> None:
     """Export training data in TRL's conversational format."""
     from feedback.formats import export as export_rows
+    from training.datasets import read_seed_rows
 
-    n = export_rows(_store(_settings()), kind.value, out, split.value)
+    settings = _settings()
+    store = _store(settings)
+    plan = None
+    if split.value != "all":  # the round's split: the domain's seed examples count too
+        seeds = read_seed_rows(settings.data_dir / "seed_sft.jsonl")
+        plan = store.heldout_split(min_items=settings.heldout_min_items, extra=seeds)
+    n = export_rows(store, kind.value, out, split.value, plan)
     payload = {"kind": kind.value, "split": split.value, "rows": n, "out": str(out)}
     _emit(as_json, payload, f"Wrote {n} {kind.value} rows ({split.value}) to {out}.")
+
+
+@app.command("init")
+def init(
+    folder: Annotated[Path, typer.Argument(help="The domain folder to create.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a domain folder skeleton: system_prompt.md, a README, inactive *.example files.
+
+    Refuses, writing nothing, if any of those files is already there. Point
+    TUNELOOP_DATA_DIR at the folder to use it.
+    """
+    from training.domain import write_skeleton
+
+    written = write_skeleton(folder)
+    payload = {"folder": str(folder), "files": [p.name for p in written]}
+    text = (
+        f"Wrote {len(written)} files to {folder}: {', '.join(payload['files'])}.\n"
+        f"Edit system_prompt.md, then: export TUNELOOP_DATA_DIR={folder}"
+    )
+    _emit(as_json, payload, text)
 
 
 @app.command()

@@ -91,8 +91,9 @@ def eval_(
         str | None,
         typer.Option(
             "--scorer",
-            help="Comma-separated: exact, json, rubric, FILE.py:FUNCTION, module:FUNCTION, "
-            "or auto (default: TUNELOOP_EVAL_SCORER).",
+            help="Comma-separated: exact, json, rubric, pairwise (against the first adapter, "
+            "judged by TUNELOOP_JUDGE_MODEL), FILE.py:FUNCTION, module:FUNCTION, or auto "
+            "(default: TUNELOOP_EVAL_SCORER).",
         ),
     ] = None,
     rubric: Annotated[
@@ -120,7 +121,10 @@ def eval_(
     settings = open_settings()
     evalset = load_set(set_file)
     scorers = resolve_scorers(
-        scorer or settings.eval_scorer, evalset.rows, rubric_path=rubric or settings.rubric_file
+        scorer or settings.eval_scorer,
+        evalset.rows,
+        rubric_path=rubric or settings.rubric_file,
+        judge=judge(settings),
     )
     registry = Registry(settings.adapters_dir)
     targets = resolve_targets(adapters.split(","), registry)
@@ -137,6 +141,30 @@ def eval_(
     )
     record(result, registry, settings.evals_dir)
     emit(as_json, result.as_dict(), format_table(result))
+
+
+def judge(settings: Settings) -> Any:
+    """The `pairwise` scorer's judge from TUNELOOP_JUDGE_MODEL (None when unset).
+
+    "embedded" (or "default") is the built-in SmolLM2; anything else a model directory or
+    .gguf file. It is located (and a GGUF converted) only when pairwise is asked for.
+    """
+    from training.scorers import Judge
+
+    if settings.judge_model is None:
+        return None
+    name = None if settings.judge_model in ("embedded", "default") else settings.judge_model
+
+    def model_dir() -> Path:
+        from app.modelfiles import resolve_model_dir
+
+        return resolve_model_dir(name, settings.models_dir, progress=True)
+
+    return Judge(
+        model_dir=model_dir,
+        system_prompt=settings.system_prompt(),
+        batch_size=settings.generate_batch_size or 8,
+    )
 
 
 def _model_dir(settings: Settings) -> Path:

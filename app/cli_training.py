@@ -37,6 +37,7 @@ def register_core(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Run one training round: snapshot, SFT, DPO, evaluate, gate, promote if better."""
+        from app.cli_eval import judge
         from app.modelfiles import resolve_model_dir
         from training.registry import Registry
         from training.round import RoundConfig, run_round
@@ -45,7 +46,11 @@ def register_core(app: typer.Typer) -> None:
         store = open_store(settings)
         model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=not as_json)
         config = RoundConfig.from_settings(
-            settings, sft_steps=sft_steps, dpo_steps=dpo_steps, max_steps=max_steps
+            settings,
+            judge=judge(settings),
+            sft_steps=sft_steps,
+            dpo_steps=dpo_steps,
+            max_steps=max_steps,
         )
         last: dict[str, object] = {}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feedback.split import HELDOUT_MIN_ITEMS
 from training.gate import DEFAULT_MARGINS, MIN_ITEMS, GateConfigError, parse_margins
 
 # The repository's own data/ folder: the demo domain's system prompt, seed examples, rubric.
@@ -115,6 +116,12 @@ class Settings(BaseSettings):
         default=True, description="DPO: reference log-probs once, before training."
     )
     qlora: bool = Field(default=True, description="On CUDA: 4-bit NF4 base (QLoRA), bf16.")
+    heldout_min_items: int = Field(
+        default=HELDOUT_MIN_ITEMS,
+        ge=0,
+        description="Hold out at least this many distinct prompts (never more than a third of "
+        "them) when 10% of the prompts is fewer; 0: the plain 10% hash split.",
+    )
     dedup_threshold: float = Field(default=0.85, gt=0.0, lt=1.0, description="MinHash Jaccard.")
     pii_region: str = Field(default="US", description="Default region for phone numbers.")
     eval_generate: bool = Field(default=True, description="Generate replies for the rubric.")
@@ -159,11 +166,17 @@ class Settings(BaseSettings):
         default="auto",
         min_length=1,
         description="Scorers for `eval` and the gate: comma-separated exact, json, rubric, "
-        "FILE.py:FUNCTION, module:FUNCTION; auto = exact when rows have a reference, plus "
-        "rubric when the rubric file exists.",
+        "pairwise, FILE.py:FUNCTION, module:FUNCTION; auto = exact when rows have a "
+        "reference, plus rubric when the rubric file exists.",
     )
     eval_rubric: Path | None = Field(
         default=None, description="Rubric file of the `rubric` scorer; unset: DATA_DIR/rubric.json."
+    )
+    judge_model: str | None = Field(
+        default=None,
+        description="The `pairwise` scorer's judge: a local Hugging Face chat model directory "
+        "(or .gguf file), best a stronger model than the one being trained; 'embedded' = the "
+        "built-in SmolLM2 (plumbing only). Unset: pairwise refuses to run.",
     )
     gate_eval_sets: str = Field(
         default="",
@@ -194,7 +207,7 @@ class Settings(BaseSettings):
             raise ValueError(str(err)) from None
         return value
 
-    @field_validator("model")
+    @field_validator("model", "judge_model")
     @classmethod
     def _empty_model_is_default(cls, value: str | None) -> str | None:
         return value or None

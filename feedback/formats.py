@@ -26,6 +26,7 @@ from typing import Any
 from feedback.errors import FeedbackError
 from feedback.messages import check_conversation, clean_messages
 from feedback.records import NewExample, NewPreference
+from feedback.split import HeldoutSplit
 from feedback.store import Store
 
 FORMATS = ("auto", "trl", "hh", "messages")
@@ -216,15 +217,19 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto") -> ImportResu
     return ImportResult(format=found, added=result.added, duplicates=result.duplicates)
 
 
-def export(store: Store, kind: str, out: str | Path, split: str = "all") -> int:
+def export(
+    store: Store, kind: str, out: str | Path, split: str = "all", plan: HeldoutSplit | None = None
+) -> int:
     """Write TRL rows ("sft" or "dpo") of `split` to `out` as JSONL; returns the row count.
+
+    `plan`: the held-out split to use (`Store.heldout_split`); default: the plain one.
 
     The file appears complete or not at all (temp file, fsync, os.replace), so a trainer
     never reads half an export.
     """
     if kind not in EXPORT_KINDS:
         raise FeedbackError(f"export kind {kind!r} is unknown; use 'sft' or 'dpo'")
-    rows = store.sft_rows(split) if kind == "sft" else store.dpo_rows(split)
+    rows = store.sft_rows(split, plan) if kind == "sft" else store.dpo_rows(split, plan)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -2,8 +2,9 @@
 
 SFT rows come from imported conversations, expert corrections and thumbs-up replies; DPO
 rows come from non-tie preferences. Each row's side of the train/heldout split is decided
-by its prompt alone (`feedback.split`), so an edit's SFT row and its DPO pair always land
-on the same side. Rows with identical content are yielded once.
+by its prompt (`feedback.split`), so an edit's SFT row and its DPO pair always land on the
+same side; a train-side row whose answer repeats a held-out answer is in neither split.
+Rows with identical content are yielded once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from feedback.models import (
     Rating,
     Response,
 )
-from feedback.split import SPLITS, in_split
+from feedback.split import SPLITS, HeldoutSplit, plan_split
 
 
 def _check_split(split: str) -> None:
@@ -43,7 +44,9 @@ def _latest_ratings(session: Session) -> list[tuple[int, bool]]:
     return [(response_id, up) for response_id, up in session.exec(query)]
 
 
-def sft_rows(session: Session, split: str) -> list[dict[str, Any]]:
+def sft_rows(
+    session: Session, split: str, plan: HeldoutSplit | None = None
+) -> list[dict[str, Any]]:
     """`{"messages": [...]}` rows (each ending in an assistant turn) for TRL's SFTTrainer.
 
     From, in order:
@@ -54,12 +57,16 @@ def sft_rows(session: Session, split: str) -> list[dict[str, Any]]:
         least one user and thumbs-down for none.
     """
     _check_split(split)
+    if split != "all":
+        plan = plan or split_plan(session)
+        rows = sft_rows(session, "all")
+        return [r for r in rows if plan.in_split(split, *sft_prompt_answers(r))]
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
 
     def emit(messages: list[dict[str, str]]) -> None:
         key = content_key(messages)
-        if key not in seen and in_split(messages[:-1], split):
+        if key not in seen:
             seen.add(key)
             out.append({"messages": messages})
 
@@ -99,13 +106,19 @@ def sft_rows(session: Session, split: str) -> list[dict[str, Any]]:
     return out
 
 
-def dpo_rows(session: Session, split: str) -> list[dict[str, Any]]:
+def dpo_rows(
+    session: Session, split: str, plan: HeldoutSplit | None = None
+) -> list[dict[str, Any]]:
     """TRL conversational preference rows from every non-tie preference.
 
     `{"prompt": [...messages], "chosen": [{"role": "assistant", "content": ...}],
     "rejected": [{"role": "assistant", "content": ...}]}`, oldest first.
     """
     _check_split(split)
+    if split != "all":
+        plan = plan or split_plan(session)
+        rows = dpo_rows(session, "all")
+        return [r for r in rows if plan.in_split(split, *dpo_prompt_answers(r))]
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     query = (
@@ -116,7 +129,7 @@ def dpo_rows(session: Session, split: str) -> list[dict[str, Any]]:
     for prompt_json, chosen, rejected in session.exec(query):
         prompt = json.loads(prompt_json)
         key = content_key([prompt, chosen, rejected])
-        if key in seen or not in_split(prompt, split):
+        if key in seen:
             continue
         seen.add(key)
         out.append(
@@ -127,6 +140,29 @@ def dpo_rows(session: Session, split: str) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def sft_prompt_answers(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """An SFT row's prompt and the answer it trains towards (for the split)."""
+    return row["messages"][:-1], [str(row["messages"][-1].get("content", ""))]
+
+
+def dpo_prompt_answers(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A DPO row's prompt and the answer it trains towards: its chosen reply.
+
+    The rejected reply does not count: one stock bad answer under many prompts ("I don't
+    know") would otherwise keep every pair out of training once one of them is held out.
+    """
+    return row["prompt"], [str(m.get("content", "")) for m in row["chosen"]]
+
+
+def split_plan(
+    session: Session, *, min_items: int = 0, extra: list[dict[str, Any]] | None = None
+) -> HeldoutSplit:
+    """The held-out split over every SFT and DPO row (plus `extra` SFT rows, e.g. seeds)."""
+    items = [sft_prompt_answers(r) for r in [*(extra or []), *sft_rows(session, "all")]]
+    items += [dpo_prompt_answers(r) for r in dpo_rows(session, "all")]
+    return plan_split(items, min_items=min_items)
 
 
 def counts(session: Session) -> dict[str, Any]:

@@ -45,6 +45,9 @@ from feedback.records import (
     UserInfo,
     as_utc,
 )
+from feedback.split import HeldoutSplit
+
+Row = dict[str, Any]
 
 
 def _user_info(user: User) -> UserInfo:
@@ -353,15 +356,22 @@ class Store:
 
     # Training data -------------------------------------------------------------------
 
-    def sft_rows(self, split: str = "all") -> Iterator[dict[str, Any]]:
+    def sft_rows(self, split: str = "all", plan: HeldoutSplit | None = None) -> Iterator[Row]:
         """SFT conversations `{"messages": [...]}`; see `feedback.rows.sft_rows`."""
         with self._read() as session:
-            return iter(rows.sft_rows(session, split))
+            return iter(rows.sft_rows(session, split, plan))
 
-    def dpo_rows(self, split: str = "all") -> Iterator[dict[str, Any]]:
+    def dpo_rows(self, split: str = "all", plan: HeldoutSplit | None = None) -> Iterator[Row]:
         """TRL conversational DPO rows; see `feedback.rows.dpo_rows`."""
         with self._read() as session:
-            return iter(rows.dpo_rows(session, split))
+            return iter(rows.dpo_rows(session, split, plan))
+
+    def heldout_split(self, *, min_items: int = 0, extra: list[Row] | None = None) -> HeldoutSplit:
+        """The train/heldout split of everything stored (`feedback.split`), holding out at
+        least `min_items` prompts where the data allows; `extra`: SFT rows kept elsewhere
+        (the domain's seed examples) that the split must also cover."""
+        with self._read() as session:
+            return rows.split_plan(session, min_items=min_items, extra=extra)
 
     # Bulk ----------------------------------------------------------------------------
 

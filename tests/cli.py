@@ -38,7 +38,9 @@ def train_in_subprocess(
     pairs: tuple[str, str, str],
 ) -> tuple[Any, dict]:
     """8 (prompt, chosen, rejected) pairs in the test home's store, then `LAUNCHER -m app.cli
-    train --json --no-promote` on `model_dir` as its own process; (Settings, its result)."""
+    train --json --no-promote` on `model_dir` as its own process; (Settings, its result).
+    `{i}` in a text is the pair's number: give each pair its own chosen reply, or the pairs
+    repeating a held-out one are left out of training."""
     from app.config import Settings
     from feedback.store import Store
     from tests.tiny import add_pairs

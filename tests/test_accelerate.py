@@ -88,7 +88,7 @@ def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
         max_steps=1,
         pairs=(
             "Tell me about spiders and the sky, {i}.",
-            "A spider has eight legs; a grey sky means rain.",
+            "A spider has eight legs; a grey sky means rain, {i}.",
             "Paris.",
         ),
     )

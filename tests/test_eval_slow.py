@@ -124,3 +124,41 @@ def test_generate_and_eval_on_smollm2_with_two_adapters(
     assert code == 0, err
     assert "cached replies for base, v1, v2" in stdout
     assert stdout.splitlines()[1].split() == ["metric", "base", "v1", "v2"]
+
+
+def test_eval_pairwise_judged_by_the_embedded_smollm2(
+    real: tuple[Path, Registry],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """`--scorer pairwise` with TUNELOOP_JUDGE_MODEL=embedded: plumbing on a real chat model
+    (SmolLM2-135M's verdicts are near chance; a real deployment names a stronger judge)."""
+    from training import judge
+    from training.generate import load_for_generation, row_conversation
+
+    model_dir, _ = real
+    monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "embedded")
+    demo = [json.loads(line) for line in (REPO_DATA_DIR / "eval_demo.jsonl").open()][:4]
+    evalset = tmp_path / "pairs4.jsonl"
+    evalset.write_text("".join(json.dumps(r) + "\n" for r in demo), encoding="utf-8")
+    args = ["eval", "--set", str(evalset), "--adapters", "base,v1", "--scorer", "pairwise,rubric"]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--json")
+    assert code == 0, err
+    metrics = json.loads(stdout)["metrics"]
+    assert metrics["base"]["pairwise_win"] == 0.5
+    v1 = metrics["v1"]
+    assert 0.0 <= v1["pairwise_win_low"] <= v1["pairwise_win"] <= v1["pairwise_win_high"] <= 1.0
+    assert v1["pairwise_win"] in {k / 8 for k in range(9)}  # 4 rows, 2 orders each
+    assert "rubric_pass" in v1
+
+    # The judge really read the replies: SmolLM2 has single tokens for its labels, and its
+    # margins differ between the two orders of the same pair.
+    model, tok = load_for_generation(model_dir)
+    assert all(judge.label_token_ids(tok))
+    conv = row_conversation(demo[0], Settings().system_prompt())
+    a, b = "Hi Lena, see POL-3.\n\n— Brightwater Support", "I don't know."
+    margins = judge.first_label_margins(
+        model, tok, [judge.judge_prompt(conv, a, b), judge.judge_prompt(conv, b, a)]
+    )
+    assert len(margins) == 2 and margins[0] != margins[1]

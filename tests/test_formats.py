@@ -10,7 +10,7 @@ import pytest
 
 from feedback.errors import FeedbackError
 from feedback.formats import export, import_file
-from feedback.split import split_of
+from feedback.split import HeldoutSplit
 from feedback.store import Store
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -328,7 +328,7 @@ def test_export_splits_partition_all(filled: Store, tmp_path: Path, kind: str) -
     for split in ("train", "heldout"):
         for row in exported[split]:
             prompt = row["prompt"] if kind == "dpo" else row["messages"][:-1]
-            assert split_of(prompt) == split
+            assert HeldoutSplit().side(prompt) == split
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{kind}-{s}.jsonl" for s in ("all", "heldout", "train")
     )  # no temp files left behind

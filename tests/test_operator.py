@@ -166,7 +166,8 @@ def test_start_round_runs_a_real_round_in_the_background(
         service.store,
         12,
         prompt="How do I water tomatoes, case {i}?",
-        chosen="Deep water twice a week and a little mulch.",
+        chosen="Deep water twice a week and a little mulch, case {i}.",  # answers differ:
+        # a train pair repeating a held-out answer is not trained on
         rejected="Bread needs flour.",
     )
     message = service.start_round("olga")

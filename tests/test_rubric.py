@@ -61,3 +61,32 @@ def test_bad_rubric_files_say_what_is_wrong(tmp_path: Path, body: object, messag
     path.write_text(body if isinstance(body, str) else json.dumps(body))
     with pytest.raises(RubricError, match=message):
         load_rubric(path)
+
+
+def test_demo_rubric_checks_the_expected_policy_from_the_eval_row() -> None:
+    """A well-formed reply citing the wrong policy fails on an eval row expecting another one;
+    rows without a "policy" field (the round's in-store held-out prompts) skip those checks."""
+    from training.evalsets import load_set
+    from training.scorers import rubric_scorer
+
+    rubric = load_rubric(REPO_DATA_DIR / "rubric.json")
+    wrong = "Hi Lena, (POL-1). — Brightwater Support"
+    row = {"customer": "Lena", "policy": "POL-3"}
+    assert not rubric.passes(wrong, row)
+    failed = [name for name, ok in rubric.score(wrong, row).items() if ok is False]
+    assert failed == ["cites_expected_policy", "no_other_policy"]
+    assert rubric.passes(wrong.replace("POL-1", "POL-3"), row)
+    assert not rubric.passes("Hi Lena, POL-3 or POL-30. — Brightwater Support", row)
+    assert rubric.passes(wrong, {"customer": "Lena"})  # no expected policy: not checked
+
+    # On the demo eval set: every row names its policy, so citing one fixed policy passes
+    # only the rows that expect it.
+    evalset = load_set(REPO_DATA_DIR / "eval_demo.jsonl")
+    replies = [
+        f"Hi {r.get('customer') or 'there'}, (POL-1). — Brightwater Support" for r in evalset.rows
+    ]
+    metrics = rubric_scorer(REPO_DATA_DIR / "rubric.json")(evalset.rows, replies)
+    expected = sum(r["policy"] == "POL-1" for r in evalset.rows) / len(evalset.rows)
+    assert all(r.get("policy") for r in evalset.rows)
+    assert metrics["rubric.cites_expected_policy"] == expected < 1.0
+    assert metrics["rubric.cites_policy"] == 1.0

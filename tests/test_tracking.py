@@ -107,7 +107,7 @@ def test_a_real_round_logs_both_stages_to_the_tracker(
         max_steps=2,
         pairs=(
             "What comes after June, question {i}?",
-            "July comes after June.",
+            "July comes after June, {i}.",
             "A spider has eight legs.",
         ),
     )

@@ -5,8 +5,10 @@ format) plus the seed examples in `data/`, each given the deployment's system pr
 it has none (the chat app always sends one), curated (`training.curation`), hashed, and
 written to the round's folder, so a resumed round trains on exactly the same rows even if
 feedback kept arriving. Held-out rows are never curated into training: the split is the
-store's stable prompt-hash split, and train rows that nearly repeat a held-out prompt are
-dropped as well.
+stable prompt-hash split of `feedback.split` over the store's rows and the seeds (with its
+minimum size; conversations continuing a held-out prompt held out with it; train rows
+repeating a held-out answer left out), and train rows that nearly repeat a held-out prompt
+are dropped as well.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.canonical import canonical_json
-from feedback.split import in_split
+from feedback.split import HeldoutSplit
 from training.curation import CurationReport, dedup, drop_near_heldout, scrub_row
 
 Row = dict[str, Any]
@@ -192,6 +194,7 @@ def take_snapshot(
     seed_file: Path | None = None,
     system_prompt: str = "",
     dedup_threshold: float = 0.85,
+    heldout_min_items: int = 0,
     pii_region: str = "US",
     replay: list[Row] | None = None,
 ) -> Snapshot:
@@ -200,12 +203,21 @@ def take_snapshot(
     `replay` rows (`replay_rows`) are train-only: they are the base model's own answers,
     never feedback, so they are not split and never measured as held-out.
     """
+    from feedback.rows import dpo_prompt_answers, sft_prompt_answers
+
     seeds = read_seed_rows(seed_file)
+    plan = store.heldout_split(min_items=heldout_min_items, extra=seeds)
     sft_all = [*seeds, *store.sft_rows("all")]
-    sft_train = [r for r in sft_all if in_split(_sft_prompt(r), "train")]
-    sft_heldout = [r for r in sft_all if in_split(_sft_prompt(r), "heldout")]
-    dpo_train = list(store.dpo_rows("train"))
-    dpo_heldout = list(store.dpo_rows("heldout"))
+    dpo_all = list(store.dpo_rows("all"))
+    sft_train = [r for r in sft_all if plan.in_split("train", *sft_prompt_answers(r))]
+    sft_heldout = [r for r in sft_all if plan.in_split("heldout", *sft_prompt_answers(r))]
+    dpo_train = [r for r in dpo_all if plan.in_split("train", *dpo_prompt_answers(r))]
+    dpo_heldout = [r for r in dpo_all if plan.in_split("heldout", *dpo_prompt_answers(r))]
+    same_answer = (
+        len(sft_all)
+        + len(dpo_all)
+        - sum(map(len, (sft_train, sft_heldout, dpo_train, dpo_heldout)))
+    )
 
     def sys_sft(rows: list[Row]) -> list[Row]:
         return [{"messages": with_system(r["messages"], system_prompt)} for r in rows]
@@ -235,13 +247,22 @@ def take_snapshot(
         "raw_counts": raw,
         "seed_rows": len(seeds),
         "replay_rows": len(replay or []),
+        "split": {
+            "threshold": plan.threshold,
+            "min_items": heldout_min_items,
+            "heldout_prompts": len(
+                {canonical_json(_sft_prompt(r)) for r in sft_heldout}
+                | {canonical_json(r["prompt"]) for r in dpo_heldout}
+            ),
+        },
         "curation": {
+            "same_answer_as_heldout": same_answer,
             "exact_duplicates": report.exact_duplicates,
             "near_duplicates": report.near_duplicates,
             "near_heldout": report.near_heldout,
             "pii": report.pii,
         },
-        **feedback_marks(store),
+        **feedback_marks(store, plan),
     }
     return snap
 
@@ -275,7 +296,7 @@ def load_snapshot(folder: Path) -> Snapshot:
     return Snapshot(info=info, **parts)
 
 
-def feedback_marks(store: Any) -> dict[str, Any]:
+def feedback_marks(store: Any, plan: HeldoutSplit | None = None) -> dict[str, Any]:
     """The newest preference / correction / rating ids now, and the training pairs' ids.
 
     A later `new_feedback_since` counts rows with larger ids. Read-only queries on the
@@ -296,11 +317,16 @@ def feedback_marks(store: Any) -> dict[str, Any]:
             )
         }
         pairs = session.exec(
-            select(Preference.id, Preference.prompt_json)
+            select(Preference.id, Preference.prompt_json, Preference.chosen)
             .where(col(Preference.tie).is_(False))
             .order_by(col(Preference.id))
         ).all()
-    ids = [int(i or 0) for i, prompt in pairs if in_split(json.loads(prompt), "train")]
+    plan = plan or HeldoutSplit()
+    ids = [
+        int(i or 0)
+        for i, prompt, chosen in pairs
+        if plan.in_split("train", json.loads(prompt), [chosen])
+    ]
     return {"max_ids": marks, "preference_ids": ids}
 
 

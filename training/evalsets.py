@@ -201,6 +201,9 @@ def run_eval(
 ) -> EvalRun:
     """Answer the set with each target (cached replies reused), then score every target.
 
+    Scorers that compare two adapters (`needs_reference`, e.g. pairwise) score each target
+    against the first one, so the first target scores itself (a tie: win rate 0.5).
+
     Scoring happens only after all replies exist, and a scorer failure raises before
     anything is returned, so a failed eval records nothing.
     """
@@ -225,9 +228,10 @@ def run_eval(
                 cache_file, {"adapter": target.label, "set": evalset.name, "replies": replies}
             )
         run.replies[target.label] = replies
+    reference = run.replies[run.labels[0]]  # what comparing scorers (pairwise) judge against
     for label in run.labels:
-        run.metrics[label] = combined_metrics(scorers, evalset.rows, run.replies[label])
-        run.items[label] = item_metrics(scorers, evalset.rows, run.replies[label])
+        run.metrics[label] = combined_metrics(scorers, evalset.rows, run.replies[label], reference)
+        run.items[label] = item_metrics(scorers, evalset.rows, run.replies[label], reference)
     return run
 
 
@@ -323,20 +327,25 @@ def format_table(run: EvalRun) -> str:
 
 
 def item_metrics(
-    scorers: list[Scorer], rows: list[dict[str, Any]], replies: list[str]
+    scorers: list[Scorer],
+    rows: list[dict[str, Any]],
+    replies: list[str],
+    reference: list[str] | None = None,
 ) -> dict[str, list[float | None]]:
     """Each metric per row (None where it does not apply to that row), for paired statistics:
     each scorer runs on one row at a time, so a row a scorer cannot score is simply absent."""
     per_row: list[dict[str, float]] = []
-    for row, reply in zip(rows, replies, strict=True):
+    for i, (row, reply) in enumerate(zip(rows, replies, strict=True)):
         metrics: dict[str, float] = {}
+        theirs = None if reference is None else [reference[i]]
         for scorer in scorers:
             try:
-                metrics.update(scorer([row], [reply]))
+                metrics.update(scorer([row], [reply], theirs))
             except ScorerError:
                 continue  # this scorer does not apply to this row (no reference, say)
         per_row.append(metrics)
-    names = sorted({name for metrics in per_row for name in metrics})
+    # A scorer's own interval bounds (pairwise_win_low/_high) say nothing about one row.
+    names = sorted({n for metrics in per_row for n in metrics if not n.endswith(("_low", "_high"))})
     return {name: [metrics.get(name) for metrics in per_row] for name in names}
 
 
@@ -370,7 +379,9 @@ def gate_runs(
     )
     for path in gate.eval_sets:
         evalset = load_set(path)
-        scorers = resolve_scorers(gate.eval_scorer, evalset.rows, rubric_path=gate.rubric_file)
+        scorers = resolve_scorers(
+            gate.eval_scorer, evalset.rows, rubric_path=gate.rubric_file, judge=gate.judge
+        )
         targets = resolve_targets([serving or BASE], registry) + [
             target_for_dir(name, adapter) for name, adapter in stages.items()
         ]

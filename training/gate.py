@@ -66,6 +66,7 @@ class GateConfig:
     eval_batch_size: int | None = None
     load_in_4bit: bool = False
     evals_dir: Path | None = None  # reply cache and recorded results; None: no eval sets
+    judge: Any = None  # the pairwise scorer's judge (training.scorers.Judge), when set
     min_items: int = MIN_ITEMS
     resamples: int = RESAMPLES
 

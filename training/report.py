@@ -29,6 +29,7 @@ def write_report(
         "result": result,
         "snapshot": {k: v for k, v in snapshot.items() if k != "preference_ids"},
         "hyperparameters": config,
+        "not_run": not_run(config, snapshot),
         "plots": ["loss.png", "history.png"],
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -36,6 +37,30 @@ def write_report(
     plot_losses(folder / "metrics.jsonl", folder / "loss.png")
     plot_history(folder.parent, folder / "history.png")
     return report
+
+
+def not_run(config: dict[str, Any], snapshot: dict[str, Any]) -> list[str]:
+    """The checks and data a round went without, and why: a domain file it lacks
+    (`training.domain`), generation turned off, or nothing held out to measure on."""
+    from training.domain import not_run as files_not_run
+
+    def path(value: Any) -> Path | None:
+        return Path(value) if value not in (None, "", "None") else None
+
+    evaluation = config.get("eval") or {}
+    out = files_not_run(
+        seed_file=path(config.get("seed_file")),
+        replay_file=path(config.get("replay_file")),
+        rubric_file=path(evaluation.get("rubric_file")),
+        general_file=path(evaluation.get("general_file")),
+        generate=bool(evaluation.get("generate", True)),
+    )
+    counts = snapshot.get("counts") or {}
+    if not counts.get("dpo_heldout"):
+        out.append("pref_acc not measured: no held-out preference pairs")
+    if not counts.get("dpo_heldout") and not counts.get("sft_heldout"):
+        out.append("heldout_loss not measured: nothing held out")
+    return out
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -55,6 +80,8 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     if result.get("decision"):
         lines.insert(3, f"- gate decision on that stage: **{result['decision']}**")
+    if report.get("not_run"):
+        lines += ["", "## Checks not run", ""] + [f"- {line}" for line in report["not_run"]]
     if result.get("reasons"):
         title = "Why" if result["status"] != "promoted" else "Why the other stages were dropped"
         lines += ["", f"## {title}", ""] + [f"- {r}" for r in result["reasons"]]

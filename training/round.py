@@ -276,6 +276,7 @@ def run_round(
                     seed_file=config.seed_file,
                     system_prompt=config.system_prompt,
                     dedup_threshold=config.dedup_threshold,
+                    heldout_min_items=config.heldout_min_items,
                     pii_region=config.pii_region,
                 )
                 save_snapshot(snap, folder)

@@ -11,7 +11,11 @@ Built-in scorers, named on the command line by a word:
   - `json`:   share of replies that parse as JSON (`json_valid`);
   - `rubric`: the rubric file's checks (`training/rubric.py`, by default `data/rubric.json`):
               share of rows passing every check that applies (`rubric_pass`) and each
-              check's pass rate over the rows it applies to (`rubric.<check>`).
+              check's pass rate over the rows it applies to (`rubric.<check>`);
+  - `pairwise`: a local judge model compares each reply with the reference adapter's reply
+              to the same row (`training/judge.py`): win rate, ties half (`pairwise_win`),
+              and its 95% interval. It needs the reference's replies, so it is a scorer
+              with `needs_reference`: called as `scorer(rows, replies, reference)`.
 Anything else is `FILE.py:FUNCTION` or `module:FUNCTION`, loaded as is.
 """
 
@@ -27,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ScoreFn = Callable[[list[dict[str, Any]], list[str]], dict[str, float]]
-BUILTINS = ("exact", "json", "rubric")
+ScoreFn = Callable[..., dict[str, float]]
+BUILTINS = ("exact", "json", "rubric", "pairwise")
 
 
 class ScorerError(Exception):
@@ -41,11 +45,20 @@ class Scorer:
 
     name: str
     fn: ScoreFn
+    needs_reference: bool = False  # scores replies against the first adapter's replies
 
-    def __call__(self, rows: list[dict[str, Any]], replies: list[str]) -> dict[str, float]:
+    def __call__(
+        self, rows: list[dict[str, Any]], replies: list[str], reference: list[str] | None = None
+    ) -> dict[str, float]:
         """Run the scorer and check its result; every failure is a ScorerError naming it."""
+        if self.needs_reference and reference is None:
+            raise ScorerError(f"scorer {self.name!r} needs a reference adapter's replies")
         try:
-            result = self.fn(rows, replies)
+            result = (
+                self.fn(rows, replies, reference)
+                if self.needs_reference
+                else self.fn(rows, replies)
+            )
         except ScorerError as err:
             raise ScorerError(f"scorer {self.name!r}: {err}") from err
         except Exception as err:
@@ -78,22 +91,41 @@ def check_metrics(name: str, result: object) -> dict[str, float]:
     return metrics
 
 
-def load_scorers(spec: str, *, rubric_path: Path | None = None) -> list[Scorer]:
+@dataclass(frozen=True)
+class Judge:
+    """What the `pairwise` scorer needs: its judge model's directory (a callable, so that a
+    model to convert is only converted when pairwise is asked for) and how the eval's rows
+    were prompted."""
+
+    model_dir: Callable[[], Path]
+    system_prompt: str = ""
+    batch_size: int = 8
+
+
+def load_scorers(
+    spec: str, *, rubric_path: Path | None = None, judge: Judge | None = None
+) -> list[Scorer]:
     """The scorers a comma-separated `spec` names (built-in words, FILE.py:FN, module:FN)."""
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
-        raise ScorerError("no scorer named: use exact, json, rubric, FILE.py:FUNCTION or module:FN")
-    return [load_scorer(name, rubric_path=rubric_path) for name in names]
+        raise ScorerError(
+            "no scorer named: use exact, json, rubric, pairwise, FILE.py:FUNCTION or module:FN"
+        )
+    return [load_scorer(name, rubric_path=rubric_path, judge=judge) for name in names]
 
 
 def resolve_scorers(
-    spec: str, rows: list[dict[str, Any]], *, rubric_path: Path | None = None
+    spec: str,
+    rows: list[dict[str, Any]],
+    *,
+    rubric_path: Path | None = None,
+    judge: Judge | None = None,
 ) -> list[Scorer]:
     """The scorers `spec` names; `auto` = exact when a row has a "reference", plus rubric
     when `rubric_path` exists. Fails when auto finds nothing to score with.
     """
     if spec.strip() != "auto":
-        return load_scorers(spec, rubric_path=rubric_path)
+        return load_scorers(spec, rubric_path=rubric_path, judge=judge)
     names = []
     if any(row.get("reference") is not None for row in rows):
         names.append("exact")
@@ -107,7 +139,9 @@ def resolve_scorers(
     return load_scorers(",".join(names), rubric_path=rubric_path)
 
 
-def load_scorer(name: str, *, rubric_path: Path | None = None) -> Scorer:
+def load_scorer(
+    name: str, *, rubric_path: Path | None = None, judge: Judge | None = None
+) -> Scorer:
     """One scorer by its command-line name."""
     if name == "exact":
         return Scorer(name, exact_match)
@@ -117,6 +151,8 @@ def load_scorer(name: str, *, rubric_path: Path | None = None) -> Scorer:
         if rubric_path is None:
             raise ScorerError("scorer 'rubric' needs a rubric file (--rubric FILE)")
         return Scorer("rubric", rubric_scorer(rubric_path))
+    if name == "pairwise":
+        return Scorer("pairwise", _pairwise(judge), needs_reference=True)
     target, sep, attr = name.rpartition(":")
     if not sep or not target or not attr:
         raise ScorerError(
@@ -131,12 +167,18 @@ def load_scorer(name: str, *, rubric_path: Path | None = None) -> Scorer:
 
 
 def combined_metrics(
-    scorers: list[Scorer], rows: list[dict[str, Any]], replies: list[str]
+    scorers: list[Scorer],
+    rows: list[dict[str, Any]],
+    replies: list[str],
+    reference: list[str] | None = None,
 ) -> dict[str, float]:
-    """Every scorer's metrics in one dict; two scorers naming the same metric is an error."""
+    """Every scorer's metrics in one dict; two scorers naming the same metric is an error.
+
+    `reference`: the reference adapter's replies, for scorers that compare against them.
+    """
     merged: dict[str, float] = {}
     for scorer in scorers:
-        for key, value in scorer(rows, replies).items():
+        for key, value in scorer(rows, replies, reference).items():
             if key in merged:
                 raise ScorerError(f"scorer {scorer.name!r} returns {key!r}, as another one does")
             merged[key] = value
@@ -198,6 +240,29 @@ def rubric_scorer(path: Path) -> ScoreFn:
             if applied:
                 metrics[f"rubric.{check}"] = ok / applied
         return metrics
+
+    return score
+
+
+def _pairwise(judge: Judge | None) -> ScoreFn:
+    """The pairwise scorer with its judge model located now (a missing one fails here)."""
+    from training.judge import JudgeError, pairwise_scorer
+
+    if judge is None:
+        raise ScorerError(
+            "scorer 'pairwise' needs a judge model: set TUNELOOP_JUDGE_MODEL to a local Hugging "
+            "Face model directory (a stronger model than the one being trained), or 'embedded' "
+            "for the built-in SmolLM2 (plumbing only: its verdicts are near chance)"
+        )
+    fn = pairwise_scorer(
+        judge.model_dir(), system_prompt=judge.system_prompt, batch_size=judge.batch_size
+    )
+
+    def score(rows: list[dict[str, Any]], replies: list[str], reference: list[str]) -> dict:
+        try:
+            return fn(rows, replies, reference)
+        except JudgeError as err:
+            raise ScorerError(str(err)) from err
 
     return score
 

@@ -73,17 +73,21 @@ class RoundConfig:
     replay_max_new_tokens: int = 128
     replay_cache_dir: Path | None = None  # None: replay answers are generated every round
     dedup_threshold: float = 0.85
+    # At least this many distinct prompts held out (feedback.split.plan_split); 0 = the
+    # plain 10% hash split. `tuneloop train` passes TUNELOOP_HELDOUT_MIN_ITEMS.
+    heldout_min_items: int = 0
     pii_region: str = "US"
     eval: EvalSettings = field(default_factory=EvalSettings)
     gate: GateConfig = field(default_factory=GateConfig)
     tracker: str = "none"
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> RoundConfig:
+    def from_settings(cls, settings: Any, *, judge: Any = None, **overrides: Any) -> RoundConfig:
         """The round's configuration from the one Settings object (`app.config.Settings`),
         read once: every field of the same name (or `train_<name>`), the domain's files,
-        the evaluation and the whole gate, eval sets included. `overrides` win (the CLI's
-        options; None means "not given")."""
+        the evaluation and the whole gate, eval sets included (`judge`: the pairwise
+        scorer's judge, which only `app/` can locate). `overrides` win (the CLI's options;
+        None means "not given")."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             for name in (f.name, f"train_{f.name}"):
@@ -121,6 +125,7 @@ class RoundConfig:
                 load_in_4bit=settings.load_in_4bit,
                 evals_dir=settings.evals_dir,
                 min_items=settings.gate_min_items,
+                judge=judge,
             ),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
