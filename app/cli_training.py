@@ -122,14 +122,22 @@ def register_core(app: typer.Typer) -> None:
         ] = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Run one training round: snapshot, SFT, DPO, evaluate, gate, promote if better."""
+        """Run one training round: snapshot, SFT, DPO, evaluate, gate, promote if better.
+
+        Under `torchrun` / `accelerate launch` every process trains; the main one does the
+        rest and alone prints the result."""
         from app.modelfiles import resolve_model_dir
+        from training import ranks
         from training.registry import Registry
         from training.round import run_round
 
         settings = open_settings()
-        store = open_store(settings)
-        model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=not as_json)
+        main = ranks.is_main()
+        store = open_store(settings) if main else None  # the main process takes the snapshot
+        with ranks.main_first():  # a model file is converted once, by the main process
+            model_dir = resolve_model_dir(
+                settings.model, settings.models_dir, progress=main and not as_json
+            )
         config = build_round_config(
             settings, sft_steps=sft_steps, dpo_steps=dpo_steps, max_steps=max_steps
         )
@@ -156,6 +164,8 @@ def register_core(app: typer.Typer) -> None:
             promote=not no_promote,
             on_progress=progress,
         )
+        if not main:
+            raise typer.Exit(1 if result.status == "failed" else 0)
         payload = result.to_dict()
         text = f"Round {result.id}: {result.status}" + (
             f", version {result.version} ({result.candidate_stage})" if result.version else ""

@@ -96,3 +96,74 @@ def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
     assert result["version"] and result["serving_after"] is None  # --no-promote
     adapter = settings.adapters_dir / "versions" / result["version"]
     assert (adapter / "adapter_config.json").is_file()
+
+
+TOPICS = (
+    "How do I water tomatoes in a hot summer?",
+    "What goes into a simple loaf of bread?",
+    "How often does a bicycle chain need oil?",
+    "Will it rain if the sky turns grey and the wind is cold?",
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Which month comes after June?",
+    "Can you give me a recipe for vegetable soup?",
+)
+
+
+def _torchrun(processes: int) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N`: N processes, on a free rendezvous port."""
+    import shutil
+    import sys
+
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert launcher, "torchrun is installed with torch"
+    return [launcher, "--standalone", "--nproc_per_node", str(processes)]
+
+
+def test_a_round_runs_on_two_cpu_processes_under_torchrun(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    """Two ranks over gloo train one round: one version, one report, rank 0's adapter."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.cli import train_in_subprocess
+    from tests.tiny import add_pairs
+
+    Settings().home.mkdir(parents=True)
+    store = Store.open(Settings().database)
+    for topic in TOPICS:  # distinct prompts: near-duplicates would be curated away
+        add_pairs(store, 1, prompt=topic, chosen="Short, polite and correct.", rejected="No.")
+    settings, result = train_in_subprocess(
+        tiny_model_dir,
+        launcher=_torchrun(2),
+        tracker="none",
+        max_steps=4,
+        pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast.", "Paris."),
+    )
+    assert result["status"] in ("done", "rejected"), result
+    versions = settings.adapters_dir / "versions"
+    assert [p.name for p in versions.iterdir()] == [result["version"]]  # one writer
+    rounds = [p for p in (settings.home / "rounds").iterdir() if p.is_dir()]
+    assert [p.name for p in rounds] == [result["id"]]
+    folder = rounds[0]
+    assert sorted(p.name for p in folder.glob("report.*")) == ["report.json", "report.md"]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["status"] == result["status"] and state["version"] == result["version"]
+    # Each step took 2 rows on each rank: the DPO epoch took fewer steps than one process
+    # would (2 rows a step, capped at 4).
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    dpo_rows = json.loads((folder / "snapshot.json").read_text())["counts"]["dpo_train"]
+    dpo_steps = max(s["step"] for s in steps if s["stage"] == "dpo")
+    assert dpo_steps == -(-dpo_rows // 4) < min(-(-dpo_rows // 2), 4), dpo_rows
+    # The registered version is what rank 0 saved, a plain PEFT adapter (no DPO "ref" copy).
+    stage = folder / result["candidate_stage"] / "adapter"
+    registered = versions / result["version"]
+    assert not (stage / "ref").exists()
+    trained = load_file(str(stage / "adapter_model.safetensors"))
+    served = load_file(str(registered / "adapter_model.safetensors"))
+    assert trained.keys() == served.keys() and trained
+    assert all(trained[k].equal(served[k]) for k in trained)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training import ranks
 from training.evaluate import EvalSettings, GateMargins
 from training.lora import lora_config
 
@@ -88,10 +89,12 @@ def on_cuda() -> bool:
 
 
 def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
-    """How many optimizer steps a stage runs for `rows` training rows."""
+    """How many optimizer steps a stage runs for `rows` training rows. A step takes
+    `batch_size` rows in each process of a launched round, so an epoch has fewer steps."""
     explicit = config.sft_steps if stage == "sft" else config.dpo_steps
     epochs = config.sft_epochs if stage == "sft" else config.dpo_epochs
-    per_epoch = math.ceil(math.ceil(rows / config.batch_size) / config.grad_accum)
+    per_step = config.batch_size * ranks.world_size()
+    per_epoch = math.ceil(math.ceil(rows / per_step) / config.grad_accum)
     steps = explicit or max(1, math.ceil(per_epoch * epochs))
     return min(steps, config.max_steps) if config.max_steps else steps
 
@@ -158,7 +161,9 @@ def load_base(model_dir: Path, config: RoundConfig) -> Any:
 
     if not on_cuda():
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+    if not ranks.sharded():  # each process on its own GPU; FSDP / ZeRO-3 place it themselves
+        kwargs["device_map"] = {"": ranks.local_rank()}
     if config.qlora:
         from transformers import BitsAndBytesConfig
 
@@ -208,6 +213,26 @@ def progress_callback(stage: str, log: LogFn) -> Any:
     return RoundProgress()
 
 
+def _dataset(rows: list[Row], stage_dir: Path) -> Any:
+    """The rows as a `datasets.Dataset`. In a launched round it is saved in the stage folder
+    and loaded from there by every process: TRL caches what it computes once (DPO's
+    reference log-probs) beside a dataset's files, and an in-memory dataset's cache would
+    land in each process's own temporary folder, out of the other processes' sight."""
+    import shutil
+
+    from datasets import Dataset, load_from_disk
+
+    data = Dataset.from_list(rows)
+    if not ranks.launched():
+        return data
+    folder = stage_dir / "rows"
+    if ranks.is_main():
+        shutil.rmtree(folder, ignore_errors=True)
+        data.save_to_disk(str(folder))
+    ranks.barrier()
+    return load_from_disk(str(folder))
+
+
 def _last_checkpoint(folder: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -219,7 +244,6 @@ def train_sft(
 ) -> Path:
     """Train a fresh LoRA adapter with SFT; returns `stage_dir/adapter`. Resumes from the
     last checkpoint in `stage_dir/checkpoints` when there is one."""
-    from datasets import Dataset
     from trl import SFTTrainer
 
     checkpoints = stage_dir / "checkpoints"
@@ -227,7 +251,7 @@ def train_sft(
     trainer = SFTTrainer(
         model=load_base(model_dir, config),
         args=args,
-        train_dataset=Dataset.from_list(rows),
+        train_dataset=_dataset(rows, stage_dir),
         processing_class=load_tokenizer(model_dir, training_template=True),
         peft_config=lora_config(
             r=config.lora_r,
@@ -238,10 +262,7 @@ def train_sft(
         callbacks=[progress_callback("sft", log)],
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
-    adapter = stage_dir / "adapter"
-    trained: Any = trainer.model
-    trained.save_pretrained(str(adapter))
-    return adapter
+    return save_adapter(trainer, stage_dir / "adapter")
 
 
 def train_dpo(
@@ -254,7 +275,6 @@ def train_dpo(
 ) -> Path:
     """Continue the SFT adapter with DPO (reference = the SFT adapter); with no SFT adapter,
     a fresh one against the bare base. Returns `stage_dir/adapter`."""
-    from datasets import Dataset
     from peft import PeftModel
     from trl import DPOTrainer
 
@@ -276,13 +296,24 @@ def train_dpo(
         model=model,
         ref_model=None,
         args=args,
-        train_dataset=Dataset.from_list(pairs),
+        train_dataset=_dataset(pairs, stage_dir),
         processing_class=load_tokenizer(model_dir, training_template=False),
         peft_config=peft_config,
         callbacks=[progress_callback("dpo", log)],
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
-    adapter = stage_dir / "adapter"
-    trained: Any = trainer.model
-    trained.save_pretrained(str(adapter), selected_adapters=["default"])
+    return save_adapter(trainer, stage_dir / "adapter")
+
+
+def save_adapter(trainer: Any, adapter: Path) -> Path:
+    """Save the trained adapter with the trainer's own `save_model`, in every process: under
+    FSDP / ZeRO-3 it gathers the shards, and only the main process writes. DPO's frozen
+    reference copy ("ref", saved in a subfolder) is dropped: the adapter that serves is
+    "default". Every process waits for the files before it goes on to the next stage."""
+    import shutil
+
+    trainer.save_model(str(adapter))
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(adapter / "ref", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return adapter
