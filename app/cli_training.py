@@ -241,7 +241,8 @@ def register_watch(app: typer.Typer) -> None:
         """Run a training round whenever enough new feedback arrived (or on an interval).
 
         Thresholds: TUNELOOP_ROUND_MIN_NEW preferences, TUNELOOP_ROUND_INTERVAL_MINUTES;
-        checks every TUNELOOP_WATCH_POLL_SECONDS. Each round runs as `tuneloop train --json`.
+        checks every TUNELOOP_WATCH_POLL_SECONDS. Each round runs as `tuneloop train --json`,
+        started by TUNELOOP_TRAIN_LAUNCHER (e.g. torchrun) when that is set.
         """
         from training import schedule
 
@@ -266,7 +267,9 @@ def register_watch(app: typer.Typer) -> None:
                 min_new=settings.round_min_new,
                 interval_minutes=settings.round_interval_minutes,
             ),
-            runner=lambda resume: schedule.run_train(resume=resume, log=log),
+            runner=lambda resume: schedule.run_train(
+                resume=resume, log=log, launcher=settings.train_launcher
+            ),
             poll_seconds=settings.watch_poll_seconds,
             once=once,
             say=say,

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     gate_max_general_pass_drop: float = Field(default=0.0, ge=0.0, le=1.0)
 
     # Operator side: the schedule (`tuneloop watch`) and experiment tracking.
+    train_launcher: str | None = Field(
+        default=None,
+        description="What starts each `watch` round, e.g. `torchrun --nproc_per_node 4` (one "
+        "process per GPU); unset: one process.",
+    )
     round_min_new: int = Field(
         default=50,
         ge=1,

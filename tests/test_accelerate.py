@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,16 @@ def _torchrun(processes: int) -> list[str]:
     return [launcher, "--standalone", "--nproc_per_node", str(processes)]
 
 
+def _dpo_steps_took_two_ranks(folder: Path, *, cap: int) -> bool:
+    """Each DPO step took 2 rows on each of 2 ranks: the epoch took fewer steps than one
+    process would have (2 rows a step, at most `cap`)."""
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = json.loads((folder / "snapshot.json").read_text())["counts"]["dpo_train"]
+    ran = max(s["step"] for s in steps if s["stage"] == "dpo")
+    assert ran == -(-rows // 4) < min(-(-rows // 2), cap), (ran, rows)
+    return True
+
+
 def test_a_round_runs_on_two_cpu_processes_under_torchrun(
     _isolated_home: Path, tiny_model_dir: Path
 ) -> None:
@@ -153,12 +164,7 @@ def test_a_round_runs_on_two_cpu_processes_under_torchrun(
     assert sorted(p.name for p in folder.glob("report.*")) == ["report.json", "report.md"]
     state = json.loads((folder / "state.json").read_text())
     assert state["status"] == result["status"] and state["version"] == result["version"]
-    # Each step took 2 rows on each rank: the DPO epoch took fewer steps than one process
-    # would (2 rows a step, capped at 4).
-    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    dpo_rows = json.loads((folder / "snapshot.json").read_text())["counts"]["dpo_train"]
-    dpo_steps = max(s["step"] for s in steps if s["stage"] == "dpo")
-    assert dpo_steps == -(-dpo_rows // 4) < min(-(-dpo_rows // 2), 4), dpo_rows
+    assert _dpo_steps_took_two_ranks(folder, cap=4)
     # The registered version is what rank 0 saved, a plain PEFT adapter (no DPO "ref" copy).
     stage = folder / result["candidate_stage"] / "adapter"
     registered = versions / result["version"]
@@ -167,3 +173,62 @@ def test_a_round_runs_on_two_cpu_processes_under_torchrun(
     served = load_file(str(registered / "adapter_model.safetensors"))
     assert trained.keys() == served.keys() and trained
     assert all(trained[k].equal(served[k]) for k in trained)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    """`tuneloop watch --once` with TUNELOOP_TRAIN_LAUNCHER set to `accelerate launch` and
+    the shipped DDP config: two processes (gloo on this CPU) run the round; one result."""
+    import os
+    import subprocess
+    import sys
+
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.tiny import add_pairs
+
+    settings = Settings()
+    settings.home.mkdir(parents=True)
+    store = Store.open(settings.database)
+    for topic in TOPICS:
+        add_pairs(store, 1, prompt=topic, chosen="Short, polite and correct.", rejected="No.")
+    launcher = (
+        f"accelerate launch --config_file {CONFIGS / 'ddp.yaml'} --main_process_port {_free_port()}"
+    )
+    env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "none",
+           "TUNELOOP_EVAL_GENERATE": "false", "TUNELOOP_TRAIN_MAX_STEPS": "4",
+           "TUNELOOP_ROUND_MIN_NEW": "5", "TUNELOOP_TRAIN_LAUNCHER": launcher}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "watch", "--once", "--json"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    event = json.loads(proc.stdout.strip().splitlines()[-1])
+    log = (settings.home / "rounds" / "watch.log").read_text()
+    assert event["run"] and event["result"]["returncode"] == 0, log[-3000:]
+    outcome = event["result"]["round"]
+    assert _dpo_steps_took_two_ranks(settings.home / "rounds" / outcome["id"], cap=4)
+    assert outcome["status"] in ("promoted", "rejected"), log[-2000:]
+    assert [p.name for p in (settings.adapters_dir / "versions").iterdir()] == [outcome["version"]]
+    printed = [line for line in log.splitlines() if line.startswith('{"id": ')]
+    assert len(printed) == 1  # only the main process printed a result
+
+
+def test_a_launcher_that_is_not_installed_is_a_clear_error() -> None:
+    from training.schedule import LauncherError, train_command
+
+    assert train_command(launcher="torchrun --nproc_per_node 2")[1:3] == [
+        "--nproc_per_node",
+        "2",
+    ]
+    with pytest.raises(LauncherError, match="no-such-launcher"):
+        train_command(launcher="no-such-launcher --x")

@@ -119,6 +119,9 @@ def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir:
         "use_cpu": not cuda,
         "disable_tqdm": True,
         "report_to": [],
+        # every LoRA weight takes part in every forward pass (DPO's frozen "ref" copy has
+        # no gradients), so DDP need not search the graph for unused ones on each step
+        "ddp_find_unused_parameters": False,
     }
     if config.tracker != "none":
         from training.tracking import PROJECT, report_to, run_name
