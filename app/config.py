@@ -106,13 +106,20 @@ class Settings(BaseSettings):
     train_max_length: int = Field(default=512, ge=32, le=131072, description="Tokens per row.")
     train_save_steps: int = Field(default=20, ge=1, description="Checkpoint every N steps.")
     train_seed: int = Field(default=42)
-    gradient_checkpointing: bool = Field(
-        default=False, description="Trade speed for memory (big models on a GPU)."
+    # GPU memory and speed; "auto" (unset) decides per machine (training/stages.py).
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="Trade speed for memory; auto: only with a 4-bit base."
     )
     precompute_ref_log_probs: bool = Field(
         default=True, description="DPO: reference log-probs once, before training."
     )
-    qlora: bool = Field(default=True, description="On CUDA: 4-bit NF4 base (QLoRA), bf16.")
+    qlora: bool | None = Field(
+        default=None,
+        description="On CUDA: 4-bit NF4 base (QLoRA); auto: when the bf16 base would take more "
+        "than a quarter of the GPU's memory.",
+    )
+    liger_kernel: bool = Field(default=False, description="TRL's Liger kernels (CUDA only).")
+    padding_free: bool = Field(default=False, description="SFT rows packed without padding.")
     dedup_threshold: float = Field(default=0.85, gt=0.0, lt=1.0, description="MinHash Jaccard.")
     pii_region: str = Field(default="US", description="Default region for phone numbers.")
     eval_generate: bool = Field(default=True, description="Generate replies for the rubric.")
@@ -191,6 +198,12 @@ class Settings(BaseSettings):
         description="METRIC=MARGIN,...: the candidate needs at least serving + margin on each; "
         "empty = every metric, margin 0.",
     )
+
+    @field_validator("qlora", "gradient_checkpointing", mode="before")
+    @classmethod
+    def _auto(cls, value: object) -> object:
+        """`auto` (or empty) leaves the choice to the round."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
 
     @field_validator("gate_min_margins")
     @classmethod

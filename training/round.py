@@ -391,7 +391,7 @@ def _train_and_gate(
         sft_rows=snap.eval_sft(),
         pairs=snap.dpo_heldout,
         settings=config.eval,
-        load_in_4bit=config.qlora and _cuda(),
+        load_in_4bit=config.serve_in_4bit,  # the precision `serve` runs, not training's
     )
     stage_metrics = {name: metrics[name] for name in stages}
     candidate = choose_candidate(stage_metrics)
@@ -444,12 +444,6 @@ def _train_and_gate(
     )
     rnd.update(stage="done", status=status, reason="; ".join(reasons) or None, finished_at=_now())
     return result
-
-
-def _cuda() -> bool:
-    from training.stages import on_cuda
-
-    return on_cuda()
 
 
 def _hyperparameters(config: RoundConfig) -> dict[str, Any]:

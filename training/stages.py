@@ -61,9 +61,12 @@ class RoundConfig:
     warmup_steps: int = 0
     save_steps: int = 20
     seed: int = 42
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: only with a 4-bit base (resolved())
     precompute_ref_log_probs: bool = True
-    qlora: bool = True  # 4-bit base (bitsandbytes) when CUDA is there; ignored on CPU
+    qlora: bool | None = None  # 4-bit base on CUDA; None: where it saves memory (resolved())
+    liger_kernel: bool = False  # TRL's use_liger_kernel (CUDA, the liger-kernel package)
+    padding_free: bool = False  # SFT rows concatenated without padding (TRL padding_free)
+    serve_in_4bit: bool = False  # how `serve` loads the base: the gate evaluates the same way
     system_prompt: str = ""
     seed_file: Path | None = None
     # General prompts the bare base answers at snapshot time; its answers join SFT so the
@@ -80,6 +83,56 @@ class RoundConfig:
 def default_train_batch_size() -> int:
     """Rows per training step when the settings name none: small on a CPU, larger on a GPU."""
     return GPU_TRAIN_BATCH_SIZE if on_cuda() else CPU_TRAIN_BATCH_SIZE
+
+
+# QLoRA (a 4-bit NF4 base) stores ~0.56 bytes per parameter against bf16's 2, and costs
+# speed: every matmul dequantises. The ~1.44 bytes/parameter it saves matter once the bf16
+# weights crowd out what a step needs besides them (activations for batch 8 x 512 tokens,
+# the evaluation's generation): auto turns it on when the bf16 base would fill more than this
+# share of one GPU's memory (with FSDP / ZeRO-3, the share of one shard). A 24 GB card: from
+# ~3B parameters (a 7-8B model gets QLoRA, SmolLM2 135M-1.7B trains in bf16); 80 GB: ~10B;
+# an H200 (141 GB): ~17.6B. Reasoned from sizes, not yet measured on a GPU.
+QLORA_WEIGHT_SHARE = 0.25
+
+
+def qlora_saves_memory(parameters: int, gpu_bytes: int, shards: int = 1) -> bool:
+    """Whether a bf16 base of `parameters` would take more than QLORA_WEIGHT_SHARE of a GPU
+    with `gpu_bytes` of memory (its weights split over `shards` processes)."""
+    return 2 * parameters / max(shards, 1) > QLORA_WEIGHT_SHARE * gpu_bytes
+
+
+def count_parameters(model_dir: Path) -> int:
+    """Parameters in a model directory's safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for name in weights.keys():
+                total += math.prod(weights.get_slice(name).get_shape())
+    return total
+
+
+def resolved(config: RoundConfig, model_dir: Path) -> RoundConfig:
+    """`config` with its automatic choices made for this machine: QLoRA only on CUDA (and,
+    unless set, where it saves memory that matters), gradient checkpointing (unless set)
+    only with a 4-bit base, where memory is what is short."""
+    import dataclasses
+
+    qlora = False
+    if on_cuda():
+        if config.qlora is not None:
+            qlora = config.qlora
+        else:
+            import torch
+
+            gpu = torch.cuda.get_device_properties(ranks.local_rank()).total_memory
+            shards = ranks.world_size() if ranks.sharded() else 1
+            qlora = qlora_saves_memory(count_parameters(model_dir), gpu, shards)
+    checkpointing = (
+        qlora if config.gradient_checkpointing is None else config.gradient_checkpointing
+    )
+    return dataclasses.replace(config, qlora=qlora, gradient_checkpointing=checkpointing)
 
 
 def on_cuda() -> bool:
@@ -113,7 +166,7 @@ def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir:
         "save_steps": config.save_steps,
         "save_total_limit": 2,
         "seed": config.seed,
-        "gradient_checkpointing": config.gradient_checkpointing,
+        "gradient_checkpointing": bool(config.gradient_checkpointing),
         "max_length": config.max_length,
         "bf16": cuda,
         "use_cpu": not cuda,
@@ -123,6 +176,8 @@ def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir:
         # no gradients), so DDP need not search the graph for unused ones on each step
         "ddp_find_unused_parameters": False,
     }
+    if config.liger_kernel:
+        kwargs["use_liger_kernel"] = True
     if config.tracker != "none":
         from training.tracking import PROJECT, report_to, run_name
 
@@ -142,6 +197,7 @@ def sft_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
         **_common(config, out_dir, steps, "sft", run_dir),
         learning_rate=config.sft_learning_rate,
         assistant_only_loss=True,
+        padding_free=config.padding_free,
     )
 
 
@@ -157,15 +213,17 @@ def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
     )
 
 
-def load_base(model_dir: Path, config: RoundConfig) -> Any:
-    """The base model for training: fp32 on CPU; bf16 (4-bit NF4 with QLoRA) on CUDA."""
+def base_load_kwargs(config: RoundConfig, *, cuda: bool) -> dict[str, Any]:
+    """`from_pretrained` arguments for the training base: fp32 on CPU; on CUDA bf16, each
+    process on its own GPU, 4-bit NF4 with QLoRA. Under FSDP / ZeRO-3 the launcher places
+    the weights, and the 4-bit ones are stored as bf16 so that they can be sharded."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    if not on_cuda():
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if not cuda:
+        return {"dtype": torch.float32}
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
-    if not ranks.sharded():  # each process on its own GPU; FSDP / ZeRO-3 place it themselves
+    sharded = ranks.sharded()
+    if not sharded:
         kwargs["device_map"] = {"": ranks.local_rank()}
     if config.qlora:
         from transformers import BitsAndBytesConfig
@@ -175,13 +233,24 @@ def load_base(model_dir: Path, config: RoundConfig) -> Any:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_storage=torch.bfloat16 if sharded else torch.uint8,
         )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    return kwargs
+
+
+def load_base(model_dir: Path, config: RoundConfig) -> Any:
+    """The base model for training (see base_load_kwargs); `config` as resolved()."""
+    from transformers import AutoModelForCausalLM
+
+    cuda = on_cuda()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **base_load_kwargs(config, cuda=cuda))
+    if not cuda:
+        return model
     if config.qlora:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
+            model, use_gradient_checkpointing=bool(config.gradient_checkpointing)
         )
     return model
 
@@ -249,6 +318,7 @@ def train_sft(
     last checkpoint in `stage_dir/checkpoints` when there is one."""
     from trl import SFTTrainer
 
+    config = resolved(config, model_dir)
     checkpoints = stage_dir / "checkpoints"
     args = sft_config(config, checkpoints, stage_steps(len(rows), config, "sft"), stage_dir.parent)
     trainer = SFTTrainer(
@@ -281,6 +351,7 @@ def train_dpo(
     from peft import PeftModel
     from trl import DPOTrainer
 
+    config = resolved(config, model_dir)
     checkpoints = stage_dir / "checkpoints"
     args = dpo_config(config, checkpoints, stage_steps(len(pairs), config, "dpo"), stage_dir.parent)
     base = load_base(model_dir, config)
