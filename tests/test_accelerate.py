@@ -71,6 +71,53 @@ def test_the_deepspeed_config_loads_into_accelerates_deepspeed_plugin(
     assert ds["gradient_clipping"] == "auto"
 
 
+# What each shipped config sets up: accelerate's distributed type, and whether the launcher
+# shards the base itself (the round then loads it without a device map).
+SHIPPED = {
+    "ddp.yaml": ("MULTI_GPU", False),
+    "fsdp.yaml": ("FSDP", True),
+    "deepspeed.yaml": ("DEEPSPEED", False),
+    "deepspeed-zero3.yaml": ("DEEPSPEED", True),
+}
+
+
+def test_every_shipped_config_is_checked() -> None:
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_each_config_starts_processes_the_round_places_correctly(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment `accelerate launch --config_file NAME` gives each process, and what
+    the round decides from it: rank 1 is no main process; FSDP / ZeRO-3 shard the base."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from training import ranks
+
+    kind, sharded = SHIPPED[name]
+    assert load_config_from_file(str(CONFIGS / name)).distributed_type == DistributedType[kind]
+    _launch_env(CONFIGS / name, monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert ranks.launched() and not ranks.is_main()
+    assert ranks.sharded() is sharded
+
+
+def test_the_zero3_config_gathers_the_adapter_when_it_is_saved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from accelerate import DeepSpeedPlugin
+
+    _launch_env(CONFIGS / "deepspeed-zero3.yaml", monkeypatch)
+    plugin = DeepSpeedPlugin()
+    assert plugin.zero_stage == 3 and plugin.zero3_init_flag
+    zero = plugin.deepspeed_config["zero_optimization"]
+    # without it, save_model under ZeRO-3 writes an adapter of empty shards
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+
+
 def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
     _isolated_home: Path, tiny_model_dir: Path
 ) -> None:
