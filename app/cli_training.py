@@ -36,15 +36,23 @@ def register_core(app: typer.Typer) -> None:
         ] = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Run one training round: snapshot, SFT, DPO, evaluate, gate, promote if better."""
+        """Run one training round: snapshot, SFT, DPO, evaluate, gate, promote if better.
+
+        Under `torchrun` / `accelerate launch` every process trains; the main one does the
+        rest and alone prints the result."""
         from app.cli_eval import judge
         from app.modelfiles import resolve_model_dir
+        from training import ranks
         from training.registry import Registry
         from training.round import RoundConfig, run_round
 
         settings = open_settings()
-        store = open_store(settings)
-        model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=not as_json)
+        main = ranks.is_main()
+        store = open_store(settings) if main else None  # the main process takes the snapshot
+        with ranks.main_first():  # a model file is converted once, by the main process
+            model_dir = resolve_model_dir(
+                settings.model, settings.models_dir, progress=main and not as_json
+            )
         config = RoundConfig.from_settings(
             settings,
             judge=judge(settings),
@@ -75,6 +83,8 @@ def register_core(app: typer.Typer) -> None:
             promote=not no_promote,
             on_progress=progress,
         )
+        if not main:
+            raise typer.Exit(1 if result.status == "failed" else 0)
         payload = result.to_dict()
         text = f"Round {result.id}: {result.status}" + (
             f", version {result.version} ({result.candidate_stage})" if result.version else ""
@@ -159,7 +169,8 @@ def register_watch(app: typer.Typer) -> None:
         """Run a training round whenever enough new feedback arrived (or on an interval).
 
         Thresholds: TUNELOOP_ROUND_MIN_NEW preferences, TUNELOOP_ROUND_INTERVAL_MINUTES;
-        checks every TUNELOOP_WATCH_POLL_SECONDS. Each round runs as `tuneloop train --json`.
+        checks every TUNELOOP_WATCH_POLL_SECONDS. Each round runs as `tuneloop train --json`,
+        started by TUNELOOP_TRAIN_LAUNCHER (e.g. torchrun) when that is set.
         """
         from training import schedule
 
@@ -184,7 +195,9 @@ def register_watch(app: typer.Typer) -> None:
                 min_new=settings.round_min_new,
                 interval_minutes=settings.round_interval_minutes,
             ),
-            runner=lambda resume: schedule.run_train(resume=resume, log=log),
+            runner=lambda resume: schedule.run_train(
+                resume=resume, log=log, launcher=settings.train_launcher
+            ),
             poll_seconds=settings.watch_poll_seconds,
             once=once,
             say=say,

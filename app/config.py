@@ -109,13 +109,20 @@ class Settings(BaseSettings):
     train_max_length: int = Field(default=512, ge=32, le=131072, description="Tokens per row.")
     train_save_steps: int = Field(default=20, ge=1, description="Checkpoint every N steps.")
     train_seed: int = Field(default=42)
-    gradient_checkpointing: bool = Field(
-        default=False, description="Trade speed for memory (big models on a GPU)."
+    # GPU memory and speed; "auto" (unset) decides per machine (training/stages.py).
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="Trade speed for memory; auto: only with a 4-bit base."
     )
     precompute_ref_log_probs: bool = Field(
         default=True, description="DPO: reference log-probs once, before training."
     )
-    qlora: bool = Field(default=True, description="On CUDA: 4-bit NF4 base (QLoRA), bf16.")
+    qlora: bool | None = Field(
+        default=None,
+        description="On CUDA: 4-bit NF4 base (QLoRA); auto: when the bf16 base would take more "
+        "than a quarter of the GPU's memory.",
+    )
+    liger_kernel: bool = Field(default=False, description="TRL's Liger kernels (CUDA only).")
+    padding_free: bool = Field(default=False, description="SFT rows packed without padding.")
     heldout_min_items: int = Field(
         default=HELDOUT_MIN_ITEMS,
         ge=0,
@@ -129,6 +136,11 @@ class Settings(BaseSettings):
     eval_max_new_tokens: int = Field(default=96, ge=1, le=4096)
     eval_batch_size: int = Field(default=8, ge=1, le=1024)
     # Operator side: the schedule (`tuneloop watch`) and experiment tracking.
+    train_launcher: str | None = Field(
+        default=None,
+        description="What starts each `watch` round, e.g. `torchrun --nproc_per_node 4` (one "
+        "process per GPU); unset: one process.",
+    )
     round_min_new: int = Field(
         default=50,
         ge=1,
@@ -197,6 +209,12 @@ class Settings(BaseSettings):
         description="Fewest paired items a gated metric needs before the gate calls it better "
         "or worse; below it the metric is inconclusive.",
     )
+
+    @field_validator("qlora", "gradient_checkpointing", mode="before")
+    @classmethod
+    def _auto(cls, value: object) -> object:
+        """`auto` (or empty) leaves the choice to the round."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
 
     @field_validator("gate_margins")
     @classmethod

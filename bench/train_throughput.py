@@ -14,7 +14,12 @@ prompt + rejected), divided by that stage's wall time including DPO's reference 
 
     .venv/bin/python -m bench.train_throughput                 # embedded SmolLM2, CPU
     .venv/bin/python -m bench.train_throughput --rows 16 --model PATH
+    .venv/bin/python -m bench.train_throughput --processes 2   # + ours on 2 ranks (torchrun)
     .venv/bin/python -m bench.train_throughput --qlora-8b      # GPU: QLoRA step, Llama-3.1-8B shape
+
+`--processes N` adds a third variant: our stages on N processes started by torchrun (gloo
+on a CPU, one GPU each on CUDA), the same rows and settings; each rank trains 1/N of every
+epoch. Its time is rank 0's, its peak memory rank 0's alone.
 """
 
 from __future__ import annotations
@@ -92,14 +97,22 @@ def run_variant(variant: str, model_dir: Path, rows: int, batch: int, out: Path)
     """Train SFT then DPO one epoch each; return seconds per stage and peak memory."""
     # Both sides import the training libraries before their clocks start (a plain script
     # imports them at the top; our stages import them lazily, on first use).
+    import dataclasses
+
     import datasets  # noqa: F401
     import peft  # noqa: F401
     import trl  # noqa: F401
 
+    from app.config import Settings
     from training.stages import RoundConfig, train_dpo, train_sft
 
     sft, dpo = demo_rows(rows)
-    config = RoundConfig(batch_size=batch, sft_epochs=1, dpo_epochs=1, save_steps=10_000)
+    # the settings' round (TUNELOOP_GRADIENT_CHECKPOINTING, _PADDING_FREE, _QLORA... apply),
+    # one epoch of each stage, no checkpoints on the clock
+    config = dataclasses.replace(
+        RoundConfig.from_settings(Settings(), sft_steps=0, dpo_steps=0, max_steps=0),
+        batch_size=batch, sft_epochs=1, dpo_epochs=1, save_steps=10_000, tracker="none",
+    )  # fmt: skip
     timings: dict = {}
     if variant == "ours":
         t = time.perf_counter()
@@ -111,6 +124,9 @@ def run_variant(variant: str, model_dir: Path, rows: int, batch: int, out: Path)
     else:
         timings = _plain_trl(model_dir, sft, dpo, batch, out)
     timings["peak_gib"] = _peak_memory()
+    from training import ranks
+
+    timings["processes"] = ranks.world_size()
     return timings
 
 
@@ -221,6 +237,12 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--qlora-8b", action="store_true", help="GPU: QLoRA 8B-shape step only.")
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="Also run ours on N processes (torchrun)."
+    )
+    parser.add_argument(
+        "--ours-only", action="store_true", help="Skip the plain TRL script (setting checks)."
+    )
     args = parser.parse_args()
 
     if args.qlora_8b:
@@ -236,7 +258,10 @@ def main() -> None:
     if args.variant:  # a child process: one variant, one JSON line
         batch = args.batch if args.variant == "ours" else args.plain_batch
         result = run_variant(args.variant, model_dir, args.rows, batch, Path(args.out))
-        print("RESULT " + json.dumps(result))
+        from training import ranks
+
+        if ranks.is_main():
+            print("RESULT " + json.dumps(result))
         return
 
     from training.stages import default_train_batch_size
@@ -245,17 +270,25 @@ def main() -> None:
     sft, dpo = demo_rows(args.rows)
     sft_tokens, dpo_tokens = count_tokens(model_dir, sft, dpo)
     results = {}
-    for variant in ("plain", "ours"):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    launch = {"plain": [sys.executable], "ours": [sys.executable]}
+    if args.ours_only:
+        del launch["plain"]
+    if args.processes > 1:
+        label = f"ours x{args.processes}"
+        launch[label] = [torchrun, "--standalone", "--nproc_per_node", str(args.processes)]
+    for name, launcher in launch.items():
+        variant = "plain" if name == "plain" else "ours"
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, "-m", "bench.train_throughput", "--variant", variant]
+            cmd = [*launcher, "-m", "bench.train_throughput", "--variant", variant]
             cmd += ["--model", str(model_dir), "--rows", str(args.rows)]
             cmd += ["--batch", str(args.batch), "--plain-batch", str(args.plain_batch)]
             cmd += ["--out", out]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not lines:
-                sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-            results[variant] = json.loads(lines[-1][7:])
+                sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            results[name] = json.loads(lines[-1][7:])
     plain_batch = args.plain_batch or "8 (TRL default)"
     print(
         f"model {model_dir.name}, {args.rows} SFT rows + {args.rows} pairs, one epoch each; "
@@ -265,10 +298,12 @@ def main() -> None:
     for variant, r in results.items():
         total = sft_tokens + dpo_tokens
         print(
-            f"{variant:>5}: SFT {sft_tokens / r['sft_s']:.1f} tok/s ({r['sft_s']:.1f} s), "
+            f"{variant:>8}: SFT {sft_tokens / r['sft_s']:.1f} tok/s ({r['sft_s']:.1f} s), "
             f"DPO {dpo_tokens / r['dpo_s']:.1f} tok/s ({r['dpo_s']:.1f} s), "
             f"round {total / (r['sft_s'] + r['dpo_s']):.1f} tok/s, peak {r['peak_gib']:.2f} GiB"
         )
+    if args.ours_only:
+        return
     p, o = results["plain"], results["ours"]
     print(
         f"ratio ours/plain: SFT {p['sft_s'] / o['sft_s']:.2f}x, "
@@ -276,6 +311,13 @@ def main() -> None:
         f"round {(p['sft_s'] + p['dpo_s']) / (o['sft_s'] + o['dpo_s']):.2f}x tokens/s; "
         f"peak memory {o['peak_gib'] / p['peak_gib']:.2f}x"
     )
+    for name, r in results.items():
+        if name not in ("plain", "ours"):
+            speed = (o["sft_s"] + o["dpo_s"]) / (r["sft_s"] + r["dpo_s"])
+            print(
+                f"{name} / ours on 1 process: round {speed:.2f}x tokens/s; peak memory "
+                f"per process {r['peak_gib'] / o['peak_gib']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,53 @@ def test_the_deepspeed_config_loads_into_accelerates_deepspeed_plugin(
     assert ds["gradient_clipping"] == "auto"
 
 
+# What each shipped config sets up: accelerate's distributed type, and whether the launcher
+# shards the base itself (the round then loads it without a device map).
+SHIPPED = {
+    "ddp.yaml": ("MULTI_GPU", False),
+    "fsdp.yaml": ("FSDP", True),
+    "deepspeed.yaml": ("DEEPSPEED", False),
+    "deepspeed-zero3.yaml": ("DEEPSPEED", True),
+}
+
+
+def test_every_shipped_config_is_checked() -> None:
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_each_config_starts_processes_the_round_places_correctly(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment `accelerate launch --config_file NAME` gives each process, and what
+    the round decides from it: rank 1 is no main process; FSDP / ZeRO-3 shard the base."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from training import ranks
+
+    kind, sharded = SHIPPED[name]
+    assert load_config_from_file(str(CONFIGS / name)).distributed_type == DistributedType[kind]
+    _launch_env(CONFIGS / name, monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert ranks.launched() and not ranks.is_main()
+    assert ranks.sharded() is sharded
+
+
+def test_the_zero3_config_gathers_the_adapter_when_it_is_saved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from accelerate import DeepSpeedPlugin
+
+    _launch_env(CONFIGS / "deepspeed-zero3.yaml", monkeypatch)
+    plugin = DeepSpeedPlugin()
+    assert plugin.zero_stage == 3 and plugin.zero3_init_flag
+    zero = plugin.deepspeed_config["zero_optimization"]
+    # without it, save_model under ZeRO-3 writes an adapter of empty shards
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+
+
 def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
     _isolated_home: Path, tiny_model_dir: Path
 ) -> None:
@@ -96,3 +144,138 @@ def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
     assert result["version"] and result["serving_after"] is None  # --no-promote
     adapter = settings.adapters_dir / "versions" / result["version"]
     assert (adapter / "adapter_config.json").is_file()
+
+
+TOPICS = (
+    "How do I water tomatoes in a hot summer?",
+    "What goes into a simple loaf of bread?",
+    "How often does a bicycle chain need oil?",
+    "Will it rain if the sky turns grey and the wind is cold?",
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Which month comes after June?",
+    "Can you give me a recipe for vegetable soup?",
+)
+
+
+def _torchrun(processes: int) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N`: N processes, on a free rendezvous port."""
+    import shutil
+    import sys
+
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert launcher, "torchrun is installed with torch"
+    return [launcher, "--standalone", "--nproc_per_node", str(processes)]
+
+
+def _dpo_steps_took_two_ranks(folder: Path, *, cap: int) -> bool:
+    """Each DPO step took 2 rows on each of 2 ranks: the epoch took fewer steps than one
+    process would have (2 rows a step, at most `cap`)."""
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = json.loads((folder / "snapshot.json").read_text())["counts"]["dpo_train"]
+    ran = max(s["step"] for s in steps if s["stage"] == "dpo")
+    assert ran == -(-rows // 4) < min(-(-rows // 2), cap), (ran, rows)
+    return True
+
+
+def test_a_round_runs_on_two_cpu_processes_under_torchrun(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    """Two ranks over gloo train one round: one version, one report, rank 0's adapter."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.cli import train_in_subprocess
+    from tests.tiny import add_pairs
+
+    Settings().home.mkdir(parents=True)
+    store = Store.open(Settings().database)
+    for topic in TOPICS:  # distinct prompts: near-duplicates would be curated away
+        add_pairs(store, 1, prompt=topic, chosen="Short, polite and correct.", rejected="No.")
+    settings, result = train_in_subprocess(
+        tiny_model_dir,
+        launcher=_torchrun(2),
+        tracker="none",
+        max_steps=4,
+        pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast.", "Paris."),
+    )
+    assert result["status"] in ("done", "rejected"), result
+    versions = settings.adapters_dir / "versions"
+    assert [p.name for p in versions.iterdir()] == [result["version"]]  # one writer
+    rounds = [p for p in (settings.home / "rounds").iterdir() if p.is_dir()]
+    assert [p.name for p in rounds] == [result["id"]]
+    folder = rounds[0]
+    assert sorted(p.name for p in folder.glob("report.*")) == ["report.json", "report.md"]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["status"] == result["status"] and state["version"] == result["version"]
+    assert _dpo_steps_took_two_ranks(folder, cap=4)
+    # The registered version is what rank 0 saved, a plain PEFT adapter (no DPO "ref" copy).
+    stage = folder / result["candidate_stage"] / "adapter"
+    registered = versions / result["version"]
+    assert not (stage / "ref").exists()
+    trained = load_file(str(stage / "adapter_model.safetensors"))
+    served = load_file(str(registered / "adapter_model.safetensors"))
+    assert trained.keys() == served.keys() and trained
+    assert all(trained[k].equal(served[k]) for k in trained)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    """`tuneloop watch --once` with TUNELOOP_TRAIN_LAUNCHER set to `accelerate launch` and
+    the shipped DDP config: two processes (gloo on this CPU) run the round; one result."""
+    import os
+    import subprocess
+    import sys
+
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.tiny import add_pairs
+
+    settings = Settings()
+    settings.home.mkdir(parents=True)
+    store = Store.open(settings.database)
+    for topic in TOPICS:
+        add_pairs(store, 1, prompt=topic, chosen="Short, polite and correct.", rejected="No.")
+    launcher = (
+        f"accelerate launch --config_file {CONFIGS / 'ddp.yaml'} --main_process_port {_free_port()}"
+    )
+    env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "none",
+           "TUNELOOP_EVAL_GENERATE": "false", "TUNELOOP_TRAIN_MAX_STEPS": "4",
+           "TUNELOOP_ROUND_MIN_NEW": "5", "TUNELOOP_TRAIN_LAUNCHER": launcher}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "watch", "--once", "--json"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    event = json.loads(proc.stdout.strip().splitlines()[-1])
+    log = (settings.home / "rounds" / "watch.log").read_text()
+    assert event["run"] and event["result"]["returncode"] == 0, log[-3000:]
+    outcome = event["result"]["round"]
+    assert _dpo_steps_took_two_ranks(settings.home / "rounds" / outcome["id"], cap=4)
+    assert outcome["status"] in ("promoted", "rejected"), log[-2000:]
+    assert [p.name for p in (settings.adapters_dir / "versions").iterdir()] == [outcome["version"]]
+    printed = [line for line in log.splitlines() if line.startswith('{"id": ')]
+    assert len(printed) == 1  # only the main process printed a result
+
+
+def test_a_launcher_that_is_not_installed_is_a_clear_error() -> None:
+    from training.schedule import LauncherError, train_command
+
+    assert train_command(launcher="torchrun --nproc_per_node 2")[1:3] == [
+        "--nproc_per_node",
+        "2",
+    ]
+    with pytest.raises(LauncherError, match="no-such-launcher"):
+        train_command(launcher="no-such-launcher --x")

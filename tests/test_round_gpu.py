@@ -1,4 +1,6 @@
-"""A QLoRA round on CUDA (4-bit NF4 base, bf16): skipped on machines without a GPU."""
+"""Rounds on CUDA: a QLoRA round (4-bit NF4 base) and a bf16 LoRA round on the tiny model,
+each adapter then served by the serving engine `tuneloop serve` runs. Skipped (with the
+reason) on machines without a GPU; bench/gpu_check.sh runs them on a lent one."""
 
 from __future__ import annotations
 
@@ -17,17 +19,7 @@ from training.round import RoundConfig, run_round
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("bitsandbytes") is None, reason="QLoRA needs bitsandbytes"
-)
-def test_qlora_round_on_cuda(tiny_model_dir: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    from training.stages import load_base
-
-    settings = Settings()
-    store = Store.open(settings.database)
+def _feedback(store: Store) -> None:
     prompts = [f"How do I care for {t}?" for t in ("tomatoes", "bread", "soup", "a spider")]
     prompts += [f"Tell me about {t}, please." for t in ("tomatoes", "bread", "soup", "a spider")]
     prompts += [f"Any quick tips on {t}?" for t in ("tomatoes", "bread", "soup", "a spider")]
@@ -44,26 +36,70 @@ def test_qlora_round_on_cuda(tiny_model_dir: Path) -> None:
             for p in prompts
         ],
     )
+
+
+@pytest.mark.parametrize(
+    "qlora",
+    [
+        pytest.param(
+            True,
+            id="qlora",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("bitsandbytes") is None,
+                reason="QLoRA needs bitsandbytes (the `gpu` extra .ci/setup installs)",
+            ),
+        ),
+        pytest.param(False, id="bf16-lora"),
+    ],
+)
+def test_a_round_on_cuda_then_its_adapter_served(tiny_model_dir: Path, qlora: bool) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from app.serving import ChatEngine, SamplingParams
+    from training.stages import load_base, resolved
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database)
+    _feedback(store)
     config = RoundConfig(
-        sft_steps=3, dpo_steps=3, sft_learning_rate=5e-3, dpo_learning_rate=5e-3,
+        sft_steps=3, dpo_steps=3, sft_learning_rate=5e-3, dpo_learning_rate=5e-3, qlora=qlora,
+        serve_in_4bit=qlora,
         eval=EvalSettings(max_prompts=2, max_new_tokens=4,
                           general_file=REPO_DATA_DIR / "general_checks.jsonl"),
     )  # fmt: skip
-    assert config.qlora
-    base = load_base(tiny_model_dir, config)
-    assert getattr(base, "is_loaded_in_4bit", False), "CUDA training must load the base 4-bit"
+    base = load_base(tiny_model_dir, resolved(config, tiny_model_dir))
+    assert bool(getattr(base, "is_loaded_in_4bit", False)) is qlora
+    assert base.device.type == "cuda"
+    if not qlora:
+        assert base.dtype == torch.bfloat16
     del base
     torch.cuda.empty_cache()
 
+    registry = Registry(settings.adapters_dir)
     result = run_round(
         store=store,
-        registry=Registry(settings.adapters_dir),
+        registry=registry,
         model_dir=tiny_model_dir,
         config=config,
         rounds_dir=settings.home / "rounds",
+        promote=False,
     )
-    assert result.status in ("promoted", "rejected", "inconclusive"), result.reasons
+    assert result.status in ("done", "promoted", "rejected", "inconclusive"), result.reasons
+    assert result.version
     folder = settings.home / "rounds" / result.id
     weights = load_file(str(folder / "dpo" / "adapter" / "adapter_model.safetensors"))
     assert weights and all("lora_" in k for k in weights)
     assert all(torch.isfinite(t.float()).all() for t in weights.values())
+
+    registry.set_current(result.version)
+    engine = ChatEngine(tiny_model_dir, registry, context_tokens=256, load_in_4bit=qlora)
+    try:
+        info = engine.generate(
+            [{"role": "user", "content": "How do I care for bread?"}],
+            SamplingParams(max_new_tokens=8, temperature=0),
+        )
+    finally:
+        engine.close()
+    assert info.adapter_version == result.version and info.new_tokens > 0

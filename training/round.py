@@ -8,7 +8,10 @@ Everything a round does lands under `rounds_dir/<round id>/`:
     sft/, dpo/     checkpoints and each stage's adapter
     report.json, report.md, *.png
 One round at a time: an exclusive `flock` on `rounds_dir/.lock`, which the OS releases
-when a crashed round's process dies. A failed round records its reason and leaves the
+when a crashed round's process dies. A round launched as several processes (torchrun,
+`accelerate launch`) trains on all of them; the lock, the snapshot, evaluation, the gate,
+the registry and every file above belong to the main process (training/ranks.py), and the
+others return the main process's result. A failed round records its reason and leaves the
 serving version (the registry's CURRENT) untouched; `resume=True` continues the newest
 unfinished round from its snapshot and last checkpoints.
 """
@@ -20,12 +23,13 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from training import ranks
 from training.registry import Registry
 from training.stages import NonFiniteLossError, RoundConfig
 
@@ -102,6 +106,15 @@ def _exclusive(rounds_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _round_lock(rounds_dir: Path) -> Iterator[None]:
+    """The round lock, held by the main process alone; the other processes of a launched
+    round learn whether it got it (RoundBusyError there, MainProcessError here when not)."""
+    with ExitStack() as held:
+        ranks.on_main(lambda: held.enter_context(_exclusive(rounds_dir)))
+        yield
 
 
 def _lock_is_free(rounds_dir: Path) -> bool:
@@ -193,8 +206,11 @@ class _Round:
         self.state: dict[str, Any] = {}
 
     def update(self, *, quiet: bool = False, **fields: Any) -> None:
-        """Merge `fields` into state.json; tell `on_progress` (errors swallowed if `quiet`)."""
+        """Merge `fields` into state.json; tell `on_progress` (errors swallowed if `quiet`).
+        Only the main process writes: the others keep their state in memory."""
         self.state.update(fields)
+        if not ranks.is_main():
+            return
         _write_json(self.folder / "state.json", self.state)
         if self.on_progress is not None:
             try:
@@ -204,6 +220,8 @@ class _Round:
                     raise
 
     def log(self, stage: str, step: int, max_steps: int, numbers: dict[str, float]) -> None:
+        if not ranks.is_main():
+            return
         line = {"stage": stage, "step": step, "time": _now(), **numbers}
         with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
@@ -232,12 +250,35 @@ def run_round(
 ) -> RoundResult:
     """Run (or resume) one round; returns how it ended. Raises only RoundBusyError (another
     round runs) and RoundError (nothing to resume); a failure inside the round is recorded
-    in its state and returned as status "failed", with CURRENT unchanged."""
+    in its state and returned as status "failed", with CURRENT unchanged. In a round
+    launched as several processes every process returns the main process's result; the
+    others need no `store` (the main process takes the snapshot)."""
+    result = _run_round(
+        store=store, registry=registry, model_dir=model_dir, config=config,
+        rounds_dir=rounds_dir, resume=resume, promote=promote,
+        on_progress=on_progress,
+    )  # fmt: skip
+    return ranks.share(result)
+
+
+def _run_round(
+    *,
+    store: Any,
+    registry: Registry,
+    model_dir: Path,
+    config: RoundConfig,
+    rounds_dir: Path,
+    resume: bool,
+    promote: bool,
+    on_progress: Callable[[dict], None] | None,
+) -> RoundResult:
     from training.datasets import load_snapshot, replay_rows, save_snapshot, take_snapshot
 
     rounds_dir = Path(rounds_dir)
-    with _exclusive(rounds_dir):
-        round_id = _resumable(rounds_dir) if resume else _new_round_id(rounds_dir)
+    with _round_lock(rounds_dir):
+        round_id = ranks.on_main(
+            lambda: _resumable(rounds_dir) if resume else _new_round_id(rounds_dir)
+        )
         folder = rounds_dir / round_id
         folder.mkdir(parents=True, exist_ok=True)
         rnd = _Round(folder, on_progress)
@@ -258,35 +299,43 @@ def run_round(
                 reason=None,
                 version=None,
             )
-        try:
+
+        def snapshot() -> Any:
             if resume and (folder / "snapshot.json").is_file():
-                snap = load_snapshot(folder)
-            else:
-                rnd.update(stage="replay")
-                replay = replay_rows(
-                    Path(model_dir),
-                    config.replay_file,
-                    system_prompt=config.system_prompt,
-                    max_new_tokens=config.replay_max_new_tokens,
-                    cache_dir=config.replay_cache_dir,
-                )
-                snap = take_snapshot(
-                    store,
-                    replay=replay,
-                    seed_file=config.seed_file,
-                    system_prompt=config.system_prompt,
-                    dedup_threshold=config.dedup_threshold,
-                    heldout_min_items=config.heldout_min_items,
-                    pii_region=config.pii_region,
-                )
-                save_snapshot(snap, folder)
+                return load_snapshot(folder)
+            rnd.update(stage="replay")
+            replay = replay_rows(
+                Path(model_dir),
+                config.replay_file,
+                system_prompt=config.system_prompt,
+                max_new_tokens=config.replay_max_new_tokens,
+                cache_dir=config.replay_cache_dir,
+            )
+            snap = take_snapshot(
+                store,
+                replay=replay,
+                seed_file=config.seed_file,
+                system_prompt=config.system_prompt,
+                dedup_threshold=config.dedup_threshold,
+                heldout_min_items=config.heldout_min_items,
+                pii_region=config.pii_region,
+            )
+            save_snapshot(snap, folder)
+            return snap
+
+        try:
+            snap = ranks.on_main(snapshot)  # the others train on the main process's rows
             return _train_and_gate(rnd, snap, registry, Path(model_dir), config, serving, promote)
         except BaseException as err:
             reason = f"{type(err).__name__}: {err}".splitlines()[0]
             if isinstance(err, KeyboardInterrupt):
                 reason = "interrupted"
+            if not ranks.is_main() and not isinstance(
+                err, ranks.MainProcessError | NonFiniteLossError
+            ):  # this process alone failed: end it, and its launcher ends the others
+                raise
             rnd.update(status="failed", reason=reason, finished_at=_now(), quiet=True)
-            if rnd.state.get("version"):
+            if ranks.is_main() and rnd.state.get("version"):
                 registry.update_info(rnd.state["version"], status="failed", reasons=[reason])
             if not isinstance(err, Exception):
                 raise
@@ -332,6 +381,8 @@ def _train_and_gate(
             )
         )
 
+    if not ranks.is_main():  # the main process evaluates, gates and registers: run_round
+        return RoundResult(id=folder.name, status="trained")  # returns its result here too
     rnd.update(stage="evaluate", step=0)
     serving_dir = registry.verify(serving) if serving else None
     metrics = evaluate_models(
@@ -340,8 +391,7 @@ def _train_and_gate(
         sft_rows=snap.eval_sft(),
         pairs=snap.dpo_heldout,
         settings=config.eval,
-        # Judge the model that will serve: the serving precision, not the training one.
-        load_in_4bit=config.gate.load_in_4bit,
+        load_in_4bit=config.serve_in_4bit,  # the precision `serve` runs, not training's
     )
     runs, eval_error = _eval_set_runs(config, registry, model_dir, serving, stages)
     rnd.update(stage="gate")
@@ -514,12 +564,6 @@ def _pick(decisions: dict[str, Any], order: list[str]) -> tuple[str, list[str]]:
 def _public(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics without the per-item values (those live in the round's report.json)."""
     return {k: v for k, v in metrics.items() if k != "items"}
-
-
-def _cuda() -> bool:
-    from training.stages import on_cuda
-
-    return on_cuda()
 
 
 def _hyperparameters(config: RoundConfig) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +35,10 @@ from typing import Any
 # round that fails for a lasting reason (a full disk, a bad setting) is not retried in a loop.
 FAILED_BACKOFF_MINUTES = 30.0
 LOCK_NAME = ".lock"
+
+
+class LauncherError(Exception):
+    """The training launcher setting names nothing that can be run."""
 
 
 @dataclass
@@ -142,13 +148,29 @@ def check(store: Any, rounds_dir: Path, *, min_new: int, interval_minutes: float
     )
 
 
-def train_command(*, resume: bool = False) -> list[str]:
-    """The command a scheduled round runs: this interpreter's `tuneloop train --json`."""
-    return [sys.executable, "-m", "app.cli", "train", "--json", *(["--resume"] if resume else [])]
+def train_command(*, resume: bool = False, launcher: str | None = None) -> list[str]:
+    """The command a scheduled round runs: this interpreter's `tuneloop train --json`, or,
+    with a `launcher` such as "torchrun --nproc_per_node 4", that launcher starting
+    `-m app.cli train --json` in one process per device."""
+    args = ["-m", "app.cli", "train", "--json", *(["--resume"] if resume else [])]
+    if not launcher:
+        return [sys.executable, *args]
+    words = shlex.split(launcher)
+    if not words:
+        raise LauncherError("TUNELOOP_TRAIN_LAUNCHER is blank; unset it for one process")
+    # the launcher installed beside this interpreter (a virtualenv's torchrun) comes first
+    found = shutil.which(words[0], path=str(Path(sys.executable).parent)) or shutil.which(words[0])
+    if found is None:
+        raise LauncherError(f"TUNELOOP_TRAIN_LAUNCHER: {words[0]!r} is not installed or on PATH")
+    return [found, *words[1:], *args]
 
 
 def run_train(
-    *, resume: bool = False, env: dict[str, str] | None = None, log: Path | None = None
+    *,
+    resume: bool = False,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    launcher: str | None = None,
 ) -> dict[str, Any]:
     """Run one round as a subprocess and wait; returns its JSON result or the failure.
 
@@ -158,7 +180,11 @@ def run_train(
     full_env = {**os.environ, **(env or {})}
     started = time.monotonic()
     proc = subprocess.run(
-        train_command(resume=resume), env=full_env, capture_output=True, text=True, check=False
+        train_command(resume=resume, launcher=launcher),
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)

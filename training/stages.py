@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from training import ranks
 from training.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.lora import lora_config
@@ -62,9 +63,12 @@ class RoundConfig:
     warmup_steps: int = 0
     save_steps: int = 20
     seed: int = 42
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: only with a 4-bit base (resolved())
     precompute_ref_log_probs: bool = True
-    qlora: bool = True  # 4-bit base (bitsandbytes) when CUDA is there; ignored on CPU
+    qlora: bool | None = None  # 4-bit base on CUDA; None: where it saves memory (resolved())
+    liger_kernel: bool = False  # TRL's use_liger_kernel (CUDA, the liger-kernel package)
+    padding_free: bool = False  # SFT rows concatenated without padding (TRL padding_free)
+    serve_in_4bit: bool = False  # how `serve` loads the base: the gate evaluates the same way
     system_prompt: str = ""
     seed_file: Path | None = None
     # General prompts the bare base answers at snapshot time; its answers join SFT so the
@@ -98,6 +102,7 @@ class RoundConfig:
         system_prompt = settings.system_prompt()
         values.update(
             batch_size=settings.train_batch_size or default_train_batch_size(),
+            serve_in_4bit=settings.load_in_4bit,
             system_prompt=system_prompt,
             seed_file=data / "seed_sft.jsonl",
             replay_file=data / "replay_prompts.jsonl",
@@ -137,6 +142,56 @@ def default_train_batch_size() -> int:
     return GPU_TRAIN_BATCH_SIZE if on_cuda() else CPU_TRAIN_BATCH_SIZE
 
 
+# QLoRA (a 4-bit NF4 base) stores ~0.56 bytes per parameter against bf16's 2, and costs
+# speed: every matmul dequantises. The ~1.44 bytes/parameter it saves matter once the bf16
+# weights crowd out what a step needs besides them (activations for batch 8 x 512 tokens,
+# the evaluation's generation): auto turns it on when the bf16 base would fill more than this
+# share of one GPU's memory (with FSDP / ZeRO-3, the share of one shard). A 24 GB card: from
+# ~3B parameters (a 7-8B model gets QLoRA, SmolLM2 135M-1.7B trains in bf16); 80 GB: ~10B;
+# an H200 (141 GB): ~17.6B. Reasoned from sizes, not yet measured on a GPU.
+QLORA_WEIGHT_SHARE = 0.25
+
+
+def qlora_saves_memory(parameters: int, gpu_bytes: int, shards: int = 1) -> bool:
+    """Whether a bf16 base of `parameters` would take more than QLORA_WEIGHT_SHARE of a GPU
+    with `gpu_bytes` of memory (its weights split over `shards` processes)."""
+    return 2 * parameters / max(shards, 1) > QLORA_WEIGHT_SHARE * gpu_bytes
+
+
+def count_parameters(model_dir: Path) -> int:
+    """Parameters in a model directory's safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for name in weights.keys():
+                total += math.prod(weights.get_slice(name).get_shape())
+    return total
+
+
+def resolved(config: RoundConfig, model_dir: Path) -> RoundConfig:
+    """`config` with its automatic choices made for this machine: QLoRA only on CUDA (and,
+    unless set, where it saves memory that matters), gradient checkpointing (unless set)
+    only with a 4-bit base, where memory is what is short."""
+    import dataclasses
+
+    qlora = False
+    if on_cuda():
+        if config.qlora is not None:
+            qlora = config.qlora
+        else:
+            import torch
+
+            gpu = torch.cuda.get_device_properties(ranks.local_rank()).total_memory
+            shards = ranks.world_size() if ranks.sharded() else 1
+            qlora = qlora_saves_memory(count_parameters(model_dir), gpu, shards)
+    checkpointing = (
+        qlora if config.gradient_checkpointing is None else config.gradient_checkpointing
+    )
+    return dataclasses.replace(config, qlora=qlora, gradient_checkpointing=checkpointing)
+
+
 def on_cuda() -> bool:
     import torch
 
@@ -144,10 +199,12 @@ def on_cuda() -> bool:
 
 
 def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
-    """How many optimizer steps a stage runs for `rows` training rows."""
+    """How many optimizer steps a stage runs for `rows` training rows. A step takes
+    `batch_size` rows in each process of a launched round, so an epoch has fewer steps."""
     explicit = config.sft_steps if stage == "sft" else config.dpo_steps
     epochs = config.sft_epochs if stage == "sft" else config.dpo_epochs
-    per_epoch = math.ceil(math.ceil(rows / config.batch_size) / config.grad_accum)
+    per_step = config.batch_size * ranks.world_size()
+    per_epoch = math.ceil(math.ceil(rows / per_step) / config.grad_accum)
     steps = explicit or max(1, math.ceil(per_epoch * epochs))
     return min(steps, config.max_steps) if config.max_steps else steps
 
@@ -166,13 +223,18 @@ def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir:
         "save_steps": config.save_steps,
         "save_total_limit": 2,
         "seed": config.seed,
-        "gradient_checkpointing": config.gradient_checkpointing,
+        "gradient_checkpointing": bool(config.gradient_checkpointing),
         "max_length": config.max_length,
         "bf16": cuda,
         "use_cpu": not cuda,
         "disable_tqdm": True,
         "report_to": [],
+        # every LoRA weight takes part in every forward pass (DPO's frozen "ref" copy has
+        # no gradients), so DDP need not search the graph for unused ones on each step
+        "ddp_find_unused_parameters": False,
     }
+    if config.liger_kernel:
+        kwargs["use_liger_kernel"] = True
     if config.tracker != "none":
         from training.tracking import PROJECT, report_to, run_name
 
@@ -194,6 +256,7 @@ def sft_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
         # Rows are prompt/completion: the loss covers the final reply only (what an expert
         # wrote or vetted), never earlier model turns that are there as context.
         completion_only_loss=True,
+        padding_free=config.padding_free,
     )
 
 
@@ -209,14 +272,18 @@ def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
     )
 
 
-def load_base(model_dir: Path, config: RoundConfig) -> Any:
-    """The base model for training: fp32 on CPU; bf16 (4-bit NF4 with QLoRA) on CUDA."""
+def base_load_kwargs(config: RoundConfig, *, cuda: bool) -> dict[str, Any]:
+    """`from_pretrained` arguments for the training base: fp32 on CPU; on CUDA bf16, each
+    process on its own GPU, 4-bit NF4 with QLoRA. Under FSDP / ZeRO-3 the launcher places
+    the weights, and the 4-bit ones are stored as bf16 so that they can be sharded."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    if not on_cuda():
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    if not cuda:
+        return {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+    sharded = ranks.sharded()
+    if not sharded:
+        kwargs["device_map"] = {"": ranks.local_rank()}
     if config.qlora:
         from transformers import BitsAndBytesConfig
 
@@ -225,13 +292,24 @@ def load_base(model_dir: Path, config: RoundConfig) -> Any:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_storage=torch.bfloat16 if sharded else torch.uint8,
         )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    return kwargs
+
+
+def load_base(model_dir: Path, config: RoundConfig) -> Any:
+    """The base model for training (see base_load_kwargs); `config` as resolved()."""
+    from transformers import AutoModelForCausalLM
+
+    cuda = on_cuda()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **base_load_kwargs(config, cuda=cuda))
+    if not cuda:
+        return model
     if config.qlora:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
+            model, use_gradient_checkpointing=bool(config.gradient_checkpointing)
         )
     return model
 
@@ -264,6 +342,26 @@ def progress_callback(stage: str, log: LogFn) -> Any:
     return RoundProgress()
 
 
+def _dataset(rows: list[Row], stage_dir: Path) -> Any:
+    """The rows as a `datasets.Dataset`. In a launched round it is saved in the stage folder
+    and loaded from there by every process: TRL caches what it computes once (DPO's
+    reference log-probs) beside a dataset's files, and an in-memory dataset's cache would
+    land in each process's own temporary folder, out of the other processes' sight."""
+    import shutil
+
+    from datasets import Dataset, load_from_disk
+
+    data = Dataset.from_list(rows)
+    if not ranks.launched():
+        return data
+    folder = stage_dir / "rows"
+    if ranks.is_main():
+        shutil.rmtree(folder, ignore_errors=True)
+        data.save_to_disk(str(folder))
+    ranks.barrier()
+    return load_from_disk(str(folder))
+
+
 def _last_checkpoint(folder: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -275,17 +373,17 @@ def train_sft(
 ) -> Path:
     """Train a fresh LoRA adapter with SFT; returns `stage_dir/adapter`. Resumes from the
     last checkpoint in `stage_dir/checkpoints` when there is one."""
-    from datasets import Dataset
     from trl import SFTTrainer
 
     from training.datasets import final_turn_rows
 
+    config = resolved(config, model_dir)
     checkpoints = stage_dir / "checkpoints"
     args = sft_config(config, checkpoints, stage_steps(len(rows), config, "sft"), stage_dir.parent)
     trainer = SFTTrainer(
         model=load_base(model_dir, config),
         args=args,
-        train_dataset=Dataset.from_list(final_turn_rows(rows)),
+        train_dataset=_dataset(final_turn_rows(rows), stage_dir),
         processing_class=load_tokenizer(model_dir),
         peft_config=lora_config(
             r=config.lora_r,
@@ -296,10 +394,7 @@ def train_sft(
         callbacks=[progress_callback("sft", log)],
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
-    adapter = stage_dir / "adapter"
-    trained: Any = trainer.model
-    trained.save_pretrained(str(adapter))
-    return adapter
+    return save_adapter(trainer, stage_dir / "adapter")
 
 
 def train_dpo(
@@ -312,10 +407,10 @@ def train_dpo(
 ) -> Path:
     """Continue the SFT adapter with DPO (reference = the SFT adapter); with no SFT adapter,
     a fresh one against the bare base. Returns `stage_dir/adapter`."""
-    from datasets import Dataset
     from peft import PeftModel
     from trl import DPOTrainer
 
+    config = resolved(config, model_dir)
     checkpoints = stage_dir / "checkpoints"
     args = dpo_config(config, checkpoints, stage_steps(len(pairs), config, "dpo"), stage_dir.parent)
     base = load_base(model_dir, config)
@@ -334,13 +429,24 @@ def train_dpo(
         model=model,
         ref_model=None,
         args=args,
-        train_dataset=Dataset.from_list(pairs),
+        train_dataset=_dataset(pairs, stage_dir),
         processing_class=load_tokenizer(model_dir),
         peft_config=peft_config,
         callbacks=[progress_callback("dpo", log)],
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
-    adapter = stage_dir / "adapter"
-    trained: Any = trainer.model
-    trained.save_pretrained(str(adapter), selected_adapters=["default"])
+    return save_adapter(trainer, stage_dir / "adapter")
+
+
+def save_adapter(trainer: Any, adapter: Path) -> Path:
+    """Save the trained adapter with the trainer's own `save_model`, in every process: under
+    FSDP / ZeRO-3 it gathers the shards, and only the main process writes. DPO's frozen
+    reference copy ("ref", saved in a subfolder) is dropped: the adapter that serves is
+    "default". Every process waits for the files before it goes on to the next stage."""
+    import shutil
+
+    trainer.save_model(str(adapter))
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(adapter / "ref", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return adapter

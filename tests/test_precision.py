@@ -1,0 +1,113 @@
+"""The GPU choices a round makes (QLoRA or bf16 LoRA, gradient checkpointing, how the base
+is placed and stored), decided on this CPU from sizes and the launcher's environment, and
+the gate evaluating at the precision `serve` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from training.stages import (
+    RoundConfig,
+    base_load_kwargs,
+    count_parameters,
+    qlora_saves_memory,
+    resolved,
+    sft_config,
+)
+
+GB = 1024**3
+
+
+def test_qlora_is_chosen_only_where_the_bf16_base_would_crowd_the_gpu() -> None:
+    smollm2, llama_8b = 134_515_008, 8_030_261_248
+    assert not qlora_saves_memory(smollm2, 24 * GB)  # 0.27 GB of 24: bf16 LoRA
+    assert not qlora_saves_memory(1_711_376_384, 24 * GB)  # SmolLM2-1.7B: 3.4 GB of 24
+    assert qlora_saves_memory(llama_8b, 24 * GB)  # 16 GB of 24: QLoRA
+    assert not qlora_saves_memory(llama_8b, 141 * GB)  # an H200 holds it in bf16
+    assert qlora_saves_memory(llama_8b, 40 * GB)
+    assert not qlora_saves_memory(llama_8b, 40 * GB, shards=2)  # FSDP halves each share
+
+
+def test_parameters_are_counted_from_the_safetensors_headers(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # tied embeddings are stored once, as the model holds them once
+    assert count_parameters(tiny_model_dir) == sum(p.numel() for p in model.parameters())
+
+
+def test_on_a_cpu_nothing_is_quantised_or_checkpointed(tiny_model_dir: Path) -> None:
+    for asked in (None, True):
+        config = resolved(RoundConfig(qlora=asked), tiny_model_dir)
+        assert config.qlora is False and config.gradient_checkpointing is False
+    config = resolved(RoundConfig(gradient_checkpointing=True), tiny_model_dir)
+    assert config.gradient_checkpointing is True  # an explicit setting wins
+    assert base_load_kwargs(config, cuda=False) == {"dtype": __import__("torch").float32}
+
+
+def test_each_process_loads_its_base_on_its_own_gpu_unless_the_launcher_shards_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    qlora = RoundConfig(qlora=True)
+    kwargs = base_load_kwargs(qlora, cuda=True)  # one process
+    assert kwargs["device_map"] == {"": 0} and kwargs["dtype"] == torch.bfloat16
+    quant = kwargs["quantization_config"]
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_storage == torch.uint8
+    assert "quantization_config" not in base_load_kwargs(RoundConfig(qlora=False), cuda=True)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for env in ({"ACCELERATE_USE_FSDP": "true"}, {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}):
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            kwargs = base_load_kwargs(qlora, cuda=True)
+            assert "device_map" not in kwargs  # FSDP / ZeRO-3 place the shards
+            # 4-bit weights stored as bf16, so that FSDP / ZeRO-3 can shard them
+            assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+
+
+def test_speed_settings_reach_trls_configs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TUNELOOP_PADDING_FREE", "true")
+    monkeypatch.setenv("TUNELOOP_QLORA", "auto")
+    monkeypatch.setenv("TUNELOOP_LOAD_IN_4BIT", "true")
+    config = RoundConfig.from_settings(Settings())
+    assert config.qlora is None and config.gradient_checkpointing is None
+    assert config.padding_free and not config.liger_kernel and config.serve_in_4bit
+    sft = sft_config(resolved(config, tmp_path), tmp_path / "sft", 3, tmp_path)
+    assert sft.padding_free and not sft.gradient_checkpointing and not sft.use_liger_kernel
+
+
+def test_the_gate_evaluates_at_the_precision_serve_runs(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`tuneloop train` with TUNELOOP_LOAD_IN_4BIT=true (how serve loads the base) and
+    QLoRA off: the evaluation loads the base 4-bit, as served, not as trained."""
+    import training.evaluate
+    from feedback.store import Store
+    from tests.cli import run_cli
+    from tests.tiny import add_pairs
+
+    real = training.evaluate.evaluate_models
+    asked: list[bool] = []
+
+    def spy(*args: object, load_in_4bit: bool = False, **kwargs: object) -> object:
+        asked.append(load_in_4bit)
+        return real(*args, **kwargs)  # no bitsandbytes on this CPU: evaluate unquantised
+
+    monkeypatch.setattr(training.evaluate, "evaluate_models", spy)
+    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TUNELOOP_TRACKER", "none")
+    monkeypatch.setenv("TUNELOOP_EVAL_GENERATE", "false")
+    monkeypatch.setenv("TUNELOOP_TRAIN_MAX_STEPS", "1")
+    monkeypatch.setenv("TUNELOOP_QLORA", "false")  # trained unquantised...
+    monkeypatch.setenv("TUNELOOP_LOAD_IN_4BIT", "true")  # ...but served 4-bit
+    Settings().home.mkdir(parents=True)
+    add_pairs(Store.open(Settings().database), 6, prompt="How do I bake bread number {i}?")
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--no-promote", "--json")
+    assert code == 0, err[-2000:]
+    assert asked == [True]
