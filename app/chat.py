@@ -94,8 +94,10 @@ class ChatService:
         compare_temperature: float,
         max_message_chars: int,
         versions: Callable[[], list[str]] = list,
+        argilla_address: str = "Argilla",
     ) -> None:
         self.engine = engine
+        self.argilla_address = argilla_address
         self.store = store
         self.params = params
         self.compare_temperature = compare_temperature
@@ -104,16 +106,23 @@ class ChatService:
 
     # -- who is asking -------------------------------------------------------------------
     def user(self, name: str | None) -> UserInfo:
-        """The logged-in chat user; refuses anyone who may not chat."""
+        """The logged-in chat user; refuses anyone who may not chat (checked on every action,
+        so disabling an account also stops a session that is already open)."""
         user = self.store.get_user(name) if name else None
+        if user is not None and user.status != "active":
+            raise ChatError("Your account is disabled; ask your operator.")
+        if user is not None and user.role == "annotator":
+            raise ChatError(self.annotator_notice())
         if user is None or user.role not in CHAT_ROLES:
             raise ChatError("Log in as an expert or operator to chat.")
         return user
 
-    def login_ok(self, name: str, password: str) -> bool:
-        """Gradio's auth callback: valid password and a chat role."""
-        user = self.store.authenticate(name=name, password=password)
-        return user is not None and user.role in CHAT_ROLES
+    def annotator_notice(self) -> str:
+        """What an annotator who logs in here is told: where their work is."""
+        return (
+            "This chat is for experts and operators. Annotators rank pairs in Argilla: "
+            f"open {self.argilla_address} and log in with the same name and password."
+        )
 
     # -- chatting ------------------------------------------------------------------------
     def check_message(self, text: str | None) -> str:

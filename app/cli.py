@@ -20,6 +20,7 @@ from app.cli_common import emit as _emit
 from app.cli_common import open_settings as _settings
 from app.cli_common import open_store as _store
 from app.config import Settings
+from feedback.logins import name_key
 
 app = typer.Typer(
     name="tuneloop",
@@ -117,8 +118,12 @@ def serve(
         compare_temperature=settings.compare_temperature,
         max_message_chars=settings.max_message_chars,
         versions=registry.versions,
+        argilla_address=settings.argilla_address,
     )
     from app.cli_argilla import start_background_sync
+    from app.login import LoginGate, policy_from
+    from app.ui import auth_message
+    from feedback.models import ROLES
 
     sync_stop = start_background_sync(settings, store, engine)
     if sync_stop is None:
@@ -128,7 +133,12 @@ def serve(
             err=True,
         )
     try:
-        launch(service, host=host, port=port)
+        # Annotators may log in, to be told where their work is; every action refuses them.
+        gate = LoginGate(store, policy_from(settings), allowed_roles=ROLES)
+        note = auth_message(
+            settings.argilla_address, settings.login_max_failures, settings.login_lockout_minutes
+        )
+        launch(service, gate=gate, login_note=note, host=host, port=port)
     finally:
         if sync_stop is not None:
             sync_stop.set()
@@ -151,7 +161,9 @@ def users_add(
     settings = _settings()
     store = _store(settings)
     password = _read_password()
-    user = store.add_user(name=name, role=role.value, password=password)
+    user = store.add_user(
+        name=name, role=role.value, password=password, min_length=settings.min_password_length
+    )
     payload: dict[str, Any] = {"id": user.id, "name": user.name, "role": user.role}
     how = "log in to the chat app" if user.role != "annotator" else "rank pairs in Argilla"
     text = f"Added {user.role} '{user.name}': they can now {how}."
@@ -164,12 +176,95 @@ def users_add(
 
 
 @users_app.command("list")
-def users_list(as_json: JsonOpt = False) -> None:
-    """List accounts and their roles."""
-    users = _store(_settings()).list_users()
-    rows = [{"id": u.id, "name": u.name, "role": u.role, "created_at": u.created_at} for u in users]
-    text = "\n".join(f"{u.name:<24} {u.role}" for u in users) or "No users yet."
+def users_list(
+    removed: Annotated[bool, typer.Option("--removed", help="Show removed accounts too.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List accounts, their roles and status (and any name locked by failed logins)."""
+    store = _store(_settings())
+    users = store.list_users(include_removed=removed)
+    locked = {key: until for key, _, until in store.locked_logins()}
+    rows = [
+        {
+            "id": u.id,
+            "name": u.name,
+            "role": u.role,
+            "status": u.status,
+            "created_at": u.created_at,
+            "locked_until": locked.get(name_key(u.name)),
+        }
+        for u in users
+    ]
+    lines = []
+    for r in rows:
+        until = r["locked_until"]
+        lock = f" (locked until {until:%Y-%m-%d %H:%M} UTC)" if until else ""
+        lines.append(f"{r['name']:<24} {r['role']:<10} {r['status']}{lock}")
+    text = "\n".join(lines) or "No users yet."
     _emit(as_json, {"users": rows}, text)
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Set a new password for NAME, read from stdin or prompted for (never an argument).
+
+    Only tuneloop's own login changes: an annotator's Argilla password is changed in Argilla.
+    """
+    settings = _settings()
+    store = _store(settings)
+    password = _read_password()
+    user = store.set_password(name=name, password=password, min_length=settings.min_password_length)
+    _emit(as_json, {"name": user.name, "changed": True}, f"New password set for '{user.name}'.")
+
+
+def _set_status(name: str, status: str, as_json: bool, done: str) -> None:
+    user = _store(_settings()).set_user_status(name=name, status=status)
+    _emit(as_json, {"name": user.name, "status": user.status}, f"'{user.name}' {done}.")
+
+
+@users_app.command("disable")
+def users_disable(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Stop NAME from logging in (and from acting in a session already open) until enabled."""
+    _set_status(name, "disabled", as_json, "is disabled: no login until `users enable`")
+
+
+@users_app.command("enable")
+def users_enable(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Let a disabled NAME log in again."""
+    _set_status(name, "active", as_json, "is enabled")
+
+
+@users_app.command("remove")
+def users_remove(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Remove NAME for good: no login ever again; their feedback stays, attributed to them."""
+    _set_status(name, "removed", as_json, "is removed; their feedback stays, attributed")
+
+
+@users_app.command("unlock")
+def users_unlock(
+    name: Annotated[str | None, typer.Argument(help="Login name to unlock.")] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="A client address to unlock instead.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lift the lockout that failed logins put on NAME (or on a client --address)."""
+    from feedback.logins import LoginGuard, LoginPolicy
+
+    if not name and not address:
+        raise typer.BadParameter("give a NAME or --address")
+    found = LoginGuard(_store(_settings()), LoginPolicy()).unlock(name=name, address=address)
+    what = " and ".join(x for x in (name and f"'{name}'", address and f"address {address}") if x)
+    text = f"Unlocked {what}." if found else f"Nothing to unlock: no failed logins for {what}."
+    _emit(as_json, {"name": name, "address": address, "unlocked": bool(found)}, text)
 
 
 @app.command("import")

@@ -44,6 +44,26 @@ class Settings(BaseSettings):
     context_tokens: int = Field(default=2048, ge=64)
     max_message_chars: int = Field(default=4000, ge=1)
 
+    # --- Accounts and logins ---
+    min_password_length: int = Field(
+        default=8, ge=1, le=1024, description="Shortest password `users add`/`passwd` accept."
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins a user name may have before it is locked."
+    )
+    login_max_failures_per_address: int = Field(
+        default=30, ge=1, description="Failed logins a client address may have before it is locked."
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0.0, description="How long a lockout lasts (and failures are remembered)."
+    )
+    login_delay_seconds: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=60.0,
+        description="Wait before the next try after a failed login; doubles per failure (max 8 s).",
+    )
+
     # How often a running server checks the registry's CURRENT pointer, in seconds.
     adapter_poll_seconds: float = Field(default=1.0, gt=0.0)
 
@@ -209,6 +229,11 @@ class Settings(BaseSettings):
     def database(self) -> str:
         """The database URL in force."""
         return self.database_url or f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
+
+    @property
+    def argilla_address(self) -> str:
+        """Where annotators open Argilla: the team's own, or the local stack's port."""
+        return (self.argilla_url or f"http://127.0.0.1:{self.argilla_port}").rstrip("/")
 
     @property
     def adapters_dir(self) -> Path:

@@ -68,7 +68,7 @@ class OperatorService:
     def operator(self, name: str | None) -> UserInfo:
         """The logged-in user if an operator; anyone else is refused."""
         user = self.store.get_user(name) if name else None
-        if user is None or user.role != OPERATOR:
+        if user is None or user.role != OPERATOR or user.status != "active":
             raise OperatorError("Only operators can see and run training rounds.")
         return user
 

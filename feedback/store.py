@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from feedback import bulk, compare, rows
+from feedback import accounts, bulk, compare, rows
+from feedback.accounts import KeyState
 from feedback.canonical import event_key
 from feedback.db import WRITE_OPTIONS, make_engine
 from feedback.errors import FeedbackError
@@ -34,7 +36,7 @@ from feedback.models import (
     User,
     fetch,
 )
-from feedback.passwords import hash_password, verify_password
+from feedback.passwords import burn_verify, check_new_password, hash_password, verify_password
 from feedback.records import (
     BulkResult,
     ConversationInfo,
@@ -49,7 +51,13 @@ from feedback.records import (
 
 def _user_info(user: User) -> UserInfo:
     assert user.id is not None
-    return UserInfo(id=user.id, name=user.name, role=user.role, created_at=as_utc(user.created_at))
+    return UserInfo(
+        id=user.id,
+        name=user.name,
+        role=user.role,
+        created_at=as_utc(user.created_at),
+        status=user.status,
+    )
 
 
 class Store:
@@ -77,15 +85,18 @@ class Store:
 
     # Users ---------------------------------------------------------------------------
 
-    def add_user(self, *, name: str, role: str, password: str) -> UserInfo:
-        """Create a login. Names are unique; role is expert, annotator or operator."""
+    def add_user(self, *, name: str, role: str, password: str, min_length: int = 1) -> UserInfo:
+        """Create a login. Names are unique; role is expert, annotator or operator.
+
+        The password needs `min_length` characters (the CLI passes the deployment's
+        setting) and more than spaces.
+        """
         name = name.strip()
         if not name:
             raise FeedbackError("the user name is empty; give a name")
         if role not in ROLES:
             raise FeedbackError(f"role {role!r} is unknown; use one of {', '.join(ROLES)}")
-        if not password:
-            raise FeedbackError("the password is empty; choose a password")
+        check_new_password(password, min_length)
         password_hash = hash_password(password)  # slow on purpose: outside the transaction
         duplicate = FeedbackError(f"user {name!r} already exists; pick another name")
         try:
@@ -100,24 +111,90 @@ class Store:
             raise duplicate from None
 
     def authenticate(self, *, name: str, password: str) -> UserInfo | None:
-        """The user if `password` is theirs, else None (unknown name or wrong password)."""
+        """The user if `password` is theirs and the account is active, else None.
+
+        Unknown, disabled and removed names cost one password verification too, so the
+        time to refuse does not tell which names exist.
+        """
         with self._read() as session:
             user = session.exec(select(User).where(User.name == name.strip())).first()
         # Verify (slow on purpose) after the connection has gone back to the pool.
-        if user is None or not verify_password(user.password_hash, password):
+        if user is None or user.status != "active":
+            burn_verify(password)
+            return None
+        if not verify_password(user.password_hash, password):
             return None
         return _user_info(user)
 
+    def set_password(self, *, name: str, password: str, min_length: int = 1) -> UserInfo:
+        """Give `name` a new password (same rules as `add_user`)."""
+        check_new_password(password, min_length)
+        password_hash = hash_password(password)
+        with self._write() as session:
+            user = accounts.find_user(session, name)
+            user.password_hash = password_hash
+            session.add(user)
+            return _user_info(user)
+
+    def set_user_status(self, *, name: str, status: str) -> UserInfo:
+        """Disable, enable (status "active") or remove an account.
+
+        Removing keeps the row (feedback stays attributed, the name stays taken) and
+        replaces the password hash with one nothing matches.
+        """
+        if status not in ("active", "disabled", "removed"):
+            raise FeedbackError(f"status {status!r} is unknown; use active, disabled or removed")
+        with self._write() as session:
+            user = accounts.find_user(session, name)
+            user.status = status
+            if status == "removed":
+                user.password_hash = "removed"
+            session.add(user)
+            return _user_info(user)
+
     def get_user(self, name: str) -> UserInfo | None:
-        """The user called `name`, or None."""
+        """The user called `name` (whatever its status), or None."""
         with self._read() as session:
             user = session.exec(select(User).where(User.name == name.strip())).first()
             return None if user is None else _user_info(user)
 
-    def list_users(self) -> list[UserInfo]:
-        """Every user, by name."""
+    def list_users(self, *, include_removed: bool = False) -> list[UserInfo]:
+        """Every user, by name (removed accounts only when asked)."""
+        query = select(User).order_by(col(User.name))
+        if not include_removed:
+            query = query.where(User.status != "removed")
         with self._read() as session:
-            return [_user_info(u) for u in session.exec(select(User).order_by(col(User.name)))]
+            return [_user_info(u) for u in session.exec(query)]
+
+    # The login throttle (policy: feedback.logins) -------------------------------------
+
+    def count_login_attempt(
+        self, limits: dict[str, int], *, lockout: timedelta
+    ) -> dict[str, KeyState]:
+        """Count one login attempt against each key; see `accounts.count_attempt`."""
+        for attempt in range(2):
+            try:
+                with self._write() as session:
+                    return accounts.count_attempt(session, limits, lockout=lockout)
+            except IntegrityError:  # PostgreSQL: another attempt created the same key first
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def clear_login_attempt(self, *, forget: list[str], take_back: list[str]) -> None:
+        """After a successful login; see `accounts.clear_attempt`."""
+        with self._write() as session:
+            accounts.clear_attempt(session, forget=forget, take_back=take_back)
+
+    def unlock_logins(self, keys: list[str]) -> int:
+        """Lift lockouts on `keys`; how many had failures recorded."""
+        with self._write() as session:
+            return accounts.unlock(session, keys)
+
+    def locked_logins(self) -> list[tuple[str, int, datetime]]:
+        """(key, failures, locked until) of every key locked now."""
+        with self._read() as session:
+            return accounts.locked_keys(session)
 
     # Conversations -------------------------------------------------------------------
 

@@ -194,15 +194,17 @@ def test_users_do_not_see_each_others_conversations(deployment) -> None:
     assert reopened.turns[-1].response_id == state.turns[-1].response_id
 
 
-def test_login_is_for_experts_and_operators(deployment) -> None:
+def test_chat_is_for_active_experts_and_operators(deployment) -> None:
     service, _, _, _ = deployment
     service.store.add_user(name="ann", role="annotator", password="pw-ann")
-    assert service.login_ok("erin", "pw-erin")
-    assert not service.login_ok("erin", "wrong")
-    assert not service.login_ok("ann", "pw-ann")
-    assert not service.login_ok("nobody", "x")
-    with pytest.raises(ChatError):
+    assert service.user("erin").name == "erin"
+    with pytest.raises(ChatError, match="Argilla"):
         service.user("ann")
+    with pytest.raises(ChatError):
+        service.user("nobody")
+    service.store.set_user_status(name="erin", status="disabled")
+    with pytest.raises(ChatError, match="disabled"):
+        service.user("erin")
 
 
 def test_inert_escapes_html_but_not_code() -> None:
