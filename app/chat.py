@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from app.serving import CURRENT, ChatEngine, ReplyInfo, SamplingParams, ServingError
-from feedback.errors import FeedbackError
+from feedback.errors import FeedbackError, StoreBusyError
 from feedback.store import Store, UserInfo
 
 # Roles allowed into the chat app; annotators work in Argilla.
@@ -75,6 +75,16 @@ def inert(text: str) -> str:
     """
     parts = _CODE.split(text)
     return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
+def _not_saved(err: FeedbackError) -> str:
+    """What the expert reads when a write failed: plain words, never a database error."""
+    if isinstance(err, StoreBusyError):
+        return (
+            "Not saved yet: the database is busy right now. Your input is still on the page; "
+            "press the button again in a moment."
+        )
+    return str(err)
 
 
 def display(state: ChatState) -> list[dict[str, str]]:
@@ -143,9 +153,14 @@ class ChatService:
         ends, so a model failure leaves the conversation and everything recorded intact.
         """
         text = self.check_message(text)
-        if state.conversation_id is None:
-            state.conversation_id = self.store.start_conversation(user_id=user.id, title=text[:60])
-        self.store.add_user_message(conversation_id=state.conversation_id, content=text)
+        try:
+            if state.conversation_id is None:
+                state.conversation_id = self.store.start_conversation(
+                    user_id=user.id, title=text[:60]
+                )
+            self.store.add_user_message(conversation_id=state.conversation_id, content=text)
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
         state.turns.append(Turn("user", text))
         try:
             reply = self.engine.stream(state.history(), self.params)
@@ -163,6 +178,12 @@ class ChatService:
 
     def _record(self, conversation_id: int, info: ReplyInfo, kind: str) -> int:
         """Store a finished reply (or compare candidate) with how it was made."""
+        try:
+            return self._add_response(conversation_id, info, kind)
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+
+    def _add_response(self, conversation_id: int, info: ReplyInfo, kind: str) -> int:
         return self.store.add_response(
             conversation_id=conversation_id,
             prompt=info.prompt,
@@ -208,9 +229,12 @@ class ChatService:
         self, user: UserInfo, state: ChatState, index: int | None, *, up: bool, reason: str = ""
     ) -> str:
         turn = self._reply(state, index)
-        self.store.rate(
-            response_id=turn.response_id, user_id=user.id, up=up, reason=reason.strip() or None
-        )
+        try:
+            self.store.rate(
+                response_id=turn.response_id, user_id=user.id, up=up, reason=reason.strip() or None
+            )
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
         return f"Saved {'👍' if up else '👎'}" + (f" ({reason.strip()})" if reason.strip() else "")
 
     def correct(self, user: UserInfo, state: ChatState, index: int | None, text: str) -> str:
@@ -223,7 +247,7 @@ class ChatService:
         try:
             self.store.correct(response_id=turn.response_id, user_id=user.id, content=text)
         except FeedbackError as err:
-            raise ChatError(str(err)) from err
+            raise ChatError(_not_saved(err)) from err
         return "Saved your corrected answer (the original reply is kept too)."
 
     def compare_choices(self) -> list[str]:
@@ -264,12 +288,15 @@ class ChatService:
         assert info is not None
         candidate_id = self._record(original.conversation_id, info, "candidate")
         original_is_a = (rng or random).random() < 0.5
-        comparison_id = self.store.add_comparison(
-            user_id=user.id,
-            original_response_id=original.id,
-            candidate_response_id=candidate_id,
-            original_is_a=original_is_a,
-        )
+        try:
+            comparison_id = self.store.add_comparison(
+                user_id=user.id,
+                original_response_id=original.id,
+                candidate_response_id=candidate_id,
+                original_is_a=original_is_a,
+            )
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
         a, b = (original.content, info.text) if original_is_a else (info.text, original.content)
         yield Comparison(comparison_id, a, b)
 
@@ -283,5 +310,5 @@ class ChatService:
                 comparison_id=comparison_id, user_id=user.id, choice=choice
             )
         except FeedbackError as err:
-            raise ChatError(str(err)) from err
+            raise ChatError(_not_saved(err)) from err
         return "Saved: it's a tie." if choice == "tie" else f"Saved: {choice} is better."

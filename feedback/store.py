@@ -8,21 +8,23 @@ dataclasses from `feedback.records`, never ORM objects.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, func
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from feedback import accounts, bulk, compare, rows
 from feedback.accounts import KeyState
 from feedback.canonical import event_key
 from feedback.db import WRITE_OPTIONS, make_engine
-from feedback.errors import FeedbackError
+from feedback.errors import FeedbackError, StoreBusyError
 from feedback.messages import check_prompt
 from feedback.models import (
     RESPONSE_KINDS,
@@ -47,6 +49,32 @@ from feedback.records import (
     UserInfo,
     as_utc,
 )
+
+# Rows per transaction of a bulk import: on SQLite each holds the one write lock for a few
+# tens of milliseconds, so ratings that arrive meanwhile wait no longer than that.
+BULK_BATCH_ROWS = 500
+
+
+# A feedback write that found the database busy is tried again after these pauses.
+RETRY_PAUSES_S = (0.2, 1.0)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Run a one-transaction write again when the database was busy (nothing was stored)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for pause in RETRY_PAUSES_S:
+            try:
+                return method(*args, **kwargs)
+            except StoreBusyError:
+                time.sleep(pause)
+        return method(*args, **kwargs)
+
+    return wrapper
 
 
 def _user_info(user: User) -> UserInfo:
@@ -75,10 +103,20 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        """A session whose work is committed when the block ends without an error."""
-        with Session(self._writer, expire_on_commit=False) as session:
-            yield session
-            session.commit()
+        """A session whose work is committed when the block ends without an error.
+
+        A database that stays locked past the busy timeout, or a dropped connection,
+        becomes StoreBusyError: a plain message, and nothing of the block was stored.
+        """
+        try:
+            with Session(self._writer, expire_on_commit=False) as session:
+                yield session
+                session.commit()
+        except OperationalError as err:
+            raise StoreBusyError(
+                "the database is busy (a large import may be running); nothing was saved, "
+                "try again in a moment"
+            ) from err
 
     def _read(self) -> Session:
         return Session(self.engine)
@@ -198,6 +236,7 @@ class Store:
 
     # Conversations -------------------------------------------------------------------
 
+    @retried
     def start_conversation(self, *, user_id: int, title: str) -> int:
         """Open a new chat for `user_id`; returns its id."""
         with self._write() as session:
@@ -208,6 +247,7 @@ class Store:
             assert conversation.id is not None
             return conversation.id
 
+    @retried
     def add_user_message(self, *, conversation_id: int, content: str) -> int:
         """Append the user's turn to the transcript; returns the message id."""
         if not content.strip():
@@ -240,6 +280,7 @@ class Store:
         assert message.id is not None
         return message.id
 
+    @retried
     def add_response(
         self,
         *,
@@ -293,6 +334,7 @@ class Store:
 
     # Feedback ------------------------------------------------------------------------
 
+    @retried
     def rate(self, *, response_id: int, user_id: int, up: bool, reason: str | None = None) -> int:
         """Record one thumbs-up/down click; the latest per response and user counts."""
         with self._write() as session:
@@ -309,6 +351,7 @@ class Store:
             assert rating.id is not None
             return rating.id
 
+    @retried
     def correct(self, *, response_id: int, user_id: int, content: str) -> int:
         """Store an expert's rewrite of a response; returns the correction id.
 
@@ -341,6 +384,7 @@ class Store:
             )
             return correction.id
 
+    @retried
     def add_comparison(
         self,
         *,
@@ -359,6 +403,7 @@ class Store:
                 original_is_a=original_is_a,
             )
 
+    @retried
     def decide_comparison(self, *, comparison_id: int, user_id: int, choice: str) -> int:
         """Record the owner's final choice ("A", "B" or "tie"); returns the preference id.
 
@@ -448,11 +493,18 @@ class Store:
         preferences: Iterable[NewPreference] = (),
         examples: Iterable[NewExample] = (),
         source: str = "import",
+        batch_rows: int = BULK_BATCH_ROWS,
     ) -> BulkResult:
-        """Add pairs and conversations in ONE transaction, skipping duplicates.
+        """Add pairs and conversations, skipping duplicates, in short transactions.
 
-        Duplicates (same content already stored, or repeated in this batch) are counted,
-        not added. Either everything new is written or, on an error, nothing is.
+        Duplicates (same content already stored, or repeated in the input) are counted, not
+        added. Each batch of `batch_rows` commits on its own, so a big import never holds
+        the database long enough to keep an expert's rating waiting; an import stopped
+        half-way is finished by running it again (what is stored counts as duplicates).
         """
-        with self._write() as session:
-            return bulk.add_bulk(session, preferences=preferences, examples=examples, source=source)
+        prepared = bulk.prepare(preferences, examples, source)  # outside any transaction
+        added = 0
+        for batch in prepared.batches(batch_rows):
+            with self._write() as session:
+                added += bulk.insert_new(session, batch)
+        return BulkResult(added=added, duplicates=prepared.total - added)
