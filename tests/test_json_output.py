@@ -136,9 +136,7 @@ def test_path_errors_are_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> 
     assert code == 1 and err.count("\n") == 1 and "is a folder" in err
 
 
-def test_a_training_round_keeps_stdout_for_its_json(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
+def test_a_training_round_keeps_stdout_for_its_json(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The trainer prints its metric dicts; as its own process, stdout still holds one object."""
     from app.config import Settings
     from feedback.store import Store
