@@ -70,8 +70,10 @@ def _first_admin(store: Any, settings: Settings) -> None:
     password = secrets.token_urlsafe(12)
     store.add_user(name="admin", role="operator", password=password)
     path = settings.home / "admin-password"
-    path.write_text(password + "\n", encoding="utf-8")
-    path.chmod(0o600)
+    # created owner-only, never readable by others even for a moment
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(password + "\n")
     typer.echo(
         f"Created the first account: user 'admin' (operator), password {password}\n"
         f"(also saved in {path}). Add experts with: tuneloop users add NAME --role expert",
@@ -320,7 +322,7 @@ def status(as_json: JsonOpt = False) -> None:
         "model": _model_label(settings),
         "adapter": version,
         "home": str(settings.home.resolve()),
-        "database": settings.database,
+        "database": settings.database_shown,
         "counts": counts,
         "adapter_metrics": registry.info(version).get("metrics") if version else None,
         "last_round": rounds[-1] if rounds else None,
@@ -429,6 +431,9 @@ def main() -> None:
     """
     from app.cli_common import json_stdout
 
+    # Everything tuneloop creates (the store, models, adapters, logs, Argilla's database and
+    # the processes it starts) is private to the account that runs it: 0700 / 0600.
+    os.umask(0o077)
     _JSON_MODE[0] = "--json" in sys.argv[1:]
     if not _JSON_MODE[0]:
         raise SystemExit(_run())

@@ -23,7 +23,11 @@ _json_out: TextIO | None = None
 def open_settings() -> Settings:
     """Build the one Settings object (from TUNELOOP_* variables) and make sure HOME exists."""
     settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = settings.home.stat().st_mode & 0o777
+    if mode & 0o077:  # a home made before tuneloop kept it private: the store is inside
+        settings.home.chmod(0o700)
+        typer.echo(f"note: made {settings.home} private (was {mode:o}, now 700)", err=True)
     return settings
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The repository's own data/ folder: the demo domain's system prompt, seed examples, rubric.
@@ -28,8 +28,10 @@ class Settings(BaseSettings):
         default=None,
         description="A local Hugging Face model directory; unset means the embedded SmolLM2.",
     )
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; unset means SQLite at HOME/tuneloop.db."
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset means SQLite at HOME/tuneloop.db. Secret: it may "
+        "hold a password (shown redacted).",
     )
     load_in_4bit: bool = Field(default=False, description="Load the base model 4-bit (NF4).")
     data_dir: Path = Field(default=REPO_DATA_DIR, description="System prompt and demo domain.")
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
         description="A team's own Argilla (e.g. https://argilla.example.org); unset means the "
         "local stack that `tuneloop argilla up` runs under HOME/argilla.",
     )
-    argilla_api_key: str | None = Field(
+    argilla_api_key: SecretStr | None = Field(
         default=None, description="Owner API key of TUNELOOP_ARGILLA_URL (not for the local one)."
     )
     argilla_port: int = Field(default=6900, ge=1, le=65535, description="Local Argilla's port.")
@@ -228,7 +230,19 @@ class Settings(BaseSettings):
     @property
     def database(self) -> str:
         """The database URL in force."""
-        return self.database_url or f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
+
+    @property
+    def database_shown(self) -> str:
+        """The database URL in force with any password replaced by ***, for output."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.database).render_as_string(hide_password=True)
+        except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
+            return "(unparseable URL, not shown)"
 
     @property
     def argilla_address(self) -> str:
