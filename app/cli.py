@@ -314,13 +314,15 @@ def status(as_json: JsonOpt = False) -> None:
     store = _store(settings)
     counts = store.counts()
     registry = Registry(settings.adapters_dir)
-    version = registry.current()
+    named, version, problem = _serving(registry)
     from training.round import list_rounds  # issue 4: the serving version's metrics, last round
 
     rounds = list_rounds(settings.home / "rounds")
     payload = {
         "model": _model_label(settings),
         "adapter": version,
+        "adapter_named": named,
+        "adapter_problem": problem,
         "home": str(settings.home.resolve()),
         "database": settings.database_shown,
         "counts": counts,
@@ -331,7 +333,8 @@ def status(as_json: JsonOpt = False) -> None:
     by_source = counts.get("preferences_by_source", {})
     lines = [
         f"model:          {payload['model']}",
-        f"adapter:        {version or 'none (bare base model)'}",
+        f"adapter:        {version or 'none (bare base model)'}"
+        + (f" (CURRENT names {named!r}, but {problem}; serve falls back)" if problem else ""),
         f"conversations:  {counts.get('conversations', 0)}",
         f"ratings:        {counts.get('ratings_up', 0)} up, {counts.get('ratings_down', 0)} down",
         f"corrections:    {counts.get('corrections', 0)}",
@@ -343,6 +346,24 @@ def status(as_json: JsonOpt = False) -> None:
         last = rounds[-1]
         lines.append(f"last round:     {last['id']} {last.get('status')} ({last.get('stage')})")
     _emit(as_json, payload, "\n".join(lines))
+
+
+def _serving(registry: Any) -> tuple[str | None, str | None, str | None]:
+    """(what CURRENT names, what `serve` really serves, why they differ): a version whose
+    files fail their checksums, or a pointer that names nothing valid, is not served."""
+    from training.registry import RegistryError
+
+    try:
+        named = registry.current()
+    except (RegistryError, OSError) as err:
+        return None, None, f"CURRENT cannot be read ({err})"
+    if named is None:
+        return None, None, None
+    try:
+        registry.verify(named)
+    except (RegistryError, OSError) as err:
+        return named, None, str(err)
+    return named, named, None
 
 
 def _argilla_line(argilla: dict[str, Any]) -> str:

@@ -192,7 +192,7 @@ def register_core(app: typer.Typer) -> None:
         before = registry.current()
         target = rollback_target(registry)
         registry.set_current(target)
-        if before is not None:
+        if before is not None and before in registry.versions():  # not a hand-edited name
             registry.update_info(before, status="rolled_back")
         payload = {"from": before, "to": target}
         emit(as_json, payload, f"Rolled back from {before} to {target or 'the bare base model'}.")
