@@ -28,6 +28,9 @@ def open_settings() -> Settings:
     if mode & 0o077:  # a home made before tuneloop kept it private: the store is inside
         settings.home.chmod(0o700)
         typer.echo(f"note: made {settings.home} private (was {mode:o}, now 700)", err=True)
+    from app.logs import configure
+
+    configure(settings.home, settings.log_level)
     return settings
 
 

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     context_tokens: int = Field(default=2048, ge=64)
     max_message_chars: int = Field(default=4000, ge=1)
 
+    log_level: str = Field(
+        default="INFO",
+        pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+        description="tuneloop's log level (stderr and HOME/logs/tuneloop.log).",
+    )
+
     # --- Accounts and logins ---
     min_password_length: int = Field(
         default=8, ge=1, le=1024, description="Shortest password `users add`/`passwd` accept."
@@ -221,6 +227,11 @@ class Settings(BaseSettings):
             if not sep or not name.strip():
                 raise ValueError(f"{part.strip()!r} is not METRIC=NUMBER (e.g. rubric_pass=0.05)")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("model")
     @classmethod
