@@ -105,7 +105,9 @@ class ChatService:
         max_message_chars: int,
         versions: Callable[[], list[str]] = list,
         argilla_address: str = "Argilla",
+        max_reason_chars: int = 1000,
     ) -> None:
+        self.max_reason_chars = max_reason_chars
         self.engine = engine
         self.argilla_address = argilla_address
         self.store = store
@@ -229,13 +231,19 @@ class ChatService:
         self, user: UserInfo, state: ChatState, index: int | None, *, up: bool, reason: str = ""
     ) -> str:
         turn = self._reply(state, index)
+        if len(reason) > self.max_reason_chars:
+            raise ChatError(
+                f"The reason is {len(reason):,} characters; the limit is "
+                f"{self.max_reason_chars:,}. Shorten it and press again."
+            )
         try:
             self.store.rate(
                 response_id=turn.response_id, user_id=user.id, up=up, reason=reason.strip() or None
             )
         except FeedbackError as err:
             raise ChatError(_not_saved(err)) from err
-        return f"Saved {'👍' if up else '👎'}" + (f" ({reason.strip()})" if reason.strip() else "")
+        shown = f" ({inert(reason.strip())})" if reason.strip() else ""  # shown as Markdown
+        return f"Saved {'👍' if up else '👎'}" + shown
 
     def correct(self, user: UserInfo, state: ChatState, index: int | None, text: str) -> str:
         turn = self._reply(state, index)

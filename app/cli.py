@@ -121,6 +121,7 @@ def serve(
         max_message_chars=settings.max_message_chars,
         versions=registry.versions,
         argilla_address=settings.argilla_address,
+        max_reason_chars=settings.max_reason_chars,
     )
     from app.cli_argilla import start_background_sync
     from app.login import LoginGate, policy_from

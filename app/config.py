@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # Longest prompt (system + history + new message) in tokens; older turns are trimmed.
     context_tokens: int = Field(default=2048, ge=64)
     max_message_chars: int = Field(default=4000, ge=1)
+    max_reason_chars: int = Field(
+        default=1000, ge=1, description="Longest reason an expert may give with a thumbs."
+    )
 
     log_level: str = Field(
         default="INFO",

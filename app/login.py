@@ -45,6 +45,17 @@ class ClientAddress:
         await self.app(scope, receive, send)
 
 
+def _lower_priority() -> None:
+    """Run this password-check thread at a lower CPU priority than the web server's loop,
+    so pages stay quick while it works through a queue of guesses (Linux: per thread)."""
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority then
+        pass
+
+
 def policy_from(settings: Settings) -> LoginPolicy:
     """The throttle's policy from the deployment's settings."""
     from datetime import timedelta
@@ -64,7 +75,9 @@ class LoginGate:
         self.guard = LoginGuard(store, policy)
         self.allowed_roles = allowed_roles
         workers = max(1, (os.cpu_count() or 2) // 2)
-        self._verify = ThreadPoolExecutor(workers, thread_name_prefix="tuneloop-login")
+        self._verify = ThreadPoolExecutor(
+            workers, thread_name_prefix="tuneloop-login", initializer=_lower_priority
+        )
 
     async def check(self, name: str, password: str) -> bool:
         """True when the name may log in now with this password (awaited by Gradio)."""

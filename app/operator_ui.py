@@ -21,6 +21,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.chat import inert
 from feedback.store import Store, UserInfo
 from training.registry import Registry, RegistryError
 
@@ -130,7 +131,7 @@ class OperatorService:
         if s.get("version"):
             line += f" · version `{s['version']}`"
         if s.get("reason"):
-            line += f"\n\n{s['reason']}"
+            line += f"\n\n{inert(str(s['reason']))}"
         return line
 
     def history(self, name: str | None) -> list[list[Any]]:
@@ -182,7 +183,7 @@ class OperatorService:
             raise OperatorError(str(err)) from err
         lines = [f"**{version}** · status: {info.get('status', 'unknown')}"]
         if info.get("reason"):
-            lines.append(f"reason: {info['reason']}")
+            lines.append(f"reason: {inert(str(info['reason']))}")
         for key, value in _numbers(info.get("metrics", {})).items():
             lines.append(f"- {key}: {value:.4g}")
         evals = info.get("evals")

@@ -39,8 +39,9 @@ def auth_message(argilla_address: str, max_failures: int, lockout_minutes: float
 
 
 def _warn(err: ChatError) -> str:
-    gr.Warning(str(err))
-    return f"⚠️ {err}"
+    text = inert(str(err))  # error texts can quote what a user typed
+    gr.Warning(text)
+    return f"⚠️ {text}"
 
 
 def _throttled(items: Iterable[T], interval: float = STREAM_INTERVAL_S) -> Iterator[T]:
@@ -86,8 +87,8 @@ def build_ui(service: ChatService) -> gr.Blocks:
 
     def header(request: gr.Request) -> str:
         version = engine.serving_version()
-        adapter = f"adapter **{version}**" if version else "**base model** (no adapter)"
-        who = request.username or "?"
+        adapter = f"adapter **{inert(version)}**" if version else "**base model** (no adapter)"
+        who = inert(request.username or "?")
         return (
             f"### tuneloop · answering: `{engine.model_name}` · {adapter}\n"
             f"Signed in as **{who}** · [Log out](/logout)"

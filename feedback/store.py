@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,9 @@ from feedback.records import (
     UserInfo,
     as_utc,
 )
+
+# Names show up in pages, logs and Argilla: plain characters only.
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 # Rows per transaction of a bulk import: on SQLite each holds the one write lock for a few
 # tens of milliseconds, so ratings that arrive meanwhile wait no longer than that.
@@ -130,8 +134,10 @@ class Store:
         setting) and more than spaces.
         """
         name = name.strip()
-        if not name:
-            raise FeedbackError("the user name is empty; give a name")
+        if not USER_NAME.fullmatch(name):
+            raise FeedbackError(
+                f"user name {name[:80]!r} is not allowed; use 1-64 letters, digits and . _ - @"
+            )
         if role not in ROLES:
             raise FeedbackError(f"role {role!r} is unknown; use one of {', '.join(ROLES)}")
         check_new_password(password, min_length)
