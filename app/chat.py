@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from app.serving import CURRENT, ChatEngine, ReplyInfo, SamplingParams, ServingError
-from feedback.errors import FeedbackError
+from feedback.errors import FeedbackError, StoreBusyError
 from feedback.store import Store, UserInfo
 
 # Roles allowed into the chat app; annotators work in Argilla.
@@ -77,6 +77,16 @@ def inert(text: str) -> str:
     return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
 
 
+def _not_saved(err: FeedbackError) -> str:
+    """What the expert reads when a write failed: plain words, never a database error."""
+    if isinstance(err, StoreBusyError):
+        return (
+            "Not saved yet: the database is busy right now. Your input is still on the page; "
+            "press the button again in a moment."
+        )
+    return str(err)
+
+
 def display(state: ChatState) -> list[dict[str, str]]:
     """The transcript in Gradio's message format, made inert."""
     return [{"role": t.role, "content": inert(t.content)} for t in state.turns]
@@ -94,8 +104,12 @@ class ChatService:
         compare_temperature: float,
         max_message_chars: int,
         versions: Callable[[], list[str]] = list,
+        argilla_address: str = "Argilla",
+        max_reason_chars: int = 1000,
     ) -> None:
+        self.max_reason_chars = max_reason_chars
         self.engine = engine
+        self.argilla_address = argilla_address
         self.store = store
         self.params = params
         self.compare_temperature = compare_temperature
@@ -104,16 +118,23 @@ class ChatService:
 
     # -- who is asking -------------------------------------------------------------------
     def user(self, name: str | None) -> UserInfo:
-        """The logged-in chat user; refuses anyone who may not chat."""
+        """The logged-in chat user; refuses anyone who may not chat (checked on every action,
+        so disabling an account also stops a session that is already open)."""
         user = self.store.get_user(name) if name else None
+        if user is not None and user.status != "active":
+            raise ChatError("Your account is disabled; ask your operator.")
+        if user is not None and user.role == "annotator":
+            raise ChatError(self.annotator_notice())
         if user is None or user.role not in CHAT_ROLES:
             raise ChatError("Log in as an expert or operator to chat.")
         return user
 
-    def login_ok(self, name: str, password: str) -> bool:
-        """Gradio's auth callback: valid password and a chat role."""
-        user = self.store.authenticate(name=name, password=password)
-        return user is not None and user.role in CHAT_ROLES
+    def annotator_notice(self) -> str:
+        """What an annotator who logs in here is told: where their work is."""
+        return (
+            "This chat is for experts and operators. Annotators rank pairs in Argilla: "
+            f"open {self.argilla_address} and log in with the same name and password."
+        )
 
     # -- chatting ------------------------------------------------------------------------
     def check_message(self, text: str | None) -> str:
@@ -134,9 +155,14 @@ class ChatService:
         ends, so a model failure leaves the conversation and everything recorded intact.
         """
         text = self.check_message(text)
-        if state.conversation_id is None:
-            state.conversation_id = self.store.start_conversation(user_id=user.id, title=text[:60])
-        self.store.add_user_message(conversation_id=state.conversation_id, content=text)
+        try:
+            if state.conversation_id is None:
+                state.conversation_id = self.store.start_conversation(
+                    user_id=user.id, title=text[:60]
+                )
+            self.store.add_user_message(conversation_id=state.conversation_id, content=text)
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
         state.turns.append(Turn("user", text))
         try:
             reply = self.engine.stream(state.history(), self.params)
@@ -154,6 +180,12 @@ class ChatService:
 
     def _record(self, conversation_id: int, info: ReplyInfo, kind: str) -> int:
         """Store a finished reply (or compare candidate) with how it was made."""
+        try:
+            return self._add_response(conversation_id, info, kind)
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+
+    def _add_response(self, conversation_id: int, info: ReplyInfo, kind: str) -> int:
         return self.store.add_response(
             conversation_id=conversation_id,
             prompt=info.prompt,
@@ -199,10 +231,19 @@ class ChatService:
         self, user: UserInfo, state: ChatState, index: int | None, *, up: bool, reason: str = ""
     ) -> str:
         turn = self._reply(state, index)
-        self.store.rate(
-            response_id=turn.response_id, user_id=user.id, up=up, reason=reason.strip() or None
-        )
-        return f"Saved {'👍' if up else '👎'}" + (f" ({reason.strip()})" if reason.strip() else "")
+        if len(reason) > self.max_reason_chars:
+            raise ChatError(
+                f"The reason is {len(reason):,} characters; the limit is "
+                f"{self.max_reason_chars:,}. Shorten it and press again."
+            )
+        try:
+            self.store.rate(
+                response_id=turn.response_id, user_id=user.id, up=up, reason=reason.strip() or None
+            )
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+        shown = f" ({inert(reason.strip())})" if reason.strip() else ""  # shown as Markdown
+        return f"Saved {'👍' if up else '👎'}" + shown
 
     def correct(self, user: UserInfo, state: ChatState, index: int | None, text: str) -> str:
         turn = self._reply(state, index)
@@ -214,7 +255,7 @@ class ChatService:
         try:
             self.store.correct(response_id=turn.response_id, user_id=user.id, content=text)
         except FeedbackError as err:
-            raise ChatError(str(err)) from err
+            raise ChatError(_not_saved(err)) from err
         return "Saved your corrected answer (the original reply is kept too)."
 
     def compare_choices(self) -> list[str]:
@@ -255,12 +296,15 @@ class ChatService:
         assert info is not None
         candidate_id = self._record(original.conversation_id, info, "candidate")
         original_is_a = (rng or random).random() < 0.5
-        comparison_id = self.store.add_comparison(
-            user_id=user.id,
-            original_response_id=original.id,
-            candidate_response_id=candidate_id,
-            original_is_a=original_is_a,
-        )
+        try:
+            comparison_id = self.store.add_comparison(
+                user_id=user.id,
+                original_response_id=original.id,
+                candidate_response_id=candidate_id,
+                original_is_a=original_is_a,
+            )
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
         a, b = (original.content, info.text) if original_is_a else (info.text, original.content)
         yield Comparison(comparison_id, a, b)
 
@@ -274,5 +318,5 @@ class ChatService:
                 comparison_id=comparison_id, user_id=user.id, choice=choice
             )
         except FeedbackError as err:
-            raise ChatError(str(err)) from err
+            raise ChatError(_not_saved(err)) from err
         return "Saved: it's a tie." if choice == "tie" else f"Saved: {choice} is better."

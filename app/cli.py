@@ -20,6 +20,7 @@ from app.cli_common import emit as _emit
 from app.cli_common import open_settings as _settings
 from app.cli_common import open_store as _store
 from app.config import Settings
+from feedback.logins import name_key
 
 app = typer.Typer(
     name="tuneloop",
@@ -69,8 +70,10 @@ def _first_admin(store: Any, settings: Settings) -> None:
     password = secrets.token_urlsafe(12)
     store.add_user(name="admin", role="operator", password=password)
     path = settings.home / "admin-password"
-    path.write_text(password + "\n", encoding="utf-8")
-    path.chmod(0o600)
+    # created owner-only, never readable by others even for a moment
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(password + "\n")
     typer.echo(
         f"Created the first account: user 'admin' (operator), password {password}\n"
         f"(also saved in {path}). Add experts with: tuneloop users add NAME --role expert",
@@ -117,8 +120,13 @@ def serve(
         compare_temperature=settings.compare_temperature,
         max_message_chars=settings.max_message_chars,
         versions=registry.versions,
+        argilla_address=settings.argilla_address,
+        max_reason_chars=settings.max_reason_chars,
     )
     from app.cli_argilla import start_background_sync
+    from app.login import LoginGate, policy_from
+    from app.ui import auth_message
+    from feedback.models import ROLES
 
     sync_stop = start_background_sync(settings, store, engine)
     if sync_stop is None:
@@ -128,7 +136,12 @@ def serve(
             err=True,
         )
     try:
-        launch(service, host=host, port=port)
+        # Annotators may log in, to be told where their work is; every action refuses them.
+        gate = LoginGate(store, policy_from(settings), allowed_roles=ROLES)
+        note = auth_message(
+            settings.argilla_address, settings.login_max_failures, settings.login_lockout_minutes
+        )
+        launch(service, gate=gate, login_note=note, host=host, port=port)
     finally:
         if sync_stop is not None:
             sync_stop.set()
@@ -151,7 +164,9 @@ def users_add(
     settings = _settings()
     store = _store(settings)
     password = _read_password()
-    user = store.add_user(name=name, role=role.value, password=password)
+    user = store.add_user(
+        name=name, role=role.value, password=password, min_length=settings.min_password_length
+    )
     payload: dict[str, Any] = {"id": user.id, "name": user.name, "role": user.role}
     how = "log in to the chat app" if user.role != "annotator" else "rank pairs in Argilla"
     text = f"Added {user.role} '{user.name}': they can now {how}."
@@ -164,12 +179,95 @@ def users_add(
 
 
 @users_app.command("list")
-def users_list(as_json: JsonOpt = False) -> None:
-    """List accounts and their roles."""
-    users = _store(_settings()).list_users()
-    rows = [{"id": u.id, "name": u.name, "role": u.role, "created_at": u.created_at} for u in users]
-    text = "\n".join(f"{u.name:<24} {u.role}" for u in users) or "No users yet."
+def users_list(
+    removed: Annotated[bool, typer.Option("--removed", help="Show removed accounts too.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List accounts, their roles and status (and any name locked by failed logins)."""
+    store = _store(_settings())
+    users = store.list_users(include_removed=removed)
+    locked = {key: until for key, _, until in store.locked_logins()}
+    rows = [
+        {
+            "id": u.id,
+            "name": u.name,
+            "role": u.role,
+            "status": u.status,
+            "created_at": u.created_at,
+            "locked_until": locked.get(name_key(u.name)),
+        }
+        for u in users
+    ]
+    lines = []
+    for r in rows:
+        until = r["locked_until"]
+        lock = f" (locked until {until:%Y-%m-%d %H:%M} UTC)" if until else ""
+        lines.append(f"{r['name']:<24} {r['role']:<10} {r['status']}{lock}")
+    text = "\n".join(lines) or "No users yet."
     _emit(as_json, {"users": rows}, text)
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Set a new password for NAME, read from stdin or prompted for (never an argument).
+
+    Only tuneloop's own login changes: an annotator's Argilla password is changed in Argilla.
+    """
+    settings = _settings()
+    store = _store(settings)
+    password = _read_password()
+    user = store.set_password(name=name, password=password, min_length=settings.min_password_length)
+    _emit(as_json, {"name": user.name, "changed": True}, f"New password set for '{user.name}'.")
+
+
+def _set_status(name: str, status: str, as_json: bool, done: str) -> None:
+    user = _store(_settings()).set_user_status(name=name, status=status)
+    _emit(as_json, {"name": user.name, "status": user.status}, f"'{user.name}' {done}.")
+
+
+@users_app.command("disable")
+def users_disable(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Stop NAME from logging in (and from acting in a session already open) until enabled."""
+    _set_status(name, "disabled", as_json, "is disabled: no login until `users enable`")
+
+
+@users_app.command("enable")
+def users_enable(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Let a disabled NAME log in again."""
+    _set_status(name, "active", as_json, "is enabled")
+
+
+@users_app.command("remove")
+def users_remove(
+    name: Annotated[str, typer.Argument(help="Login name.")], as_json: JsonOpt = False
+) -> None:
+    """Remove NAME for good: no login ever again; their feedback stays, attributed to them."""
+    _set_status(name, "removed", as_json, "is removed; their feedback stays, attributed")
+
+
+@users_app.command("unlock")
+def users_unlock(
+    name: Annotated[str | None, typer.Argument(help="Login name to unlock.")] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="A client address to unlock instead.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lift the lockout that failed logins put on NAME (or on a client --address)."""
+    from feedback.logins import LoginGuard, LoginPolicy
+
+    if not name and not address:
+        raise typer.BadParameter("give a NAME or --address")
+    found = LoginGuard(_store(_settings()), LoginPolicy()).unlock(name=name, address=address)
+    what = " and ".join(x for x in (name and f"'{name}'", address and f"address {address}") if x)
+    text = f"Unlocked {what}." if found else f"Nothing to unlock: no failed logins for {what}."
+    _emit(as_json, {"name": name, "address": address, "unlocked": bool(found)}, text)
 
 
 @app.command("import")
@@ -245,15 +343,17 @@ def status(as_json: JsonOpt = False) -> None:
     store = _store(settings)
     counts = store.counts()
     registry = Registry(settings.adapters_dir)
-    version = registry.current()
+    named, version, problem = _serving(registry)
     from training.round import list_rounds  # issue 4: the serving version's metrics, last round
 
     rounds = list_rounds(settings.home / "rounds")
     payload = {
         "model": _model_label(settings),
         "adapter": version,
+        "adapter_named": named,
+        "adapter_problem": problem,
         "home": str(settings.home.resolve()),
-        "database": settings.database,
+        "database": settings.database_shown,
         "counts": counts,
         "adapter_metrics": registry.info(version).get("metrics") if version else None,
         "last_round": rounds[-1] if rounds else None,
@@ -262,7 +362,8 @@ def status(as_json: JsonOpt = False) -> None:
     by_source = counts.get("preferences_by_source", {})
     lines = [
         f"model:          {payload['model']}",
-        f"adapter:        {version or 'none (bare base model)'}",
+        f"adapter:        {version or 'none (bare base model)'}"
+        + (f" (CURRENT names {named!r}, but {problem}; serve falls back)" if problem else ""),
         f"conversations:  {counts.get('conversations', 0)}",
         f"ratings:        {counts.get('ratings_up', 0)} up, {counts.get('ratings_down', 0)} down",
         f"corrections:    {counts.get('corrections', 0)}",
@@ -274,6 +375,24 @@ def status(as_json: JsonOpt = False) -> None:
         last = rounds[-1]
         lines.append(f"last round:     {last['id']} {last.get('status')} ({last.get('stage')})")
     _emit(as_json, payload, "\n".join(lines))
+
+
+def _serving(registry: Any) -> tuple[str | None, str | None, str | None]:
+    """(what CURRENT names, what `serve` really serves, why they differ): a version whose
+    files fail their checksums, or a pointer that names nothing valid, is not served."""
+    from training.registry import RegistryError
+
+    try:
+        named = registry.current()
+    except (RegistryError, OSError) as err:
+        return None, None, f"CURRENT cannot be read ({err})"
+    if named is None:
+        return None, None, None
+    try:
+        registry.verify(named)
+    except (RegistryError, OSError) as err:
+        return named, None, str(err)
+    return named, named, None
 
 
 def _argilla_line(argilla: dict[str, Any]) -> str:
@@ -297,31 +416,80 @@ def _is_ours(err: BaseException) -> bool:
     return type(err).__module__.split(".")[0] in {"app", "feedback", "training"}
 
 
-def main() -> None:
-    """Console entry point: run the typer app, turning errors into one line and exit 1."""
+def _error_message(err: BaseException) -> tuple[str, bool]:
+    """(one-line message, whether it is a known, user-facing error)."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        name = "TUNELOOP_" + str(first["loc"][0]).upper() if first["loc"] else "a setting"
+        return f"invalid {name}: {first['msg']}", True
+    if isinstance(err, OSError) and err.filename is not None:
+        # a path problem: say which path and what is wrong, not a traceback
+        what = err.strerror or type(err).__name__
+        return f"{err.filename}: {what}", True
+    if _is_ours(err):
+        return str(err), True
+    return f"{type(err).__name__}: {err}", False
+
+
+def _run() -> int:
+    """Run the typer app; the exit code, with every error turned into one line."""
+    from typer.exceptions import TyperException
+
     try:
-        app()
-    except SystemExit:
-        raise
+        result = app(standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exit_:
+        return exit_.exit_code
+    except typer.Abort:
+        return _fail("aborted", code=1)
+    except TyperException as err:  # bad arguments or options (typer's own click)
+        return _fail(err.format_message(), code=err.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise SystemExit(130) from None
+        return _fail("interrupted", code=130)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except Exception as err:
         if os.environ.get("TUNELOOP_DEBUG"):
             raise
-        from pydantic import ValidationError
+        message, known = _error_message(err)
+        return _fail(message, code=1, hint=not known)
 
-        known = _is_ours(err) or isinstance(err, ValidationError)
-        if isinstance(err, ValidationError):
-            first = err.errors()[0]
-            name = "TUNELOOP_" + str(first["loc"][0]).upper() if first["loc"] else "a setting"
-            message = f"invalid {name}: {first['msg']}"
-        else:
-            message = str(err) if known else f"{type(err).__name__}: {err}"
-        typer.echo(f"error: {message}".splitlines()[0], err=True)
-        if not known:
-            typer.echo("(set TUNELOOP_DEBUG=1 to see the traceback)", err=True)
-        raise SystemExit(1) from None
+
+def _fail(message: str, *, code: int, hint: bool = False) -> int:
+    line = message.strip().splitlines()[0] if message.strip() else "failed"
+    typer.echo(f"error: {line}", err=True)
+    if hint:
+        typer.echo("(set TUNELOOP_DEBUG=1 to see the traceback)", err=True)
+    if _JSON_MODE[0]:
+        from app.cli_common import write_json
+
+        write_json({"error": line, "exit_code": code})
+    return code
+
+
+# Whether this run was asked for --json (then a failure is a JSON object on stdout too).
+_JSON_MODE = [False]
+
+
+def main() -> None:
+    """Console entry point: run the typer app, turning errors into one line and an exit code.
+
+    With --json, stdout carries exactly one JSON object, for success and failure alike;
+    everything else anything prints meanwhile goes to stderr.
+    """
+    from app.cli_common import json_stdout
+
+    # Everything tuneloop creates (the store, models, adapters, logs, Argilla's database and
+    # the processes it starts) is private to the account that runs it: 0700 / 0600.
+    os.umask(0o077)
+    _JSON_MODE[0] = "--json" in sys.argv[1:]
+    if not _JSON_MODE[0]:
+        raise SystemExit(_run())
+    with json_stdout():
+        code = _run()
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def target(settings: Settings) -> Any | None:
                 "TUNELOOP_ARGILLA_URL is set but TUNELOOP_ARGILLA_API_KEY is not; "
                 "set it to an owner's API key (Argilla UI: My settings)"
             )
-        creds = Credentials(settings.argilla_url.rstrip("/"), settings.argilla_api_key)
+        creds = Credentials(
+            settings.argilla_url.rstrip("/"), settings.argilla_api_key.get_secret_value()
+        )
     else:
         creds = local_stack(settings).credentials()
         if creds is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.split import HELDOUT_MIN_ITEMS
@@ -31,8 +31,10 @@ class Settings(BaseSettings):
         default=None,
         description="A local Hugging Face model directory; unset means the embedded SmolLM2.",
     )
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; unset means SQLite at HOME/tuneloop.db."
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset means SQLite at HOME/tuneloop.db. Secret: it may "
+        "hold a password (shown redacted).",
     )
     load_in_4bit: bool = Field(default=False, description="Load the base model 4-bit (NF4).")
     data_dir: Path = Field(default=REPO_DATA_DIR, description="System prompt and demo domain.")
@@ -46,6 +48,35 @@ class Settings(BaseSettings):
     # Longest prompt (system + history + new message) in tokens; older turns are trimmed.
     context_tokens: int = Field(default=2048, ge=64)
     max_message_chars: int = Field(default=4000, ge=1)
+    max_reason_chars: int = Field(
+        default=1000, ge=1, description="Longest reason an expert may give with a thumbs."
+    )
+
+    log_level: str = Field(
+        default="INFO",
+        pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+        description="tuneloop's log level (stderr and HOME/logs/tuneloop.log).",
+    )
+
+    # --- Accounts and logins ---
+    min_password_length: int = Field(
+        default=8, ge=1, le=1024, description="Shortest password `users add`/`passwd` accept."
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins a user name may have before it is locked."
+    )
+    login_max_failures_per_address: int = Field(
+        default=30, ge=1, description="Failed logins a client address may have before it is locked."
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0.0, description="How long a lockout lasts (and failures are remembered)."
+    )
+    login_delay_seconds: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=60.0,
+        description="Wait before the next try after a failed login; doubles per failure (max 8 s).",
+    )
 
     # How often a running server checks the registry's CURRENT pointer, in seconds.
     adapter_poll_seconds: float = Field(default=1.0, gt=0.0)
@@ -56,7 +87,7 @@ class Settings(BaseSettings):
         description="A team's own Argilla (e.g. https://argilla.example.org); unset means the "
         "local stack that `tuneloop argilla up` runs under HOME/argilla.",
     )
-    argilla_api_key: str | None = Field(
+    argilla_api_key: SecretStr | None = Field(
         default=None, description="Owner API key of TUNELOOP_ARGILLA_URL (not for the local one)."
     )
     argilla_port: int = Field(default=6900, ge=1, le=65535, description="Local Argilla's port.")
@@ -225,6 +256,11 @@ class Settings(BaseSettings):
             raise ValueError(str(err)) from None
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("model", "judge_model")
     @classmethod
     def _empty_model_is_default(cls, value: str | None) -> str | None:
@@ -233,7 +269,24 @@ class Settings(BaseSettings):
     @property
     def database(self) -> str:
         """The database URL in force."""
-        return self.database_url or f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
+
+    @property
+    def database_shown(self) -> str:
+        """The database URL in force with any password replaced by ***, for output."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.database).render_as_string(hide_password=True)
+        except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
+            return "(unparseable URL, not shown)"
+
+    @property
+    def argilla_address(self) -> str:
+        """Where annotators open Argilla: the team's own, or the local stack's port."""
+        return (self.argilla_url or f"http://127.0.0.1:{self.argilla_port}").rstrip("/")
 
     @property
     def adapters_dir(self) -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.chat import inert
 from feedback.store import Store, UserInfo
 from training.registry import Registry, RegistryError
 
@@ -69,7 +70,7 @@ class OperatorService:
     def operator(self, name: str | None) -> UserInfo:
         """The logged-in user if an operator; anyone else is refused."""
         user = self.store.get_user(name) if name else None
-        if user is None or user.role != OPERATOR:
+        if user is None or user.role != OPERATOR or user.status != "active":
             raise OperatorError("Only operators can see and run training rounds.")
         return user
 
@@ -131,7 +132,7 @@ class OperatorService:
         if s.get("version"):
             line += f" · version `{s['version']}`"
         if s.get("reason"):
-            line += f"\n\n{s['reason']}"
+            line += f"\n\n{inert(str(s['reason']))}"
         return line
 
     def history(self, name: str | None) -> list[list[Any]]:
@@ -183,9 +184,9 @@ class OperatorService:
             raise OperatorError(str(err)) from err
         lines = [f"**{version}** · status: {info.get('status', 'unknown')}"]
         if info.get("decision"):
-            lines.append(f"gate decision: {info['decision']}")
+            lines.append(f"gate decision: {inert(str(info['decision']))}")
         for reason in info.get("reasons") or []:
-            lines.append(f"- {reason}")
+            lines.append(f"- {inert(str(reason))}")
         for key, value in _numbers(info.get("metrics", {})).items():
             lines.append(f"- {key}: {value:.4g}")
         evals = info.get("evals")

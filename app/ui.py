@@ -9,6 +9,7 @@ thumbs too.
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from app.chat import COMPARE_SAMPLE, ChatError, ChatService, ChatState, Comparison, display, inert
+from app.login import ClientAddress, LoginGate
 from app.operator_ui import OperatorService, build_operator_tab
 
 T = TypeVar("T")
@@ -23,15 +25,23 @@ TITLE = "tuneloop"
 # While a reply streams, the page is updated at most this often (the first text at once,
 # the final text always): each update is a full render and a message to every open tab.
 STREAM_INTERVAL_S = 0.1
-AUTH_MESSAGE = (
-    "Log in with your tuneloop account (experts and operators). "
-    "Annotators rank pairs in Argilla instead."
-)
+
+
+def auth_message(argilla_address: str, max_failures: int, lockout_minutes: float) -> str:
+    """The login page's note (HTML): who logs in here, where annotators go, the lockout."""
+    address = html.escape(argilla_address)
+    return (
+        "Log in with your tuneloop account (experts and operators). Annotators rank pairs "
+        f'in Argilla instead: <a href="{address}">{address}</a>. After {max_failures} '
+        f"failed attempts a name is locked for {lockout_minutes:g} minutes; your operator "
+        "can lift it sooner."
+    )
 
 
 def _warn(err: ChatError) -> str:
-    gr.Warning(str(err))
-    return f"⚠️ {err}"
+    text = inert(str(err))  # error texts can quote what a user typed
+    gr.Warning(text)
+    return f"⚠️ {text}"
 
 
 def _throttled(items: Iterable[T], interval: float = STREAM_INTERVAL_S) -> Iterator[T]:
@@ -77,8 +87,8 @@ def build_ui(service: ChatService) -> gr.Blocks:
 
     def header(request: gr.Request) -> str:
         version = engine.serving_version()
-        adapter = f"adapter **{version}**" if version else "**base model** (no adapter)"
-        who = request.username or "?"
+        adapter = f"adapter **{inert(version)}**" if version else "**base model** (no adapter)"
+        who = inert(request.username or "?")
         return (
             f"### tuneloop · answering: `{engine.model_name}` · {adapter}\n"
             f"Signed in as **{who}** · [Log out](/logout)"
@@ -357,18 +367,23 @@ def build_ui(service: ChatService) -> gr.Blocks:
 def launch(
     service: ChatService,
     *,
+    gate: LoginGate,
+    login_note: str,
     host: str = "127.0.0.1",
     port: int = 7860,
     block: bool = True,
 ) -> gr.Blocks:
-    """Serve the app with login enforced against the store; returns the running Blocks."""
+    """Serve the app with login enforced by `gate`; returns the running Blocks."""
+    from starlette.middleware import Middleware
+
     demo = build_ui(service)
     demo.queue(default_concurrency_limit=16)
     demo.launch(
         server_name=host,
         server_port=port,
-        auth=service.login_ok,
-        auth_message=AUTH_MESSAGE,
+        auth=gate.check,
+        auth_message=login_note,
+        app_kwargs={"middleware": [Middleware(ClientAddress)]},
         ssr_mode=False,
         prevent_thread_lock=not block,
         show_error=True,

@@ -14,6 +14,7 @@ from tuneloop: that environment has argilla-server's dependency pins, not ours.
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -83,8 +84,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# Followed by a JSON list on stdin: arguments (passwords, API keys) appended in-process, so
+# they never appear in the command line that `ps` shows every local user.
+SECRET_ARGS_FLAG = "--tuneloop-secret-args-on-stdin"
+
+
 def main() -> None:
     """Apply the patch, then run argilla-server's own typer CLI with our argv."""
+    if SECRET_ARGS_FLAG in sys.argv:
+        sys.argv.remove(SECRET_ARGS_FLAG)
+        sys.argv.extend(str(a) for a in json.loads(sys.stdin.read()))
     patch()
     from argilla_server.cli.__main__ import app
 

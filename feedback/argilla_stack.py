@@ -24,10 +24,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feedback.argilla_launcher import SECRET_ARGS_FLAG
 from feedback.errors import FeedbackError
 
 LAUNCHER = Path(__file__).resolve().parent / "argilla_launcher.py"
@@ -46,9 +47,9 @@ class Credentials:
     """Where an Argilla server is and the owner's API key for it."""
 
     url: str
-    api_key: str
+    api_key: str = field(repr=False)  # never in a log line or an error
     username: str = OWNER
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -212,9 +213,19 @@ class LocalStack:
         state["processes"][name] = {"pid": proc.pid, "start": _start_time(proc.pid)}
         self._save_state(state)
 
-    def _server_cli(self, state: dict[str, Any], *args: str) -> None:
+    def _server_cli(
+        self, state: dict[str, Any], *args: str, secret_args: tuple[str, ...] = ()
+    ) -> None:
+        """Run an argilla-server command; `secret_args` travel on stdin, never in the argv
+        that every local user can read in `ps` (the launcher appends them in-process)."""
+        argv = self._launch(*args, *([SECRET_ARGS_FLAG] if secret_args else []))
         out = subprocess.run(
-            self._launch(*args), env=self._env(state), capture_output=True, text=True, timeout=300
+            argv,
+            input=json.dumps(list(secret_args)),
+            env=self._env(state),
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if out.returncode != 0:
             tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -232,8 +243,8 @@ class LocalStack:
             json.dump({"username": OWNER, "password": password, "api_key": api_key}, out)
         self._server_cli(
             state, "database", "users", "create", "--username", OWNER, "--first-name", OWNER,
-            "--password", password,
-            "--api-key", api_key, "--role", "owner", "--workspace", self.workspace,
+            "--role", "owner", "--workspace", self.workspace,
+            secret_args=("--password", password, "--api-key", api_key),
         )  # fmt: skip
         os.replace(tmp, self.credentials_file)
 

@@ -8,3 +8,10 @@ class FeedbackError(Exception):
 
     The message is one line that says what to do; the CLI prints `str(err)` and exits 1.
     """
+
+
+class StoreBusyError(FeedbackError):
+    """The database could not take a write in time (locked, or the connection failed).
+
+    Nothing of that write was stored; the same call can simply be made again.
+    """

@@ -152,24 +152,69 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(line number, JSON object) for each non-empty line."""
+# Deeper than this is no conversation; refusing it early keeps parsing from recursing away.
+MAX_DEPTH = 32
+
+
+def _check_values(value: Any, depth: int = 0) -> None:
+    """Refuse what no database stores as text: lone surrogates, NUL bytes, deep nesting."""
+    if depth > MAX_DEPTH:
+        raise FeedbackError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise FeedbackError("a string holds a NUL character (\\u0000); remove it")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FeedbackError(
+                "a string holds a lone surrogate (e.g. \\ud800), which is not text"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, depth + 1)
+            _check_values(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_values(item, depth + 1)
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    """One line as a JSON object (None when blank); FeedbackError says what is wrong."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FeedbackError(
+            f"not UTF-8 (byte {err.start + 1}); save the file as UTF-8 JSONL"
+        ) from None
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise FeedbackError(f"not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise FeedbackError(f"nested deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(row, dict):
+        raise FeedbackError("each line must be a JSON object")
+    _check_values(row)
+    return row
+
+
+def _lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) for each non-empty line; a bad line names its number."""
+    if path.is_dir():
+        raise FeedbackError(f"{path} is a folder; give a JSONL file")
+    try:
+        with path.open("rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise FeedbackError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise FeedbackError(f"{path}:{lineno}: each line must be a JSON object")
-                yield lineno, row
+                    row = _parse_line(raw)
+                except FeedbackError as err:
+                    raise FeedbackError(f"{path}:{lineno}: {err}") from None
+                if row is not None:
+                    yield lineno, row
     except FileNotFoundError:
         raise FeedbackError(f"{path}: no such file; check the path") from None
-    except UnicodeDecodeError:
-        raise FeedbackError(f"{path}: not UTF-8 text; save it as UTF-8 JSONL") from None
     except OSError as err:
         raise FeedbackError(f"{path}: cannot read it ({err.strerror}); check the path") from None
 
@@ -207,7 +252,7 @@ def read_file(path: str | Path, fmt: str = "auto") -> tuple[str, list[Row]]:
 
 
 def import_file(store: Store, path: str | Path, fmt: str = "auto") -> ImportResult:
-    """Import one JSONL file in one transaction; rows already stored count as duplicates."""
+    """Import one JSONL file (checked whole first); rows already stored count as duplicates."""
     found, rows = read_file(path, fmt)
     result = store.add_bulk(
         preferences=[r for r in rows if isinstance(r, NewPreference)],
@@ -229,9 +274,16 @@ def export(
     """
     if kind not in EXPORT_KINDS:
         raise FeedbackError(f"export kind {kind!r} is unknown; use 'sft' or 'dpo'")
-    rows = store.sft_rows(split, plan) if kind == "sft" else store.dpo_rows(split, plan)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise FeedbackError(f"{out} is a folder; give --out a file name, e.g. {out / 'x.jsonl'}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise FeedbackError(f"{out.parent} is a file, not a folder; choose another --out")
+    rows = store.sft_rows(split, plan) if kind == "sft" else store.dpo_rows(split, plan)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FeedbackError(f"cannot create {out.parent}: {err.strerror}") from None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     count = 0
     try:

@@ -31,6 +31,9 @@ from sqlmodel import Field, Session, SQLModel
 from feedback.errors import FeedbackError
 
 ROLES = ("expert", "annotator", "operator")
+# A disabled account cannot log in until enabled again; a removed one never again, but its
+# row stays so everything it gave stays attributed (and its name is not reused).
+USER_STATUSES = ("active", "disabled", "removed")
 MESSAGE_ROLES = ("user", "assistant")
 RESPONSE_KINDS = ("reply", "candidate")
 CHOICES = ("A", "B", "tie")
@@ -74,6 +77,7 @@ class User(FeedbackTable, table=True):
     __table_args__ = (
         Index("ux_users_name", "name", unique=True),
         CheckConstraint(_in("role", ROLES), name="role"),
+        CheckConstraint(_in("status", USER_STATUSES), name="status"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -81,6 +85,25 @@ class User(FeedbackTable, table=True):
     role: str = Field(sa_type=String)
     password_hash: str = Field(sa_type=String)
     created_at: datetime = _created()
+    status: str = Field(default="active", sa_type=String)
+
+
+class LoginFailure(FeedbackTable, table=True):
+    """Recent failed logins for one key (a user name or a client address): the throttle.
+
+    Kept in the database, not in the server's memory, so `tuneloop users unlock` in another
+    process can lift a lockout and a restart does not reset the count.
+    """
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ux_login_failures_key", "key", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # "name:<user name, lower case>" or "addr:<client address>".
+    key: str = Field(sa_type=String)
+    failures: int = Field(default=0, sa_type=Integer)
+    last_failure_at: datetime = _created()
+    locked_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class Conversation(FeedbackTable, table=True):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+from functools import cache
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from feedback.errors import FeedbackError
 
 _hasher = PasswordHasher()
 
@@ -19,3 +24,28 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+@cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+def burn_verify(password: str) -> bool:
+    """The work of one real verification, for a name that has no usable hash; always False.
+
+    Refusing an unknown (or disabled) name as fast as a typo in a known one would tell
+    whoever is guessing which names exist.
+    """
+    verify_password(_dummy_hash(), password)
+    return False
+
+
+def check_new_password(password: str, min_length: int) -> None:
+    """Refuse a password shorter than `min_length` characters or made only of spaces."""
+    if not password.strip():
+        raise FeedbackError("the password is empty; choose a password")
+    if len(password) < min_length:
+        raise FeedbackError(
+            f"the password has {len(password)} characters; use at least {min_length}"
+        )

@@ -23,6 +23,8 @@ class UserInfo:
     name: str
     role: str
     created_at: datetime
+    # active, disabled (no login until enabled) or removed (no login; feedback kept).
+    status: str = "active"
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,24 @@ dataclasses from `feedback.records`, never ORM objects.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Iterator
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, func
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
-from feedback import bulk, compare, rows
+from feedback import accounts, bulk, compare, rows
+from feedback.accounts import KeyState
 from feedback.canonical import event_key
 from feedback.db import WRITE_OPTIONS, make_engine
-from feedback.errors import FeedbackError
+from feedback.errors import FeedbackError, StoreBusyError
 from feedback.messages import check_prompt
 from feedback.models import (
     RESPONSE_KINDS,
@@ -34,7 +39,7 @@ from feedback.models import (
     User,
     fetch,
 )
-from feedback.passwords import hash_password, verify_password
+from feedback.passwords import burn_verify, check_new_password, hash_password, verify_password
 from feedback.records import (
     BulkResult,
     ConversationInfo,
@@ -49,10 +54,45 @@ from feedback.split import HeldoutSplit
 
 Row = dict[str, Any]
 
+# Names show up in pages, logs and Argilla: plain characters only.
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+# Rows per transaction of a bulk import: on SQLite each holds the one write lock for a few
+# tens of milliseconds, so ratings that arrive meanwhile wait no longer than that.
+BULK_BATCH_ROWS = 500
+
+
+# A feedback write that found the database busy is tried again after these pauses.
+RETRY_PAUSES_S = (0.2, 1.0)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Run a one-transaction write again when the database was busy (nothing was stored)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for pause in RETRY_PAUSES_S:
+            try:
+                return method(*args, **kwargs)
+            except StoreBusyError:
+                time.sleep(pause)
+        return method(*args, **kwargs)
+
+    return wrapper
+
 
 def _user_info(user: User) -> UserInfo:
     assert user.id is not None
-    return UserInfo(id=user.id, name=user.name, role=user.role, created_at=as_utc(user.created_at))
+    return UserInfo(
+        id=user.id,
+        name=user.name,
+        role=user.role,
+        created_at=as_utc(user.created_at),
+        status=user.status,
+    )
 
 
 class Store:
@@ -70,25 +110,40 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        """A session whose work is committed when the block ends without an error."""
-        with Session(self._writer, expire_on_commit=False) as session:
-            yield session
-            session.commit()
+        """A session whose work is committed when the block ends without an error.
+
+        A database that stays locked past the busy timeout, or a dropped connection,
+        becomes StoreBusyError: a plain message, and nothing of the block was stored.
+        """
+        try:
+            with Session(self._writer, expire_on_commit=False) as session:
+                yield session
+                session.commit()
+        except OperationalError as err:
+            raise StoreBusyError(
+                "the database is busy (a large import may be running); nothing was saved, "
+                "try again in a moment"
+            ) from err
 
     def _read(self) -> Session:
         return Session(self.engine)
 
     # Users ---------------------------------------------------------------------------
 
-    def add_user(self, *, name: str, role: str, password: str) -> UserInfo:
-        """Create a login. Names are unique; role is expert, annotator or operator."""
+    def add_user(self, *, name: str, role: str, password: str, min_length: int = 1) -> UserInfo:
+        """Create a login. Names are unique; role is expert, annotator or operator.
+
+        The password needs `min_length` characters (the CLI passes the deployment's
+        setting) and more than spaces.
+        """
         name = name.strip()
-        if not name:
-            raise FeedbackError("the user name is empty; give a name")
+        if not USER_NAME.fullmatch(name):
+            raise FeedbackError(
+                f"user name {name[:80]!r} is not allowed; use 1-64 letters, digits and . _ - @"
+            )
         if role not in ROLES:
             raise FeedbackError(f"role {role!r} is unknown; use one of {', '.join(ROLES)}")
-        if not password:
-            raise FeedbackError("the password is empty; choose a password")
+        check_new_password(password, min_length)
         password_hash = hash_password(password)  # slow on purpose: outside the transaction
         duplicate = FeedbackError(f"user {name!r} already exists; pick another name")
         try:
@@ -103,27 +158,94 @@ class Store:
             raise duplicate from None
 
     def authenticate(self, *, name: str, password: str) -> UserInfo | None:
-        """The user if `password` is theirs, else None (unknown name or wrong password)."""
+        """The user if `password` is theirs and the account is active, else None.
+
+        Unknown, disabled and removed names cost one password verification too, so the
+        time to refuse does not tell which names exist.
+        """
         with self._read() as session:
             user = session.exec(select(User).where(User.name == name.strip())).first()
         # Verify (slow on purpose) after the connection has gone back to the pool.
-        if user is None or not verify_password(user.password_hash, password):
+        if user is None or user.status != "active":
+            burn_verify(password)
+            return None
+        if not verify_password(user.password_hash, password):
             return None
         return _user_info(user)
 
+    def set_password(self, *, name: str, password: str, min_length: int = 1) -> UserInfo:
+        """Give `name` a new password (same rules as `add_user`)."""
+        check_new_password(password, min_length)
+        password_hash = hash_password(password)
+        with self._write() as session:
+            user = accounts.find_user(session, name)
+            user.password_hash = password_hash
+            session.add(user)
+            return _user_info(user)
+
+    def set_user_status(self, *, name: str, status: str) -> UserInfo:
+        """Disable, enable (status "active") or remove an account.
+
+        Removing keeps the row (feedback stays attributed, the name stays taken) and
+        replaces the password hash with one nothing matches.
+        """
+        if status not in ("active", "disabled", "removed"):
+            raise FeedbackError(f"status {status!r} is unknown; use active, disabled or removed")
+        with self._write() as session:
+            user = accounts.find_user(session, name)
+            user.status = status
+            if status == "removed":
+                user.password_hash = "removed"
+            session.add(user)
+            return _user_info(user)
+
     def get_user(self, name: str) -> UserInfo | None:
-        """The user called `name`, or None."""
+        """The user called `name` (whatever its status), or None."""
         with self._read() as session:
             user = session.exec(select(User).where(User.name == name.strip())).first()
             return None if user is None else _user_info(user)
 
-    def list_users(self) -> list[UserInfo]:
-        """Every user, by name."""
+    def list_users(self, *, include_removed: bool = False) -> list[UserInfo]:
+        """Every user, by name (removed accounts only when asked)."""
+        query = select(User).order_by(col(User.name))
+        if not include_removed:
+            query = query.where(User.status != "removed")
         with self._read() as session:
-            return [_user_info(u) for u in session.exec(select(User).order_by(col(User.name)))]
+            return [_user_info(u) for u in session.exec(query)]
+
+    # The login throttle (policy: feedback.logins) -------------------------------------
+
+    def count_login_attempt(
+        self, limits: dict[str, int], *, lockout: timedelta
+    ) -> dict[str, KeyState]:
+        """Count one login attempt against each key; see `accounts.count_attempt`."""
+        for attempt in range(2):
+            try:
+                with self._write() as session:
+                    return accounts.count_attempt(session, limits, lockout=lockout)
+            except IntegrityError:  # PostgreSQL: another attempt created the same key first
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def clear_login_attempt(self, *, forget: list[str], take_back: list[str]) -> None:
+        """After a successful login; see `accounts.clear_attempt`."""
+        with self._write() as session:
+            accounts.clear_attempt(session, forget=forget, take_back=take_back)
+
+    def unlock_logins(self, keys: list[str]) -> int:
+        """Lift lockouts on `keys`; how many had failures recorded."""
+        with self._write() as session:
+            return accounts.unlock(session, keys)
+
+    def locked_logins(self) -> list[tuple[str, int, datetime]]:
+        """(key, failures, locked until) of every key locked now."""
+        with self._read() as session:
+            return accounts.locked_keys(session)
 
     # Conversations -------------------------------------------------------------------
 
+    @retried
     def start_conversation(self, *, user_id: int, title: str) -> int:
         """Open a new chat for `user_id`; returns its id."""
         with self._write() as session:
@@ -134,6 +256,7 @@ class Store:
             assert conversation.id is not None
             return conversation.id
 
+    @retried
     def add_user_message(self, *, conversation_id: int, content: str) -> int:
         """Append the user's turn to the transcript; returns the message id."""
         if not content.strip():
@@ -166,6 +289,7 @@ class Store:
         assert message.id is not None
         return message.id
 
+    @retried
     def add_response(
         self,
         *,
@@ -219,6 +343,7 @@ class Store:
 
     # Feedback ------------------------------------------------------------------------
 
+    @retried
     def rate(self, *, response_id: int, user_id: int, up: bool, reason: str | None = None) -> int:
         """Record one thumbs-up/down click; the latest per response and user counts."""
         with self._write() as session:
@@ -235,6 +360,7 @@ class Store:
             assert rating.id is not None
             return rating.id
 
+    @retried
     def correct(self, *, response_id: int, user_id: int, content: str) -> int:
         """Store an expert's rewrite of a response; returns the correction id.
 
@@ -267,6 +393,7 @@ class Store:
             )
             return correction.id
 
+    @retried
     def add_comparison(
         self,
         *,
@@ -285,6 +412,7 @@ class Store:
                 original_is_a=original_is_a,
             )
 
+    @retried
     def decide_comparison(self, *, comparison_id: int, user_id: int, choice: str) -> int:
         """Record the owner's final choice ("A", "B" or "tie"); returns the preference id.
 
@@ -381,11 +509,18 @@ class Store:
         preferences: Iterable[NewPreference] = (),
         examples: Iterable[NewExample] = (),
         source: str = "import",
+        batch_rows: int = BULK_BATCH_ROWS,
     ) -> BulkResult:
-        """Add pairs and conversations in ONE transaction, skipping duplicates.
+        """Add pairs and conversations, skipping duplicates, in short transactions.
 
-        Duplicates (same content already stored, or repeated in this batch) are counted,
-        not added. Either everything new is written or, on an error, nothing is.
+        Duplicates (same content already stored, or repeated in the input) are counted, not
+        added. Each batch of `batch_rows` commits on its own, so a big import never holds
+        the database long enough to keep an expert's rating waiting; an import stopped
+        half-way is finished by running it again (what is stored counts as duplicates).
         """
-        with self._write() as session:
-            return bulk.add_bulk(session, preferences=preferences, examples=examples, source=source)
+        prepared = bulk.prepare(preferences, examples, source)  # outside any transaction
+        added = 0
+        for batch in prepared.batches(batch_rows):
+            with self._write() as session:
+                added += bulk.insert_new(session, batch)
+        return BulkResult(added=added, duplicates=prepared.total - added)

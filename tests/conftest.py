@@ -26,6 +26,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             monkeypatch.delenv(key)
     home = tmp_path / "home"
     monkeypatch.setenv("TUNELOOP_HOME", str(home))
+    # Test accounts use short passwords; tests/test_logins.py checks the length rule.
+    monkeypatch.setenv("TUNELOOP_MIN_PASSWORD_LENGTH", "1")
     return home
 
 

@@ -19,6 +19,7 @@ from app.chat import (
     inert,
 )
 from app.serving import ChatEngine, SamplingParams
+from feedback.errors import FeedbackError
 from feedback.store import Store
 from training.registry import Registry
 
@@ -194,15 +195,17 @@ def test_users_do_not_see_each_others_conversations(deployment) -> None:
     assert reopened.turns[-1].response_id == state.turns[-1].response_id
 
 
-def test_login_is_for_experts_and_operators(deployment) -> None:
+def test_chat_is_for_active_experts_and_operators(deployment) -> None:
     service, _, _, _ = deployment
     service.store.add_user(name="ann", role="annotator", password="pw-ann")
-    assert service.login_ok("erin", "pw-erin")
-    assert not service.login_ok("erin", "wrong")
-    assert not service.login_ok("ann", "pw-ann")
-    assert not service.login_ok("nobody", "x")
-    with pytest.raises(ChatError):
+    assert service.user("erin").name == "erin"
+    with pytest.raises(ChatError, match="Argilla"):
         service.user("ann")
+    with pytest.raises(ChatError):
+        service.user("nobody")
+    service.store.set_user_status(name="erin", status="disabled")
+    with pytest.raises(ChatError, match="disabled"):
+        service.user("erin")
 
 
 def test_inert_escapes_html_but_not_code() -> None:
@@ -210,3 +213,16 @@ def test_inert_escapes_html_but_not_code() -> None:
     assert inert("a `<b>` c") == "a `<b>` c"
     assert inert("```\n<div>\n```") == "```\n<div>\n```"
     assert inert("x < y & z") == "x &lt; y &amp; z"
+
+
+def test_user_strings_are_inert_and_limited(deployment) -> None:
+    service, expert, _, _ = deployment
+    state = ChatState()
+    chat(service, expert, state, "rate me")
+    saved = service.rate(expert, state, None, up=False, reason="<img src=x onerror=alert(1)>")
+    assert "<img" not in saved and "&lt;img" in saved
+    with pytest.raises(ChatError, match="the limit is 1,000"):
+        service.rate(expert, state, None, up=False, reason="x" * 100_000)
+    for name in ("<b>bold</b>", "a b", "", "x" * 65, "../admin"):
+        with pytest.raises(FeedbackError, match="not allowed"):
+            service.store.add_user(name=name, role="expert", password="long-enough")

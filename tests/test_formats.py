@@ -247,7 +247,7 @@ def test_blank_lines_are_skipped_but_counted(store: Store, tmp_path: Path) -> No
 def test_file_level_errors(store: Store, tmp_path: Path) -> None:
     with pytest.raises(FeedbackError, match="no such file"):
         import_file(store, tmp_path / "missing.jsonl")
-    with pytest.raises(FeedbackError, match="cannot read it"):
+    with pytest.raises(FeedbackError, match="is a folder"):
         import_file(store, tmp_path)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n", encoding="utf-8")

@@ -6,14 +6,7 @@ it afterwards; it never touches a system cluster. Skips when the binaries are mi
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,80 +20,21 @@ from feedback.errors import FeedbackError
 from feedback.formats import export, import_file
 from feedback.models import metadata
 from feedback.store import Store
+from tests.pgcluster import ClusterUnavailable, throwaway_cluster
 
 pytestmark = pytest.mark.postgres
 
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def _bin_dir() -> Path | None:
-    """The newest /usr/lib/postgresql/*/bin with initdb and pg_ctl."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: (
-            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
-        ),
-    )
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """Start a cluster; yields the base URL `postgresql+psycopg://postgres@127.0.0.1:PORT`."""
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql")
-    prefix: list[str] = []
-    root = tempfile.mkdtemp(prefix="tuneloop-pg-")
-    if os.geteuid() == 0:  # initdb and pg_ctl refuse to run as root
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip(
-                "running as root but there is no `postgres` user: apt-get install postgresql"
-            )
-        os.chown(root, account.pw_uid, account.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    data, log = os.path.join(root, "data"), os.path.join(root, "server.log")
-    port = _free_port()
-
-    def run(*args: str) -> None:
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
-
     try:
-        run(
-            str(bin_dir / "initdb"),
-            "-D",
-            data,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -F"
-        run(
-            str(bin_dir / "pg_ctl"), "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"
-        )
-    except subprocess.CalledProcessError as err:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {err.stderr.decode(errors='replace')}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-            timeout=120,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        with throwaway_cluster() as base:
+            yield base
+    except ClusterUnavailable as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture
@@ -207,3 +141,15 @@ def test_store_round_trip(url: str, tmp_path: Path) -> None:
     )
     assert split_total == 7
     store.engine.dispose()
+
+
+def test_ratings_during_a_bulk_import_all_land(
+    url: str, _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    from tests.test_store_load import CLICKS, ROWS, check, database_reasons, ratings_during_import
+
+    _isolated_home.mkdir(parents=True, exist_ok=True)
+    result = ratings_during_import(
+        _isolated_home, tiny_model_dir, ROWS, CLICKS, TUNELOOP_DATABASE_URL=url
+    )
+    check(result, ROWS, CLICKS, database_reasons(url))

@@ -272,7 +272,7 @@ class Registry:
         before = self.current()
         target = self.rollback_target()
         self.set_current(target)
-        if before is not None:
+        if before is not None and before in self.versions():  # not a hand-edited name
             self.update_info(before, status="rolled_back", rolled_back_by=by)
         return before, target
 

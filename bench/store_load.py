@@ -1,0 +1,268 @@
+"""The store under load, through a real `tuneloop serve` (tiny model: the store is measured).
+
+1. A bulk `tuneloop import` of N pairs alone, then another N while 8 simulated experts
+   rate, correct and pick (compare, then A/B) as fast as the page answers them. Reports
+   failed actions (no "Saved" acknowledgement), lost ones (acknowledged but not stored),
+   p50/p95 click-to-acknowledgement, and the import's speed under load / alone.
+2. A login storm: 160 concurrent wrong passwords (the per-address lockout raised out of the
+   way, so every one is a real Argon2 check: the worst case, many addresses) while
+   logged-in users keep loading the page's config; p50/p95 of their requests.
+
+Both on SQLite and on a throwaway PostgreSQL cluster (Debian's binaries).
+
+    .venv/bin/python -m bench.store_load                          # 200k rows, both databases
+    .venv/bin/python -m bench.store_load --rows 50000 --db sqlite --no-storm
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.cookiejar
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+EXPERTS = 8
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values`, nearest rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def write_pairs(path: Path, n: int, tag: str) -> Path:
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            row = {
+                "prompt": f"[{tag}] Customer {i} asks: my router shows a red light, what now?",
+                "chosen": f"Restart it; if the light stays red, we send an engineer ({i}).",
+                "rejected": f"Buy a new one ({i}).",
+            }
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+def run_import(home: Path, env: dict[str, str], data: Path) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "import", str(data), "--json"],
+        env={**os.environ, "TUNELOOP_HOME": str(home), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    took = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"import failed: {done.stderr.strip()}")
+    return took, json.loads(done.stdout)
+
+
+class Expert(threading.Thread):
+    """One expert's session: a chat, then rate / correct / compare+pick until told to stop."""
+
+    def __init__(self, url: str, name: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.url, self.name, self.stop = url, name, stop
+        self.latencies: dict[str, list[float]] = {"rate": [], "correct": [], "pick": []}
+        self.acked = {"rate": 0, "correct": 0, "pick": 0}
+        self.failed: list[str] = []
+
+    def _act(self, kind: str, client: Any, *args: Any, api_name: str) -> None:
+        start = time.perf_counter()
+        try:
+            reply = client.predict(*args, api_name=api_name)
+        except Exception as err:  # a transport or server error is a failed action too
+            self.failed.append(f"{kind}: {type(err).__name__}: {err}"[:200])
+            return
+        text = str(reply[0] if isinstance(reply, tuple | list) else reply)
+        if text.startswith("Saved"):
+            self.latencies[kind].append(time.perf_counter() - start)
+            self.acked[kind] += 1
+        else:
+            self.failed.append(f"{kind}: {text[:200]}")
+
+    def connect(self) -> None:
+        """Log in and chat once (one expert after another: logins are slow on purpose)."""
+        from gradio_client import Client
+
+        self.client = Client(self.url, auth=(self.name, f"{self.name}-password"), verbose=False)
+        self.client.predict("My router shows a red light.", api_name="/chat")
+
+    def run(self) -> None:
+        client = self.client
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            self._act("rate", client, f"reason {i}", api_name="/rate_down")
+            text = f"Restart the router, {self.name}; answer {i}."
+            self._act("correct", client, text, api_name="/correct")
+            client.predict("another sample", api_name="/compare")
+            self._act("pick", client, api_name="/pick_A")
+
+
+def stored(url: str) -> dict[str, int]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        counts = {
+            "rate": connection.execute(text("select count(*) from ratings")).scalar_one(),
+            "correct": connection.execute(text("select count(*) from corrections")).scalar_one(),
+            "pick": connection.execute(
+                text("select count(*) from preferences where source = 'chat-compare'")
+            ).scalar_one(),
+        }
+    engine.dispose()
+    return counts
+
+
+def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) -> dict[str, Any]:
+    alone_s, alone = run_import(home, env, write_pairs(home / "alone.jsonl", rows, "alone"))
+    stop = threading.Event()
+    experts = [Expert(url, f"expert{i}", stop) for i in range(EXPERTS)]
+    for expert in experts:
+        expert.connect()
+    for expert in experts:
+        expert.start()
+    time.sleep(2.0)  # every expert busy before the import starts
+    loaded_s, loaded = run_import(home, env, write_pairs(home / "loaded.jsonl", rows, "loaded"))
+    stop.set()
+    for expert in experts:
+        expert.join(timeout=120)
+    acked = {k: sum(e.acked[k] for e in experts) for k in ("rate", "correct", "pick")}
+    in_db = stored(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")
+    latencies = [x for e in experts for v in e.latencies.values() for x in v]
+    failed = [f for e in experts for f in e.failed]
+    return {
+        "import_rows": rows,
+        "import_alone_s": round(alone_s, 1),
+        "import_loaded_s": round(loaded_s, 1),
+        "import_speed_ratio": round(alone_s / loaded_s, 2),
+        "imported": [alone["added"], loaded["added"]],
+        "actions_acked": acked,
+        "actions_failed": len(failed),
+        "failed_examples": failed[:3],
+        "lost": {k: acked[k] - in_db[k] for k in acked},
+        "ack_p50_ms": round(1000 * pct(latencies, 0.5)),
+        "ack_p95_ms": round(1000 * pct(latencies, 0.95)),
+    }
+
+
+def _opener(url: str, name: str, password: str) -> urllib.request.OpenerDirector:
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    body = urllib.parse.urlencode({"username": name, "password": password}).encode()
+    opener.open(url + "login", data=body, timeout=60).read()
+    return opener
+
+
+def login_storm(url: str, attempts: int) -> dict[str, Any]:
+    readers = [_opener(url, f"expert{i}", f"expert{i}-password") for i in range(2)]
+    done = threading.Event()
+    pages: list[float] = []
+
+    def read(opener: urllib.request.OpenerDirector) -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            opener.open(url + "config", timeout=60).read()
+            pages.append(time.perf_counter() - start)
+            time.sleep(0.05)
+
+    def guess(i: int) -> None:
+        body = urllib.parse.urlencode({"username": f"guess{i}", "password": "wrong"}).encode()
+        try:
+            urllib.request.urlopen(url + "login", data=body, timeout=600).read()
+        except urllib.error.HTTPError:
+            pass
+
+    baseline: list[float] = []
+    for _ in range(20):
+        start = time.perf_counter()
+        readers[0].open(url + "config", timeout=60).read()
+        baseline.append(time.perf_counter() - start)
+    watchers = [threading.Thread(target=read, args=(o,)) for o in readers]
+    storm = [threading.Thread(target=guess, args=(i,)) for i in range(attempts)]
+    start = time.perf_counter()
+    for thread in watchers + storm:
+        thread.start()
+    for thread in storm:
+        thread.join()
+    storm_s = time.perf_counter() - start
+    done.set()
+    for thread in watchers:
+        thread.join()
+    return {
+        "wrong_passwords": attempts,
+        "storm_s": round(storm_s, 1),
+        "page_idle_p50_ms": round(1000 * pct(baseline, 0.5)),
+        "page_p50_ms": round(1000 * pct(pages, 0.5)),
+        "page_p95_ms": round(1000 * pct(pages, 0.95)),
+        "page_requests": len(pages),
+    }
+
+
+def run(db: str, rows: int, storm: int, model_dir: Path, stack: ExitStack) -> dict[str, Any]:
+    from tests.server import add_user, serve
+
+    home = Path(tempfile.mkdtemp(prefix=f"tuneloop-load-{db}-"))
+    env = {
+        "TUNELOOP_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+        "TUNELOOP_ARGILLA_SYNC_SECONDS": "0",
+    }
+    if db == "postgres":
+        from tests.pgcluster import throwaway_cluster
+
+        base = stack.enter_context(throwaway_cluster())
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text('CREATE DATABASE "load"'))
+        admin.dispose()
+        env["TUNELOOP_DATABASE_URL"] = f"{base}/load"
+    for i in range(EXPERTS):
+        add_user(home, f"expert{i}", "expert", f"expert{i}-password", **env)
+    with serve(home, model=str(model_dir), **env) as (url, _):
+        result = {"db": db, **feedback_under_import(url, home, env, rows)}
+        if storm:
+            result["login_storm"] = login_storm(url, storm)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--storm", type=int, default=160, help="concurrent wrong passwords")
+    parser.add_argument("--no-storm", action="store_true")
+    args = parser.parse_args()
+    from tests.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(Path(tempfile.mkdtemp(prefix="tuneloop-tiny-")) / "model")
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    with ExitStack() as stack:
+        for db in dbs:
+            result = run(db, args.rows, 0 if args.no_storm else args.storm, model_dir, stack)
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

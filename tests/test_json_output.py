@@ -1,0 +1,163 @@
+"""`--json` output scripts can trust: every command that takes `--json` prints exactly one
+JSON object on stdout, on success and on failure alike (with `error` then), and every
+import or path error is one line that names the line or the path."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli import run_cli
+
+
+def json_commands() -> set[str]:
+    """Every command path of `tuneloop` that has a --json option."""
+    import typer.main
+
+    from app.cli import app
+
+    found: set[str] = set()
+
+    def walk(command, path: list[str]) -> None:
+        subs = getattr(command, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(sub, [*path, name])
+        elif any("--json" in getattr(p, "opts", ()) for p in command.params):
+            found.add(" ".join(path))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def one_object(out: str) -> dict:
+    """stdout holds exactly one JSON object (one line)."""
+    assert out.count("\n") == 1 and out.endswith("\n"), repr(out[:500])
+    value = json.loads(out)
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> Path:
+    # A team Argilla that is not there: the argilla commands fail fast, nothing starts.
+    monkeypatch.setenv("TUNELOOP_ARGILLA_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("TUNELOOP_ARGILLA_API_KEY", "secret-key-123")
+    monkeypatch.setenv("TUNELOOP_ARGILLA_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TUNELOOP_TRACKER", "none")
+    return tmp_path
+
+
+CASES: list[tuple[str, list[str], str]] = [
+    # (command, its arguments, stdin)
+    ("users add", ["erin", "--role", "expert"], "erin-pass"),
+    ("users list", [], ""),
+    ("users passwd", ["erin"], "new-pass"),
+    ("users disable", ["erin"], ""),
+    ("users enable", ["erin"], ""),
+    ("users unlock", ["erin"], ""),
+    ("users remove", ["erin"], ""),
+    ("import", ["{missing}"], ""),
+    ("export", ["sft", "--out", "{tmp}/sft.jsonl"], ""),
+    ("status", [], ""),
+    ("train", ["--resume"], ""),
+    ("promote", ["no-such-version"], ""),
+    ("rollback", [], ""),
+    ("rounds", [], ""),
+    ("watch", ["--once"], ""),
+    ("generate", ["{missing}", "{tmp}/out.jsonl"], ""),
+    ("eval", ["{missing}"], ""),
+    ("argilla up", [], ""),
+    ("argilla down", [], ""),
+    ("argilla status", [], ""),
+    ("argilla sync", [], ""),
+    ("pairs generate", ["--prompts", "{missing}"], ""),
+]
+
+
+def test_every_json_command_prints_one_object(env: Path, monkeypatch, capsys) -> None:
+    assert {name for name, _, _ in CASES} == json_commands(), "a --json command has no case"
+    failures = 0
+    for name, args, stdin in CASES:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin + "\n"))
+        filled = [a.format(tmp=env, missing=env / "missing.jsonl") for a in args]
+        code, out, err = run_cli(monkeypatch, capsys, *name.split(), *filled, "--json")
+        value = one_object(out)
+        assert "secret-key-123" not in out + err
+        if code:
+            failures += 1
+            assert value["error"] and value["exit_code"] == code, (name, value)
+            assert err.startswith("error: "), (name, err)
+    assert failures >= 8  # the cases above include that many refusals
+
+
+def test_bad_usage_with_json_is_one_object_too(env: Path, monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "export", "sft", "--json")
+    assert code == 2 and "--out" in one_object(out)["error"]
+    code, out, _ = run_cli(monkeypatch, capsys, "no-such-command", "--json")
+    assert code == 2 and one_object(out)["exit_code"] == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n', "not UTF-8"),
+        (b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n", "nested deeper"),
+        (b'{"prompt": "a\\ud800", "chosen": "b", "rejected": "c"}\n', "lone surrogate"),
+        (b'{"prompt": "a\\u0000", "chosen": "b", "rejected": "c"}\n', "NUL"),
+    ],
+)
+def test_import_errors_name_their_line(
+    tmp_path: Path, monkeypatch, capsys, content: bytes, says: str
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"prompt": "fine", "chosen": "b", "rejected": "c"}\n' + content)
+    code, out, err = run_cli(monkeypatch, capsys, "import", str(path), "--json")
+    message = one_object(out)["error"]
+    assert code == 1 and message.startswith(f"{path}:2: ") and says in message, message
+    assert err.count("\n") == 1
+    code, out, _ = run_cli(monkeypatch, capsys, "status", "--json")
+    assert one_object(out)["counts"].get("preferences", 0) == 0  # nothing was written
+
+
+def test_path_errors_are_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    for out_path, says in [(tmp_path, "is a folder"), (tmp_path / "f" / "x.jsonl", "is a file")]:
+        (tmp_path / "f").write_text("")
+        code, out, err = run_cli(monkeypatch, capsys, "export", "dpo", "--out", str(out_path))
+        assert code == 1 and out == "" and err.count("\n") == 1 and says in err, err
+    code, _, err = run_cli(monkeypatch, capsys, "import", str(tmp_path))
+    assert code == 1 and err.count("\n") == 1 and "is a folder" in err
+
+
+def test_a_training_round_keeps_stdout_for_its_json(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The trainer prints its metric dicts; as its own process, stdout still holds one object."""
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.tiny import add_pairs
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    add_pairs(Store.open(settings.database), 8, prompt="Hi?", chosen="Hello!", rejected="No.")
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "train", "--json", "--no-promote", "--max-steps", "1"],
+        env={
+            **os.environ,
+            "TUNELOOP_MODEL": str(tiny_model_dir),
+            "TUNELOOP_TRACKER": "none",
+            "TUNELOOP_EVAL_GENERATE": "false",
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert one_object(done.stdout)["status"] in ("rejected", "registered", "promoted", "done")
+    assert "'loss'" in done.stderr or "train_runtime" in done.stderr  # the trainer's own prints

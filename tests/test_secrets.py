@@ -1,0 +1,111 @@
+"""Secrets stay secret: files a fresh `tuneloop serve` creates are private to its account,
+no secret reaches a command line or `--json` output."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli import run_cli
+from tests.server import serve
+
+
+def test_a_fresh_serve_creates_only_private_files(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    from gradio_client import Client
+
+    home = _isolated_home
+    home.parent.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o755)  # even in a home others could enter, what serve makes is private
+    os.chmod(home, 0o755)
+    with serve(home, model=str(tiny_model_dir)) as (url, _):
+        password = (home / "admin-password").read_text().strip()
+        client = Client(url, auth=("admin", password), verbose=False)
+        client.predict("hello", api_name="/chat")
+        client.predict("too vague", api_name="/rate_down")
+        found = {}
+        for root, dirs, files in os.walk(home):
+            for name in dirs + files:
+                path = Path(root) / name
+                if path.name != "serve.log":  # written by this test, not by serve
+                    found[str(path.relative_to(home))] = stat.S_IMODE(path.lstat().st_mode)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert {"tuneloop.db", "tuneloop.db-wal", "admin-password"} <= set(found)
+    loose = {p: oct(m) for p, m in found.items() if m & 0o077}
+    assert not loose, loose
+
+
+def test_no_secret_in_json_output(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TUNELOOP_DATABASE_URL", "postgresql+psycopg://tl:hunter2@127.0.0.1:9/tl")
+    monkeypatch.setenv("TUNELOOP_ARGILLA_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("TUNELOOP_ARGILLA_API_KEY", "argilla-key-42")
+    for args in (["status"], ["argilla", "status"], ["users", "list"], ["rounds"]):
+        code, out, err = run_cli(monkeypatch, capsys, *args, "--json")
+        assert json.loads(out)  # one object, here an error: nothing listens on port 9
+        assert "hunter2" not in out + err and "argilla-key-42" not in out + err, (args, out, err)
+
+
+def test_settings_hold_secrets_redacted(monkeypatch) -> None:
+    from app.config import Settings
+
+    monkeypatch.setenv("TUNELOOP_DATABASE_URL", "postgresql+psycopg://tl:hunter2@db/tl")
+    monkeypatch.setenv("TUNELOOP_ARGILLA_API_KEY", "argilla-key-42")
+    settings = Settings()
+    shown = repr(settings) + str(settings.model_dump()) + settings.database_shown
+    assert "hunter2" not in shown and "argilla-key-42" not in shown
+    assert settings.database_shown == "postgresql+psycopg://tl:***@db/tl"
+    assert "hunter2" in settings.database  # what the engine gets
+
+
+# A stand-in argilla_server package: its CLI records the argv it got and the command line
+# the kernel shows for its process (what `ps` shows every local user).
+FAKE_MAIN = """
+import json, sys
+from pathlib import Path
+
+
+def app():
+    cmdline = Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+    Path(REPORT).write_text(json.dumps({"argv": sys.argv, "cmdline": cmdline}))
+"""
+FAKE_COMMONS = """
+class BaseElasticAndOpenSearchEngine:
+    pass
+
+
+def es_index_name_for_dataset(dataset):
+    return "index"
+"""
+
+
+def test_argilla_owner_secrets_never_on_a_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real stack code and launcher, in front of a stand-in argilla-server."""
+    from feedback.argilla_stack import LocalStack
+
+    report = tmp_path / "report.json"
+    package = tmp_path / "fake" / "argilla_server"
+    for sub in ("cli", "search_engine"):
+        (package / sub).mkdir(parents=True)
+        (package / sub / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "cli" / "__main__.py").write_text(f"REPORT = {str(report)!r}\n" + FAKE_MAIN)
+    (package / "search_engine" / "commons.py").write_text(FAKE_COMMONS)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    stack = LocalStack(home=tmp_path / "home", venv=venv)
+    stack.root.mkdir(parents=True)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    state = {"ports": {"redis": 1, "osmem": 2}, "processes": {}}
+    stack._server_cli(state, "database", "users", "create", secret_args=("--password", "pw-s3cret"))
+    seen = json.loads(report.read_text())
+    assert seen["argv"][-2:] == ["--password", "pw-s3cret"]  # argilla-server gets it...
+    assert "users create" in seen["cmdline"] and "pw-s3cret" not in seen["cmdline"]  # not ps
