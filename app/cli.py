@@ -127,8 +127,11 @@ def serve(
             "(run `tuneloop argilla up`, or set TUNELOOP_ARGILLA_URL).",
             err=True,
         )
+    from app.api import OpenAIApi, api_routes
+
+    api = OpenAIApi(service, versions=registry.versions, max_active=settings.api_max_active)
     try:
-        launch(service, host=host, port=port)
+        launch(service, host=host, port=port, routes=api_routes(api))
     finally:
         if sync_stop is not None:
             sync_stop.set()
@@ -170,6 +173,31 @@ def users_list(as_json: JsonOpt = False) -> None:
     rows = [{"id": u.id, "name": u.name, "role": u.role, "created_at": u.created_at} for u in users]
     text = "\n".join(f"{u.name:<24} {u.role}" for u in users) or "No users yet."
     _emit(as_json, {"users": rows}, text)
+
+
+@users_app.command("key")
+def users_key(
+    name: Annotated[str, typer.Argument(help="The account the key acts as.")],
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Revoke the user's key instead of issuing one.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue an API key for the OpenAI-compatible API (shown once; replaces any older key)."""
+    store = _store(_settings())
+    if revoke:
+        n = store.revoke_api_keys(name=name)
+        text = f"Revoked {n} API key(s) of '{name}'." if n else f"'{name}' had no live API key."
+        _emit(as_json, {"name": name, "revoked": n}, text)
+        return
+    user, key = store.issue_api_key(name=name)
+    note = (
+        "annotators get 403 from the API (they rank in Argilla)"
+        if user.role == "annotator"
+        else "use it as the OpenAI API key with base URL http://HOST:PORT/v1"
+    )
+    text = f"API key for '{user.name}' ({user.role}); it is shown only this once:\n{key}\n({note})"
+    _emit(as_json, {"name": user.name, "role": user.role, "api_key": key}, text)
 
 
 @app.command("import")

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     # How often a running server checks the registry's CURRENT pointer, in seconds.
     adapter_poll_seconds: float = Field(default=1.0, gt=0.0)
+    # The OpenAI-compatible API: completions answered at once; more get 429 (retry).
+    api_max_active: int = Field(default=16, ge=1, le=1024)
 
     # --- Argilla: pairs out for ranking, rankings back (issue 3) ---
     argilla_url: str | None = Field(

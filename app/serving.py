@@ -60,6 +60,8 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.9
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these (not included)
+    seed: int | None = None  # sampling seed: the same seed and prompt give the same reply
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -68,14 +70,60 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop sequences must be non-empty strings")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict for storage next to the reply."""
-        return asdict(self)
+        """Plain dict for storage next to the reply (stop and seed only when set)."""
+        out = asdict(self)
+        if not self.stop:
+            del out["stop"]
+        else:
+            out["stop"] = list(self.stop)
+        if self.seed is None:
+            del out["seed"]
+        return out
+
+
+class StopFilter:
+    """Cuts a streamed text at the first stop sequence, holding back text that might be
+    the start of one, so a client never sees part of a stop sequence."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.text = ""  # everything received
+        self.sent = 0  # characters of `text` passed on
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """The text that can be passed on after `piece` arrived ("" once stopped)."""
+        if self.stopped:
+            return ""
+        start = max(0, len(self.text) - self.hold)
+        self.text += piece
+        if not self.stops:
+            return self._upto(len(self.text))
+        cuts = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if cuts:
+            self.stopped = True
+            self.text = self.text[: min(cuts)]
+            return self._upto(len(self.text))
+        return self._upto(len(self.text) - self.hold)
+
+    def flush(self) -> str:
+        """What was held back, at the end of the stream."""
+        return self._upto(len(self.text))
+
+    def _upto(self, end: int) -> str:
+        if end <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent : end], end
+        return out
 
 
 @dataclass
@@ -95,6 +143,10 @@ class ReplyInfo:
 
 class ServingError(Exception):
     """A user-facing serving problem: message too long, adapter unusable, generation failed."""
+
+
+class ContextTooLong(ServingError):
+    """The prompt and the reply's token budget do not fit the model's context."""
 
 
 class Reply:
@@ -138,11 +190,20 @@ class Reply:
             return
         self._consumed = True
         complete = False
+        cut = StopFilter(self._params.stop)
         try:
             for piece in self._streamer:
-                if piece:
-                    self.text += piece
-                    yield piece
+                out = cut.feed(piece) if piece else ""
+                if out:
+                    self.text += out
+                    yield out
+                if cut.stopped:  # a stop sequence: the reply is complete without it
+                    self.cancel()
+                    break
+            rest = cut.flush()
+            if rest:
+                self.text += rest
+                yield rest
             complete = True
         finally:
             if not complete:  # the consumer stopped listening: stop generating
@@ -153,6 +214,9 @@ class Reply:
         if self._error is not None:
             err = self._error
             raise ServingError(f"generation failed ({type(err).__name__}: {err})") from err
+        if cut.stopped:
+            self._finish_reason = "stop"
+            self._new_tokens = self._control.generated
         self._finish(cancelled=False)
 
     def cancel(self) -> None:
@@ -301,7 +365,7 @@ class ChatEngine:
         """
         budget = self.context_tokens - max_new_tokens
         if budget <= 0:
-            raise ServingError(
+            raise ContextTooLong(
                 f"max_new_tokens ({max_new_tokens}) leaves no room for the prompt in the "
                 f"{self.context_tokens}-token context"
             )
@@ -318,7 +382,7 @@ class ChatEngine:
 
         if not fits(starts[-1]):
             needed = len(self._encode(head + turns[starts[-1] :]))
-            raise ServingError(
+            raise ContextTooLong(
                 f"The message is too long: with the system prompt it needs {needed} tokens, but "
                 f"only {budget} fit (a {self.context_tokens}-token context minus "
                 f"{max_new_tokens} for the reply). Shorten it and send again."
@@ -400,6 +464,8 @@ class ChatEngine:
             }
             if not params.greedy:
                 kwargs.update(temperature=params.temperature, top_p=params.top_p)
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
             with torch.inference_mode():  # no autograd bookkeeping on any op of any step
                 out = self.model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs

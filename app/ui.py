@@ -360,11 +360,17 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     block: bool = True,
+    routes: list[Any] | None = None,
 ) -> gr.Blocks:
-    """Serve the app with login enforced against the store; returns the running Blocks."""
+    """Serve the app with login enforced against the store; returns the running Blocks.
+
+    `routes` (e.g. the OpenAI-compatible API's) are served by the same web app, ahead of
+    Gradio's own; they do their own authentication.
+    """
     demo = build_ui(service)
     demo.queue(default_concurrency_limit=16)
     demo.launch(
+        app_kwargs={"routes": list(routes)} if routes else None,
         server_name=host,
         server_port=port,
         auth=service.login_ok,
