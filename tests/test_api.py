@@ -58,9 +58,7 @@ def server(
 
 
 def client(server: dict[str, Any], who: str = "erin", key: str | None = None) -> OpenAI:
-    return OpenAI(
-        base_url=server["url"] + "v1", api_key=key or server["keys"][who], max_retries=0
-    )
+    return OpenAI(base_url=server["url"] + "v1", api_key=key or server["keys"][who], max_retries=0)
 
 
 def test_models_lists_serving_base_and_every_version(server: dict[str, Any]) -> None:
@@ -181,9 +179,7 @@ def feedback(api: OpenAI, body: dict[str, Any]) -> dict[str, Any]:
     return api.post("/feedback", body=body, cast_to=httpx.Response).json()
 
 
-def test_feedback_reaches_the_exports_exactly_once(
-    server: dict[str, Any], tmp_path: Path
-) -> None:
+def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_path: Path) -> None:
     api = client(server)
     home = server["home"]
     question = [{"role": "user", "content": "Which month comes after June?"}]
@@ -223,14 +219,15 @@ def test_feedback_reaches_the_exports_exactly_once(
     assert [r["messages"][-1]["content"] for r in sft].count(liked_text) == 1
     assert all(r["messages"][-2] == question[0] for r in sft)
     dpo = export("dpo")
+    fixed_text, other_text = fixed.choices[0].message.content, other.choices[0].message.content
     edits = [r for r in dpo if r["chosen"][0]["content"] == "July comes after June."]
-    assert len(edits) == 1 and edits[0]["rejected"][0]["content"] == fixed.choices[0].message.content
+    assert len(edits) == 1 and edits[0]["rejected"][0]["content"] == fixed_text
     picks = [
         r
         for r in dpo
-        if r["chosen"][0]["content"] == liked_text
-        and r["rejected"][0]["content"] == other.choices[0].message.content
+        if r["chosen"][0]["content"] == liked_text and r["rejected"][0]["content"] == other_text
     ]
-    assert len(picks) == (0 if liked_text == other.choices[0].message.content else 1)
-    sources = dict(rows(home / "tuneloop.db", "select source, count(*) from preferences group by 1"))
+    assert len(picks) == 1
+    db = home / "tuneloop.db"
+    sources = dict(rows(db, "select source, count(*) from preferences group by 1"))
     assert sources == {"edit": 1, "chat-compare": 1}
