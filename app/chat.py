@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from app.serving import CURRENT, ChatEngine, Reply, ReplyInfo, SamplingParams, ServingError
+from app.engine_base import EngineBase
+from app.serving import CURRENT, Reply, ReplyInfo, SamplingParams, ServingError
 from feedback.errors import FeedbackError
 from feedback.store import Store, UserInfo
 
@@ -88,7 +89,7 @@ class ChatService:
     def __init__(
         self,
         *,
-        engine: ChatEngine,
+        engine: EngineBase,
         store: Store,
         params: SamplingParams,
         compare_temperature: float,

@@ -84,27 +84,47 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
 ) -> None:
     """Serve the chat app: the base model plus the adapter CURRENT names, streaming."""
-    from app.serving import ChatEngine, SamplingParams, tune_cpu_threads
+    from app.cpu_env import tune_cpu_threads
 
     tune_cpu_threads()  # before anything loads torch
     from app.chat import ChatService
     from app.modelfiles import resolve_model_dir
+    from app.serving import ChatEngine, SamplingParams
     from app.ui import launch
+    from app.vllm_engine import check_backend
     from training.registry import Registry
 
     settings = _settings()
+    check_backend(settings.backend)  # before anything heavy loads
     store = _store(settings)
     _first_admin(store, settings)
     model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=True)
     registry = Registry(settings.adapters_dir)
-    engine = ChatEngine(
-        model_dir,
-        registry,
-        system_prompt=settings.system_prompt(),
-        context_tokens=settings.context_tokens,
-        load_in_4bit=settings.load_in_4bit,
-        poll_seconds=settings.adapter_poll_seconds,
-    )
+    common: dict[str, Any] = {
+        "system_prompt": settings.system_prompt(),
+        "context_tokens": settings.context_tokens,
+        "poll_seconds": settings.adapter_poll_seconds,
+    }
+    engine: Any
+    if settings.backend == "vllm":
+        from app.vllm_engine import VllmEngine
+
+        engine = VllmEngine(
+            model_dir,
+            registry,
+            max_loras=settings.vllm_max_loras,
+            max_lora_rank=settings.vllm_max_lora_rank,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            **common,
+        )
+    else:
+        engine = ChatEngine(
+            model_dir,
+            registry,
+            load_in_4bit=settings.load_in_4bit,
+            max_batch=settings.max_batch,
+            **common,
+        )
     engine.start()
     service = ChatService(
         engine=engine,
