@@ -273,6 +273,7 @@ class ChatService:
         named version / the bare base. Which side is the original is random and recorded.
         """
         turn = self._reply(state, index)
+        assert turn.response_id is not None  # _reply checked it
         original = self.store.response(response_id=turn.response_id)
         if against == COMPARE_SAMPLE:
             adapter: str | None = CURRENT

@@ -24,7 +24,7 @@ _ROLES = ("system", "user", "assistant")
 
 class EngineBase:
     """Prompts, CURRENT-following and whole replies; subclasses set `tokenizer` and
-    implement `stream`, `refresh`, `serving_version` and `loaded_versions`."""
+    implement `stream`, `refresh` and `serving_version`."""
 
     tokenizer: Any
 
@@ -56,9 +56,6 @@ class EngineBase:
         raise NotImplementedError
 
     def serving_version(self) -> str | None:
-        raise NotImplementedError
-
-    def loaded_versions(self) -> list[str]:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------

@@ -117,9 +117,6 @@ class VllmEngine(EngineBase):
     def serving_version(self) -> str | None:
         return self._serving
 
-    def loaded_versions(self) -> list[str]:
-        return sorted(self._loras)
-
     def _lora(self, version: str | None) -> Any:
         """The LoRARequest of `version` (None: the bare base), loading it into vLLM now."""
         if version is None:
