@@ -231,3 +231,18 @@ def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_p
     db = home / "tuneloop.db"
     sources = dict(rows(db, "select source, count(*) from preferences group by 1"))
     assert sources == {"edit": 1, "chat-compare": 1}
+
+
+def test_admission_refuses_beyond_the_limit_and_frees_slots() -> None:
+    """The 429 rule on its own (a real server needs many long replies in flight for it)."""
+    from app.api import ApiError, OpenAIApi
+
+    api = OpenAIApi(Any, versions=list, max_active=2)  # type: ignore[arg-type]
+    api.admit()
+    api.admit()
+    with pytest.raises(ApiError) as busy:
+        api.admit()
+    assert busy.value.status == 429 and busy.value.body()["error"]["code"] == "server_busy"
+    assert busy.value.response().headers["retry-after"] == "1"
+    api.release()
+    api.admit()
