@@ -22,6 +22,7 @@ import queue
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+PREFIXES_KEPT = 8  # system-message caches kept (one per adapter and system prompt)
 _STOP = object()
+
+
+def torch_ones(ids: Any, length: int) -> Any:
+    import torch
+
+    return torch.ones((1, length), dtype=torch.long, device=ids.device)
 
 
 @dataclass
@@ -44,6 +52,7 @@ class _Row:
     ids: list[int]
     key: str | None  # PEFT adapter name (None: the bare base)
     params: SamplingParams
+    prefix: int = 0  # leading tokens that are the system message: computed once, reused
     generator: Any = None
     tokens: list[int] = field(default_factory=list)
     sent: str = ""  # decoded text already passed on
@@ -62,11 +71,24 @@ class BatchDecoder:
         self._start_lock = threading.Lock()
         self.steps = 0  # decode steps run (for tests and the benchmark)
         self.max_rows_seen = 0
+        # (PEFT name, system-message ids) -> that prefix's keys/values per layer. Every chat
+        # starts with the same system prompt (~350 tokens for the demo, most of a prompt);
+        # computing it once per adapter makes a new reply's first step cost its own turns.
+        self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], list[Any]] = OrderedDict()
 
     # -- requests --------------------------------------------------------------------------
-    def submit(self, reply: Reply, ids: list[int], key: str | None, params: SamplingParams) -> None:
-        """Queue a reply; it joins the batch before the next step."""
-        self._inbox.put(_Row(reply=reply, ids=ids, key=key, params=params))
+    def submit(
+        self,
+        reply: Reply,
+        ids: list[int],
+        key: str | None,
+        params: SamplingParams,
+        *,
+        prefix: int = 0,
+    ) -> None:
+        """Queue a reply; it joins the batch before the next step. The first `prefix` ids
+        (the system message) are computed once per adapter and reused by later replies."""
+        self._inbox.put(_Row(reply=reply, ids=ids, key=key, params=params, prefix=prefix))
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
                 # Named like the one-generate-per-reply threads: it is the thread replies
@@ -156,8 +178,9 @@ class BatchDecoder:
             device = self.engine.model.device
             ids = torch.tensor([row.ids], device=device)
             out = self._forward(
-                input_ids=ids,
+                input_ids=ids[:, row.prefix :],
                 attention_mask=torch.ones_like(ids),
+                past_key_values=self._prefix_cache(row, ids),
                 use_cache=True,
                 logits_to_keep=1,
                 names=[row.key],
@@ -170,6 +193,30 @@ class BatchDecoder:
             return False
         self._advance(row, token)
         return True
+
+    def _prefix_cache(self, row: _Row, ids: Any) -> Any:
+        """A cache holding the row's system-message prefix (None when it has none)."""
+        if not row.prefix:
+            return None
+        from transformers import DynamicCache
+
+        key = (row.key, tuple(row.ids[: row.prefix]))
+        layers = self._prefixes.get(key)
+        if layers is None:
+            out = self._forward(
+                input_ids=ids[:, : row.prefix],
+                attention_mask=torch_ones(ids, row.prefix),
+                use_cache=True,
+                logits_to_keep=1,
+                names=[row.key],
+            )
+            # never changed in place later: every cache update makes new tensors
+            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            self._prefixes[key] = layers
+            while len(self._prefixes) > PREFIXES_KEPT:
+                self._prefixes.popitem(last=False)
+        self._prefixes.move_to_end(key)
+        return DynamicCache(ddp_cache_data=layers, config=self.engine.model.config)
 
     def _step(self, rows: list[_Row], state: dict[str, Any]) -> None:
         """One decode step for every row."""

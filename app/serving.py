@@ -93,7 +93,12 @@ class ChatEngine(EngineBase):
         self.adapters = AdapterPool(self.model, registry, max_adapters=max_adapters)
         # max_batch > 0: concurrent replies are decoded together (app/batching.py);
         # 0: each reply runs its own generate loop, one forward step at a time.
+        if max_batch and getattr(self.model.config, "sliding_window", None):
+            # the batcher pads plain key/value caches; sliding-window layers keep their own
+            log.warning("%s uses sliding-window attention: replies are not batched", model_dir)
+            max_batch = 0
         self._batcher = BatchDecoder(self, max_batch=max_batch) if max_batch > 0 else None
+        self._system_ids: dict[str, list[int]] = {}  # system prompt -> its tokens alone
         self._refused: str | None = None  # CURRENT named this and it failed to load
         self._local = threading.local()
         self._hooks = [
@@ -184,7 +189,7 @@ class ChatEngine(EngineBase):
                 started=started,
             )
             if batcher is not None:
-                batcher.submit(reply, ids, key, params)
+                batcher.submit(reply, ids, key, params, prefix=self._system_prefix(prompt, ids))
                 return reply
             threading.Thread(
                 target=self._generate,
@@ -240,6 +245,25 @@ class ChatEngine(EngineBase):
             del self._local.key
             self.adapters.release(reply.adapter_version)
             reply.done.set()
+
+    def _system_prefix(self, prompt: list[dict[str, str]], ids: list[int]) -> int:
+        """How many leading `ids` are the prompt's system message alone (0: none, or the
+        template does not render it the same on its own), for the batcher's prefix cache."""
+        if not prompt or prompt[0]["role"] != "system":
+            return 0
+        system = prompt[0]["content"]
+        head = self._system_ids.get(system)
+        if head is None:
+            with self._tok_lock:
+                text = self.tokenizer.apply_chat_template(
+                    prompt[:1], add_generation_prompt=False, tokenize=False
+                )
+                head = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._system_ids) >= 16:
+                self._system_ids.clear()
+            self._system_ids[system] = head
+        n = len(head)
+        return n if 0 < n < len(ids) and ids[:n] == head else 0
 
     # -- the per-step adapter switch -----------------------------------------------------
     def _before_step(self, module: Any, args: Any) -> None:

@@ -505,3 +505,19 @@ def test_nothing_serve_imports_before_the_tuning_loads_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_system_prompt_is_computed_once_per_adapter_and_reused(make_engine) -> None:
+    """The batched engine runs a shared system message once per adapter and reuses its
+    keys/values; replies stay those of plain `model.generate` over the whole prompt."""
+    system = "You help with gardens, kitchens and bicycles. Be short, polite and correct. " * 3
+    batched = make_engine(system_prompt=system)
+    plain = make_engine(system_prompt=system, max_batch=0)
+    for adapter in (None, "v1"):
+        for question in ("How do I water tomatoes?", "Bread?", "hello"):
+            history = ask(question)
+            assert (
+                batched.generate(history, GREEDY, adapter=adapter).text
+                == plain.generate(history, GREEDY, adapter=adapter).text
+            )
+    assert batched._batcher is not None and len(batched._batcher._prefixes) == 2
