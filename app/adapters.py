@@ -163,6 +163,10 @@ class AdapterPool:
                 ]
                 if missing:  # PEFT only warns; these would fail every step of every reply
                     raise ValueError(f"the adapter file has no weights for {missing[0]} and more")
+                if self.peft.active_adapter not in self.peft.peft_config:
+                    # a failed first load left PEFT pointing at an adapter that is gone;
+                    # PEFT's forward (mixed batches) needs a live one
+                    self.peft.set_adapter(key, inference_mode=True)
             except Exception as err:
                 self._discard(key)
                 raise AdapterError(

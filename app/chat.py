@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from app.serving import CURRENT, ChatEngine, ReplyInfo, SamplingParams, ServingError
+from app.engine_base import EngineBase
+from app.serving import CURRENT, Reply, ReplyInfo, SamplingParams, ServingError
 from feedback.errors import FeedbackError, StoreBusyError
 from feedback.store import Store, UserInfo
 
@@ -98,7 +99,7 @@ class ChatService:
     def __init__(
         self,
         *,
-        engine: ChatEngine,
+        engine: EngineBase,
         store: Store,
         params: SamplingParams,
         compare_temperature: float,
@@ -154,6 +155,33 @@ class ChatService:
         The user message is committed before generation starts and the reply after it
         ends, so a model failure leaves the conversation and everything recorded intact.
         """
+        try:
+            reply = self.start_reply(user, state, text)
+            for _ in reply:
+                yield reply.text
+        except ServingError as err:
+            raise ChatError(f"The model could not answer: {err}") from err
+        except ChatError:
+            raise
+        except Exception as err:  # a model crash must not take the conversation with it
+            raise ChatError(f"The model failed ({type(err).__name__}: {err}). Try again.") from err
+        self.finish_reply(state, reply)
+        yield state.turns[-1].content
+
+    def start_reply(
+        self,
+        user: UserInfo,
+        state: ChatState,
+        text: str | None,
+        *,
+        params: SamplingParams | None = None,
+        adapter: str | None = CURRENT,
+    ) -> Reply:
+        """Commit the user's message to their conversation, then start the reply to it.
+
+        The page and the API both chat through this and `finish_reply`. Raises ChatError
+        for a bad message and ServingError when the model cannot take the request.
+        """
         text = self.check_message(text)
         try:
             if state.conversation_id is None:
@@ -164,28 +192,30 @@ class ChatService:
         except FeedbackError as err:
             raise ChatError(_not_saved(err)) from err
         state.turns.append(Turn("user", text))
-        try:
-            reply = self.engine.stream(state.history(), self.params)
-            for _ in reply:
-                yield reply.text
-        except ServingError as err:
-            raise ChatError(f"The model could not answer: {err}") from err
-        except Exception as err:  # a model crash must not take the conversation with it
-            raise ChatError(f"The model failed ({type(err).__name__}: {err}). Try again.") from err
-        info = reply.info
-        assert info is not None  # set by the engine when the stream ends
-        response_id = self._record(state.conversation_id, info, "reply")
-        state.turns.append(Turn("assistant", info.text, response_id, info.adapter_version))
-        yield info.text
+        return self.engine.stream(state.history(), params or self.params, adapter=adapter)
 
-    def _record(self, conversation_id: int, info: ReplyInfo, kind: str) -> int:
+    def finish_reply(
+        self, state: ChatState, reply: Reply, *, completion_id: str | None = None
+    ) -> int:
+        """Store a reply that has streamed to its end as the conversation's next turn."""
+        info = reply.info
+        assert info is not None and state.conversation_id is not None  # set when it ended
+        response_id = self._record(state.conversation_id, info, "reply", completion_id)
+        state.turns.append(Turn("assistant", info.text, response_id, info.adapter_version))
+        return response_id
+
+    def _record(
+        self, conversation_id: int, info: ReplyInfo, kind: str, completion_id: str | None = None
+    ) -> int:
         """Store a finished reply (or compare candidate) with how it was made."""
         try:
-            return self._add_response(conversation_id, info, kind)
+            return self._add_response(conversation_id, info, kind, completion_id)
         except FeedbackError as err:
             raise ChatError(_not_saved(err)) from err
 
-    def _add_response(self, conversation_id: int, info: ReplyInfo, kind: str) -> int:
+    def _add_response(
+        self, conversation_id: int, info: ReplyInfo, kind: str, completion_id: str | None
+    ) -> int:
         return self.store.add_response(
             conversation_id=conversation_id,
             prompt=info.prompt,
@@ -197,6 +227,7 @@ class ChatService:
             ttft_ms=info.ttft_ms,
             new_tokens=info.new_tokens,
             kind=kind,
+            completion_id=completion_id,
         )
 
     def open(self, user: UserInfo, conversation_id: int) -> ChatState:
@@ -231,6 +262,11 @@ class ChatService:
         self, user: UserInfo, state: ChatState, index: int | None, *, up: bool, reason: str = ""
     ) -> str:
         turn = self._reply(state, index)
+        assert turn.response_id is not None
+        return self.rate_response(user, turn.response_id, up=up, reason=reason)
+
+    def rate_response(self, user: UserInfo, response_id: int, *, up: bool, reason: str = "") -> str:
+        """👍/👎 on one of the user's replies (the page's buttons and the API's feedback)."""
         if len(reason) > self.max_reason_chars:
             raise ChatError(
                 f"The reason is {len(reason):,} characters; the limit is "
@@ -238,7 +274,7 @@ class ChatService:
             )
         try:
             self.store.rate(
-                response_id=turn.response_id, user_id=user.id, up=up, reason=reason.strip() or None
+                response_id=response_id, user_id=user.id, up=up, reason=reason.strip() or None
             )
         except FeedbackError as err:
             raise ChatError(_not_saved(err)) from err
@@ -247,13 +283,18 @@ class ChatService:
 
     def correct(self, user: UserInfo, state: ChatState, index: int | None, text: str) -> str:
         turn = self._reply(state, index)
+        assert turn.response_id is not None
+        return self.correct_response(user, turn.response_id, text)
+
+    def correct_response(self, user: UserInfo, response_id: int, text: str) -> str:
+        """Store the answer the user wanted instead of one of their replies."""
         text = (text or "").strip()
         if not text:
             raise ChatError("Write the answer you wanted before saving the correction.")
         if len(text) > self.max_message_chars:
             raise ChatError(f"The correction is over {self.max_message_chars:,} characters.")
         try:
-            self.store.correct(response_id=turn.response_id, user_id=user.id, content=text)
+            self.store.correct(response_id=response_id, user_id=user.id, content=text)
         except FeedbackError as err:
             raise ChatError(_not_saved(err)) from err
         return "Saved your corrected answer (the original reply is kept too)."
@@ -275,6 +316,7 @@ class ChatService:
         named version / the bare base. Which side is the original is random and recorded.
         """
         turn = self._reply(state, index)
+        assert turn.response_id is not None  # _reply checked it
         original = self.store.response(response_id=turn.response_id)
         if against == COMPARE_SAMPLE:
             adapter: str | None = CURRENT
@@ -307,6 +349,25 @@ class ChatService:
             raise ChatError(_not_saved(err)) from err
         a, b = (original.content, info.text) if original_is_a else (info.text, original.content)
         yield Comparison(comparison_id, a, b)
+
+    def pick_between(self, user: UserInfo, first_id: int, second_id: int, choice: str) -> str:
+        """Record a choice between two existing replies to the same prompt ("A" = first).
+
+        The API's pick: the same comparison and decision the page's Compare makes, with
+        the first reply shown as A.
+        """
+        if choice not in ("A", "B", "tie"):
+            raise ChatError("Pick A, B or tie.")
+        try:
+            comparison_id = self.store.add_comparison(
+                user_id=user.id,
+                original_response_id=first_id,
+                candidate_response_id=second_id,
+                original_is_a=True,
+            )
+        except FeedbackError as err:
+            raise ChatError(str(err)) from err
+        return self.pick(user, comparison_id, choice)
 
     def pick(self, user: UserInfo, comparison_id: int | None, choice: str) -> str:
         if comparison_id is None:

@@ -87,27 +87,47 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
 ) -> None:
     """Serve the chat app: the base model plus the adapter CURRENT names, streaming."""
-    from app.serving import ChatEngine, SamplingParams, tune_cpu_threads
+    from app.cpu_env import tune_cpu_threads
 
     tune_cpu_threads()  # before anything loads torch
     from app.chat import ChatService
     from app.modelfiles import resolve_model_dir
+    from app.serving import ChatEngine, SamplingParams
     from app.ui import launch
+    from app.vllm_engine import check_backend
     from training.registry import Registry
 
     settings = _settings()
+    check_backend(settings.backend)  # before anything heavy loads
     store = _store(settings)
     _first_admin(store, settings)
     model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=True)
     registry = Registry(settings.adapters_dir)
-    engine = ChatEngine(
-        model_dir,
-        registry,
-        system_prompt=settings.system_prompt(),
-        context_tokens=settings.context_tokens,
-        load_in_4bit=settings.load_in_4bit,
-        poll_seconds=settings.adapter_poll_seconds,
-    )
+    common: dict[str, Any] = {
+        "system_prompt": settings.system_prompt(),
+        "context_tokens": settings.context_tokens,
+        "poll_seconds": settings.adapter_poll_seconds,
+    }
+    engine: Any
+    if settings.backend == "vllm":
+        from app.vllm_engine import VllmEngine
+
+        engine = VllmEngine(
+            model_dir,
+            registry,
+            max_loras=settings.vllm_max_loras,
+            max_lora_rank=settings.vllm_max_lora_rank,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            **common,
+        )
+    else:
+        engine = ChatEngine(
+            model_dir,
+            registry,
+            load_in_4bit=settings.load_in_4bit,
+            max_batch=settings.max_batch,
+            **common,
+        )
     engine.start()
     service = ChatService(
         engine=engine,
@@ -135,13 +155,16 @@ def serve(
             "(run `tuneloop argilla up`, or set TUNELOOP_ARGILLA_URL).",
             err=True,
         )
+    from app.api import OpenAIApi, api_routes
+
+    api = OpenAIApi(service, versions=registry.versions, max_active=settings.api_max_active)
     try:
         # Annotators may log in, to be told where their work is; every action refuses them.
         gate = LoginGate(store, policy_from(settings), allowed_roles=ROLES)
         note = auth_message(
             settings.argilla_address, settings.login_max_failures, settings.login_lockout_minutes
         )
-        launch(service, gate=gate, login_note=note, host=host, port=port)
+        launch(service, gate=gate, login_note=note, host=host, port=port, routes=api_routes(api))
     finally:
         if sync_stop is not None:
             sync_stop.set()
@@ -268,6 +291,31 @@ def users_unlock(
     what = " and ".join(x for x in (name and f"'{name}'", address and f"address {address}") if x)
     text = f"Unlocked {what}." if found else f"Nothing to unlock: no failed logins for {what}."
     _emit(as_json, {"name": name, "address": address, "unlocked": bool(found)}, text)
+
+
+@users_app.command("key")
+def users_key(
+    name: Annotated[str, typer.Argument(help="The account the key acts as.")],
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Revoke the user's key instead of issuing one.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue an API key for the OpenAI-compatible API (shown once; replaces any older key)."""
+    store = _store(_settings())
+    if revoke:
+        n = store.revoke_api_keys(name=name)
+        text = f"Revoked {n} API key(s) of '{name}'." if n else f"'{name}' had no live API key."
+        _emit(as_json, {"name": name, "revoked": n}, text)
+        return
+    user, key = store.issue_api_key(name=name)
+    note = (
+        "annotators get 403 from the API (they rank in Argilla)"
+        if user.role == "annotator"
+        else "use it as the OpenAI API key with base URL http://HOST:PORT/v1"
+    )
+    text = f"API key for '{user.name}' ({user.role}); it is shown only this once:\n{key}\n({note})"
+    _emit(as_json, {"name": user.name, "role": user.role, "api_key": key}, text)
 
 
 @app.command("import")

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
 
     # How often a running server checks the registry's CURRENT pointer, in seconds.
     adapter_poll_seconds: float = Field(default=1.0, gt=0.0)
+    # What generates the tokens: the built-in engine (transformers + PEFT, CPU or GPU) or
+    # vLLM (CUDA only; `pip install 'tuneloop[vllm]'`), which loads LoRA versions at run time.
+    backend: str = Field(default="builtin", pattern="^(builtin|vllm)$")
+    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
+    vllm_max_loras: int = Field(default=4, ge=1, le=64, description="LoRA versions on the GPU.")
+    vllm_max_lora_rank: int = Field(default=64, ge=1, le=512)
+    # Replies decoded together in one forward step (page and API alike); 0: each reply
+    # runs its own generate loop, one forward step at a time.
+    max_batch: int = Field(default=8, ge=0, le=256)
+    # The OpenAI-compatible API: completions answered at once; more get 429 (retry).
+    api_max_active: int = Field(default=16, ge=1, le=1024)
 
     # --- Argilla: pairs out for ranking, rankings back (issue 3) ---
     argilla_url: str | None = Field(

@@ -207,7 +207,7 @@ class OperatorService:
         self.operator(name)
         if self.running():
             raise OperatorError("A round is already running; wait for it to finish.")
-        from app.serving import untuned_environ
+        from app.cpu_env import untuned_environ
         from training.schedule import train_command
 
         log = self.rounds_dir / "operator-train.log"

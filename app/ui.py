@@ -372,8 +372,13 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     block: bool = True,
+    routes: list[Any] | None = None,
 ) -> gr.Blocks:
-    """Serve the app with login enforced by `gate`; returns the running Blocks."""
+    """Serve the app with login enforced by `gate`; returns the running Blocks.
+
+    `routes` (e.g. the OpenAI-compatible API's) are served by the same web app, ahead of
+    Gradio's own; they do their own authentication.
+    """
     from starlette.middleware import Middleware
 
     demo = build_ui(service)
@@ -383,7 +388,10 @@ def launch(
         server_port=port,
         auth=gate.check,
         auth_message=login_note,
-        app_kwargs={"middleware": [Middleware(ClientAddress)]},
+        app_kwargs={
+            "middleware": [Middleware(ClientAddress)],
+            **({"routes": list(routes)} if routes else {}),
+        },
         ssr_mode=False,
         prevent_thread_lock=not block,
         show_error=True,

@@ -8,6 +8,11 @@ then runs N concurrent chat sessions for a while and prints errors and p50/p95 T
     .venv/bin/python -m bench.serve                      # embedded SmolLM2
     .venv/bin/python -m bench.serve --model PATH --requests 5 --concurrent 8 --seconds 120
     .venv/bin/python -m bench.serve --fine-polling       # without gradio_client's 50 ms ticks
+    .venv/bin/python -m bench.serve --api only --seconds 120   # the OpenAI API section alone
+
+The API section streams through the official `openai` client: single-stream tokens/s
+against the same bare loop, then N concurrent streaming clients for `--seconds` on the
+batched engine and again on the one-generate-loop-per-reply engine (TUNELOOP_MAX_BATCH=0).
 """
 
 from __future__ import annotations
@@ -169,6 +174,139 @@ def app_request(client, tok, prompt: str) -> dict:
     return {"ttft": ttft or total, "total": total, "tokens": tokens}
 
 
+def api_request(client, prompt: str, max_new: int) -> dict:
+    """One streamed completion through the OpenAI-compatible API (the official client)."""
+    start = time.perf_counter()
+    stream = client.chat.completions.create(
+        model="tuneloop",
+        messages=[{"role": "user", "content": prompt}],
+        temperature=0,
+        max_tokens=max_new,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    ttft, tokens = None, 0
+    for chunk in stream:
+        if ttft is None and chunk.choices and chunk.choices[0].delta.content:
+            ttft = time.perf_counter() - start
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    total = time.perf_counter() - start
+    return {"ttft": ttft or total, "total": total, "tokens": tokens}
+
+
+def api_concurrent(url: str, key: str, n: int, seconds: float, max_new: int) -> dict:
+    """`n` clients streaming completions back to back for `seconds`: aggregate tokens/s,
+    TTFT percentiles, errors. A reply still streaming at the end counts in full."""
+    from openai import OpenAI
+
+    results: list[dict] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    begin = time.monotonic()
+    stop_at = begin + seconds
+
+    def client_loop(i: int) -> None:
+        client = OpenAI(base_url=url + "v1", api_key=key, max_retries=0, timeout=600)
+        k = i
+        while time.monotonic() < stop_at:
+            try:
+                r = api_request(client, PROMPTS[k % len(PROMPTS)], max_new)
+                with lock:
+                    results.append(r)
+            except Exception as err:
+                with lock:
+                    errors.append(repr(err))
+            k += 1
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - begin
+    ttfts = [r["ttft"] for r in results]
+    return {
+        "clients": n,
+        "seconds": elapsed,
+        "replies": len(results),
+        "errors": len(errors),
+        "tokens_per_s": sum(r["tokens"] for r in results) / elapsed,
+        "ttft_p50_ms": pct(ttfts, 0.5) * 1e3 if ttfts else None,
+        "ttft_p95_ms": pct(ttfts, 0.95) * 1e3 if ttfts else None,
+        "first_errors": errors[:3],
+    }
+
+
+def api_bench(args: argparse.Namespace, model_dir: Path, loop: BareLoop, prompts: list) -> dict:
+    """The API: single-stream tok/s vs the bare loop; N concurrent streaming clients on the
+    batched engine and on the one-generate-loop-per-reply engine (TUNELOOP_MAX_BATCH=0)."""
+    from openai import OpenAI
+
+    from tests.server import add_user, issue_key, serve
+
+    out: dict = {}
+    for engine, max_batch in (("batched", str(args.max_batch)), ("one_at_a_time", "0")):
+        home = Path(tempfile.mkdtemp(prefix=f"tuneloop-bench-api-{engine}-"))
+        add_user(home, "bench", "expert", "bench-pw")
+        key = issue_key(home, "bench")
+        env = {
+            "TUNELOOP_TEMPERATURE": "0",
+            "TUNELOOP_MAX_NEW_TOKENS": str(args.max_new_tokens),
+            "TUNELOOP_MAX_BATCH": max_batch,
+            "TUNELOOP_API_MAX_ACTIVE": str(max(16, args.concurrent)),
+        }
+        with serve(home, model=str(model_dir), **env) as (url, _):
+            client = OpenAI(base_url=url + "v1", api_key=key, max_retries=0, timeout=600)
+            api_request(client, "warm-up", args.max_new_tokens)
+            side: dict = {}
+            if engine == "batched":
+                bare, single = [], []
+                for p in prompts:  # interleaved, as above
+                    bare.append(loop.request(p))
+                    single.append(api_request(client, p, args.max_new_tokens))
+                tps = [r["tokens"] / r["total"] for r in single]
+                side["single_stream"] = {
+                    "tokens_per_s": statistics.median(tps),
+                    "ttft_ms": statistics.median(r["ttft"] for r in single) * 1e3,
+                    "bare_tokens_per_s": statistics.median(r["tokens"] / r["total"] for r in bare),
+                }
+            side["concurrent"] = api_concurrent(
+                url, key, args.concurrent, args.seconds, args.max_new_tokens
+            )
+            out[engine] = side
+    single = out["batched"]["single_stream"]
+    out["ratios"] = {
+        "api_single_vs_bare": single["tokens_per_s"] / single["bare_tokens_per_s"],
+        "batched_aggregate_vs_single": out["batched"]["concurrent"]["tokens_per_s"]
+        / single["tokens_per_s"],
+        "batched_vs_one_at_a_time_aggregate": out["batched"]["concurrent"]["tokens_per_s"]
+        / max(1e-9, out["one_at_a_time"]["concurrent"]["tokens_per_s"]),
+    }
+    return out
+
+
+def print_api(report: dict) -> None:
+    s, r = report["batched"]["single_stream"], report["ratios"]
+    print(
+        f"API single stream: {s['tokens_per_s']:.1f} tok/s vs bare {s['bare_tokens_per_s']:.1f} "
+        f"= {r['api_single_vs_bare']:.2f}x (goal >= 0.90); TTFT {s['ttft_ms']:.0f} ms"
+    )
+    for engine in ("batched", "one_at_a_time"):
+        c = report[engine]["concurrent"]
+        print(
+            f"API {c['clients']} streaming clients, {engine}, {c['seconds']:.0f} s: "
+            f"{c['tokens_per_s']:.1f} tok/s aggregate, {c['replies']} replies, "
+            f"{c['errors']} errors, TTFT p50 {c['ttft_p50_ms'] or 0:.0f} ms, "
+            f"p95 {c['ttft_p95_ms'] or 0:.0f} ms"
+        )
+    print(
+        f"batched aggregate = {r['batched_aggregate_vs_single']:.2f}x single stream (goal >= 2.5), "
+        f"{r['batched_vs_one_at_a_time_aggregate']:.2f}x the one-at-a-time engine; "
+        "goals also: p95 TTFT <= 1000 ms, 0 errors"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="local HF model dir (default: embedded)")
@@ -181,6 +319,13 @@ def main() -> None:
         action="store_true",
         help="cap gradio_client's 50 ms message polling at 5 ms (see finer_client_polling)",
     )
+    parser.add_argument(
+        "--api",
+        choices=["also", "only", "no"],
+        default="also",
+        help="the OpenAI-compatible API section: after the app's (also), alone (only), or not",
+    )
+    parser.add_argument("--max-batch", type=int, default=8, help="TUNELOOP_MAX_BATCH for the API")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -201,6 +346,14 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
 
     loop = BareLoop(model_dir, system, args.max_new_tokens)
+    if args.api == "only":
+        loop.request("warm-up")
+        api_report = api_bench(args, model_dir, loop, prompts)
+        if args.json:
+            print(json.dumps(api_report, indent=2))
+        else:
+            print_api(api_report)
+        return
     add_user(home, "bench", "expert", "bench-pw")
     env = {"TUNELOOP_TEMPERATURE": "0", "TUNELOOP_MAX_NEW_TOKENS": str(args.max_new_tokens)}
     with serve(home, model=str(model_dir), **env) as (url, server):
@@ -292,6 +445,8 @@ def main() -> None:
         "app_cpu_per_token_vs_bare": report["app"]["cpu_ms_per_token"]
         / report["bare"]["cpu_ms_per_token"],
     }
+    if args.api == "also":
+        report["api"] = api_bench(args, model_dir, loop, prompts)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -319,6 +474,8 @@ def main() -> None:
         f"{c['errors']} errors, TTFT p50 {c['ttft_p50_ms'] or 0:.0f} ms, "
         f"p95 {c['ttft_p95_ms'] or 0:.0f} ms"
     )
+    if "api" in report:
+        print_api(report["api"])
 
 
 if __name__ == "__main__":

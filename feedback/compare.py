@@ -31,23 +31,29 @@ def add_comparison(
     candidate_response_id: int,
     original_is_a: bool,
 ) -> int:
-    """Record a comparison in one of the user's own chats; returns its id.
+    """Record a comparison of two replies in the user's own chats; returns its id.
 
-    `original_is_a` says whether the transcript's reply is shown on the left (A); the UI
-    randomises it, and keeping it lets position bias be measured.
+    Both replies answer the same prompt: a compare candidate sits in its original's
+    conversation; two API completions of the same messages each have their own, with
+    identical prompts. `original_is_a` says whether the transcript's reply is shown on
+    the left (A); the UI randomises it, and keeping it lets position bias be measured.
     """
     if original_response_id == candidate_response_id:
         raise FeedbackError("a comparison needs two different responses")
     fetch(session, User, user_id, "user")
     original = fetch(session, Response, original_response_id, "response")
     candidate = fetch(session, Response, candidate_response_id, "response")
-    if original.conversation_id != candidate.conversation_id:
-        raise FeedbackError("both responses must belong to the same conversation")
-    conversation = fetch(session, Conversation, original.conversation_id, "conversation")
-    if conversation.user_id != user_id:
-        raise FeedbackError(
-            f"conversation {conversation.id} is not yours; compare in your own chats"
-        )
+    if (
+        original.conversation_id != candidate.conversation_id
+        and original.prompt_json != candidate.prompt_json
+    ):
+        raise FeedbackError("both responses must answer the same prompt")
+    for conversation_id in {original.conversation_id, candidate.conversation_id}:
+        conversation = fetch(session, Conversation, conversation_id, "conversation")
+        if conversation.user_id != user_id:
+            raise FeedbackError(
+                f"conversation {conversation.id} is not yours; compare in your own chats"
+            )
     a, b = (original, candidate) if original_is_a else (candidate, original)
     assert a.id is not None and b.id is not None
     comparison = Comparison(

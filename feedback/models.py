@@ -106,6 +106,28 @@ class LoginFailure(FeedbackTable, table=True):
     locked_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
+class ApiKey(FeedbackTable, table=True):
+    """A user's key for the OpenAI-compatible API, stored as a SHA-256 hash only.
+
+    Keys are 256 random bits, so a fast hash is as safe as a slow one here and costs
+    nothing per request. A revoked key keeps its row (`revoked_at`) for the audit trail.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        Index("ux_api_keys_key_hash", "key_hash", unique=True),
+        Index("ix_api_keys_user", "user_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", sa_type=Integer)
+    key_hash: str = Field(sa_type=String)
+    # The first characters of the key, shown in listings so a user can tell keys apart.
+    prefix: str = Field(sa_type=String)
+    created_at: datetime = _created()
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
 class Conversation(FeedbackTable, table=True):
     """One chat session, owned by one user."""
 
@@ -124,6 +146,7 @@ class Response(FeedbackTable, table=True):
     __tablename__ = "responses"
     __table_args__ = (
         Index("ix_responses_conversation", "conversation_id"),
+        Index("ux_responses_completion_id", "completion_id", unique=True),
         CheckConstraint(_in("kind", RESPONSE_KINDS), name="kind"),
     )
 
@@ -142,6 +165,8 @@ class Response(FeedbackTable, table=True):
     # "reply" is shown in the transcript; "candidate" is the second reply of a compare.
     kind: str = Field(default="reply", sa_type=String)
     error: str | None = Field(default=None, sa_type=Text)
+    # The id an API client was given for this reply ("chatcmpl-..."); None for the page's.
+    completion_id: str | None = Field(default=None, sa_type=String)
     created_at: datetime = _created()
 
 

@@ -62,6 +62,7 @@ class ResponseInfo:
     kind: str
     error: str | None
     created_at: datetime
+    completion_id: str | None = None  # the id an API client was given; None for the page's
 
 
 @dataclass(frozen=True)

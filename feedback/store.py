@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from feedback import accounts, bulk, compare, rows
 from feedback.accounts import KeyState
+from feedback.apikeys import key_hash, key_label, new_key
 from feedback.canonical import event_key
 from feedback.db import WRITE_OPTIONS, make_engine
 from feedback.errors import FeedbackError, StoreBusyError
@@ -30,6 +31,7 @@ from feedback.messages import check_prompt
 from feedback.models import (
     RESPONSE_KINDS,
     ROLES,
+    ApiKey,
     Conversation,
     Correction,
     Message,
@@ -38,6 +40,7 @@ from feedback.models import (
     Response,
     User,
     fetch,
+    utcnow,
 )
 from feedback.passwords import burn_verify, check_new_password, hash_password, verify_password
 from feedback.records import (
@@ -92,6 +95,26 @@ def _user_info(user: User) -> UserInfo:
         role=user.role,
         created_at=as_utc(user.created_at),
         status=user.status,
+    )
+
+
+def _response_info(r: Response) -> ResponseInfo:
+    assert r.id is not None
+    return ResponseInfo(
+        id=r.id,
+        conversation_id=r.conversation_id,
+        prompt=json.loads(r.prompt_json),
+        content=r.content,
+        model=r.model,
+        adapter_version=r.adapter_version,
+        params=json.loads(r.params_json),
+        latency_ms=r.latency_ms,
+        ttft_ms=r.ttft_ms,
+        new_tokens=r.new_tokens,
+        kind=r.kind,
+        error=r.error,
+        created_at=as_utc(r.created_at),
+        completion_id=r.completion_id,
     )
 
 
@@ -243,6 +266,50 @@ class Store:
         with self._read() as session:
             return accounts.locked_keys(session)
 
+    # API keys ------------------------------------------------------------------------
+
+    def issue_api_key(self, *, name: str) -> tuple[UserInfo, str]:
+        """A new API key for user `name` (returned once, stored hashed); their older keys
+        stop working, so issuing again is how a leaked key is replaced."""
+        key = new_key()
+        with self._write() as session:
+            user = session.exec(select(User).where(User.name == name.strip())).first()
+            if user is None or user.id is None:
+                raise FeedbackError(f"there is no user {name!r}; add them with `users add` first")
+            self._revoke(session, user.id)
+            session.add(ApiKey(user_id=user.id, key_hash=key_hash(key), prefix=key_label(key)))
+            return _user_info(user), key
+
+    def revoke_api_keys(self, *, name: str) -> int:
+        """Revoke every live API key of user `name`; returns how many there were."""
+        with self._write() as session:
+            user = session.exec(select(User).where(User.name == name.strip())).first()
+            if user is None or user.id is None:
+                raise FeedbackError(f"there is no user {name!r}; check the name")
+            return self._revoke(session, user.id)
+
+    @staticmethod
+    def _revoke(session: Session, user_id: int) -> int:
+        live = session.exec(
+            select(ApiKey).where(ApiKey.user_id == user_id, col(ApiKey.revoked_at).is_(None))
+        ).all()
+        for key in live:
+            key.revoked_at = utcnow()
+            session.add(key)
+        return len(live)
+
+    def user_for_api_key(self, key: str) -> UserInfo | None:
+        """The user a live API key belongs to, or None (unknown or revoked key, or an account
+        that is disabled or removed)."""
+        with self._read() as session:
+            user = session.exec(
+                select(User)
+                .join(ApiKey, col(ApiKey.user_id) == col(User.id))
+                .where(ApiKey.key_hash == key_hash(key), col(ApiKey.revoked_at).is_(None))
+                .where(User.status == "active")  # a disabled or removed account's key is dead
+            ).first()
+            return None if user is None else _user_info(user)
+
     # Conversations -------------------------------------------------------------------
 
     @retried
@@ -304,11 +371,13 @@ class Store:
         new_tokens: int | None = None,
         kind: str = "reply",
         error: str | None = None,
+        completion_id: str | None = None,
     ) -> int:
         """Record a model output and exactly what produced it; returns the response id.
 
         A "reply" is also appended to the transcript as the assistant's turn; a "candidate"
-        (the second reply of a compare) is not.
+        (the second reply of a compare) is not. `completion_id` is the id an API client was
+        given for it (unique).
         """
         if kind not in RESPONSE_KINDS:
             raise FeedbackError(f"kind {kind!r} is unknown; use 'reply' or 'candidate'")
@@ -333,6 +402,7 @@ class Store:
                 new_tokens=new_tokens,
                 kind=kind,
                 error=error,
+                completion_id=completion_id,
             )
             session.add(response)
             session.flush()
@@ -459,23 +529,22 @@ class Store:
     def response(self, *, response_id: int) -> ResponseInfo:
         """Everything recorded about one response."""
         with self._read() as session:
-            r = fetch(session, Response, response_id, "response")
-            assert r.id is not None
-            return ResponseInfo(
-                id=r.id,
-                conversation_id=r.conversation_id,
-                prompt=json.loads(r.prompt_json),
-                content=r.content,
-                model=r.model,
-                adapter_version=r.adapter_version,
-                params=json.loads(r.params_json),
-                latency_ms=r.latency_ms,
-                ttft_ms=r.ttft_ms,
-                new_tokens=r.new_tokens,
-                kind=r.kind,
-                error=r.error,
-                created_at=as_utc(r.created_at),
-            )
+            return _response_info(fetch(session, Response, response_id, "response"))
+
+    def owned_completion(self, *, completion_id: str, user_id: int) -> ResponseInfo:
+        """The API reply `completion_id` if it is in one of the user's own conversations.
+
+        Someone else's id gets the same answer as an unknown one: ids are not revealed.
+        """
+        with self._read() as session:
+            row = session.exec(
+                select(Response, Conversation.user_id)
+                .join(Conversation, col(Conversation.id) == col(Response.conversation_id))
+                .where(Response.completion_id == completion_id)
+            ).first()
+            if row is None or row[1] != user_id:
+                raise FeedbackError(f"there is no completion {completion_id!r} of yours")
+            return _response_info(row[0])
 
     def counts(self) -> dict[str, Any]:
         """Row counts for the status screen; ratings count each user's latest click only."""

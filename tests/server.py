@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -30,6 +31,18 @@ def add_user(home: Path, name: str, role: str, password: str, **env: str) -> Non
         capture_output=True,
         env={**os.environ, "TUNELOOP_HOME": str(home), **env},
     )
+
+
+def issue_key(home: Path, name: str, **env: str) -> str:
+    """An API key for `name` through the real CLI (`tuneloop users key NAME --json`)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "users", "key", name, "--json"],
+        text=True,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TUNELOOP_HOME": str(home), **env},
+    ).stdout
+    return str(json.loads(out)["api_key"])
 
 
 @contextmanager

@@ -62,7 +62,8 @@ def reference(
     registry = Registry(tmp_path_factory.mktemp("reference") / "adapters")
     for version, path in tiny_adapters.items():
         registry.register(version, path)
-    engine = ChatEngine(tiny_model_dir, registry, context_tokens=512)
+    # One plain `model.generate` per reply: the reference the batched engine must match.
+    engine = ChatEngine(tiny_model_dir, registry, context_tokens=512, max_batch=0)
     cache: dict[tuple[str, str | None, int], str] = {}
 
     def text(history: list[dict[str, str]], version: str | None, params: SamplingParams) -> str:
@@ -178,8 +179,7 @@ def test_cancel_stops_generation_and_frees_the_engine(make_engine, registry: Reg
     info = reply.info
     assert info is not None and info.finish_reason == "cancelled"
     assert info.adapter_version == "v1" and info.text == reply.text
-    reply._thread.join(timeout=10)  # the worker notices within a step
-    assert not reply._thread.is_alive()
+    assert reply.done.wait(timeout=10)  # the engine notices within a step
     assert engine.generate(ASK, GREEDY).adapter_version == "v1"
 
 
@@ -336,11 +336,14 @@ def test_background_poller_switches_without_restart(
     assert (after.adapter_version, after.text) == ("v2", v2_text)
 
 
+@pytest.mark.parametrize("max_batch", [8, 0], ids=["batched", "one-loop-per-reply"])
 def test_concurrent_replies_on_different_versions(
-    make_engine, registry: Registry, reference
+    make_engine, registry: Registry, reference, max_batch: int
 ) -> None:
+    """Greedy replies of three versions (v1, v2, bare base) decoded at the same time equal
+    the same requests answered alone by plain `model.generate`."""
     registry.set_current("v1")
-    engine = make_engine()
+    engine = make_engine(max_batch=max_batch)
     jobs = [
         (ask(q), adapter)
         for q, adapter in zip(
@@ -371,8 +374,12 @@ def test_concurrent_replies_on_different_versions(
         assert info is not None
         assert info.adapter_version == ("v1" if adapter == CURRENT else adapter)
         assert info.text == text
-    switches = sum(a != b for a, b in zip(order, order[1:], strict=False))
-    assert switches > 30, "the replies' steps should interleave"
+    if max_batch:  # one forward step decoded several versions' rows at once
+        assert engine._batcher is not None and engine._batcher.max_rows_seen >= 4
+        assert len(order) < sum(i.new_tokens for i in results if i) / 2
+    else:
+        switches = sum(a != b for a, b in zip(order, order[1:], strict=False))
+        assert switches > 30, "the replies' steps should interleave"
 
 
 def test_a_corrupted_adapter_is_refused_and_the_old_one_keeps_serving(
@@ -457,7 +464,7 @@ def test_idle_adapters_are_unloaded_beyond_the_bound(
 
 
 def test_serving_sets_the_openmp_spin_default_only_where_unset() -> None:
-    from app.serving import SERVING_THREAD_ENV, tune_cpu_threads
+    from app.cpu_env import SERVING_THREAD_ENV, tune_cpu_threads
 
     environ: dict[str, str] = {}
     assert tune_cpu_threads(environ) == SERVING_THREAD_ENV
@@ -472,13 +479,13 @@ def test_rounds_the_server_starts_do_not_inherit_the_serving_setting(
 ) -> None:
     import os
 
-    import app.serving
-    from app.serving import SERVING_THREAD_ENV, tune_cpu_threads, untuned_environ
+    import app.cpu_env
+    from app.cpu_env import SERVING_THREAD_ENV, tune_cpu_threads, untuned_environ
 
     environ = {k: v for k, v in os.environ.items() if k not in SERVING_THREAD_ENV}
     environ["TUNELOOP_SOMETHING"] = "kept"
     monkeypatch.setattr(os, "environ", environ)  # this process's environment, restored after
-    monkeypatch.setattr(app.serving, "_TUNED", {})
+    monkeypatch.setattr(app.cpu_env, "_TUNED", {})
     assert tune_cpu_threads() == SERVING_THREAD_ENV
     assert all(os.environ[k] == v for k, v in SERVING_THREAD_ENV.items())
     child = untuned_environ()
@@ -498,3 +505,19 @@ def test_nothing_serve_imports_before_the_tuning_loads_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_system_prompt_is_computed_once_per_adapter_and_reused(make_engine) -> None:
+    """The batched engine runs a shared system message once per adapter and reuses its
+    keys/values; replies stay those of plain `model.generate` over the whole prompt."""
+    system = "You help with gardens, kitchens and bicycles. Be short, polite and correct. " * 3
+    batched = make_engine(system_prompt=system)
+    plain = make_engine(system_prompt=system, max_batch=0)
+    for adapter in (None, "v1"):
+        for question in ("How do I water tomatoes?", "Bread?", "hello"):
+            history = ask(question)
+            assert (
+                batched.generate(history, GREEDY, adapter=adapter).text
+                == plain.generate(history, GREEDY, adapter=adapter).text
+            )
+    assert batched._batcher is not None and len(batched._batcher._prefixes) == 2
