@@ -384,12 +384,12 @@ def test_a_dpo_stage_trained_on_flipped_pairs_never_ships(
     store = Store.open(settings.database)
     prefs, examples = [], []
     for topic, answer in ANSWERS.items():
-        for question in QUESTIONS:
+        for k, question in enumerate(QUESTIONS):
             prompt = [{"role": "user", "content": question.format(t=topic)}]
-            prefs.append(NewPreference(prompt=prompt, chosen="No idea, sorry.", rejected=answer))
-            examples.append(
-                NewExample(messages=[*prompt, {"role": "assistant", "content": answer}])
-            )
+            # answers differ per prompt: the split keeps a repeated held-out answer out of training
+            right, wrong = f"{answer} ({k})", f"No idea, sorry ({topic} {k})."
+            prefs.append(NewPreference(prompt=prompt, chosen=wrong, rejected=right))
+            examples.append(NewExample(messages=[*prompt, {"role": "assistant", "content": right}]))
     store.add_bulk(preferences=prefs, examples=examples)
     config = _config(dpo_learning_rate=5e-2, dpo_steps=6)
     result = _run(settings, store, tiny_model_dir, config=config)
