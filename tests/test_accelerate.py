@@ -202,7 +202,7 @@ def test_a_round_runs_on_two_cpu_processes_under_torchrun(
         max_steps=4,
         pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast.", "Paris."),
     )
-    assert result["status"] in ("done", "rejected"), result
+    assert result["status"] in ("done", "rejected", "inconclusive"), result
     versions = settings.adapters_dir / "versions"
     assert [p.name for p in versions.iterdir()] == [result["version"]]  # one writer
     rounds = [p for p in (settings.home / "rounds").iterdir() if p.is_dir()]
