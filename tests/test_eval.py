@@ -397,19 +397,18 @@ def test_a_round_with_the_eval_gate_is_not_promoted_when_it_loses(
         "Is {t} hard for a beginner?",
     )
     prompts = [ask.format(t=t) for t in topics for ask in asks]
-    answer = "Paris is the capital of France."
+    # Each prompt its own answer: a train row repeating a held-out answer is not trained on.
+    answers = [f"Paris is the capital of France, {i}." for i in range(len(prompts))]
     store.add_bulk(
         preferences=[
-            NewPreference(
-                prompt=[{"role": "user", "content": p}], chosen=answer, rejected="No idea."
-            )
-            for p in prompts
+            NewPreference(prompt=[{"role": "user", "content": p}], chosen=a, rejected="No idea.")
+            for p, a in zip(prompts, answers, strict=True)
         ],
         examples=[
             NewExample(
-                messages=[{"role": "user", "content": p}, {"role": "assistant", "content": answer}]
+                messages=[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
             )
-            for p in prompts
+            for p, a in zip(prompts, answers, strict=True)
         ],
     )
     lenient = GateMargins(
