@@ -180,7 +180,7 @@ def test_eval_pairwise_against_the_first_adapter(
 
 
 def test_pairwise_without_a_judge_model_says_which_setting(
-    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    env: Path, judge_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.delenv("TUNELOOP_JUDGE_MODEL")
     args = ["eval", "--set", str(env), "--scorer", "pairwise", "--adapters", "base,v1"]
@@ -191,6 +191,10 @@ def test_pairwise_without_a_judge_model_says_which_setting(
     from app.config import Settings
 
     assert not Registry(Settings().adapters_dir).info("v1").get("evals")  # nothing recorded
+
+    monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", str(judge_dir))
+    code, _, err = run_cli(monkeypatch, capsys, *args[:-1], "v1")  # one adapter: no reference
+    assert code == 1 and "name at least two in --adapters" in err
 
     monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", str(env.parent / "no-such-model"))
     code, _, err = run_cli(monkeypatch, capsys, *args)

@@ -23,17 +23,18 @@ def _feedback(store: Store) -> None:
     prompts = [f"How do I care for {t}?" for t in ("tomatoes", "bread", "soup", "a spider")]
     prompts += [f"Tell me about {t}, please." for t in ("tomatoes", "bread", "soup", "a spider")]
     prompts += [f"Any quick tips on {t}?" for t in ("tomatoes", "bread", "soup", "a spider")]
-    reply = "A good answer is short and polite. Thank you."
+    # Each prompt its own reply: a train row repeating a held-out answer is not trained on.
+    replies = [f"A good answer is short and polite, {i}. Thank you." for i in range(len(prompts))]
     store.add_bulk(
         preferences=[
-            NewPreference(prompt=[{"role": "user", "content": p}], chosen=reply, rejected="no")
-            for p in prompts
+            NewPreference(prompt=[{"role": "user", "content": p}], chosen=r, rejected="no")
+            for p, r in zip(prompts, replies, strict=True)
         ],
         examples=[
             NewExample(
-                messages=[{"role": "user", "content": p}, {"role": "assistant", "content": reply}]
+                messages=[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
             )
-            for p in prompts
+            for p, r in zip(prompts, replies, strict=True)
         ],
     )
 

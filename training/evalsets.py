@@ -208,6 +208,12 @@ def run_eval(
     anything is returned, so a failed eval records nothing.
     """
     params = params or GenParams()
+    comparing = [s.name for s in scorers if s.needs_reference]
+    if comparing and len(targets) < 2:
+        raise EvalError(
+            f"scorer {comparing[0]!r} compares adapters: name at least two in --adapters "
+            "(the first is the reference the others are judged against)"
+        )
     conversations = [row_conversation(row, system_prompt) for row in evalset.rows]
     model = model_identity(model_dir)
     run = EvalRun(

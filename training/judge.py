@@ -134,7 +134,7 @@ def first_label_margins(
     return margins
 
 
-def _outcome(margin: float) -> float:
+def outcome(margin: float) -> float:
     """1 when the judge prefers reply 1, 0 when reply 2, 0.5 when it cannot tell them apart."""
     return 1.0 if margin > 0 else 0.0 if margin < 0 else 0.5
 
@@ -159,7 +159,7 @@ def pairwise_scores(
         prompts.append(judge_prompt(conversations[i], reference[i], replies[i]))
     margins = first_label_margins(model, tokenizer, prompts, batch_size=batch_size)
     for k, i in enumerate(todo):
-        scores[i] = (_outcome(margins[2 * k]) + (1.0 - _outcome(margins[2 * k + 1]))) / 2
+        scores[i] = (outcome(margins[2 * k]) + (1.0 - outcome(margins[2 * k + 1]))) / 2
     return scores
 
 
