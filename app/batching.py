@@ -69,8 +69,7 @@ class BatchDecoder:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.steps = 0  # decode steps run (for tests and the benchmark)
-        self.max_rows_seen = 0
+        self.max_rows_seen = 0  # the largest batch so far (how much batching happened)
         # (PEFT name, system-message ids) -> that prefix's keys/values per layer. Every chat
         # starts with the same system prompt (~350 tokens for the demo, most of a prompt);
         # computing it once per adapter makes a new reply's first step cost its own turns.
@@ -238,7 +237,6 @@ class BatchDecoder:
             names=[row.key for row in rows],
         )
         state["cache"], state["mask"] = out.past_key_values, mask
-        self.steps += 1
         for row, token in zip(rows, self._sample(out.logits[:, -1, :], rows), strict=True):
             self._advance(row, token)
 
