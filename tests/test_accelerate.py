@@ -1,5 +1,7 @@
-"""The shipped multi-GPU configs load with accelerate's own classes, and a round runs under
-`accelerate launch` (one CPU process here; several GPUs use the same command)."""
+"""Rounds under launchers. The shipped multi-GPU configs load with accelerate's own classes
+and set up each process as the round expects; real multi-process rounds run here on CPU
+(two ranks over gloo): under torchrun, and started by `tuneloop watch` through the DDP
+config; a round under `accelerate launch` with one CPU process."""
 
 from __future__ import annotations
 
