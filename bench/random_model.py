@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 # Published configs (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings).
 SHAPES: dict[str, dict] = {
@@ -51,7 +52,8 @@ def build(dest: Path, shape: str) -> Path:
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model: Any = LlamaForCausalLM(config)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest

@@ -1,5 +1,7 @@
-"""The shipped multi-GPU configs load with accelerate's own classes, and a round runs under
-`accelerate launch` (one CPU process here; several GPUs use the same command)."""
+"""Rounds under launchers. The shipped multi-GPU configs load with accelerate's own classes
+and set up each process as the round expects; real multi-process rounds run here on CPU
+(two ranks over gloo): under torchrun, and started by `tuneloop watch` through the DDP
+config; a round under `accelerate launch` with one CPU process."""
 
 from __future__ import annotations
 
@@ -279,3 +281,28 @@ def test_a_launcher_that_is_not_installed_is_a_clear_error() -> None:
     ]
     with pytest.raises(LauncherError, match="no-such-launcher"):
         train_command(launcher="no-such-launcher --x")
+
+
+def test_two_ranks_see_a_running_round_and_both_stop(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    """While a round holds the lock, a two-process `tuneloop train` starts nothing: rank 0
+    cannot take the lock, and rank 1 hears so instead of waiting for it."""
+    import os
+    import subprocess
+
+    from app.config import Settings
+    from training.round import _exclusive
+
+    settings = Settings()
+    rounds = settings.home / "rounds"
+    env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "none"}
+    with _exclusive(rounds):
+        proc = subprocess.run(
+            [*_torchrun(2), "-m", "app.cli", "train", "--json"],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("another training round is running" in e for e in errors)
+    assert [p.name for p in rounds.iterdir()] == [".lock"]  # no round folder, no state

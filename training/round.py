@@ -337,12 +337,24 @@ def _run_round(
             rnd.update(status="failed", reason=reason, finished_at=_now(), quiet=True)
             if ranks.is_main() and rnd.state.get("version"):
                 registry.update_info(rnd.state["version"], status="failed", reasons=[reason])
-            if not isinstance(err, Exception):
+            if not isinstance(err, Exception) or _others_mid_training(rnd, err):
                 raise
             return RoundResult(
                 id=round_id, status="failed", reasons=[reason], serving_before=serving,
                 serving_after=registry.current(),
             )  # fmt: skip
+
+
+def _others_mid_training(rnd: _Round, err: BaseException) -> bool:
+    """Whether the main process failed alone while the others of a launched round are inside
+    a training step: it then ends (its failure recorded), and the launcher ends them. A
+    non-finite loss is seen by every process at the same step, so they all return."""
+    return (
+        ranks.launched()
+        and ranks.is_main()
+        and rnd.state.get("stage") in ("sft", "dpo")
+        and not isinstance(err, NonFiniteLossError)
+    )
 
 
 def _train_and_gate(

@@ -7,10 +7,12 @@ adapter, loss on the final assistant reply only (TRL's completion-only loss). DP
 the loop, we own the configs and one callback that records progress and stops a run whose
 loss is not finite.
 
-Speed choices (measured by bench/train_throughput.py): no gradient checkpointing for small
-models (TRL turns it on by default, ~25% slower on CPU), reference log-probs computed once
-before DPO instead of on every step, 2 rows a step on a CPU (TRL's default is 8), and
-per-stage step counts from the data size.
+Speed choices (measured on CPU by bench/train_throughput.py): no gradient checkpointing
+unless the base is 4-bit (TRL turns it on by default, ~25% slower on CPU), reference
+log-probs computed once before DPO instead of on every step, 2 rows a step on a CPU (TRL's
+default is 8), and per-stage step counts from the data size. On CUDA: bf16, QLoRA only
+where it saves memory that matters (resolved()); the CUDA choices await a GPU measurement
+(bench/gpu_check.sh). Under torchrun / accelerate launch every process trains (ranks.py).
 """
 
 from __future__ import annotations
