@@ -184,3 +184,28 @@ def test_a_round_with_only_thumbs_trains_a_kto_stage_the_gate_decides_on(
     assert sft.keys() == kto.keys() and all("lora_" in key for key in kto)
     assert any(not sft[key].equal(kto[key]) for key in sft)
     assert not (folder / "kto" / "adapter" / "ref").exists()
+
+
+def test_kto_config_from_default_settings_is_valid_for_installed_trl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.config import Settings
+    from training.stages import RoundConfig, kto_config, stage_steps
+
+    config = RoundConfig.from_settings(Settings())
+    assert (config.kto_min_rows, config.kto_epochs) == (8, 1.0)
+    rows = [{"label": i < 3} for i in range(12)]  # 3 👍, 9 👎
+    kto = kto_config(config, tmp_path / "kto", 10, tmp_path, rows)
+    assert kto.learning_rate == config.kto_learning_rate and kto.beta == config.kto_beta
+    assert kto.max_length == config.max_length and kto.max_steps == 10
+    assert not kto.gradient_checkpointing and kto.precompute_ref_log_probs
+    assert kto.undesirable_weight == 1.0 and 1 <= kto.desirable_weight * 3 / 9 <= 4 / 3
+
+    monkeypatch.setenv("TUNELOOP_KTO_BETA", "0.3")
+    monkeypatch.setenv("TUNELOOP_KTO_LEARNING_RATE", "1e-4")
+    monkeypatch.setenv("TUNELOOP_KTO_EPOCHS", "3")
+    monkeypatch.setenv("TUNELOOP_KTO_MIN_ROWS", "20")
+    monkeypatch.setenv("TUNELOOP_TRAIN_BATCH_SIZE", "2")
+    config = RoundConfig.from_settings(Settings())
+    assert (config.kto_beta, config.kto_learning_rate) == (0.3, 1e-4)
+    assert config.kto_min_rows == 20 and stage_steps(12, config, "kto") == 18  # 3 x 6
