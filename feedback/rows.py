@@ -214,11 +214,11 @@ def kto_rows(
             .where(col(Response.error).is_(None))
             .order_by(col(Response.id))
         )
-        for response_id, prompt_json, content in responses:
-            if not content.strip():
+        for rid, prompt_json, content in responses:
+            if rid is None or not content.strip():
                 continue
             prompt = json.loads(prompt_json)
-            label = labels[response_id]
+            label = labels[rid]
             key = content_key([prompt, content, label])
             if key in seen:
                 continue
@@ -228,8 +228,8 @@ def kto_rows(
                 "completion": [{"role": "assistant", "content": content}],
                 "label": label,
             }
-            if reasons.get(response_id):
-                row["reasons"] = reasons[response_id]
+            if reasons.get(rid):
+                row["reasons"] = reasons[rid]
             out.append(row)
     return out
 

@@ -307,7 +307,7 @@ def save_snapshot(snap: Snapshot, folder: Path) -> None:
 def load_snapshot(folder: Path) -> Snapshot:
     """The snapshot `save_snapshot` wrote (a resumed round trains on exactly these rows)."""
     data = Path(folder) / "data"
-    parts = {}
+    parts: dict[str, list[Row]] = {}
     for part in PARTS:
         if not (data / f"{part}.jsonl").is_file() and part.startswith("kto"):
             parts[part] = []  # a snapshot saved before KTO rows existed
