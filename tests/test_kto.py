@@ -165,6 +165,12 @@ def test_a_round_with_only_thumbs_trains_a_kto_stage_the_gate_decides_on(
     assert set(result["gate"]) == {"sft", "kto"}, result
     assert result["gate"]["kto"]["decision"] in ("promote", "reject", "inconclusive")
     assert "heldout_loss" in result["metrics"]["kto"]
+    # Held-out 👍/👎 replies are measured too (the base's implicit reward is 0: chance 0.5),
+    # reported beside the gated metrics unless TUNELOOP_GATE_MARGINS names kto_acc.
+    assert result["metrics"]["serving"]["kto_acc"] == 0.5
+    assert 0.0 <= result["metrics"]["kto"]["kto_acc"] <= 1.0
+    kto_acc = next(c for c in result["gate"]["kto"]["comparisons"] if c["metric"] == "kto_acc")
+    assert kto_acc["verdict"] == "ungated" and kto_acc["n"] > 0
 
     folder = settings.home / "rounds" / result["id"]
     counts = json.loads((folder / "snapshot.json").read_text())["counts"]

@@ -401,6 +401,7 @@ def _train_and_gate(
         {"serving": serving_dir, **stages},
         sft_rows=snap.eval_sft(),
         pairs=snap.dpo_heldout,
+        kto_rows=snap.kto_heldout,
         settings=config.eval,
         load_in_4bit=config.serve_in_4bit,  # the precision `serve` runs, not training's
     )
