@@ -215,3 +215,21 @@ def test_kto_config_from_default_settings_is_valid_for_installed_trl(
     config = RoundConfig.from_settings(Settings())
     assert (config.kto_beta, config.kto_learning_rate) == (0.3, 1e-4)
     assert config.kto_min_rows == 20 and stage_steps(12, config, "kto") == 18  # 3 x 6
+
+
+def test_a_kto_stage_needs_enough_rows_of_both_labels_and_mixes_them() -> None:
+    from training.round import kto_ready
+    from training.stages import mixed_labels
+
+    def rows(up: int, down: int) -> list[dict]:
+        return [{"label": True, "n": i} for i in range(up)] + [
+            {"label": False, "n": i} for i in range(down)
+        ]
+
+    assert kto_ready(rows(4, 4), 8) and kto_ready(rows(1, 9), 8)
+    assert not kto_ready(rows(4, 3), 8)  # too few
+    assert not kto_ready(rows(12, 0), 8) and not kto_ready(rows(0, 12), 8)  # one label
+    assert not kto_ready([], 0)
+    mixed = mixed_labels(rows(2, 4))
+    assert [r["label"] for r in mixed] == [True, False, True, False, False, False]
+    assert [r["n"] for r in mixed if not r["label"]] == [0, 1, 2, 3]  # order kept per label
