@@ -51,6 +51,7 @@ class ImportFormat(StrEnum):
 class ExportKind(StrEnum):
     sft = "sft"
     dpo = "dpo"
+    kto = "kto"
 
 
 class Split(StrEnum):
@@ -340,7 +341,12 @@ def import_(
 
 @app.command("export")
 def export(
-    kind: Annotated[ExportKind, typer.Argument(help="sft: conversations; dpo: preference pairs.")],
+    kind: Annotated[
+        ExportKind,
+        typer.Argument(
+            help="sft: conversations; dpo: preference pairs; kto: unpaired 👍/👎 replies."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output JSONL file.")],
     split: Annotated[Split, typer.Option("--split", help="train | heldout | all")] = Split.all,
     as_json: JsonOpt = False,

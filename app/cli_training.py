@@ -36,7 +36,7 @@ def register_core(app: typer.Typer) -> None:
         ] = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Run one training round: snapshot, SFT, DPO, evaluate, gate, promote if better.
+        """Run one training round: snapshot, SFT, DPO, KTO, evaluate, gate, promote if better.
 
         Under `torchrun` / `accelerate launch` every process trains; the main one does the
         rest and alone prints the result."""

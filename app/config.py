@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     sft_learning_rate: float = Field(default=6e-4, gt=0.0, le=1.0)
     dpo_learning_rate: float = Field(default=2e-5, gt=0.0, le=1.0)
     dpo_beta: float = Field(default=0.1, gt=0.0, le=10.0, description="DPO KL strength.")
+    kto_min_rows: int = Field(
+        default=8, ge=1, description="Unpaired 👍/👎 train rows (both kinds) a KTO stage needs."
+    )
+    kto_epochs: float = Field(default=1.0, gt=0.0, le=100.0, description="KTO epochs.")
+    kto_learning_rate: float = Field(default=2e-5, gt=0.0, le=1.0)
+    kto_beta: float = Field(default=0.1, gt=0.0, le=10.0, description="KTO KL strength.")
     lora_r: int = Field(default=16, ge=1, le=1024)
     lora_alpha: int = Field(default=32, ge=1, le=4096)
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)

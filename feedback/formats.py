@@ -30,7 +30,7 @@ from feedback.split import HeldoutSplit
 from feedback.store import Store
 
 FORMATS = ("auto", "trl", "hh", "messages")
-EXPORT_KINDS = ("sft", "dpo")
+EXPORT_KINDS = ("sft", "dpo", "kto")
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -265,7 +265,7 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto") -> ImportResu
 def export(
     store: Store, kind: str, out: str | Path, split: str = "all", plan: HeldoutSplit | None = None
 ) -> int:
-    """Write TRL rows ("sft" or "dpo") of `split` to `out` as JSONL; returns the row count.
+    """Write TRL rows ("sft", "dpo" or "kto") of `split` to `out` as JSONL; returns the row count.
 
     `plan`: the held-out split to use (`Store.heldout_split`); default: the plain one.
 
@@ -273,13 +273,13 @@ def export(
     never reads half an export.
     """
     if kind not in EXPORT_KINDS:
-        raise FeedbackError(f"export kind {kind!r} is unknown; use 'sft' or 'dpo'")
+        raise FeedbackError(f"export kind {kind!r} is unknown; use 'sft', 'dpo' or 'kto'")
     out = Path(out)
     if out.is_dir():
         raise FeedbackError(f"{out} is a folder; give --out a file name, e.g. {out / 'x.jsonl'}")
     if out.parent.exists() and not out.parent.is_dir():
         raise FeedbackError(f"{out.parent} is a file, not a folder; choose another --out")
-    rows = store.sft_rows(split, plan) if kind == "sft" else store.dpo_rows(split, plan)
+    rows = {"sft": store.sft_rows, "dpo": store.dpo_rows, "kto": store.kto_rows}[kind](split, plan)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

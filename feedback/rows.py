@@ -1,7 +1,8 @@
 """What the store hands to training (TRL rows) and to the status screen (counts).
 
 SFT rows come from imported conversations, expert corrections and thumbs-up replies; DPO
-rows come from non-tie preferences. Each row's side of the train/heldout split is decided
+rows come from non-tie preferences; KTO rows (unpaired, one label each) from thumbs on
+replies that have no partner. Each row's side of the train/heldout split is decided
 by its prompt (`feedback.split`), so an edit's SFT row and its DPO pair always land on the
 same side; a train-side row whose answer repeats a held-out answer is in neither split.
 Rows with identical content are yielded once.
@@ -142,6 +143,97 @@ def dpo_rows(
     return out
 
 
+def _partnered(session: Session) -> set[int]:
+    """Responses whose feedback already trains as a pair: corrected ones (the edit pair) and
+    either side of a non-tie preference (a compare pick, an Argilla ranking)."""
+    partnered = set(session.exec(select(Correction.response_id).distinct()).all())
+    sides = session.exec(
+        select(Preference.chosen_response_id, Preference.rejected_response_id).where(
+            col(Preference.tie).is_(False)
+        )
+    )
+    for chosen_id, rejected_id in sides:
+        partnered.update(i for i in (chosen_id, rejected_id) if i is not None)
+    return partnered
+
+
+def _latest_reasons(session: Session, response_ids: list[int]) -> dict[int, list[str]]:
+    """The 👎 reasons of each user's latest rating of these responses, oldest first."""
+    latest = (
+        select(func.max(Rating.id)).group_by(col(Rating.response_id), col(Rating.user_id))
+    ).scalar_subquery()
+    out: dict[int, list[str]] = {}
+    for start in range(0, len(response_ids), 500):
+        query = (
+            select(Rating.response_id, Rating.reason)
+            .where(col(Rating.id).in_(latest))
+            .where(col(Rating.response_id).in_(response_ids[start : start + 500]))
+            .where(col(Rating.up).is_(False))
+            .where(col(Rating.reason).is_not(None))
+            .order_by(col(Rating.id))
+        )
+        for response_id, reason in session.exec(query):
+            out.setdefault(response_id, []).append(str(reason))
+    return out
+
+
+def kto_rows(
+    session: Session, split: str, plan: HeldoutSplit | None = None
+) -> list[dict[str, Any]]:
+    """TRL unpaired preference rows from thumbs on replies that have no partner.
+
+    `{"prompt": [...messages], "completion": [{"role": "assistant", "content": ...}],
+    "label": true|false}`, plus `"reasons": [...]` on a 👎 row whose raters wrote why
+    (TRL ignores the extra key; an annotator or a later correction can use it).
+
+    Each user's latest rating of a response counts; a reply some rated 👍 and others 👎 is
+    left out (its label is a disagreement, not a signal). Replies that already train as a
+    pair are left out too: corrected ones, and either side of a decided, non-tie compare or
+    Argilla ranking (the pair says more than the thumb). A tie or an undecided compare has
+    no pair, so its thumbs count here. Replies that errored or are empty are skipped.
+    """
+    _check_split(split)
+    if split != "all":
+        plan = plan or split_plan(session)
+        rows = kto_rows(session, "all")
+        return [r for r in rows if plan.in_split(split, *kto_prompt_answers(r))]
+    ups: set[int] = set()
+    downs: set[int] = set()
+    for response_id, up in _latest_ratings(session):
+        (ups if up else downs).add(response_id)
+    partnered = _partnered(session)
+    labels = {i: True for i in ups - downs} | {i: False for i in downs - ups}
+    wanted = sorted(i for i in labels if i not in partnered)
+    reasons = _latest_reasons(session, [i for i in wanted if not labels[i]])
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        responses = session.exec(
+            select(Response.id, Response.prompt_json, Response.content)
+            .where(col(Response.id).in_(wanted[start : start + 500]))
+            .where(col(Response.error).is_(None))
+            .order_by(col(Response.id))
+        )
+        for rid, prompt_json, content in responses:
+            if rid is None or not content.strip():
+                continue
+            prompt = json.loads(prompt_json)
+            label = labels[rid]
+            key = content_key([prompt, content, label])
+            if key in seen:
+                continue
+            seen.add(key)
+            row: dict[str, Any] = {
+                "prompt": prompt,
+                "completion": [{"role": "assistant", "content": content}],
+                "label": label,
+            }
+            if reasons.get(rid):
+                row["reasons"] = reasons[rid]
+            out.append(row)
+    return out
+
+
 def sft_prompt_answers(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """An SFT row's prompt and the answer it trains towards (for the split)."""
     return row["messages"][:-1], [str(row["messages"][-1].get("content", ""))]
@@ -156,12 +248,20 @@ def dpo_prompt_answers(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[
     return row["prompt"], [str(m.get("content", "")) for m in row["chosen"]]
 
 
+def kto_prompt_answers(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A KTO row's prompt and the answer it trains towards: its reply when the label is 👍,
+    nothing when 👎 (a stock bad answer must not keep other rows out, as for DPO)."""
+    answers = [str(m.get("content", "")) for m in row["completion"]] if row["label"] else []
+    return row["prompt"], answers
+
+
 def split_plan(
     session: Session, *, min_items: int = 0, extra: list[dict[str, Any]] | None = None
 ) -> HeldoutSplit:
-    """The held-out split over every SFT and DPO row (plus `extra` SFT rows, e.g. seeds)."""
+    """The held-out split over every SFT, DPO and KTO row (plus `extra` SFT rows, e.g. seeds)."""
     items = [sft_prompt_answers(r) for r in [*(extra or []), *sft_rows(session, "all")]]
     items += [dpo_prompt_answers(r) for r in dpo_rows(session, "all")]
+    items += [kto_prompt_answers(r) for r in kto_rows(session, "all")]
     return plan_split(items, min_items=min_items)
 
 

@@ -563,6 +563,11 @@ class Store:
         with self._read() as session:
             return iter(rows.dpo_rows(session, split, plan))
 
+    def kto_rows(self, split: str = "all", plan: HeldoutSplit | None = None) -> Iterator[Row]:
+        """TRL unpaired rows from thumbs without a partner; see `feedback.rows.kto_rows`."""
+        with self._read() as session:
+            return iter(rows.kto_rows(session, split, plan))
+
     def heldout_split(self, *, min_items: int = 0, extra: list[Row] | None = None) -> HeldoutSplit:
         """The train/heldout split of everything stored (`feedback.split`), holding out at
         least `min_items` prompts where the data allows; `extra`: SFT rows kept elsewhere

@@ -350,8 +350,8 @@ def test_export_replaces_an_existing_file_and_rejects_bad_arguments(
     out.write_text("stale\n", encoding="utf-8")
     assert export(filled, "sft", out) == 60
     assert "stale" not in out.read_text(encoding="utf-8")
-    with pytest.raises(FeedbackError, match="export kind 'kto' is unknown"):
-        export(filled, "kto", tmp_path / "x.jsonl")
+    with pytest.raises(FeedbackError, match="export kind .orpo. is unknown"):
+        export(filled, "orpo", tmp_path / "x.jsonl")
     with pytest.raises(FeedbackError, match="split 'dev' is unknown"):
         export(filled, "dpo", tmp_path / "x.jsonl", split="dev")
     assert not (tmp_path / "x.jsonl").exists()

@@ -141,16 +141,17 @@ def scrub_text(
 
 def _row_texts(row: Row) -> list[str]:
     texts: list[str] = []
-    for key in ("messages", "prompt", "chosen", "rejected"):
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         texts.extend(str(m.get("content", "")) for m in row.get(key, []))
     return texts
 
 
 def scrub_row(row: Row, report: CurationReport | None = None, region: str = "US") -> Row:
-    """A copy of a TRL row (SFT or DPO) with PII scrubbed consistently across its messages."""
+    """A copy of a TRL row (SFT, DPO or KTO) with PII scrubbed consistently across its
+    messages."""
     names = find_names(_row_texts(row))
     out: Row = dict(row)
-    for key in ("messages", "prompt", "chosen", "rejected"):
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         if key in row:
             out[key] = [
                 {**m, "content": scrub_text(str(m.get("content", "")), names, report, region)}
@@ -169,12 +170,14 @@ def row_text(row: Row) -> str:
     """The row's turns as one normalised string (roles included, system message left out),
     for duplicate checks."""
     parts: list[str] = []
-    for key in ("messages", "prompt", "chosen", "rejected"):
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         parts.extend(
             f"{key}:{m.get('role')}:{m.get('content', '')}"
             for m in row.get(key, [])
             if m.get("role") != "system"  # shared by every row: it would make all rows alike
         )
+    if "label" in row:  # a 👍 and a 👎 of the same reply are not duplicates of each other
+        parts.append(f"label:{row['label']}")
     return _normalise("\n".join(parts))
 
 

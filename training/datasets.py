@@ -25,7 +25,7 @@ from feedback.split import HeldoutSplit
 from training.curation import CurationReport, dedup, drop_near_heldout, scrub_row
 
 Row = dict[str, Any]
-PARTS = ("sft_train", "dpo_train", "sft_heldout", "dpo_heldout")
+PARTS = ("sft_train", "dpo_train", "sft_heldout", "dpo_heldout", "kto_train", "kto_heldout")
 
 
 @dataclass
@@ -36,6 +36,9 @@ class Snapshot:
     dpo_train: list[Row]
     sft_heldout: list[Row]
     dpo_heldout: list[Row]
+    # Unpaired 👍/👎 replies (TRL's KTO rows: prompt, completion, label).
+    kto_train: list[Row] = field(default_factory=list)
+    kto_heldout: list[Row] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     def eval_sft(self) -> list[Row]:
@@ -203,7 +206,7 @@ def take_snapshot(
     `replay` rows (`replay_rows`) are train-only: they are the base model's own answers,
     never feedback, so they are not split and never measured as held-out.
     """
-    from feedback.rows import dpo_prompt_answers, sft_prompt_answers
+    from feedback.rows import dpo_prompt_answers, kto_prompt_answers, sft_prompt_answers
 
     seeds = read_seed_rows(seed_file)
     plan = store.heldout_split(min_items=heldout_min_items, extra=seeds)
@@ -213,10 +216,18 @@ def take_snapshot(
     sft_heldout = [r for r in sft_all if plan.in_split("heldout", *sft_prompt_answers(r))]
     dpo_train = [r for r in dpo_all if plan.in_split("train", *dpo_prompt_answers(r))]
     dpo_heldout = [r for r in dpo_all if plan.in_split("heldout", *dpo_prompt_answers(r))]
+    # The 👎 reasons stay in the store and its export: KTO trains on the label alone.
+    kto_all = [
+        {"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
+        for r in store.kto_rows("all")
+    ]
+    kto_train = [r for r in kto_all if plan.in_split("train", *kto_prompt_answers(r))]
+    kto_heldout = [r for r in kto_all if plan.in_split("heldout", *kto_prompt_answers(r))]
     same_answer = (
         len(sft_all)
         + len(dpo_all)
-        - sum(map(len, (sft_train, sft_heldout, dpo_train, dpo_heldout)))
+        + len(kto_all)
+        - sum(map(len, (sft_train, sft_heldout, dpo_train, dpo_heldout, kto_train, kto_heldout)))
     )
 
     def sys_sft(rows: list[Row]) -> list[Row]:
@@ -227,20 +238,25 @@ def take_snapshot(
 
     sft_train, sft_heldout = sys_sft([*sft_train, *(replay or [])]), sys_sft(sft_heldout)
     dpo_train, dpo_heldout = sys_dpo(dpo_train), sys_dpo(dpo_heldout)
-    raw = {"sft_train": len(sft_train), "dpo_train": len(dpo_train)}
+    kto_train, kto_heldout = sys_dpo(kto_train), sys_dpo(kto_heldout)
+    raw = {"sft_train": len(sft_train), "dpo_train": len(dpo_train), "kto_train": len(kto_train)}
 
     report = CurationReport()
-    heldout = [*sft_heldout, *dpo_heldout]
+    heldout = [*sft_heldout, *dpo_heldout, *kto_heldout]
     sft_train = drop_near_heldout(sft_train, heldout, threshold=dedup_threshold, report=report)
     dpo_train = drop_near_heldout(dpo_train, heldout, threshold=dedup_threshold, report=report)
+    kto_train = drop_near_heldout(kto_train, heldout, threshold=dedup_threshold, report=report)
     sft_train = dedup(sft_train, threshold=dedup_threshold, report=report)
     dpo_train = dedup(dpo_train, threshold=dedup_threshold, report=report)
+    kto_train = dedup(kto_train, threshold=dedup_threshold, report=report)
     sft_train = [scrub_row(r, report, pii_region) for r in sft_train]
     dpo_train = [scrub_row(r, report, pii_region) for r in dpo_train]
+    kto_train = [scrub_row(r, report, pii_region) for r in kto_train]
     sft_heldout = dedup(sft_heldout, near=False, report=CurationReport())
     dpo_heldout = dedup(dpo_heldout, near=False, report=CurationReport())
+    kto_heldout = dedup(kto_heldout, near=False, report=CurationReport())
 
-    snap = Snapshot(sft_train, dpo_train, sft_heldout, dpo_heldout)
+    snap = Snapshot(sft_train, dpo_train, sft_heldout, dpo_heldout, kto_train, kto_heldout)
     snap.info = {
         "hash": snapshot_hash(snap),
         "counts": {part: len(getattr(snap, part)) for part in PARTS},
@@ -252,7 +268,7 @@ def take_snapshot(
             "min_items": heldout_min_items,
             "heldout_prompts": len(
                 {canonical_json(_sft_prompt(r)) for r in sft_heldout}
-                | {canonical_json(r["prompt"]) for r in dpo_heldout}
+                | {canonical_json(r["prompt"]) for r in [*dpo_heldout, *kto_heldout]}
             ),
         },
         "curation": {
@@ -268,8 +284,11 @@ def take_snapshot(
 
 
 def snapshot_hash(snap: Snapshot) -> str:
-    """sha256 over the four row lists in canonical JSON: same rows, same hash."""
-    payload = canonical_json({part: getattr(snap, part) for part in PARTS})
+    """sha256 over the row lists in canonical JSON: same rows, same hash. The KTO lists
+    count only when they hold rows, so a snapshot without any hashes as before them."""
+    payload = canonical_json(
+        {p: getattr(snap, p) for p in PARTS if getattr(snap, p) or not p.startswith("kto")}
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -288,8 +307,11 @@ def save_snapshot(snap: Snapshot, folder: Path) -> None:
 def load_snapshot(folder: Path) -> Snapshot:
     """The snapshot `save_snapshot` wrote (a resumed round trains on exactly these rows)."""
     data = Path(folder) / "data"
-    parts = {}
+    parts: dict[str, list[Row]] = {}
     for part in PARTS:
+        if not (data / f"{part}.jsonl").is_file() and part.startswith("kto"):
+            parts[part] = []  # a snapshot saved before KTO rows existed
+            continue
         text = (data / f"{part}.jsonl").read_text(encoding="utf-8")
         parts[part] = [json.loads(line) for line in text.splitlines() if line.strip()]
     info = json.loads((Path(folder) / "snapshot.json").read_text(encoding="utf-8"))

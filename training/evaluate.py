@@ -4,6 +4,9 @@ Metrics per model (the bare base, the serving adapter, each stage of the round):
   - `pref_acc`: share of held-out pairs whose implicit DPO reward ranks chosen above
     rejected, reward = log p_model(reply | prompt) - log p_base(reply | prompt) (a tie,
     as for the bare base itself, counts half, so chance is 0.5);
+  - `kto_acc`: the same for held-out unpaired 👍/👎 replies: share whose implicit reward
+    has the label's sign (above 0 for 👍, below for 👎; 0 counts half). Reported, and gated
+    only when TUNELOOP_GATE_MARGINS names it;
   - `heldout_loss`: mean token NLL of the held-out reference replies (SFT rows and chosen);
   - `general_loss`: the same on a small fixed set of general instructions
     (`data/general_checks.jsonl`): the regression check that a round did not forget how
@@ -144,10 +147,12 @@ def evaluate_models(
     sft_rows: list[Row],
     pairs: list[Row],
     settings: EvalSettings,
+    kto_rows: list[Row] | None = None,
     load_in_4bit: bool = False,
     on_model: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics for each named adapter (None = the bare base) on the same held-out rows."""
+    """Metrics for each named adapter (None = the bare base) on the same held-out rows
+    (`kto_rows`: held-out unpaired 👍/👎 replies, for `kto_acc`)."""
     from peft import PeftModel
 
     from training.datasets import with_system
@@ -168,6 +173,8 @@ def evaluate_models(
     pair_items = [(p["prompt"], p["chosen"]) for p in pairs] + [
         (p["prompt"], p["rejected"]) for p in pairs
     ]
+    kto_items = [(r["prompt"], r["completion"]) for r in kto_rows or []]
+    kto_labels = [bool(r["label"]) for r in kto_rows or []]
     general_items = [(r["messages"][:-1], r["messages"][-1:]) for r in general]
     prompts = [r["messages"][:-1] for r in sft_rows] + [p["prompt"] for p in pairs]
     seen: set[str] = set()
@@ -188,6 +195,7 @@ def evaluate_models(
             "heldout_loss": _mean_nll(heldout),
             "general_loss": _mean_nll(general_scores),
             "pair_logps": [s for s, _ in reply_logps(model, tokenizer, pair_items, **kw)],
+            "kto_logps": [s for s, _ in reply_logps(model, tokenizer, kto_items, **kw)],
             "items": {
                 "heldout_loss": _item_nll(heldout),
                 "general_loss": _item_nll(general_scores),
@@ -250,6 +258,11 @@ def evaluate_models(
         if n:
             metrics["items"]["pref_acc"] = {"values": outcomes}
         metrics["heldout_pairs"] = n
+        kto = _kto_outcomes(metrics.pop("kto_logps"), base_metrics["kto_logps"], kto_labels)
+        metrics["kto_acc"] = sum(kto) / len(kto) if kto else None
+        if kto:
+            metrics["items"]["kto_acc"] = {"values": kto}
+        metrics["heldout_kto_rows"] = len(kto)
         metrics["heldout_rows"] = len(sft_rows)
     return results
 
@@ -262,6 +275,16 @@ def _pref_outcomes(logps: list[float], base: list[float], n: int) -> list[float]
         rejected = logps[n + i] - base[n + i]
         margin = chosen - rejected
         out.append(1.0 if margin > 1e-6 else 0.5 if abs(margin) <= 1e-6 else 0.0)
+    return out
+
+
+def _kto_outcomes(logps: list[float], base: list[float], labels: list[bool]) -> list[float]:
+    """Per unpaired reply: 1 when its implicit reward has the label's sign, 0.5 when it is
+    0 (the base itself), else 0."""
+    out = []
+    for logp, ref, up in zip(logps, base, labels, strict=True):
+        reward = (logp - ref) if up else (ref - logp)
+        out.append(1.0 if reward > 1e-6 else 0.5 if abs(reward) <= 1e-6 else 0.0)
     return out
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-_METRICS = ("pref_acc", "heldout_loss", "rubric_pass", "general_loss", "general_pass")
+_METRICS = ("pref_acc", "kto_acc", "heldout_loss", "rubric_pass", "general_loss", "general_pass")
 
 
 def _fmt(value: Any) -> str:

@@ -1,11 +1,11 @@
-"""One training round: snapshot -> SFT -> DPO -> evaluate -> gate every stage -> register
-(and promote the best stage that passes).
+"""One training round: snapshot -> SFT -> DPO -> KTO -> evaluate -> gate every stage ->
+register (and promote the best stage that passes).
 
 Everything a round does lands under `rounds_dir/<round id>/`:
     state.json     live progress, replaced atomically (other processes read it)
     metrics.jsonl  one line per logged training step
     snapshot.json  + data/*.jsonl: the frozen, curated rows and their hash
-    sft/, dpo/     checkpoints and each stage's adapter
+    sft/, dpo/, kto/  checkpoints and each stage's adapter
     report.json, report.md, *.png
 One round at a time: an exclusive `flock` on `rounds_dir/.lock`, which the OS releases
 when a crashed round's process dies. A round launched as several processes (torchrun,
@@ -368,10 +368,11 @@ def _train_and_gate(
 ) -> RoundResult:
     from training.evaluate import evaluate_models
     from training.report import write_report
-    from training.stages import train_dpo, train_sft
+    from training.stages import train_dpo, train_kto, train_sft
 
     folder = rnd.folder
-    if not snap.sft_train and not snap.dpo_train:
+    kto = kto_ready(snap.kto_train, config.kto_min_rows)
+    if not snap.sft_train and not snap.dpo_train and not kto:
         raise RoundError("nothing to train on: the store and the seed file have no train rows")
     stages: dict[str, Path] = {}
     if snap.sft_train:
@@ -392,6 +393,16 @@ def _train_and_gate(
                 model_dir, snap.dpo_train, stages.get("sft"), folder / "dpo", config, rnd.log
             )
         )
+    if kto:
+        rnd.update(stage="kto", step=0)
+        done = folder / "kto" / "adapter"
+        stages["kto"] = (
+            done
+            if (done / "adapter_config.json").is_file()
+            else train_kto(
+                model_dir, snap.kto_train, stages.get("sft"), folder / "kto", config, rnd.log
+            )
+        )
 
     if not ranks.is_main():  # the main process evaluates, gates and registers: run_round
         return RoundResult(id=folder.name, status="trained")  # returns its result here too
@@ -402,6 +413,7 @@ def _train_and_gate(
         {"serving": serving_dir, **stages},
         sft_rows=snap.eval_sft(),
         pairs=snap.dpo_heldout,
+        kto_rows=snap.kto_heldout,
         settings=config.eval,
         load_in_4bit=config.serve_in_4bit,  # the precision `serve` runs, not training's
     )
@@ -466,6 +478,13 @@ def _train_and_gate(
     )
     rnd.update(stage="done", status=status, reason="; ".join(reasons) or None, finished_at=_now())
     return result
+
+
+def kto_ready(rows: list[dict[str, Any]], min_rows: int) -> bool:
+    """Whether the unpaired 👍/👎 rows can carry a KTO stage: at least `min_rows` of them,
+    with both labels present (one label alone has no contrast to learn)."""
+    labels = {bool(r["label"]) for r in rows}
+    return len(rows) >= max(min_rows, 1) and labels == {True, False}
 
 
 def _eval_set_runs(
@@ -554,8 +573,8 @@ def _decide_stages(
 
 def _pick(decisions: dict[str, Any], order: list[str]) -> tuple[str, list[str]]:
     """The stage to register: the clearest winner among those the gate would promote (the
-    earlier stage wins a tie: DPO must earn its place); with none, the clearest of all, so
-    an operator can still force it. Returns it with the reasons that explain the choice."""
+    earlier stage wins a tie: DPO and KTO must earn their place); with none, the clearest of
+    all, so an operator can still force it. Returns it with the reasons for the choice."""
     passing = [s for s in order if decisions[s].decision == "promote"]
     pool = passing or order
     best = max(pool, key=lambda s: (round(decisions[s].strength(), 9), -order.index(s)))

@@ -1,9 +1,11 @@
-"""The two training stages of a round, each one TRL trainer built from our settings.
+"""The training stages of a round, each one TRL trainer built from our settings.
 
 SFT: `SFTTrainer` on the snapshot's conversations as prompt/completion rows, a fresh LoRA
 adapter, loss on the final assistant reply only (TRL's completion-only loss). DPO:
 `DPOTrainer` continuing that adapter on the preference pairs; TRL copies it into a frozen
-"ref" adapter, so the reference is base + SFT. Nothing here loops over batches: TRL owns
+"ref" adapter, so the reference is base + SFT. KTO: `KTOTrainer` continuing the same SFT
+adapter on unpaired 👍/👎 replies, the reference again base + SFT (TRL makes the same "ref"
+copy for a PeftModel passed with ref_model=None). Nothing here loops over batches: TRL owns
 the loop, we own the configs and one callback that records progress and stops a run whose
 loss is not finite.
 
@@ -57,6 +59,12 @@ class RoundConfig:
     sft_learning_rate: float = 6e-4
     dpo_learning_rate: float = 2e-5
     dpo_beta: float = 0.1
+    # KTO runs only with at least this many train rows, both labels among them: a handful
+    # of thumbs of one kind gives the KL estimate and the class weights nothing to stand on.
+    kto_min_rows: int = 8
+    kto_epochs: float = 1.0
+    kto_learning_rate: float = 2e-5
+    kto_beta: float = 0.1
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -203,8 +211,8 @@ def on_cuda() -> bool:
 def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
     """How many optimizer steps a stage runs for `rows` training rows. A step takes
     `batch_size` rows in each process of a launched round, so an epoch has fewer steps."""
-    explicit = config.sft_steps if stage == "sft" else config.dpo_steps
-    epochs = config.sft_epochs if stage == "sft" else config.dpo_epochs
+    explicit = {"sft": config.sft_steps, "dpo": config.dpo_steps}.get(stage, 0)
+    epochs = {"sft": config.sft_epochs, "dpo": config.dpo_epochs}.get(stage, config.kto_epochs)
     per_step = config.batch_size * ranks.world_size()
     per_epoch = math.ceil(math.ceil(rows / per_step) / config.grad_accum)
     steps = explicit or max(1, math.ceil(per_epoch * epochs))
@@ -270,6 +278,45 @@ def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
         **_common(config, out_dir, steps, "dpo", run_dir),
         learning_rate=config.dpo_learning_rate,
         beta=config.dpo_beta,
+        precompute_ref_log_probs=config.precompute_ref_log_probs,
+    )
+
+
+# TRL's KTO docs (after Eq. 8 of the KTO paper): weigh the classes so that
+# desirable_weight * n_desirable / (undesirable_weight * n_undesirable) lies in [1, 4/3].
+KTO_WEIGHT_RATIO = (1.0, 4 / 3)
+
+
+def kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) for these class counts: both 1 when the
+    ratio is already in KTO_WEIGHT_RATIO, otherwise the scarcer class is weighed up so
+    that the ratio sits in the middle of the range (7/6), the other class keeping 1."""
+    if n_desirable <= 0 or n_undesirable <= 0:
+        return 1.0, 1.0
+    low, high = KTO_WEIGHT_RATIO
+    ratio = n_desirable / n_undesirable
+    if low <= ratio <= high:
+        return 1.0, 1.0
+    middle = (low + high) / 2
+    if ratio > high:  # more 👍 than 👎: weigh the 👎 up
+        return 1.0, ratio / middle
+    return middle / ratio, 1.0  # more 👎 (the common case: experts flag what is wrong)
+
+
+def kto_config(
+    config: RoundConfig, out_dir: Path, steps: int, run_dir: Path, rows: list[Row]
+) -> Any:
+    """The `KTOConfig` for a round's KTO stage, its class weights from `rows`' labels."""
+    from trl import KTOConfig
+
+    n_desirable = sum(1 for r in rows if r["label"])
+    desirable, undesirable = kto_weights(n_desirable, len(rows) - n_desirable)
+    return KTOConfig(
+        **_common(config, out_dir, steps, "kto", run_dir),
+        learning_rate=config.kto_learning_rate,
+        beta=config.kto_beta,
+        desirable_weight=desirable,
+        undesirable_weight=undesirable,
         precompute_ref_log_probs=config.precompute_ref_log_probs,
     )
 
@@ -440,10 +487,71 @@ def train_dpo(
     return save_adapter(trainer, stage_dir / "adapter")
 
 
+def mixed_labels(rows: list[Row]) -> list[Row]:
+    """`rows` with 👍 and 👎 interleaved (each in its own order). TRL's KTO reads rows in
+    order and estimates its KL term from the other completions of the same batch; batches
+    of one label only would also skew each step's loss towards that label."""
+    up = [r for r in rows if r["label"]]
+    down = [r for r in rows if not r["label"]]
+    out: list[Row] = []
+    for i in range(max(len(up), len(down))):
+        out += [side[i] for side in (up, down) if i < len(side)]
+    return out
+
+
+def train_kto(
+    model_dir: Path,
+    rows: list[Row],
+    sft_adapter: Path | None,
+    stage_dir: Path,
+    config: RoundConfig,
+    log: LogFn,
+) -> Path:
+    """Continue the SFT adapter with KTO on unpaired 👍/👎 rows (reference = the SFT
+    adapter); with no SFT adapter, a fresh one against the bare base. A KTO step needs at
+    least 2 rows (the KL term compares a reply with the others of its batch), so the batch
+    size is raised to 2 when set lower. Returns `stage_dir/adapter`."""
+    import dataclasses
+
+    from peft import PeftModel
+    from trl import KTOTrainer
+
+    config = resolved(config, model_dir)
+    if config.batch_size < 2:
+        config = dataclasses.replace(config, batch_size=2)
+    rows = mixed_labels([{k: r[k] for k in ("prompt", "completion", "label")} for r in rows])
+    checkpoints = stage_dir / "checkpoints"
+    steps = stage_steps(len(rows), config, "kto")
+    args = kto_config(config, checkpoints, steps, stage_dir.parent, rows)
+    base = load_base(model_dir, config)
+    peft_config = None
+    if sft_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
+    else:
+        model = base
+        peft_config = lora_config(
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+        )
+    trainer = KTOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=_dataset(rows, stage_dir),
+        processing_class=load_tokenizer(model_dir),
+        peft_config=peft_config,
+        callbacks=[progress_callback("kto", log)],
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
+    return save_adapter(trainer, stage_dir / "adapter")
+
+
 def save_adapter(trainer: Any, adapter: Path) -> Path:
     """Save the trained adapter with the trainer's own `save_model`, in every process: under
-    FSDP / ZeRO-3 it gathers the shards, and only the main process writes. DPO's frozen
-    reference copy ("ref", saved in a subfolder) is dropped: the adapter that serves is
+    FSDP / ZeRO-3 it gathers the shards, and only the main process writes. DPO's and KTO's
+    frozen reference copy ("ref", saved in a subfolder) is dropped: the adapter that serves is
     "default". Every process waits for the files before it goes on to the next stage."""
     import shutil
 
