@@ -195,14 +195,16 @@ def test_a_round_runs_on_two_cpu_processes_under_torchrun(
 
     Settings().home.mkdir(parents=True)
     store = Store.open(Settings().database)
-    for topic in TOPICS:  # distinct prompts: near-duplicates would be curated away
-        add_pairs(store, 1, prompt=topic, chosen="Short, polite and correct.", rejected="No.")
+    for k, topic in enumerate(TOPICS):  # distinct prompts and answers: see the split's rules
+        add_pairs(
+            store, 1, prompt=topic, chosen=f"Short, polite and correct ({k}).", rejected="No."
+        )
     settings, result = train_in_subprocess(
         tiny_model_dir,
         launcher=_torchrun(2),
         tracker="none",
         max_steps=4,
-        pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast.", "Paris."),
+        pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast, {i}.", "Paris."),
     )
     assert result["status"] in ("done", "rejected", "inconclusive"), result
     versions = settings.adapters_dir / "versions"
@@ -248,8 +250,10 @@ def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
     settings = Settings()
     settings.home.mkdir(parents=True)
     store = Store.open(settings.database)
-    for topic in TOPICS:
-        add_pairs(store, 1, prompt=topic, chosen="Short, polite and correct.", rejected="No.")
+    for k, topic in enumerate(TOPICS):
+        add_pairs(
+            store, 1, prompt=topic, chosen=f"Short, polite and correct ({k}).", rejected="No."
+        )
     launcher = (
         f"accelerate launch --config_file {CONFIGS / 'ddp.yaml'} --main_process_port {_free_port()}"
     )

@@ -47,9 +47,9 @@ def server(
 ) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("api") / "home"
     home.mkdir()
-    add_user(home, "erin", "expert", "pw-erin")
-    add_user(home, "otto", "operator", "pw-otto")
-    add_user(home, "ann", "annotator", "pw-ann")
+    add_user(home, "erin", "expert", "pw-erin-secret")
+    add_user(home, "otto", "operator", "pw-otto-secret")
+    add_user(home, "ann", "annotator", "pw-ann-secret")
     registry = Registry(home / "adapters")
     registry.register("v1", tiny_adapters["v1"])
     keys = {name: issue_key(home, name) for name in ("erin", "otto", "ann")}

@@ -39,7 +39,7 @@ def test_promotion_during_eight_streams_breaks_none(
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    add_user(home, "erin", "expert", "pw-erin")
+    add_user(home, "erin", "expert", "pw-erin-secret")
     registry = Registry(home / "adapters")
     for version, path in tiny_adapters.items():
         registry.register(version, path)

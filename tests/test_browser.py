@@ -71,11 +71,11 @@ def test_expert_chats_and_gives_every_kind_of_feedback(
 
     home = _isolated_home
     home.mkdir(parents=True, exist_ok=True)
-    add_user(home, "erin", "expert", "pw-erin")
-    add_user(home, "olga", "expert", "pw-olga")
+    add_user(home, "erin", "expert", "pw-erin-secret")
+    add_user(home, "olga", "expert", "pw-olga-secret")
     # the tiny model has a 512-token window: keep replies short
     with serve(home, model=str(tiny_model_dir), TUNELOOP_MAX_NEW_TOKENS="32") as (url, _):
-        page = login(browser, url, "erin", "pw-erin")
+        page = login(browser, url, "erin", "pw-erin-secret")
         expect(page.locator("#model-info")).to_contain_text("base model")
         expect(page.locator("#model-info")).to_contain_text("erin")
 
@@ -125,7 +125,7 @@ def test_expert_chats_and_gives_every_kind_of_feedback(
         expect(page.locator("#selected")).to_contain_text("reply 1")
 
         # a second user sees none of the first user's conversations
-        other = login(browser, url, "olga", "pw-olga")
+        other = login(browser, url, "olga", "pw-olga-secret")
         expect(other.locator("#chat [data-testid=user]")).to_have_count(0)
         other.locator("#conversations input").click()
         expect(other.locator("[role=option]")).to_have_count(0)

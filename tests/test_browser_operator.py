@@ -24,12 +24,12 @@ def test_operator_sees_the_operator_tab_and_an_expert_does_not(
 
     home = _isolated_home
     home.mkdir(parents=True, exist_ok=True)
-    add_user(home, "olga", "operator", "pw-olga")
-    add_user(home, "erin", "expert", "pw-erin")
+    add_user(home, "olga", "operator", "pw-olga-secret")
+    add_user(home, "erin", "expert", "pw-erin-secret")
     registry = Registry(home / "adapters")
     registry.register("v1", tiny_adapters["v1"])
     with serve(home, model=str(tiny_model_dir), TUNELOOP_MAX_NEW_TOKENS="16") as (url, _):
-        page = login(browser, url, "olga", "pw-olga")
+        page = login(browser, url, "olga", "pw-olga-secret")
         tab = page.get_by_role("tab", name="Operator")
         expect(tab).to_be_visible()
         tab.click()
@@ -49,7 +49,7 @@ def test_operator_sees_the_operator_tab_and_an_expert_does_not(
         expect(page.locator("#op-notice")).to_contain_text("bare base model")
         assert registry.current() is None
 
-        expert = login(browser, url, "erin", "pw-erin")
+        expert = login(browser, url, "erin", "pw-erin-secret")
         expect(expert.locator("#model-info")).to_contain_text("erin")
         expert.wait_for_timeout(2_000)  # let every page-load event finish before looking
         expect(expert.get_by_role("tab", name="Operator")).to_have_count(0)

@@ -44,7 +44,7 @@ def deployment(tiny_model_dir: Path, tmp_path: Path):
         max_message_chars=200,
         versions=registry.versions,
     )
-    expert = store.add_user(name="erin", role="expert", password="pw-erin")
+    expert = store.add_user(name="erin", role="expert", password="pw-erin-secret")
     yield service, expert, db, registry
     engine.close()
 
@@ -183,7 +183,7 @@ def test_compare_order_is_randomised_and_tie_recorded(deployment) -> None:
 
 def test_users_do_not_see_each_others_conversations(deployment) -> None:
     service, expert, _, _ = deployment
-    other = service.store.add_user(name="olga", role="operator", password="pw-olga")
+    other = service.store.add_user(name="olga", role="operator", password="pw-olga-secret")
     state = ChatState()
     chat(service, expert, state, "private question")
     assert [cid for _, cid in service.conversations(expert)] == [state.conversation_id]
@@ -197,7 +197,7 @@ def test_users_do_not_see_each_others_conversations(deployment) -> None:
 
 def test_chat_is_for_active_experts_and_operators(deployment) -> None:
     service, _, _, _ = deployment
-    service.store.add_user(name="ann", role="annotator", password="pw-ann")
+    service.store.add_user(name="ann", role="annotator", password="pw-ann-secret")
     assert service.user("erin").name == "erin"
     with pytest.raises(ChatError, match="Argilla"):
         service.user("ann")

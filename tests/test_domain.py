@@ -151,9 +151,9 @@ def test_serve_with_only_a_system_prompt(minimal: Path, _isolated_home: Path) ->
 
     home = _isolated_home
     home.mkdir(parents=True, exist_ok=True)
-    add_user(home, "erin", "expert", "pw-erin", TUNELOOP_DATA_DIR=str(minimal))
+    add_user(home, "erin", "expert", "pw-erin-secret", TUNELOOP_DATA_DIR=str(minimal))
     with serve(home, model=None, TUNELOOP_MAX_NEW_TOKENS="4") as (url, _):
-        client = Client(url, auth=("erin", "pw-erin"), verbose=False)
+        client = Client(url, auth=("erin", "pw-erin-secret"), verbose=False)
         client.predict("How often should I water tomatoes?", api_name="/chat")
     with sqlite3.connect(home / "tuneloop.db") as conn:
         (prompt_json,) = conn.execute("select prompt_json from responses").fetchone()

@@ -26,9 +26,9 @@ def home(_isolated_home: Path) -> Path:
 
 
 def test_feedback_survives_sigkill_right_after_ack(home: Path, tiny_model_dir: Path) -> None:
-    add_user(home, "erin", "expert", "pw-erin")
+    add_user(home, "erin", "expert", "pw-erin-secret")
     with serve(home, model=str(tiny_model_dir)) as (url, proc):
-        client = Client(url, auth=("erin", "pw-erin"), verbose=False)
+        client = Client(url, auth=("erin", "pw-erin-secret"), verbose=False)
         client.predict("hello", api_name="/chat")
         ack = client.predict("too vague", api_name="/rate_down")
         # the acknowledgement is back: kill the server without any chance to flush
@@ -60,11 +60,11 @@ def test_running_server_switches_adapter_without_restart(
 ) -> None:
     from tests.tiny import build_tiny_adapter
 
-    add_user(home, "erin", "expert", "pw-erin")
+    add_user(home, "erin", "expert", "pw-erin-secret")
     registry = Registry(home / "adapters")
     registry.register("v1", build_tiny_adapter(tiny_model_dir, tmp_path / "a1", seed=1))
     with serve(home, model=str(tiny_model_dir)) as (url, proc):
-        client = Client(url, auth=("erin", "pw-erin"), verbose=False)
+        client = Client(url, auth=("erin", "pw-erin-secret"), verbose=False)
         client.predict("before", api_name="/chat")
         registry.set_current("v1")
         deadline = time.monotonic() + 30

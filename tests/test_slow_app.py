@@ -16,13 +16,13 @@ pytestmark = pytest.mark.slow
 def test_embedded_model_answers_a_chat_through_the_app(_isolated_home: Path) -> None:
     home = _isolated_home
     home.mkdir(parents=True, exist_ok=True)
-    add_user(home, "erin", "expert", "pw-erin")
+    add_user(home, "erin", "expert", "pw-erin-secret")
     # no TUNELOOP_MODEL: the quick start's path, GGUF converted under HOME/models first
     with serve(home, model=None, TUNELOOP_MAX_NEW_TOKENS="40", TUNELOOP_TEMPERATURE="0") as (
         url,
         _,
     ):
-        client = Client(url, auth=("erin", "pw-erin"), verbose=False)
+        client = Client(url, auth=("erin", "pw-erin-secret"), verbose=False)
         chat = client.predict("What is the capital of France?", api_name="/chat")[0]
         thumbs = client.predict("fine", api_name="/rate_up")
     content = chat[-1]["content"]  # Gradio 6 sends content as a list of parts

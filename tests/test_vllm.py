@@ -107,7 +107,7 @@ def test_vllm_serves_the_api_and_loads_a_promoted_adapter_at_run_time(tmp_path: 
     model = _vllm_sized_model(tmp_path / "model")
     home = tmp_path / "home"
     home.mkdir()
-    add_user(home, "erin", "expert", "pw-erin")
+    add_user(home, "erin", "expert", "pw-erin-secret")
     registry = Registry(home / "adapters")
     for seed in (1, 2):
         registry.register(f"v{seed}", _adapter(model, tmp_path / f"a{seed}", seed))
