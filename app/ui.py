@@ -386,7 +386,7 @@ def launch(
     demo.launch(
         server_name=host,
         server_port=port,
-        auth=gate.check,
+        auth=gate.check,  # type: ignore[arg-type]  # Gradio awaits a coroutine function
         auth_message=login_note,
         app_kwargs={
             "middleware": [Middleware(ClientAddress)],

@@ -80,7 +80,10 @@ class Expert(threading.Thread):
     def __init__(self, url: str, name: str, stop: threading.Event) -> None:
         super().__init__(daemon=True)
         self.url, self.name, self.stop = url, name, stop
-        self.latencies: dict[str, list[float]] = {"rate": [], "correct": [], "pick": []}
+        # (when it was acknowledged, seconds from click to acknowledgement)
+        self.latencies: dict[str, list[tuple[float, float]]] = {
+            kind: [] for kind in ("rate", "correct", "pick")
+        }
         self.acked = {"rate": 0, "correct": 0, "pick": 0}
         self.failed: list[str] = []
 
@@ -93,7 +96,8 @@ class Expert(threading.Thread):
             return
         text = str(reply[0] if isinstance(reply, tuple | list) else reply)
         if text.startswith("Saved"):
-            self.latencies[kind].append(time.perf_counter() - start)
+            now = time.perf_counter()
+            self.latencies[kind].append((now, now - start))
             self.acked[kind] += 1
         else:
             self.failed.append(f"{kind}: {text[:200]}")
@@ -141,14 +145,28 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
         expert.connect()
     for expert in experts:
         expert.start()
-    time.sleep(2.0)  # every expert busy before the import starts
+    time.sleep(2.0)  # every expert busy
+    quiet_from = time.perf_counter()
+    time.sleep(20.0)  # the same experts without an import: the baseline
+    import_from = time.perf_counter()
     loaded_s, loaded = run_import(home, env, write_pairs(home / "loaded.jsonl", rows, "loaded"))
+    import_to = time.perf_counter()
     stop.set()
     for expert in experts:
         expert.join(timeout=120)
     acked = {k: sum(e.acked[k] for e in experts) for k in ("rate", "correct", "pick")}
     in_db = stored(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")
-    latencies = [x for e in experts for v in e.latencies.values() for x in v]
+
+    def window(start: float, end: float) -> list[float]:
+        return [
+            took
+            for e in experts
+            for samples in e.latencies.values()
+            for at, took in samples
+            if start <= at <= end
+        ]
+
+    latencies, quiet = window(import_from, import_to), window(quiet_from, import_from)
     failed = [f for e in experts for f in e.failed]
     return {
         "import_rows": rows,
@@ -162,6 +180,8 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
         "lost": {k: acked[k] - in_db[k] for k in acked},
         "ack_p50_ms": round(1000 * pct(latencies, 0.5)),
         "ack_p95_ms": round(1000 * pct(latencies, 0.95)),
+        "ack_without_import_p50_ms": round(1000 * pct(quiet, 0.5)),
+        "ack_without_import_p95_ms": round(1000 * pct(quiet, 0.95)),
     }
 
 

@@ -86,7 +86,7 @@ def insert_new(session: Session, batch: Prepared) -> int:
         existing = _existing_keys(session, model, list(rows))
         new = [{**row, "created_at": now} for key, row in rows.items() if key not in existing]
         if new:
-            session.execute(insert(model.__table__), new)  # type: ignore[attr-defined]
+            session.execute(insert(model.__table__), new)  # type: ignore[union-attr]
             added += len(new)
     return added
 

@@ -160,6 +160,8 @@ class Store:
         setting) and more than spaces.
         """
         name = name.strip()
+        if not name:
+            raise FeedbackError("the user name is empty; give a name")
         if not USER_NAME.fullmatch(name):
             raise FeedbackError(
                 f"user name {name[:80]!r} is not allowed; use 1-64 letters, digits and . _ - @"

@@ -51,12 +51,35 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
+# Every process command line seen while `tuneloop argilla up` ran (what `ps` showed).
+COMMAND_LINES: set[str] = set()
+
+
+def _watch_command_lines(stop: threading.Event) -> None:
+    while not stop.is_set():
+        for entry in Path("/proc").iterdir():
+            try:
+                COMMAND_LINES.add((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except (OSError, UnicodeDecodeError):
+                continue
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The real local stack, started once for this module and stopped afterwards."""
+    """The real local stack, started once for this module through the real `tuneloop argilla
+    up` (its command lines watched all along), and stopped afterwards."""
     home = tmp_path_factory.mktemp("argilla-stack")
     local = LocalStack(home=home, venv=Settings().argilla_venv, port=free_port())
-    local.up()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_command_lines, args=(stop,), daemon=True)
+    watcher.start()
+    try:
+        up = _cli(home, "argilla", "up", "--json", TUNELOOP_ARGILLA_PORT=str(local.port))
+    finally:
+        stop.set()
+        watcher.join()
+    assert up.returncode == 0, up.stderr
     yield local
     local.down()
 
@@ -178,6 +201,16 @@ def test_up_is_idempotent_and_credentials_are_private(stack: LocalStack, tmp_pat
         k: v["pid"] for k, v in before["processes"].items()
     }
     assert stat.S_IMODE(stack.credentials_file.stat().st_mode) == 0o600
+    # everything `up` created is private, and no secret was ever on a command line
+    loose = {
+        str(p): oct(stat.S_IMODE(p.lstat().st_mode))
+        for p in [stack.root, *stack.root.rglob("*")]
+        if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077
+    }
+    assert not loose, loose
+    creds = stack.credentials()
+    assert creds is not None and creds.password and COMMAND_LINES
+    assert not [c for c in COMMAND_LINES if creds.password in c or creds.api_key in c]
     status = json.loads(_cli(stack.home, "argilla", "status", "--json", **env).stdout)
     assert status["healthy"] and status["memory_mb"] > 0
     external = {"TUNELOOP_ARGILLA_URL": stack.url, "TUNELOOP_ARGILLA_API_KEY": "x" * 12}

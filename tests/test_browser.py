@@ -148,3 +148,31 @@ def test_expert_chats_and_gives_every_kind_of_feedback(
         rows(db, "select c.id, u.name from conversations c join users u on u.id=c.user_id")
     )
     assert set(users.values()) == {"erin"}
+
+
+def test_annotators_are_sent_to_argilla_and_reasons_stay_text(
+    browser, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    home = tmp_path / "home"
+    home.mkdir()
+    add_user(home, "ann", "annotator", "pw-ann")
+    add_user(home, "erin", "expert", "pw-erin")
+    with serve(home, model=str(tiny_model_dir), TUNELOOP_ARGILLA_PORT="6977") as (url, _):
+        # the login page names Argilla's address and the lockout rule
+        page = browser.new_context().new_page()
+        page.goto(url)
+        expect(page.get_by_text("http://127.0.0.1:6977").first).to_be_visible()
+        expect(page.get_by_text("failed attempts").first).to_be_visible()
+        page.close()
+        ann = login(browser, url, "ann", "pw-ann")
+        expect(ann.locator("#notice")).to_contain_text("Annotators rank pairs in Argilla")
+        expect(ann.locator("#notice")).to_contain_text("http://127.0.0.1:6977")
+
+        erin = login(browser, url, "erin", "pw-erin")
+        send(erin, "hello", 0)
+        erin.locator("#reason textarea").fill('<img src=x id="pwned"> wrong')
+        erin.locator("#thumb-down").click()
+        expect(erin.locator("#notice")).to_contain_text('<img src=x id="pwned"> wrong')
+        assert erin.locator("#pwned").count() == 0
