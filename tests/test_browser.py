@@ -157,8 +157,8 @@ def test_annotators_are_sent_to_argilla_and_reasons_stay_text(
 
     home = tmp_path / "home"
     home.mkdir()
-    add_user(home, "ann", "annotator", "pw-ann")
-    add_user(home, "erin", "expert", "pw-erin")
+    add_user(home, "ann", "annotator", "pw-ann-secret")
+    add_user(home, "erin", "expert", "pw-erin-secret")
     with serve(home, model=str(tiny_model_dir), TUNELOOP_ARGILLA_PORT="6977") as (url, _):
         # the login page names Argilla's address and the lockout rule
         page = browser.new_context().new_page()
@@ -166,11 +166,11 @@ def test_annotators_are_sent_to_argilla_and_reasons_stay_text(
         expect(page.get_by_text("http://127.0.0.1:6977").first).to_be_visible()
         expect(page.get_by_text("failed attempts").first).to_be_visible()
         page.close()
-        ann = login(browser, url, "ann", "pw-ann")
+        ann = login(browser, url, "ann", "pw-ann-secret")
         expect(ann.locator("#notice")).to_contain_text("Annotators rank pairs in Argilla")
         expect(ann.locator("#notice")).to_contain_text("http://127.0.0.1:6977")
 
-        erin = login(browser, url, "erin", "pw-erin")
+        erin = login(browser, url, "erin", "pw-erin-secret")
         send(erin, "hello", 0)
         erin.locator("#reason textarea").fill('<img src=x id="pwned"> wrong')
         erin.locator("#thumb-down").click()
