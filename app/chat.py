@@ -17,6 +17,7 @@ from app.engine_base import EngineBase
 from app.serving import CURRENT, Reply, ReplyInfo, SamplingParams, ServingError
 from feedback.errors import FeedbackError, StoreBusyError
 from feedback.store import Store, UserInfo
+from training.registry import Registry, RegistryError
 
 # Roles allowed into the chat app; annotators work in Argilla.
 CHAT_ROLES = ("expert", "operator")
@@ -76,6 +77,52 @@ def inert(text: str) -> str:
     """
     parts = _CODE.split(text)
     return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
+_PATH = re.compile(r"/(?:[^\s/'\"()]+/)+([^\s/'\"()]+)")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part: the page shows no server paths."""
+    return _PATH.sub(r"\1", text)
+
+
+class UsableVersions:
+    """Registered versions whose files pass their checksums: what the compare menu offers.
+
+    A version's checksums are computed again only when one of its files changed (size or
+    modification time), so listing stays cheap on every page load.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._checked: dict[str, tuple[tuple[tuple[str, int, int], ...], bool]] = {}
+
+    def _stamp(self, version: str) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for path in self.registry.path(version).rglob("*"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            found.append((str(path), info.st_size, info.st_mtime_ns))
+        return tuple(sorted(found))
+
+    def __call__(self) -> list[str]:
+        usable = []
+        for version in self.registry.versions():
+            stamp = self._stamp(version)
+            seen = self._checked.get(version)
+            if seen is None or seen[0] != stamp:
+                try:
+                    self.registry.verify(version)
+                    seen = (stamp, True)
+                except RegistryError:
+                    seen = (stamp, False)
+                self._checked[version] = seen
+            if seen[1]:
+                usable.append(version)
+        return usable
 
 
 def _not_saved(err: FeedbackError) -> str:
@@ -160,11 +207,12 @@ class ChatService:
             for _ in reply:
                 yield reply.text
         except ServingError as err:
-            raise ChatError(f"The model could not answer: {err}") from err
+            raise ChatError(f"The model could not answer: {without_paths(str(err))}") from err
         except ChatError:
             raise
         except Exception as err:  # a model crash must not take the conversation with it
-            raise ChatError(f"The model failed ({type(err).__name__}: {err}). Try again.") from err
+            reason = without_paths(f"{type(err).__name__}: {err}")
+            raise ChatError(f"The model failed ({reason}). Try again.") from err
         self.finish_reply(state, reply)
         yield state.turns[-1].content
 
@@ -333,7 +381,8 @@ class ChatService:
             for _ in reply:
                 yield reply.text
         except ServingError as err:
-            raise ChatError(f"Could not generate a second reply: {err}") from err
+            reason = without_paths(str(err))
+            raise ChatError(f"Could not generate a second reply: {reason}") from err
         info = reply.info
         assert info is not None
         candidate_id = self._record(original.conversation_id, info, "candidate")

@@ -91,7 +91,7 @@ def serve(
     from app.cpu_env import tune_cpu_threads
 
     tune_cpu_threads()  # before anything loads torch
-    from app.chat import ChatService
+    from app.chat import ChatService, UsableVersions
     from app.modelfiles import resolve_model_dir
     from app.serving import ChatEngine, SamplingParams
     from app.ui import launch
@@ -140,7 +140,7 @@ def serve(
         ),
         compare_temperature=settings.compare_temperature,
         max_message_chars=settings.max_message_chars,
-        versions=registry.versions,
+        versions=UsableVersions(registry),  # a corrupted version is not offered
         argilla_address=settings.argilla_address,
         max_reason_chars=settings.max_reason_chars,
     )

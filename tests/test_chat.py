@@ -226,3 +226,22 @@ def test_user_strings_are_inert_and_limited(deployment) -> None:
     for name in ("<b>bold</b>", "a b", "x" * 65, "../admin"):
         with pytest.raises(FeedbackError, match="not allowed"):
             service.store.add_user(name=name, role="expert", password="long-enough")
+
+
+def test_corrupted_versions_are_not_offered_and_errors_show_no_paths(deployment) -> None:
+    from app.chat import UsableVersions, without_paths
+
+    service, expert, _, registry = deployment
+    usable = UsableVersions(registry)
+    assert usable() == ["v1"]
+    weights = next(p for p in registry.path("v1").iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(weights.read_bytes()[:-7] + b"garbage")
+    assert usable() == []
+    service._versions = usable
+    assert "v1" not in service.compare_choices()
+    state = ChatState()
+    chat(service, expert, state, "compare me")
+    with pytest.raises(ChatError) as refused:
+        list(service.compare(expert, state, None, against="v1"))
+    assert str(registry.root) not in str(refused.value), str(refused.value)
+    assert without_paths("no /srv/x/adapters/v1/adapter.bin here") == "no adapter.bin here"
