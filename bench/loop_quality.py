@@ -242,23 +242,34 @@ def run_round(home: Path, model_dir: Path, train_args: str, gate_env: dict[str, 
     return json.loads(lines[-1]), minutes
 
 
+_SAMPLED: dict[int, tuple[list[str], list[str]]] = {}
+
+
 def expert_store(
     home: Path, model_dir: Path, rows: list[dict], system: str, rubric: Any, *,
-    sabotage: bool, seed: int, max_new_tokens: int,
+    sabotage: bool, seed: int, max_new_tokens: int, sample_seed: int | None = None,
 ) -> dict[str, int]:  # fmt: skip
-    """The served model (bare base) answers the expert prompts; the expert judges them."""
+    """The served model (bare base) answers the expert prompts; the expert judges them.
+
+    The replies are sampled with `sample_seed` (default: `seed`); runs that share a sample
+    seed reuse one sampling, so they differ only in the expert's and the trainer's seeds.
+    """
     import torch
 
     from feedback.store import Store
     from training.generate import generate_replies, load_for_generation
 
-    torch.manual_seed(seed)
-    model, tok = load_for_generation(model_dir)
-    convs = [conversation(r, system) for r in rows]
-    gen = {"max_new_tokens": max_new_tokens}
-    replies = generate_replies(model, tok, convs, temperature=0.7, top_p=0.9, **gen)
-    seconds = generate_replies(model, tok, convs, temperature=1.0, **gen)
-    del model
+    sample_seed = seed if sample_seed is None else sample_seed
+    if sample_seed not in _SAMPLED:
+        torch.manual_seed(sample_seed)
+        model, tok = load_for_generation(model_dir)
+        convs = [conversation(r, system) for r in rows]
+        gen = {"max_new_tokens": max_new_tokens}
+        replies = generate_replies(model, tok, convs, temperature=0.7, top_p=0.9, **gen)
+        seconds = generate_replies(model, tok, convs, temperature=1.0, **gen)
+        del model
+        _SAMPLED[sample_seed] = (replies, seconds)
+    replies, seconds = _SAMPLED[sample_seed]
     store = Store.open(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
     return simulate_expert(
         store, rubric, rows, replies, seconds, system, sabotage=sabotage, seed=seed
@@ -276,6 +287,11 @@ def main() -> None:
         help="rounds on flipped labels, one seed each; none may be promoted (0: skip)",
     )  # fmt: skip
     parser.add_argument("--skip-honest", action="store_true", help="only the sabotage runs")
+    parser.add_argument(
+        "--sample-seed", type=int, default=None,
+        help="sample the served model's replies once with this seed for every run (cheaper: "
+        "runs then differ in the expert's and the trainer's seeds); default: per run",
+    )  # fmt: skip
     parser.add_argument(
         "--gate-eval-sets", default=str(DATA / "eval_demo.jsonl"),
         help="TUNELOOP_GATE_EVAL_SETS for every round ('' = held-out metrics only)",
@@ -319,7 +335,8 @@ def main() -> None:
         acc_before = pref_accuracy(model, tok, held_pairs)
         del model
         tally = expert_store(home, model_dir, train_rows, system, rubric, sabotage=False,
-                             seed=0, max_new_tokens=args.max_new_tokens)  # fmt: skip
+                             seed=0, max_new_tokens=args.max_new_tokens,
+                             sample_seed=args.sample_seed)  # fmt: skip
         print(f"honest expert: {json.dumps(tally)} ({time.perf_counter() - t0:.0f} s)")
         result, minutes = run_round(home, model_dir, args.train_args, gate_env)
         print(f"honest round {result['id']}: {result['status']} in {minutes:.1f} min; "
@@ -368,8 +385,11 @@ def main() -> None:
         home = root / f"sabotage-{seed}"
         home.mkdir(parents=True, exist_ok=True)
         tally = expert_store(home, model_dir, train_rows, system, rubric, sabotage=True,
-                             seed=seed, max_new_tokens=args.max_new_tokens)  # fmt: skip
-        result, minutes = run_round(home, model_dir, args.train_args, gate_env)
+                             seed=seed, max_new_tokens=args.max_new_tokens,
+                             sample_seed=args.sample_seed)  # fmt: skip
+        result, minutes = run_round(
+            home, model_dir, args.train_args, {**gate_env, "TUNELOOP_TRAIN_SEED": str(seed)}
+        )
         gate = gate_summary(result)
         print(f"sabotage seed {seed}: {result['status']} in {minutes:.1f} min; stage "
               f"{result.get('candidate_stage')}; expert {json.dumps(tally)}")  # fmt: skip
