@@ -58,6 +58,8 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -
 CASES: list[tuple[str, list[str], str]] = [
     # (command, its arguments, stdin)
     ("users add", ["erin", "--role", "expert"], "erin-pass"),
+    ("users key", ["erin"], ""),
+    ("init", ["{tmp}/domain"], ""),
     ("users list", [], ""),
     ("users passwd", ["erin"], "new-pass"),
     ("users disable", ["erin"], ""),
