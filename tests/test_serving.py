@@ -398,7 +398,8 @@ def test_a_corrupted_adapter_is_refused_and_the_old_one_keeps_serving(
     assert [r.getMessage() for r in caplog.records if "v2" in r.getMessage()][0].startswith(
         "CURRENT names 'v2' but it cannot be served; still serving v1"
     )
-    assert len(caplog.records) == 1
+    # once, not at every poll (INFO lines of the adapters loading before are not counted)
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
     assert engine.serving_version() == "v1" and engine.loaded_versions() == ["v1"]
     assert engine.generate(ASK, LONG).text == reference(ASK, "v1", LONG)
     with pytest.raises(ServingError, match="'v2' refused.*corrupted"):
