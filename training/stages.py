@@ -456,35 +456,14 @@ def train_dpo(
 ) -> Path:
     """Continue the SFT adapter with DPO (reference = the SFT adapter); with no SFT adapter,
     a fresh one against the bare base. Returns `stage_dir/adapter`."""
-    from peft import PeftModel
     from trl import DPOTrainer
 
     config = resolved(config, model_dir)
     checkpoints = stage_dir / "checkpoints"
     args = dpo_config(config, checkpoints, stage_steps(len(pairs), config, "dpo"), stage_dir.parent)
-    base = load_base(model_dir, config)
-    peft_config = None
-    if sft_adapter is not None:
-        model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
-    else:
-        model = base
-        peft_config = lora_config(
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=config.lora_targets,
-        )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=_dataset(pairs, stage_dir),
-        processing_class=load_tokenizer(model_dir),
-        peft_config=peft_config,
-        callbacks=[progress_callback("dpo", log)],
+    return _continue_and_train(
+        DPOTrainer, model_dir, pairs, sft_adapter, stage_dir, config, args, "dpo", log
     )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
-    return save_adapter(trainer, stage_dir / "adapter")
 
 
 def mixed_labels(rows: list[Row]) -> list[Row]:
@@ -513,7 +492,6 @@ def train_kto(
     size is raised to 2 when set lower. Returns `stage_dir/adapter`."""
     import dataclasses
 
-    from peft import PeftModel
     from trl import KTOTrainer
 
     config = resolved(config, model_dir)
@@ -523,6 +501,26 @@ def train_kto(
     checkpoints = stage_dir / "checkpoints"
     steps = stage_steps(len(rows), config, "kto")
     args = kto_config(config, checkpoints, steps, stage_dir.parent, rows)
+    return _continue_and_train(
+        KTOTrainer, model_dir, rows, sft_adapter, stage_dir, config, args, "kto", log
+    )
+
+
+def _continue_and_train(
+    trainer_class: Any,
+    model_dir: Path,
+    rows: list[Row],
+    sft_adapter: Path | None,
+    stage_dir: Path,
+    config: RoundConfig,
+    args: Any,
+    stage: str,
+    log: LogFn,
+) -> Path:
+    """A preference stage (DPO, KTO): continue the SFT adapter, whose frozen copy TRL makes
+    the reference (`ref_model=None`), or train a fresh adapter against the bare base."""
+    from peft import PeftModel
+
     base = load_base(model_dir, config)
     peft_config = None
     if sft_adapter is not None:
@@ -535,16 +533,16 @@ def train_kto(
             dropout=config.lora_dropout,
             target_modules=config.lora_targets,
         )
-    trainer = KTOTrainer(
+    trainer = trainer_class(
         model=model,
         ref_model=None,
         args=args,
         train_dataset=_dataset(rows, stage_dir),
         processing_class=load_tokenizer(model_dir),
         peft_config=peft_config,
-        callbacks=[progress_callback("kto", log)],
+        callbacks=[progress_callback(stage, log)],
     )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
+    trainer.train(resume_from_checkpoint=_last_checkpoint(stage_dir / "checkpoints"))
     return save_adapter(trainer, stage_dir / "adapter")
 
 
