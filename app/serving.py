@@ -118,10 +118,6 @@ class ChatEngine(EngineBase):
         """The version new requests get now (None: the bare base model)."""
         return self.adapters.serving
 
-    def loaded_versions(self) -> list[str]:
-        """Versions whose adapters are in memory now."""
-        return self.adapters.loaded()
-
     def refresh(self) -> bool:
         """Read CURRENT now; load and switch to the version it names. True if it switched.
 

@@ -268,11 +268,11 @@ def test_bad_histories_are_serving_errors(make_engine) -> None:
 # -- versions and the live switch --------------------------------------------------------
 def test_refresh_is_a_noop_when_current_is_unchanged(make_engine, registry: Registry) -> None:
     engine = make_engine()
-    assert engine.refresh() is False and engine.loaded_versions() == []
+    assert engine.refresh() is False and engine.adapters.loaded() == []
     registry.set_current("v1")
     assert engine.refresh() is True
     assert engine.refresh() is False and engine.refresh() is False
-    assert engine.serving_version() == "v1" and engine.loaded_versions() == ["v1"]
+    assert engine.serving_version() == "v1" and engine.adapters.loaded() == ["v1"]
     registry.set_current(None)
     assert engine.refresh() is True and engine.serving_version() is None
 
@@ -284,7 +284,7 @@ def test_switch_mid_stream_keeps_the_running_reply_on_its_version(
     assert v1_text != v2_text
     registry.set_current("v1")
     engine = make_engine()
-    assert engine.loaded_versions() == ["v1"]
+    assert engine.adapters.loaded() == ["v1"]
     paused, resume, steps = threading.Event(), threading.Event(), []
 
     def pause_at_step_20() -> None:
@@ -300,7 +300,7 @@ def test_switch_mid_stream_keeps_the_running_reply_on_its_version(
         assert paused.wait(10)
         registry.set_current("v2")
         assert engine.refresh() is True  # loads v2 while the v1 reply is mid-stream
-        assert engine.serving_version() == "v2" and engine.loaded_versions() == ["v1", "v2"]
+        assert engine.serving_version() == "v2" and engine.adapters.loaded() == ["v1", "v2"]
         resume.set()
         text = first + "".join(pieces)
     assert reply.info is not None
@@ -400,7 +400,7 @@ def test_a_corrupted_adapter_is_refused_and_the_old_one_keeps_serving(
     )
     # once, not at every poll (INFO lines of the adapters loading before are not counted)
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
-    assert engine.serving_version() == "v1" and engine.loaded_versions() == ["v1"]
+    assert engine.serving_version() == "v1" and engine.adapters.loaded() == ["v1"]
     assert engine.generate(ASK, LONG).text == reference(ASK, "v1", LONG)
     with pytest.raises(ServingError, match="'v2' refused.*corrupted"):
         engine.stream(ASK, GREEDY, adapter="v2")
@@ -443,7 +443,7 @@ def test_an_adapter_that_does_not_fit_the_model_is_refused(
         engine.refresh()
         assert engine.serving_version() == "v1"
         assert engine.generate(ASK, LONG).text == reference(ASK, "v1", LONG)
-        assert engine.loaded_versions() == ["v1"]
+        assert engine.adapters.loaded() == ["v1"]
 
 
 def test_idle_adapters_are_unloaded_beyond_the_bound(
@@ -451,16 +451,16 @@ def test_idle_adapters_are_unloaded_beyond_the_bound(
 ) -> None:
     engine = make_engine(max_adapters=1)
     assert engine.generate(ASK, GREEDY, adapter="v1").text == reference(ASK, "v1", GREEDY)
-    assert engine.loaded_versions() == ["v1"]
+    assert engine.adapters.loaded() == ["v1"]
     assert engine.generate(ASK, GREEDY, adapter="v2").text == reference(ASK, "v2", GREEDY)
-    assert engine.loaded_versions() == ["v2"]
+    assert engine.adapters.loaded() == ["v2"]
     # a reply in flight keeps its adapter loaded, the serving one is never unloaded
     registry.set_current("v1")
     engine.refresh()
     slow = engine.stream(ASK, LONG, adapter="v2")
-    assert sorted(engine.loaded_versions()) == ["v1", "v2"]
+    assert sorted(engine.adapters.loaded()) == ["v1", "v2"]
     assert "".join(slow) == reference(ASK, "v2", LONG)
-    assert engine.loaded_versions() == ["v1"]
+    assert engine.adapters.loaded() == ["v1"]
     assert engine.generate(ASK, GREEDY, adapter="v1").text == reference(ASK, "v1", GREEDY)
 
 

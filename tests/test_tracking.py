@@ -10,6 +10,15 @@ import pytest
 from training import tracking
 
 
+def logged_metrics(rounds_dir: Path, run: str) -> list[dict]:
+    """Every logged point of one tracker run (step, timestamp and the metrics), oldest first,
+    read back from the home's trackio store."""
+    tracking.use_store(tracking.store_dir(rounds_dir))
+    from trackio.sqlite_storage import SQLiteStorage
+
+    return list(SQLiteStorage.get_logs(tracking.PROJECT, run))
+
+
 def _sft_run(model_dir: Path, run_dir: Path, tracker: str, steps: int = 3) -> None:
     """A few real SFT steps on the tiny model, configured the way a round configures them."""
     from datasets import Dataset
@@ -61,7 +70,7 @@ def test_a_rounds_training_curve_lands_in_the_local_tracker(
 
     assert (rounds / ".trackio" / "tuneloop.db").is_file()
     assert tracking.runs(rounds) == ["r0001-20261122T0930-sft"]
-    points = tracking.logged_metrics(rounds, "r0001-20261122T0930-sft")
+    points = logged_metrics(rounds, "r0001-20261122T0930-sft")
     losses = [p["train/loss"] for p in points if "train/loss" in p]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
 
@@ -119,6 +128,6 @@ def test_a_real_round_logs_both_stages_to_the_tracker(
     logged = [json.loads(line) for line in lines]
     for stage in ("sft", "dpo"):
         ours = [m["loss"] for m in logged if m["stage"] == stage and "loss" in m]
-        points = tracking.logged_metrics(rounds, f"{round_id}-{stage}")
+        points = logged_metrics(rounds, f"{round_id}-{stage}")
         tracked = [p["train/loss"] for p in points if "train/loss" in p]
         assert ours and tracked == pytest.approx(ours), stage

@@ -82,14 +82,6 @@ def use_store(path: Path) -> Path:
     return path
 
 
-def logged_metrics(rounds_dir: Path, run: str) -> list[dict]:
-    """Every logged point of one tracker run (step, timestamp and the metrics), oldest first."""
-    use_store(store_dir(rounds_dir))
-    from trackio.sqlite_storage import SQLiteStorage
-
-    return list(SQLiteStorage.get_logs(PROJECT, run))
-
-
 def runs(rounds_dir: Path) -> list[str]:
     """Names of the tracker runs in this home's store."""
     use_store(store_dir(rounds_dir))
