@@ -1,4 +1,5 @@
-"""A promotion while 8 API streams run on the batched engine of a real `tuneloop serve`.
+"""A promotion while 8 API streams run on the batched engine of a real `tuneloop serve`
+(and a ninth request meanwhile is refused with 429: the admission limit is 8 here).
 
 Greedy decoding makes a reply a pure function of (prompt, version), so "the stored reply
 names the version that wrote it" is checked by comparing each stored text with the same
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
+import pytest
 from openai import OpenAI
 
 from tests.server import add_user, issue_key, serve
@@ -47,7 +50,11 @@ def test_promotion_during_eight_streams_breaks_none(
     key = issue_key(home, "erin")
     empty_data = tmp_path / "data"  # no system prompt: short prompts, long replies
     empty_data.mkdir()
-    env = {"TUNELOOP_DATA_DIR": str(empty_data), "TUNELOOP_MAX_BATCH": "8"}
+    env = {
+        "TUNELOOP_DATA_DIR": str(empty_data),
+        "TUNELOOP_MAX_BATCH": "8",
+        "TUNELOOP_API_MAX_ACTIVE": "8",
+    }
     with serve(home, model=str(tiny_model_dir), **env) as (url, proc):
         api = OpenAI(base_url=url + "v1", api_key=key, max_retries=0)
         results: list[dict[str, Any]] = [{} for _ in QUESTIONS]
@@ -83,6 +90,13 @@ def test_promotion_during_eight_streams_breaks_none(
         for t in threads:
             t.start()
         started.wait(timeout=120)  # every stream has its first text: promote now
+        # A ninth request while eight are in flight is turned away, not queued or dropped.
+        with pytest.raises(openai.RateLimitError) as busy:
+            api.chat.completions.create(
+                model="tuneloop", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert busy.value.status_code == 429 and busy.value.code == "server_busy"
+        assert busy.value.response.headers["retry-after"] == "1"
         promote = subprocess.run(
             [sys.executable, "-m", "app.cli", "promote", "v2"],
             env={**os.environ, "TUNELOOP_HOME": str(home)},
