@@ -1,6 +1,7 @@
 """What the store hands to training (TRL rows) and to the status screen (counts).
 
-SFT rows come from imported conversations, expert corrections and thumbs-up replies; DPO
+SFT rows come from imported conversations, expert corrections, thumbs-up replies and the
+better reply of Argilla pairs its annotators rated good (4 or 5 of 5); DPO
 rows come from non-tie preferences; KTO rows (unpaired, one label each) from thumbs on
 replies that have no partner. Each row's side of the train/heldout split is decided
 by its prompt (`feedback.split`), so an edit's SFT row and its DPO pair always land on the
@@ -11,6 +12,7 @@ Rows with identical content are yielded once.
 from __future__ import annotations
 
 import json
+import statistics
 from typing import Any
 
 from sqlalchemy import func
@@ -19,6 +21,8 @@ from sqlmodel import Session, col, select
 from feedback.canonical import content_key
 from feedback.errors import FeedbackError
 from feedback.models import (
+    ArgillaPair,
+    ArgillaResponse,
     Comparison,
     Conversation,
     Correction,
@@ -29,6 +33,12 @@ from feedback.models import (
     Response,
 )
 from feedback.split import SPLITS, HeldoutSplit, plan_split
+
+# Argilla's optional "how good is the better reply (1-5)": a pair whose agreeing annotators
+# rate the winner this well on the median also trains it as an SFT example. DPO learns from
+# any decided pair (better than the other is enough); SFT imitates, so it takes only
+# replies people called good, not merely the lesser of two poor ones.
+ARGILLA_SFT_MIN_RATING = 4
 
 
 def _check_split(split: str) -> None:
@@ -55,7 +65,10 @@ def sft_rows(
     (b) corrections: the response's prompt plus the corrected reply (each user's latest
         correction of a response);
     (c) responses without a correction or error whose latest rating is thumbs-up for at
-        least one user and thumbs-down for none.
+        least one user and thumbs-down for none;
+    (d) the better reply of a decided Argilla pair (not a tie, not flagged) whose annotators
+        who voted for it rated it `ARGILLA_SFT_MIN_RATING` or more on the median, unless
+        one of them wrote a corrected answer instead (that one is trained, from (a)).
     """
     _check_split(split)
     if split != "all":
@@ -104,7 +117,47 @@ def sft_rows(
         for prompt_json, content in responses:
             if content.strip():
                 emit([*json.loads(prompt_json), {"role": "assistant", "content": content}])
+    for prompt_json, chosen in _well_rated_argilla_winners(session):
+        emit([*json.loads(prompt_json), {"role": "assistant", "content": chosen}])
     return out
+
+
+def _well_rated_argilla_winners(session: Session) -> list[tuple[str, str]]:
+    """(prompt_json, chosen) of decided Argilla pairs rated good by the annotators who
+    voted for the winner (see `ARGILLA_SFT_MIN_RATING`)."""
+    votes = session.exec(
+        select(
+            ArgillaPair.id,
+            ArgillaPair.decision,
+            ArgillaResponse.choice,
+            ArgillaResponse.rating,
+            ArgillaResponse.corrected,
+            Preference.prompt_json,
+            Preference.chosen,
+        )  # fmt: skip
+        .join(ArgillaResponse, col(ArgillaResponse.pair_id) == col(ArgillaPair.id))
+        .join(Preference, col(Preference.id) == col(ArgillaPair.preference_id))
+        .where(col(ArgillaPair.decision).in_(["A", "B"]))
+        .where(col(ArgillaPair.flagged).is_(False))
+        .where(col(ArgillaResponse.status) == "submitted")
+        .order_by(col(ArgillaPair.id))
+    )
+    ratings: dict[int, list[int]] = {}
+    corrected: set[int] = set()
+    texts: dict[int, tuple[str, str]] = {}
+    for pair_id, decision, choice, rating, correction, prompt_json, chosen in votes:
+        if choice != decision:
+            continue
+        texts[pair_id] = (prompt_json, chosen)
+        if correction and correction.strip():
+            corrected.add(pair_id)
+        if rating is not None:
+            ratings.setdefault(pair_id, []).append(rating)
+    return [
+        texts[pair_id]
+        for pair_id, given in ratings.items()
+        if pair_id not in corrected and statistics.median(given) >= ARGILLA_SFT_MIN_RATING
+    ]
 
 
 def dpo_rows(

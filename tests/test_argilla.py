@@ -474,3 +474,42 @@ def test_faults_stopped_then_sigkill_mid_sync(stack: LocalStack, tmp_path: Path)
     assert len(ids) == len(set(ids)) == 220 and set(ids) == ours
     assert statuses == {"pushed"}
     assert len(responses) == len(set(responses)) == 20
+
+
+def test_a_winner_rated_good_in_argilla_becomes_an_sft_example(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """Through `tuneloop argilla sync` and `tuneloop export sft`: the better reply of a pair
+    rated 5 and 4 by the annotators who chose it trains as an SFT row; one rated 2 and 3,
+    one rated well but corrected, and one that tied do not (they stay DPO rows or nothing)."""
+    env = {"TUNELOOP_ARGILLA_URL": stack.url, "TUNELOOP_ARGILLA_DATASET": "t-rating",
+           "TUNELOOP_ARGILLA_API_KEY": stack.credentials().api_key}  # type: ignore[union-attr]  # fmt: skip
+    home = tmp_path / "home"
+    store = Store.open(f"sqlite:///{home / 'tuneloop.db'}")
+    _queue(store, 4, "rated")
+    assert json.loads(_cli(home, "argilla", "sync", "--json", **env).stdout)["pushed"] == 4
+    target = _target(stack, "t-rating")
+    ann1, ann2 = _annotators(stack, target, "rater1", "rater2")
+    dataset = S.ensure_dataset(S.connect(target), target)
+    by_index = {_index(r): r for r in ann1.records(dataset.id)}
+    votes = {  # pair: (choice, (rating1, rating2), correction by rater2)
+        0: ("A", (5, 4), None),
+        1: ("B", (2, 3), None),
+        2: ("A", (5, 5), "What it should have said."),
+        3: ("tie", (5, 5), None),
+    }
+    for i, (choice, (r1, r2), corrected) in votes.items():
+        ann1.respond(by_index[i]["id"], "submitted", choice=choice, rating=r1)
+        extra = {"corrected": corrected} if corrected else {}
+        ann2.respond(by_index[i]["id"], "submitted", choice=choice, rating=r2, **extra)
+    pulled = _cli(home, "argilla", "sync", "--json", **env)
+    assert pulled.returncode == 0, pulled.stderr
+    out = tmp_path / "sft.jsonl"
+    exported = _cli(home, "export", "sft", "--out", str(out), **env)
+    assert exported.returncode == 0, exported.stderr
+    answers = [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()]
+    shown = {i: by_index[i]["fields"] for i in votes}
+    assert shown[0]["response_a"] in answers  # rated good by both who chose it
+    assert shown[1]["response_b"] not in answers and shown[1]["response_a"] not in answers
+    assert shown[2]["response_a"] not in answers and "What it should have said." in answers
+    assert shown[3]["response_a"] not in answers and shown[3]["response_b"] not in answers
