@@ -1,0 +1,205 @@
+"""Rounds that build on each other (TUNELOOP_ROUND_MODE=continue) and on-policy pairs
+(`tuneloop pairs generate --from ADAPTER --best-of N`), through the `tuneloop` command on
+the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli import run_cli
+from tests.test_round import ANSWERS, QUESTIONS
+
+# New questions for the second round, in words the tiny tokenizer knows.
+NEW_QUESTIONS = ["What do experts say about {t} in the evening?", "Please explain {t} quickly."]
+
+
+def _lora(adapter: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter / "adapter_model.safetensors"))
+
+
+def _train(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> dict:
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--json", "--no-promote", *args)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == (1 if result.get("status") == "failed" or "error" in result else 0), err
+    return result
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def test_a_continue_round_starts_from_the_promoted_adapter_on_new_and_replayed_rows(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from app.config import Settings
+    from feedback.records import NewExample, NewPreference
+    from feedback.store import Store
+    from training.registry import Registry
+
+    domain = tmp_path / "domain"  # a system prompt only: no seeds, no replay to generate
+    domain.mkdir()
+    (domain / "system_prompt.md").write_text("You help with gardens and kitchens.\n")
+    for key, value in {
+        "TUNELOOP_DATA_DIR": str(domain),
+        "TUNELOOP_MODEL": str(tiny_model_dir),
+        "TUNELOOP_TRACKER": "none",
+        "TUNELOOP_EVAL_GENERATE": "false",
+        "TUNELOOP_HELDOUT_MIN_ITEMS": "0",  # the plain hash split: a row keeps its side
+        "TUNELOOP_TRAIN_MAX_STEPS": "2",
+        "TUNELOOP_TRAIN_BATCH_SIZE": "4",
+        "TUNELOOP_SFT_LEARNING_RATE": "5e-3",
+        "TUNELOOP_TRAIN_SAVE_STEPS": "100",
+        "TUNELOOP_ROUND_MODE": "continue",
+        "TUNELOOP_ROUND_REPLAY_SHARE": "0.5",
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database)
+    prefs, examples = [], []
+    for topic, answer in ANSWERS.items():
+        for question in QUESTIONS:
+            prompt = [{"role": "user", "content": question.format(t=topic)}]
+            prefs.append(NewPreference(prompt=prompt, chosen=answer, rejected="No idea, sorry."))
+            examples.append(
+                NewExample(messages=[*prompt, {"role": "assistant", "content": answer}])
+            )
+    store.add_bulk(preferences=prefs, examples=examples)
+    rounds = settings.home / "rounds"
+
+    # Continue asked for with nothing promoted yet: a fresh adapter, and the report says so.
+    first = _train(monkeypatch, capsys)
+    assert first["status"] != "failed", first
+    cont = first["continuation"]
+    assert (cont["requested"], cont["mode"], cont["parent"]) == ("continue", "fresh", None)
+    assert "no promoted version" in cont["fallback"]
+    older_sft = _lines(rounds / first["id"] / "data" / "sft_train.jsonl")
+    assert cont["rows"]["sft_train"] == {"new": older_sft, "older": 0, "replayed": 0}
+    assert "mode: fresh" in (rounds / first["id"] / "report.md").read_text()
+    code, _, err = run_cli(monkeypatch, capsys, "promote", first["version"], "--force")
+    assert code == 0, err
+    parent = Registry(settings.adapters_dir).verify(first["version"])
+
+    # New feedback arrives: corrected answers to new questions.
+    store.add_bulk(
+        examples=[
+            NewExample(
+                messages=[
+                    {"role": "user", "content": q.format(t=topic)},
+                    {"role": "assistant", "content": f"{answer} Thank you."},
+                ]
+            )
+            for topic, answer in ANSWERS.items()
+            for q in NEW_QUESTIONS
+        ]
+    )
+    # A learning rate too small to move anything: the SFT adapter after one step still
+    # holds the weights it started from.
+    monkeypatch.setenv("TUNELOOP_SFT_LEARNING_RATE", "1e-9")
+    second = _train(monkeypatch, capsys, "--sft-steps", "1")
+    assert second["status"] != "failed", second
+    cont = second["continuation"]
+    assert (cont["mode"], cont["parent"], cont["fallback"]) == ("continue", first["version"], None)
+    assert cont["parent_round"] == first["id"]
+    folder = rounds / second["id"]
+    all_sft = _lines(folder / "data" / "sft_train.jsonl")  # the full snapshot, saved as ever
+    new_sft = all_sft - older_sft
+    assert 0 < new_sft <= len(ANSWERS) * len(NEW_QUESTIONS)
+    replayed = math.ceil(0.5 * older_sft)
+    assert cont["rows"]["sft_train"] == {"new": new_sft, "older": older_sft, "replayed": replayed}
+    older_dpo = _lines(rounds / first["id"] / "data" / "dpo_train.jsonl")
+    assert cont["rows"]["dpo_train"] == {
+        "new": 0,
+        "older": older_dpo,
+        "replayed": math.ceil(0.5 * older_dpo),
+    }
+    report = json.loads((folder / "report.json").read_text())
+    assert report["snapshot"]["counts"]["sft_train"] == new_sft + replayed  # what trained
+    assert f"mode: continue from {first['version']}: " in (folder / "report.md").read_text()
+    info = Registry(settings.adapters_dir).info(second["version"])
+    assert info["continuation"]["parent"] == first["version"]
+
+    # The SFT stage started from the promoted adapter's weights (a fresh LoRA starts at B=0).
+    started, promoted = _lora(folder / "sft" / "adapter"), _lora(parent)
+    assert started.keys() == promoted.keys()
+    assert max(promoted[k].abs().max().item() for k in promoted if "lora_B" in k) > 1e-4
+    assert max((started[k] - promoted[k]).abs().max().item() for k in promoted) < 1e-6
+
+    # `tuneloop rounds` names each round's mode and its rows.
+    code, out, err = run_cli(monkeypatch, capsys, "rounds")
+    assert code == 0, err
+    assert f"continue from {first['version']}: {new_sft} new + " in out
+    assert "fresh: " in out and "no promoted version" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "rounds", "--json")
+    states = json.loads(out)["rounds"]
+    assert [s["continuation"]["mode"] for s in states] == ["fresh", "continue"]
+
+    # Nothing new since the promoted round: a continue round has nothing to do, and says so.
+    code, _, err = run_cli(monkeypatch, capsys, "promote", second["version"], "--force")
+    assert code == 0, err
+    third = _train(monkeypatch, capsys)
+    assert third["status"] == "failed" and "nothing new to continue on" in third["reasons"][0]
+
+
+def test_continuation_plan_samples_older_rows_deterministically() -> None:
+    from training.continuation import _sample, describe
+
+    older = list(range(40))
+    picked = _sample(older, 0.25, "42:r0002:sft_train")
+    assert len(picked) == 10 and picked == sorted(picked) and set(picked) <= set(older)
+    assert picked == _sample(older, 0.25, "42:r0002:sft_train")  # same seed, same rows
+    assert picked != _sample(older, 0.25, "42:r0003:sft_train")  # each round its own draw
+    assert _sample(older, 0.0, "s") == [] and len(_sample([3], 0.01, "s")) == 1
+    assert _sample(older, 1.0, "s") == older
+    line = describe({"mode": "continue", "parent": "v3", "new": 12, "replayed": 6, "older": 24})
+    assert line == "continue from v3: 12 new + 6 of 24 older rows"
+
+
+def test_continuation_plan_counts_rows_against_the_promoted_round(
+    tmp_path: Path, tiny_adapters: dict[str, Path]
+) -> None:
+    from training.continuation import plan
+    from training.datasets import Snapshot, save_snapshot
+    from training.registry import Registry
+
+    def sft(text: str) -> dict:
+        return {
+            "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
+        }
+
+    rounds = tmp_path / "rounds"
+    old = Snapshot([sft(f"old {i}") for i in range(8)], [], [sft("held out")], [])
+    old.info = {"hash": "x"}
+    save_snapshot(old, rounds / "r0001-20261201T000000")
+    registry = Registry(tmp_path / "adapters")
+    registry.register("v1", tiny_adapters["v1"])
+    registry.update_info("v1", round="r0001-20261201T000000")
+    now = Snapshot([sft("new 0"), *old.sft_train, sft("new 1"), sft("held out")], [], [], [])
+    registry.set_current("v1")
+
+    fresh = plan(now, mode="fresh", share=0.25, seed="s", registry=registry, rounds_dir=rounds)
+    assert fresh["mode"] == "fresh" and fresh["parent"] is None
+    # "held out" was not trained on by v1: it counts as new.
+    assert fresh["rows"]["sft_train"] == {"new": 3, "older": 8, "replayed": 8}
+    assert fresh["selected"]["sft_train"] == list(range(11))
+
+    cont = plan(now, mode="continue", share=0.25, seed="s", registry=registry, rounds_dir=rounds)
+    assert (cont["mode"], cont["parent"], cont["fallback"]) == ("continue", "v1", None)
+    assert cont["rows"]["sft_train"] == {"new": 3, "older": 8, "replayed": 2}
+    chosen = cont["selected"]["sft_train"]
+    assert {0, 9, 10} <= set(chosen) and len(chosen) == 5 and chosen == sorted(chosen)
+
+    registry.update_info("v1", round="r0009-20261201T000000")  # its round folder is gone
+    gone = plan(now, mode="continue", share=0.25, seed="s", registry=registry, rounds_dir=rounds)
+    assert gone["mode"] == "fresh" and "no round snapshot" in gone["fallback"]
+    assert gone["rows"]["sft_train"] == {"new": 11, "older": 0, "replayed": 0}
