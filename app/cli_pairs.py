@@ -56,10 +56,9 @@ def best_of_pairs(
             "the same); set it above 0"
         )
     rows = prompt_rows(prompts)[: limit if limit else None]
-    scorers = resolve_scorers(
-        scorer or settings.eval_scorer, rows, rubric_path=settings.rubric_file
-    )
-    best_of.check_scorers(scorers)
+    spec = scorer or settings.eval_scorer
+    best_of.check_scorers(spec)
+    scorers = resolve_scorers(spec, rows, rubric_path=settings.rubric_file)
     target = resolve_targets([source], Registry(settings.adapters_dir))[0]
     model_dir = resolve_model_dir(settings.model, settings.models_dir, progress=True)
     conversations = [row_conversation(r, settings.system_prompt()) for r in rows]

@@ -203,3 +203,117 @@ def test_continuation_plan_counts_rows_against_the_promoted_round(
     gone = plan(now, mode="continue", share=0.25, seed="s", registry=registry, rounds_dir=rounds)
     assert gone["mode"] == "fresh" and "no round snapshot" in gone["fallback"]
     assert gone["rows"]["sft_train"] == {"new": 11, "older": 0, "replayed": 0}
+
+
+SCORER = '''
+def ords(rows, replies):
+    """A score every distinct reply gets its own of; rows marked "flat" score all alike."""
+    if rows[0].get("flat"):
+        return {"score": 1.0}
+    return {"score": float(sum(map(ord, replies[0])))}
+'''
+
+
+def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_adapters: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from app.config import Settings
+    from feedback.outbox import pending
+    from feedback.store import Store
+    from tests.tiny import tiny_registry
+
+    domain = tmp_path / "domain"
+    domain.mkdir()
+    (domain / "system_prompt.md").write_text("You help with gardens and kitchens.\n")
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text(SCORER)
+    monkeypatch.setenv("TUNELOOP_DATA_DIR", str(domain))
+    monkeypatch.setenv("TUNELOOP_MAX_NEW_TOKENS", "8")
+    monkeypatch.setenv("TUNELOOP_TEMPERATURE", "1.5")  # samples that differ
+    monkeypatch.setenv("TUNELOOP_EVAL_SCORER", f"{scorer}:ords")  # the configured scorer
+    registry = tiny_registry(
+        monkeypatch, tmp_path / "home", tiny_model_dir, tiny_adapters, max_new_tokens=8
+    )
+    registry.set_current("v1")
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt": f"How do I care for {t}?"} for t in ("tomatoes", "bread", "soup", "a spider")
+    ]
+    rows += [{"prompt": "Will it rain?", "flat": True}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    code, out, err = run_cli(
+        monkeypatch, capsys, "pairs", "generate", "--prompts", str(prompts),
+        "--from", "CURRENT", "--best-of", "3", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["prompts"], result["from"], result["best_of"]) == (5, "v1", 3)
+    assert result["scorers"] == [f"{scorer}:ords"]
+    items = result["items"]
+    assert all(len(i["replies"]) == len(i["scores"]) == 3 for i in items)
+    for item in items[:4]:  # the scores are the configured scorer's, reply by reply
+        expected = [float(sum(map(ord, r))) if r.strip() else None for r in item["replies"]]
+        assert item["scores"] == expected
+    flat = items[4]
+    assert flat["skipped"] == "tie" and not flat["queued"] and flat["best"] is None
+    assert result["ties"] >= 1
+    paired = [i for i in items if i["best"] is not None]
+    assert paired and result["pairs"] == len(paired) == result["queued"]
+    for item in paired:
+        scored = [s for s in item["scores"] if s is not None]
+        assert item["best_score"] == max(scored) > item["worst_score"] == min(scored)
+
+    settings = Settings()
+    queued = pending(Store.open(settings.database), limit=100)
+    assert len(queued) == len(paired)
+    by_first = {q.first: q for q in queued}
+    for item in paired:
+        pair = by_first[item["replies"][item["best"]]]
+        assert pair.second == item["replies"][item["worst"]]
+        meta = json.loads(pair.metadata_json)
+        assert (meta["score_first"], meta["score_second"]) == (
+            item["best_score"],
+            item["worst_score"],
+        )
+        assert meta["best_of"] == 3 and meta["adapter_first"] == meta["adapter_second"] == "v1"
+        assert json.loads(pair.prompt_json)[0]["role"] == "system"
+
+    # A scorer that compares two adapters cannot rank one adapter's samples: one line, no pair.
+    code, out, err = run_cli(
+        monkeypatch, capsys, "pairs", "generate", "--prompts", str(prompts),
+        "--best-of", "3", "--scorer", "pairwise",
+    )  # fmt: skip
+    assert code == 1 and err.count("\n") == 1
+    assert "compares two adapters" in err
+    code, _, err = run_cli(
+        monkeypatch, capsys, "pairs", "generate", "--prompts", str(prompts), "--best-of", "1"
+    )
+    assert code == 1 and "at least 2" in err
+    assert len(pending(Store.open(settings.database), limit=100)) == len(paired)
+
+
+def test_best_of_ranks_samples_by_the_demo_rubric_and_finds_ties() -> None:
+    from app.config import REPO_DATA_DIR
+    from training.best_of import choose, pick_pairs
+    from training.scorers import resolve_scorers
+
+    row = {"prompt": "Hi, I'm Lena. Is there an outage?", "customer": "Lena", "policy": "POL-3"}
+    scorers = resolve_scorers("auto", [row], rubric_path=REPO_DATA_DIR / "rubric.json")
+    assert [s.name for s in scorers] == ["rubric"]
+    good = "Hi Lena, there is an outage; POL-3 gives you a credit.\n— Brightwater Support"
+    wrong = "Hi Lena, see POL-7.\n— Brightwater Support"
+    bare = "No idea."
+    conversation = [{"role": "user", "content": row["prompt"]}]
+    picked = pick_pairs(
+        [row, row], [conversation] * 2, [[wrong, good, bare], [bare, bare, ""]], scorers
+    )
+    first, second = picked
+    assert (first.replies[first.best], first.replies[first.worst]) == (good, bare)
+    assert first.scores[1] == 1.0 and first.scores[1] > first.scores[0] > first.scores[2]
+    assert second.why_not == "tie" and second.scores[2] is None  # an empty reply takes no part
+    assert choose(["a", "b"], [0.5, None]) == "unscored"

@@ -39,6 +39,7 @@ class Picked:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "replies": self.replies,
             "scores": self.scores,
             "best": self.best,
             "worst": self.worst,
@@ -49,14 +50,14 @@ class Picked:
         }
 
 
-def check_scorers(scorers: list[Scorer]) -> None:
-    """Refuse scorers that compare two adapters: best-of ranks one adapter's samples."""
-    for scorer in scorers:
-        if scorer.needs_reference:
-            raise ScorerError(
-                f"scorer {scorer.name!r} compares two adapters and cannot rank one adapter's "
-                "samples; use exact, json, rubric or your own FILE.py:FUNCTION with --best-of"
-            )
+def check_scorers(spec: str) -> None:
+    """Refuse a scorer spec naming `pairwise`: it compares two adapters' replies, and
+    best-of ranks the samples of one (checked before the judge model is looked for)."""
+    if "pairwise" in {part.strip() for part in spec.split(",")}:
+        raise ScorerError(
+            "scorer 'pairwise' compares two adapters and cannot rank one adapter's samples; "
+            "use exact, json, rubric or your own FILE.py:FUNCTION with --best-of"
+        )
 
 
 def reply_scores(
