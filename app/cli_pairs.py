@@ -77,11 +77,12 @@ def best_of_pairs(
     queued = best_of.queue(store, picks, adapter=target.label, model=model_dir.name, n=n)
     paired = sum(p.best is not None for p in picks)
     skipped = {w: sum(p.why_not == w for p in picks) for w in ("tie", "unscored", "identical")}
+    names = [s.name for s in scorers]
     payload = {
         "prompts": len(rows),
         "from": target.label,
         "best_of": n,
-        "scorers": [s.name for s in scorers],
+        "scorers": names,
         "pairs": paired,
         "queued": queued,
         "ties": skipped["tie"],
@@ -91,7 +92,7 @@ def best_of_pairs(
     }
     text = (
         f"Sampled {n} replies to each of {len(rows)} prompts from {target.label}, scored by "
-        f"{', '.join(payload['scorers'])}: {paired} prompts gave a best/worst pair "
+        f"{', '.join(names)}: {paired} prompts gave a best/worst pair "
         f"({queued} newly queued), {skipped['tie']} tied, {skipped['unscored']} unscored. "
         "Push them with `tuneloop argilla sync`."
     )

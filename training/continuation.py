@@ -126,7 +126,7 @@ def apply(
             rounds_dir=Path(folder).parent,
         )
         path.write_text(json.dumps(chosen, indent=2) + "\n", encoding="utf-8")
-    parts = {
+    parts: dict[str, Any] = {
         part: [getattr(snap, part)[i] for i in chosen["selected"][part]] for part in TRAIN_PARTS
     }
     out = dataclasses.replace(snap, **parts)
