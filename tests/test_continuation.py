@@ -168,7 +168,7 @@ def test_continuation_plan_samples_older_rows_deterministically() -> None:
 def test_continuation_plan_counts_rows_against_the_promoted_round(
     tmp_path: Path, tiny_adapters: dict[str, Path]
 ) -> None:
-    from training.continuation import plan
+    from training.continuation import apply, plan
     from training.datasets import Snapshot, save_snapshot
     from training.registry import Registry
 
@@ -198,6 +198,17 @@ def test_continuation_plan_counts_rows_against_the_promoted_round(
     assert cont["rows"]["sft_train"] == {"new": 3, "older": 8, "replayed": 2}
     chosen = cont["selected"]["sft_train"]
     assert {0, 9, 10} <= set(chosen) and len(chosen) == 5 and chosen == sorted(chosen)
+
+    # The plan is kept with the round: a resumed round trains on the same rows from the
+    # same parent, whatever CURRENT says by then.
+    folder = rounds / "r0002-20261201T010000"
+    folder.mkdir()
+    kept = apply(now, folder, mode="continue", share=0.25, seed=42, registry=registry)
+    assert kept.info["continuation"]["parent"] == "v1" and len(kept.sft_train) == 5
+    registry.set_current(None)
+    again = apply(now, folder, mode="fresh", share=1.0, seed=7, registry=registry)
+    assert again.sft_train == kept.sft_train and again.info == kept.info
+    registry.set_current("v1")
 
     registry.update_info("v1", round="r0009-20261201T000000")  # its round folder is gone
     gone = plan(now, mode="continue", share=0.25, seed="s", registry=registry, rounds_dir=rounds)
