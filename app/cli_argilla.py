@@ -254,21 +254,52 @@ def pairs_generate(
     prompts: Annotated[Path, typer.Option("--prompts", help=".jsonl or one prompt a line.")],
     n: Annotated[int | None, typer.Option("--n", help="Use the first N prompts only.")] = None,
     adapters: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--adapters",
             help="CURRENT (two samples of one adapter) or two of CURRENT, base, VERSION.",
         ),
-    ] = "CURRENT",
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="With --best-of: the adapter sampled (CURRENT, base, VERSION)."
+        ),
+    ] = None,
+    best_of: Annotated[
+        int | None,
+        typer.Option(
+            "--best-of",
+            help="Sample N replies per prompt, queue the best and worst by the scorers.",
+        ),
+    ] = None,
+    scorer: Annotated[
+        str | None,
+        typer.Option("--scorer", help="With --best-of: scorers (default TUNELOOP_EVAL_SCORER)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sample two replies per prompt and queue them for ranking (never waits on Argilla)."""
+    """Sample two replies per prompt and queue them for ranking (never waits on Argilla);
+    with --best-of N, N replies of one adapter, the best and worst by the scorers paired."""
     from feedback.errors import FeedbackError
     from feedback.outbox import queue_pair
 
     settings = open_settings()
     store = open_store(settings)
-    names = [a.strip() for a in adapters.split(",") if a.strip()]
+    if best_of is not None:
+        from app.cli_pairs import best_of_pairs
+
+        if adapters is not None:
+            raise ArgillaConfigError("--best-of samples one adapter: name it with --from")
+        payload, text = best_of_pairs(
+            settings, store, prompts=prompts, limit=n, source=source or "CURRENT", n=best_of,
+            scorer=scorer,
+        )  # fmt: skip
+        emit(as_json, payload, text)
+        return
+    if source is not None or scorer is not None:
+        raise ArgillaConfigError("--from and --scorer go with --best-of N")
+    names = [a.strip() for a in (adapters or "CURRENT").split(",") if a.strip()]
     if not 1 <= len(names) <= 2:
         raise ArgillaConfigError("--adapters takes one or two names, e.g. CURRENT,v0003")
     picked = [None if a == "base" else a for a in names]

@@ -43,6 +43,7 @@ def register_core(app: typer.Typer) -> None:
         from app.cli_eval import judge
         from app.modelfiles import resolve_model_dir
         from training import ranks
+        from training.continuation import describe
         from training.registry import Registry
         from training.round import RoundConfig, run_round
 
@@ -89,6 +90,8 @@ def register_core(app: typer.Typer) -> None:
         text = f"Round {result.id}: {result.status}" + (
             f", version {result.version} ({result.candidate_stage})" if result.version else ""
         )
+        if result.continuation:
+            text += f"\n  mode: {describe(result.continuation)}"
         for stage, decision in result.gate.items():
             text += f"\n  {stage}: {decision['decision']}"
             for comp in decision["comparisons"]:
@@ -138,6 +141,7 @@ def register_core(app: typer.Typer) -> None:
     @app.command("rounds")
     def rounds(as_json: JsonOpt = False) -> None:
         """Training rounds so far (oldest first) and the feedback that arrived since."""
+        from training.continuation import describe
         from training.round import list_rounds, new_feedback_since_last_round
 
         settings = open_settings()
@@ -146,6 +150,7 @@ def register_core(app: typer.Typer) -> None:
         new = new_feedback_since_last_round(open_store(settings), rounds_dir)
         lines = [
             f"{s['id']}  {s.get('status'):<9} {s.get('stage'):<9} {s.get('version') or '-'}"
+            + (f"  [{describe(s['continuation'])}]" if s.get("continuation") else "")
             + (f"  ({s['reason']})" if s.get("reason") else "")
             for s in states
         ] or ["No rounds yet."]

@@ -203,6 +203,20 @@ class Settings(BaseSettings):
     watch_poll_seconds: float = Field(
         default=60.0, gt=0.0, description="How often `watch` checks for new feedback."
     )
+    round_mode: str = Field(
+        default="fresh",
+        pattern="^(fresh|continue)$",
+        description="fresh: each round trains a new adapter on every row; continue: it goes on "
+        "from the promoted adapter, on rows new since that version's round plus a share of the "
+        "older ones (no promoted version: fresh).",
+    )
+    round_replay_share: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="continue mode: the share of older rows (already in the promoted version's "
+        "round) sampled back into the round beside the new ones, against forgetting.",
+    )
     tracker: str = Field(
         default="trackio",
         pattern="^(trackio|none)$",

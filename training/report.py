@@ -64,6 +64,8 @@ def not_run(config: dict[str, Any], snapshot: dict[str, Any]) -> list[str]:
 
 
 def _markdown(report: dict[str, Any]) -> str:
+    from training.continuation import describe
+
     result = report["result"]
     snap = report["snapshot"]
     metrics = result.get("metrics") or {}
@@ -76,6 +78,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"- serving before: {result.get('serving_before') or 'bare base'}; "
         f"after: {result.get('serving_after') or 'bare base'}",
         f"- data snapshot: `{str(snap.get('hash', ''))[:16]}`, rows {snap.get('counts')}",
+        f"- mode: {describe(snap.get('continuation'))}",
         f"- curation: {snap.get('curation')}",
     ]
     if result.get("decision"):

@@ -71,6 +71,8 @@ class RoundResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)  # each stage's decision and comparisons
     report: str | None = None
+    # fresh or continue (from which version), and the rows new vs replayed older
+    continuation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,7 +302,7 @@ def _run_round(
                 version=None,
             )
 
-        def snapshot() -> Any:
+        def full_snapshot() -> Any:
             if resume and (folder / "snapshot.json").is_file():
                 return load_snapshot(folder)
             rnd.update(stage="replay")
@@ -321,6 +323,22 @@ def _run_round(
                 pii_region=config.pii_region,
             )
             save_snapshot(snap, folder)
+            return snap
+
+        def snapshot() -> Any:
+            """The rows this round trains on: all of them, or (continue mode) what is new
+            since the promoted version's round plus a share of the older ones."""
+            from training.continuation import apply
+
+            snap = apply(
+                full_snapshot(),
+                folder,
+                mode=config.round_mode,
+                share=config.round_replay_share,
+                seed=config.seed,
+                registry=registry,
+            )
+            rnd.update(continuation=snap.info["continuation"])
             return snap
 
         try:
@@ -375,13 +393,16 @@ def _train_and_gate(
     if not snap.sft_train and not snap.dpo_train and not kto:
         raise RoundError("nothing to train on: the store and the seed file have no train rows")
     stages: dict[str, Path] = {}
+    # continue mode: SFT starts from the promoted version, and DPO/KTO from it when no SFT ran
+    parent = (snap.info.get("continuation") or {}).get("parent")
+    start = registry.path(parent) if parent else None
     if snap.sft_train:
         rnd.update(stage="sft", step=0)
         done = folder / "sft" / "adapter"
         stages["sft"] = (
             done
             if (done / "adapter_config.json").is_file()
-            else train_sft(model_dir, snap.sft_train, folder / "sft", config, rnd.log)
+            else train_sft(model_dir, snap.sft_train, folder / "sft", config, rnd.log, start)
         )
     if snap.dpo_train:
         rnd.update(stage="dpo", step=0)
@@ -390,7 +411,12 @@ def _train_and_gate(
             done
             if (done / "adapter_config.json").is_file()
             else train_dpo(
-                model_dir, snap.dpo_train, stages.get("sft"), folder / "dpo", config, rnd.log
+                model_dir,
+                snap.dpo_train,
+                stages.get("sft") or start,
+                folder / "dpo",
+                config,
+                rnd.log,
             )
         )
     if kto:
@@ -400,7 +426,12 @@ def _train_and_gate(
             done
             if (done / "adapter_config.json").is_file()
             else train_kto(
-                model_dir, snap.kto_train, stages.get("sft"), folder / "kto", config, rnd.log
+                model_dir,
+                snap.kto_train,
+                stages.get("sft") or start,
+                folder / "kto",
+                config,
+                rnd.log,
             )
         )
 
@@ -437,6 +468,7 @@ def _train_and_gate(
         code_version=_code_version(),
         snapshot_hash=snap.info.get("hash"),
         row_counts=snap.info.get("counts"),
+        continuation=snap.info.get("continuation"),
         hyperparameters=_hyperparameters(config),
         metrics=public[candidate],
         serving_metrics=public["serving"],
@@ -472,6 +504,7 @@ def _train_and_gate(
         metrics=public,
         gate={name: d.as_dict() for name, d in decisions.items()},
         report=str(folder / "report.md"),
+        continuation=snap.info.get("continuation") or {},
     )
     write_report(
         folder, result=result.to_dict(), snapshot=snap.info, config=_hyperparameters(config)

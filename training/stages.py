@@ -86,6 +86,10 @@ class RoundConfig:
     replay_file: Path | None = None
     replay_max_new_tokens: int = 128
     replay_cache_dir: Path | None = None  # None: replay answers are generated every round
+    # fresh: a new adapter on every train row; continue: go on from the promoted adapter on
+    # the rows new since its round plus this share of the older ones (training/continuation.py).
+    round_mode: str = "fresh"
+    round_replay_share: float = 0.25
     dedup_threshold: float = 0.85
     # At least this many distinct prompts held out (feedback.split.plan_split); 0 = the
     # plain 10% hash split. `tuneloop train` passes TUNELOOP_HELDOUT_MIN_ITEMS.
@@ -418,10 +422,16 @@ def _last_checkpoint(folder: Path) -> str | None:
 
 
 def train_sft(
-    model_dir: Path, rows: list[Row], stage_dir: Path, config: RoundConfig, log: LogFn
+    model_dir: Path,
+    rows: list[Row],
+    stage_dir: Path,
+    config: RoundConfig,
+    log: LogFn,
+    init_adapter: Path | None = None,
 ) -> Path:
-    """Train a fresh LoRA adapter with SFT; returns `stage_dir/adapter`. Resumes from the
-    last checkpoint in `stage_dir/checkpoints` when there is one."""
+    """Train a LoRA adapter with SFT: a fresh one, or `init_adapter`'s weights trained on
+    (a round that continues the promoted version). Returns `stage_dir/adapter`. Resumes
+    from the last checkpoint in `stage_dir/checkpoints` when there is one."""
     from trl import SFTTrainer
 
     from training.datasets import final_turn_rows
@@ -429,17 +439,13 @@ def train_sft(
     config = resolved(config, model_dir)
     checkpoints = stage_dir / "checkpoints"
     args = sft_config(config, checkpoints, stage_steps(len(rows), config, "sft"), stage_dir.parent)
+    model, peft_config = _trainable(model_dir, config, init_adapter)
     trainer = SFTTrainer(
-        model=load_base(model_dir, config),
+        model=model,
         args=args,
         train_dataset=_dataset(final_turn_rows(rows), stage_dir),
         processing_class=load_tokenizer(model_dir),
-        peft_config=lora_config(
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=config.lora_targets,
-        ),
+        peft_config=peft_config,
         callbacks=[progress_callback("sft", log)],
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
@@ -519,20 +525,7 @@ def _continue_and_train(
 ) -> Path:
     """A preference stage (DPO, KTO): continue the SFT adapter, whose frozen copy TRL makes
     the reference (`ref_model=None`), or train a fresh adapter against the bare base."""
-    from peft import PeftModel
-
-    base = load_base(model_dir, config)
-    peft_config = None
-    if sft_adapter is not None:
-        model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
-    else:
-        model = base
-        peft_config = lora_config(
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=config.lora_targets,
-        )
+    model, peft_config = _trainable(model_dir, config, sft_adapter)
     trainer = trainer_class(
         model=model,
         ref_model=None,
@@ -544,6 +537,22 @@ def _continue_and_train(
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(stage_dir / "checkpoints"))
     return save_adapter(trainer, stage_dir / "adapter")
+
+
+def _trainable(model_dir: Path, config: RoundConfig, adapter: Path | None) -> tuple[Any, Any]:
+    """(model, peft_config) for a trainer: the base with `adapter` loaded trainable (its own
+    LoRA shape), or the bare base and a fresh LoRA config from the settings."""
+    base = load_base(model_dir, config)
+    if adapter is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=True), None
+    return base, lora_config(
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+    )
 
 
 def save_adapter(trainer: Any, adapter: Path) -> Path:
