@@ -349,9 +349,17 @@ def export(
     ],
     out: Annotated[Path, typer.Option("--out", help="Output JSONL file.")],
     split: Annotated[Split, typer.Option("--split", help="train | heldout | all")] = Split.all,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="Keep emails, phone numbers, card/account numbers and names as stored "
+            "(default: scrubbed, as for training and Argilla).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export training data in TRL's conversational format."""
+    """Export training data in TRL's conversational format, PII scrubbed unless --raw."""
     from feedback.formats import export as export_rows
     from training.datasets import read_seed_rows
 
@@ -361,9 +369,18 @@ def export(
     if split.value != "all":  # the round's split: the domain's seed examples count too
         seeds = read_seed_rows(settings.data_dir / "seed_sft.jsonl")
         plan = store.heldout_split(min_items=settings.heldout_min_items, extra=seeds)
-    n = export_rows(store, kind.value, out, split.value, plan)
-    payload = {"kind": kind.value, "split": split.value, "rows": n, "out": str(out)}
-    _emit(as_json, payload, f"Wrote {n} {kind.value} rows ({split.value}) to {out}.")
+    n = export_rows(
+        store, kind.value, out, split.value, plan, raw=raw, pii_region=settings.pii_region
+    )
+    payload = {
+        "kind": kind.value,
+        "split": split.value,
+        "rows": n,
+        "out": str(out),
+        "pii": "raw" if raw else "scrubbed",
+    }
+    text = f"Wrote {n} {kind.value} rows ({split.value}, PII {payload['pii']}) to {out}."
+    _emit(as_json, payload, text)
 
 
 @app.command("init")

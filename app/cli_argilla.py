@@ -71,6 +71,7 @@ def target(settings: Settings) -> Any | None:
         min_agreement=settings.argilla_min_agreement,
         guidelines=_guidelines(settings),
         timeout=settings.argilla_timeout_seconds,
+        pii_region=settings.pii_region,
     )
 
 

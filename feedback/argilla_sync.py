@@ -30,6 +30,7 @@ from feedback.argilla_stack import ArgillaError, Credentials
 from feedback.canonical import event_key
 from feedback.models import CHOICES, ArgillaPair, ArgillaResponse, Preference, utcnow
 from feedback.outbox import mark_failed, mark_pushed, pending, write_session
+from feedback.pii import scrub_texts
 from feedback.records import NewExample, NewPreference
 
 log = logging.getLogger("tuneloop.argilla")
@@ -48,6 +49,7 @@ class Target:
     min_agreement: float = 0.6
     guidelines: str = ""
     timeout: float = 60.0
+    pii_region: str = "US"
 
 
 @dataclass
@@ -157,12 +159,26 @@ def ensure_annotator(client: Any, target: Target, name: str, password: str) -> b
     return created
 
 
-def to_record(pair: ArgillaPair) -> Any:
-    """The Argilla record of a pair (fields, metadata; never responses)."""
+def shown(pair: ArgillaPair, pii_region: str = "US") -> tuple[list[dict[str, str]], str, str]:
+    """(conversation, first reply, second reply) as annotators see them: PII-scrubbed
+    together (`feedback.pii`), so a customer's name has one stand-in in all three. The
+    store keeps the raw pair; the record's id (the pair's external id) leads back to it."""
+    prompt = json.loads(pair.prompt_json)
+    texts = [*(m["content"] for m in prompt), pair.first, pair.second]
+    *turns, first, second = scrub_texts(texts, region=pii_region)
+    conversation = [
+        {"role": m["role"], "content": text} for m, text in zip(prompt, turns, strict=True)
+    ]
+    return conversation, first, second
+
+
+def to_record(pair: ArgillaPair, pii_region: str = "US") -> Any:
+    """The Argilla record of a pair (fields, metadata; never responses), scrubbed (`shown`)."""
     import argilla as rg
 
     meta = json.loads(pair.metadata_json)
-    a, b = (pair.first, pair.second) if pair.first_is_a else (pair.second, pair.first)
+    conversation, first, second = shown(pair, pii_region)
+    a, b = (first, second) if pair.first_is_a else (second, first)
     first_adapter, second_adapter = meta.get("adapter_first"), meta.get("adapter_second")
     adapter_a, adapter_b = (
         (first_adapter, second_adapter) if pair.first_is_a else (second_adapter, first_adapter)
@@ -174,9 +190,6 @@ def to_record(pair: ArgillaPair) -> Any:
             metadata[key] = str(value)
     if meta.get("conversation_id") is not None:
         metadata["conversation_id"] = int(meta["conversation_id"])
-    conversation = [
-        {"role": m["role"], "content": m["content"]} for m in json.loads(pair.prompt_json)
-    ]
     return rg.Record(
         id=pair.external_id,
         fields={"conversation": conversation, "response_a": a, "response_b": b},
@@ -184,8 +197,9 @@ def to_record(pair: ArgillaPair) -> Any:
     )
 
 
-def push(store: Any, dataset: Any, *, batch: int = 512) -> tuple[int, int]:
-    """Upsert every pending pair; returns (pushed, failed). Failed pairs stay pending."""
+def push(store: Any, dataset: Any, *, batch: int = 512, pii_region: str = "US") -> tuple[int, int]:
+    """Upsert every pending pair, scrubbed; returns (pushed, failed). Failed pairs stay
+    pending."""
     pushed = failed = 0
     while True:
         pairs = pending(store, limit=batch)
@@ -193,7 +207,7 @@ def push(store: Any, dataset: Any, *, batch: int = 512) -> tuple[int, int]:
             return pushed, failed
         ids = [p.id for p in pairs if p.id is not None]
         try:
-            dataset.records.log([to_record(p) for p in pairs], batch_size=256)
+            dataset.records.log([to_record(p, pii_region) for p in pairs], batch_size=256)
         except Exception as err:
             mark_failed(store, ids, f"{type(err).__name__}: {err}")
             log.warning("push of %d pairs failed (%s); they stay queued", len(ids), err)
@@ -324,7 +338,8 @@ def _apply(
             pair = session.get(ArgillaPair, pair_id)
             assert pair is not None
             _decide(session, pair, target, report)
-            _corrections(session, pair, [c for p, c in changes if p == pair_id], report)
+            mine = [c for p, c in changes if p == pair_id]
+            _corrections(session, pair, mine, report, target.pii_region)
 
 
 def _texts(pair: ArgillaPair) -> tuple[str, str]:
@@ -377,10 +392,16 @@ def _decide(session: Session, pair: ArgillaPair, target: Target, report: SyncRep
 
 
 def _corrections(
-    session: Session, pair: ArgillaPair, changes: list[dict[str, Any]], report: SyncReport
+    session: Session,
+    pair: ArgillaPair,
+    changes: list[dict[str, Any]],
+    report: SyncReport,
+    pii_region: str,
 ) -> None:
-    """A submitted corrected answer: one SFT example, and corrected > each original."""
+    """A submitted corrected answer: one SFT example, and corrected > each original (unless
+    it is that original as the annotator saw it, scrubbed)."""
     prompt = json.loads(pair.prompt_json)
+    _, *seen = shown(pair, pii_region)
     for change in changes:
         text = change["corrected"]
         if change["status"] != "submitted" or not text:
@@ -388,8 +409,8 @@ def _corrections(
         prefs = [
             NewPreference(prompt=prompt, chosen=text, rejected=original,
                           annotator=change["annotator"])
-            for original in (pair.first, pair.second)
-            if original.strip() != text
+            for original, as_seen in zip((pair.first, pair.second), seen, strict=True)
+            if text not in (original.strip(), as_seen.strip())
         ]  # fmt: skip
         example = NewExample(messages=[*prompt, {"role": "assistant", "content": text}])
         bulk.add_bulk(session, preferences=prefs, examples=[example], source="argilla")
@@ -404,7 +425,7 @@ def sync(store: Any, target: Target) -> SyncReport:
         dataset = ensure_dataset(client, target)
     except Exception as err:
         raise ArgillaError(f"Argilla at {target.credentials.url} failed: {err}") from None
-    report.pushed, report.push_failed = push(store, dataset)
+    report.pushed, report.push_failed = push(store, dataset, pii_region=target.pii_region)
     try:
         pull(store, dataset, target, report)
     except Exception as err:  # server gone or answering errors: what was stored stays

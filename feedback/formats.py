@@ -10,6 +10,8 @@ Import formats (one JSON object per line):
 
 A file is imported whole or not at all: the first malformed line raises
 `FeedbackError("PATH:LINE: what is wrong")` before anything is written.
+
+Exports are PII-scrubbed (`feedback.pii`) unless the operator asks for the raw text.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from feedback.errors import FeedbackError
 from feedback.messages import check_conversation, clean_messages
+from feedback.pii import scrub_row
 from feedback.records import NewExample, NewPreference
 from feedback.split import HeldoutSplit
 from feedback.store import Store
@@ -263,11 +266,20 @@ def import_file(store: Store, path: str | Path, fmt: str = "auto") -> ImportResu
 
 
 def export(
-    store: Store, kind: str, out: str | Path, split: str = "all", plan: HeldoutSplit | None = None
+    store: Store,
+    kind: str,
+    out: str | Path,
+    split: str = "all",
+    plan: HeldoutSplit | None = None,
+    *,
+    raw: bool = False,
+    pii_region: str = "US",
 ) -> int:
     """Write TRL rows ("sft", "dpo" or "kto") of `split` to `out` as JSONL; returns the row count.
 
     `plan`: the held-out split to use (`Store.heldout_split`); default: the plain one.
+    Each row is PII-scrubbed (`feedback.pii`, phone numbers read for `pii_region`) since
+    people read export files; `raw=True` writes the store's text as it is, for operators.
 
     The file appears complete or not at all (temp file, fsync, os.replace), so a trainer
     never reads half an export.
@@ -289,6 +301,8 @@ def export(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for row in rows:
+                if not raw:
+                    row = scrub_row(row, region=pii_region)
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
             handle.flush()

@@ -392,6 +392,60 @@ def test_serve_syncs_in_the_background_and_pairs_thumbs_down(
     assert (down.first, down.first_response_id) == ("Yes.", reply)
 
 
+def test_annotators_see_scrubbed_pairs_and_rankings_come_back(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    from feedback.pii import EMAIL, PHONE, surrogate
+
+    home = tmp_path / "home"
+    store = Store.open(f"sqlite:///{home / 'tuneloop.db'}")
+    question = "Hi, I'm Dana Reyes. Mail dana.reyes@example.org or ring 020 7946 0958."
+    first, second = "Hi Dana, we will email you today.", "Dana, please call 415-555-2671."
+    queue_pair(store, source="generated", prompt=[{"role": "user", "content": question}],
+               first=first, second=second, metadata={"model": "tiny"})  # fmt: skip
+    env = {"TUNELOOP_ARGILLA_URL": stack.url, "TUNELOOP_ARGILLA_DATASET": "t-pii",
+           "TUNELOOP_ARGILLA_API_KEY": stack.credentials().api_key,  # type: ignore[union-attr]
+           "TUNELOOP_ARGILLA_MIN_SUBMITTED": "1",
+           "TUNELOOP_PII_REGION": "GB"}  # "020 ..." is a phone number only in the UK  # fmt: skip
+    pushed = _cli(home, "argilla", "sync", "--json", **env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["pushed"] == 1
+
+    target = _target(stack, "t-pii")
+    (annotator,) = _annotators(stack, target, "pia")
+    dataset = S.ensure_dataset(S.connect(target), target)
+    [record] = annotator.records(dataset.id)
+    fields = record["fields"]
+    seen = json.dumps(fields)
+    assert not [s for s in ("Dana", "Reyes", "example.org", "7946", "2671") if s in seen]
+    stand_in = surrogate("Dana")  # one stand-in in the question and in both replies
+    assert fields["conversation"][0]["content"] == (
+        f"Hi, I'm {stand_in}. Mail {EMAIL} or ring {PHONE}."
+    )
+    shown_first = f"Hi {stand_in}, we will email you today."
+    assert {fields["response_a"], fields["response_b"]} == {
+        shown_first, f"{stand_in}, please call {PHONE}."
+    }  # fmt: skip
+    side = "A" if fields["response_a"] == shown_first else "B"
+    # The annotator picks the first reply and "corrects" it by copying it as shown.
+    annotator.respond(record["id"], "submitted", choice=side, corrected=shown_first)
+
+    pulled = _cli(home, "argilla", "sync", "--json", **env)
+    assert pulled.returncode == 0, pulled.stderr
+    report = json.loads(pulled.stdout)
+    assert (report["pulled"], report["preferences"], report["corrections"]) == (1, 1, 1)
+    with Session(store.engine) as s:
+        pair = s.exec(select(ArgillaPair)).one()
+        assert (pair.external_id, pair.decision) == (record["external_id"], side)
+        prefs = s.exec(select(Preference).where(Preference.source == "argilla")).all()
+    # The ranking lands on the raw pair the store kept; the copy of the shown first reply
+    # is not a pair against that reply, only against the second.
+    assert sorted((p.chosen, p.rejected) for p in prefs) == sorted(
+        [(first, second), (shown_first, second)]
+    )
+    assert json.loads(pair.prompt_json)[0]["content"] == question
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 

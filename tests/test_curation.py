@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-from training.curation import (
-    ACCOUNT,
-    CARD,
-    EMAIL,
-    PHONE,
-    CurationReport,
-    dedup,
-    drop_near_heldout,
-    find_names,
-    scrub_row,
-    scrub_text,
-    surrogate,
-)
+from feedback.pii import ACCOUNT, CARD, EMAIL, PHONE, find_names, scrub_row, scrub_text, surrogate
+from training.curation import CurationReport, dedup, drop_near_heldout
 
 
 def _sft(user: str, reply: str) -> dict:
@@ -24,17 +13,17 @@ def _sft(user: str, reply: str) -> dict:
 
 
 def test_contact_and_payment_details_are_replaced() -> None:
-    report = CurationReport()
+    counts: dict[str, int] = {}
     text = (
         "Mail me at dana.smith@example.org or call (415) 555-2671 / +44 20 7946 0958. "
         "Card 4111 1111 1111 1111, account no. 12345678, IBAN GB82 WEST 1234 5698 7654 32."
     )
-    out = scrub_text(text, [], report)
+    out = scrub_text(text, [], counts)
     assert "dana.smith" not in out and EMAIL in out
     assert "555-2671" not in out and "7946" not in out and out.count(PHONE) == 2
     assert "4111" not in out and CARD in out
     assert "12345678" not in out and "GB82" not in out and out.count(ACCOUNT) == 2
-    assert report.pii == {"email": 1, "card": 1, "account": 2, "phone": 2}
+    assert counts == {"email": 1, "card": 1, "account": 2, "phone": 2}
 
 
 def test_numbers_that_are_not_pii_stay() -> None:
@@ -56,6 +45,25 @@ def test_names_get_one_surrogate_across_the_whole_row() -> None:
     assert user.startswith(f"Hi, I'm {stand_in}.") and reply.startswith(f"Hi {stand_in},")
     assert surrogate("Dana") == stand_in  # stable across rounds
     assert row["messages"][0]["content"].startswith("Hi, I'm Dana")  # input untouched
+
+
+def test_pairs_and_reasons_get_the_same_stand_in() -> None:
+    dpo = scrub_row({
+        "prompt": [{"role": "user", "content": "This is Omar, omar@example.org."}],
+        "chosen": [{"role": "assistant", "content": "Hi Omar, fixed."}],
+        "rejected": [{"role": "assistant", "content": "Omar: no."}],
+    })  # fmt: skip
+    texts = [m["content"] for key in ("prompt", "chosen", "rejected") for m in dpo[key]]
+    stand_in = surrogate("Omar")
+    assert texts == [f"This is {stand_in}, {EMAIL}.", f"Hi {stand_in}, fixed.", f"{stand_in}: no."]
+    kto = scrub_row({
+        "prompt": [{"role": "user", "content": "I'm Priya."}],
+        "completion": [{"role": "assistant", "content": "Hello."}],
+        "label": False,
+        "reasons": ["ignored Priya's number 415-555-2671"],
+    })  # fmt: skip
+    assert kto["reasons"] == [f"ignored {surrogate('Priya')}'s number {PHONE}"]
+    assert kto["label"] is False
 
 
 def test_name_finder_reads_introductions_and_greetings_only() -> None:

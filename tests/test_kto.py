@@ -74,7 +74,9 @@ def test_export_kto_writes_unpaired_thumbs_once_with_their_label(
     out = tmp_path / "kto.jsonl"
     code, stdout, err = run_cli(monkeypatch, capsys, "export", "kto", "--out", str(out), "--json")
     assert code == 0, err
-    assert json.loads(stdout) == {"kind": "kto", "split": "all", "rows": 4, "out": str(out)}
+    assert json.loads(stdout) == {
+        "kind": "kto", "split": "all", "rows": 4, "out": str(out), "pii": "scrubbed"
+    }  # fmt: skip
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     by_prompt = {r["prompt"][-1]["content"]: r for r in rows}
     assert {q: r["label"] for q, r in by_prompt.items()} == {

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from feedback.canonical import canonical_json
+from feedback.pii import scrub_row
 from feedback.split import HeldoutSplit
-from training.curation import CurationReport, dedup, drop_near_heldout, scrub_row
+from training.curation import CurationReport, dedup, drop_near_heldout
 
 Row = dict[str, Any]
 PARTS = ("sft_train", "dpo_train", "sft_heldout", "dpo_heldout", "kto_train", "kto_heldout")
@@ -249,9 +250,9 @@ def take_snapshot(
     sft_train = dedup(sft_train, threshold=dedup_threshold, report=report)
     dpo_train = dedup(dpo_train, threshold=dedup_threshold, report=report)
     kto_train = dedup(kto_train, threshold=dedup_threshold, report=report)
-    sft_train = [scrub_row(r, report, pii_region) for r in sft_train]
-    dpo_train = [scrub_row(r, report, pii_region) for r in dpo_train]
-    kto_train = [scrub_row(r, report, pii_region) for r in kto_train]
+    sft_train = [scrub_row(r, report.pii, pii_region) for r in sft_train]
+    dpo_train = [scrub_row(r, report.pii, pii_region) for r in dpo_train]
+    kto_train = [scrub_row(r, report.pii, pii_region) for r in kto_train]
     sft_heldout = dedup(sft_heldout, near=False, report=CurationReport())
     dpo_heldout = dedup(dpo_heldout, near=False, report=CurationReport())
     kto_heldout = dedup(kto_heldout, near=False, report=CurationReport())

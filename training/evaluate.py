@@ -133,7 +133,7 @@ def _mean_nll(scores: list[tuple[float, int]]) -> float | None:
 
 def customer_of(prompt: list[dict]) -> str | None:
     """The customer's name if a user turn introduces it ("I'm Dana"), for the rubric."""
-    from training.curation import find_names
+    from feedback.pii import find_names
 
     names = find_names(str(m.get("content", "")) for m in prompt if m.get("role") == "user")
     return names[0].split()[0] if names else None
