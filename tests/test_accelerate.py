@@ -60,9 +60,9 @@ def test_the_deepspeed_config_loads_into_accelerates_deepspeed_plugin(
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    config = load_config_from_file(str(CONFIGS / "deepspeed.yaml"))
+    config = load_config_from_file(str(CONFIGS / "deepspeed-zero2.yaml"))
     assert config.distributed_type == DistributedType.DEEPSPEED
-    args = _launch_env(CONFIGS / "deepspeed.yaml", monkeypatch)
+    args = _launch_env(CONFIGS / "deepspeed-zero2.yaml", monkeypatch)
     assert args.use_deepspeed
     plugin = DeepSpeedPlugin()
     assert plugin.zero_stage == 2
@@ -78,7 +78,7 @@ def test_the_deepspeed_config_loads_into_accelerates_deepspeed_plugin(
 SHIPPED = {
     "ddp.yaml": ("MULTI_GPU", False),
     "fsdp.yaml": ("FSDP", True),
-    "deepspeed.yaml": ("DEEPSPEED", False),
+    "deepspeed-zero2.yaml": ("DEEPSPEED", False),
     "deepspeed-zero3.yaml": ("DEEPSPEED", True),
 }
 
