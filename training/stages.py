@@ -270,6 +270,15 @@ def sft_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
     )
 
 
+def _precompute_ref(config: RoundConfig) -> bool:
+    """Reference log-probs once before training, unless DeepSpeed ZeRO-3 shards the model:
+    its parameter prefetcher records the order of the first forward passes, and the
+    reference pass (the "ref" adapter, no gradients) leaves a trace the first training step
+    does not follow ("IndexError: pop from an empty deque" in DeepSpeed's
+    partitioned_param_coordinator). Under ZeRO-3 they are computed with every step."""
+    return config.precompute_ref_log_probs and not ranks.deepspeed_zero3()
+
+
 def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) -> Any:
     """The `DPOConfig` for a round's DPO stage."""
     from trl import DPOConfig
@@ -278,7 +287,7 @@ def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
         **_common(config, out_dir, steps, "dpo", run_dir),
         learning_rate=config.dpo_learning_rate,
         beta=config.dpo_beta,
-        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        precompute_ref_log_probs=_precompute_ref(config),
     )
 
 
@@ -317,7 +326,7 @@ def kto_config(
         beta=config.kto_beta,
         desirable_weight=desirable,
         undesirable_weight=undesirable,
-        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        precompute_ref_log_probs=_precompute_ref(config),
     )
 
 
