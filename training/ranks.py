@@ -70,9 +70,12 @@ def _state() -> Any:
     on CPU with gloo (`use_cpu`), on CUDA with each process on its own local device."""
     from accelerate import PartialState
 
-    from training.stages import on_cuda
+    from training.stages import deepspeed_on_cpu, on_cuda
 
-    return PartialState(cpu=not on_cuda(), timeout=WAIT_TIMEOUT)
+    cuda = on_cuda()
+    if not cuda:
+        deepspeed_on_cpu()
+    return PartialState(cpu=not cuda, timeout=WAIT_TIMEOUT)
 
 
 def is_main() -> bool:

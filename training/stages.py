@@ -20,6 +20,7 @@ where it saves memory that matters (resolved()); the CUDA choices await a GPU me
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -208,6 +209,13 @@ def on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def deepspeed_on_cpu() -> None:
+    """Tell DeepSpeed, where installed, that this process runs on the CPU: accelerate
+    imports it to set up or unwrap a model, and left to guess it prints a warning on stdout,
+    ahead of `tuneloop train --json`'s result."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
     """How many optimizer steps a stage runs for `rows` training rows. A step takes
     `batch_size` rows in each process of a launched round, so an epoch has fewer steps."""
@@ -360,6 +368,8 @@ def load_base(model_dir: Path, config: RoundConfig) -> Any:
     from transformers import AutoModelForCausalLM
 
     cuda = on_cuda()
+    if not cuda:
+        deepspeed_on_cpu()
     model = AutoModelForCausalLM.from_pretrained(model_dir, **base_load_kwargs(config, cuda=cuda))
     if not cuda:
         return model
