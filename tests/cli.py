@@ -65,4 +65,6 @@ def train_in_subprocess(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if not any("deepspeed" in part for part in launcher):  # its launcher guesses, unasked
+        assert "Setting accelerator to CPU" not in proc.stdout  # DeepSpeed's guess, told
     return settings, json.loads(proc.stdout.strip().splitlines()[-1])

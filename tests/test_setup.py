@@ -100,12 +100,47 @@ def test_a_gpu_machine_gets_the_default_cuda_build(tmp_path: Path) -> None:
     assert pip == "-m pip install -q torch"
 
 
-def test_setup_installs_the_gpu_extra_where_there_is_a_gpu() -> None:
-    """.ci/setup asks for `.[test,gpu]` (bitsandbytes) when nvidia-smi lists a GPU."""
-    setup = (REPO / ".ci" / "setup").read_text()
-    assert 'bash .ci/install-torch "$PY"' in setup
-    assert 'extras="test,gpu"' in setup and 'pip install -q -e ".[$extras]"' in setup
+def _extras(tmp_path: Path, *, nvidia_smi: int | None, python: str, backend: str = "") -> str:
+    """What `.ci/extras PY` prints, with a stand-in `nvidia-smi` exiting `nvidia_smi`
+    (None: no nvidia-smi at all) and TUNELOOP_BACKEND set to `backend`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    if nvidia_smi is not None:
+        _executable(bin_dir / "nvidia-smi", f"#!/bin/sh\nexit {nvidia_smi}\n")
+    path = ":".join(
+        p for p in os.environ["PATH"].split(":") if not (Path(p) / "nvidia-smi").exists()
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / ".ci" / "extras"), python],
+        env={**os.environ, "PATH": f"{bin_dir}:{path}", "TUNELOOP_BACKEND": backend},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return proc.stdout.strip()
+
+
+def test_setup_installs_the_gpu_extra_only_where_there_is_a_gpu(tmp_path: Path) -> None:
+    """.ci/setup installs `.[EXTRAS]` with what .ci/extras prints: `gpu` (bitsandbytes) when
+    nvidia-smi lists a GPU or the installed torch sees CUDA, and never on this CPU machine."""
     import tomllib
 
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert any(dep.startswith("bitsandbytes") for dep in extras["optional-dependencies"]["gpu"])
+    setup = (REPO / ".ci" / "setup").read_text()
+    assert 'extras="$(bash .ci/extras "$PY")"' in setup
+    assert 'pip install -q -e ".[$extras]"' in setup
+    # The real torch of this (CPU) machine, with and without a failing nvidia-smi.
+    assert _extras(tmp_path, nvidia_smi=None, python=sys.executable) == "test,deepspeed"
+    assert _extras(tmp_path, nvidia_smi=9, python=sys.executable) == "test,deepspeed"
+    assert _extras(tmp_path, nvidia_smi=0, python=sys.executable) == "test,deepspeed,gpu"
+    # vLLM only where it can run: a GPU and the backend asked for.
+    py = sys.executable
+    assert _extras(tmp_path, nvidia_smi=0, python=py, backend="vllm") == "test,deepspeed,gpu,vllm"
+    assert _extras(tmp_path, nvidia_smi=9, python=py, backend="vllm") == "test,deepspeed"
+    # No nvidia-smi on PATH, but a torch that sees CUDA (a stand-in interpreter says so).
+    cuda_python = _executable(tmp_path / "cuda-python", "#!/bin/sh\nexit 0\n")
+    assert _extras(tmp_path / "x", nvidia_smi=None, python=str(cuda_python)) == (
+        "test,deepspeed,gpu"
+    )
+    optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(dep.startswith("bitsandbytes") for dep in optional["gpu"])
+    assert any(dep.startswith("deepspeed") for dep in optional["deepspeed"])

@@ -41,13 +41,28 @@ def launched() -> bool:
     return world_size() > 1
 
 
+def deepspeed_zero3() -> bool:
+    """Whether `accelerate launch` started this process under DeepSpeed ZeRO stage 3."""
+    return launched() and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+
+
 def sharded() -> bool:
     """Whether the launcher shards the model itself (FSDP, DeepSpeed ZeRO-3): the model is
     then loaded without a device map and every parameter must share one storage dtype."""
-    return launched() and (
-        os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-        or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    return deepspeed_zero3() or (
+        launched() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     )
+
+
+def load_alone() -> None:
+    """Let the main process load models on its own (evaluation, after training). Under
+    ZeRO-3 the trainer leaves transformers' DeepSpeed config set, and with it every
+    `from_pretrained` becomes a `deepspeed.zero.Init` that partitions the weights over all
+    processes: a collective the others, already done, would never join."""
+    if deepspeed_zero3():
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
 
 
 def _state() -> Any:
@@ -55,9 +70,12 @@ def _state() -> Any:
     on CPU with gloo (`use_cpu`), on CUDA with each process on its own local device."""
     from accelerate import PartialState
 
-    from training.stages import on_cuda
+    from training.stages import deepspeed_on_cpu, on_cuda
 
-    return PartialState(cpu=not on_cuda(), timeout=WAIT_TIMEOUT)
+    cuda = on_cuda()
+    if not cuda:
+        deepspeed_on_cpu()
+    return PartialState(cpu=not cuda, timeout=WAIT_TIMEOUT)
 
 
 def is_main() -> bool:

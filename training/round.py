@@ -437,6 +437,7 @@ def _train_and_gate(
 
     if not ranks.is_main():  # the main process evaluates, gates and registers: run_round
         return RoundResult(id=folder.name, status="trained")  # returns its result here too
+    ranks.load_alone()
     rnd.update(stage="evaluate", step=0)
     serving_dir = registry.verify(serving) if serving else None
     metrics = evaluate_models(

@@ -20,6 +20,7 @@ where it saves memory that matters (resolved()); the CUDA choices await a GPU me
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -212,6 +213,13 @@ def on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def deepspeed_on_cpu() -> None:
+    """Tell DeepSpeed, where installed, that this process runs on the CPU: accelerate
+    imports it to set up or unwrap a model, and left to guess it prints a warning on stdout,
+    ahead of `tuneloop train --json`'s result."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
     """How many optimizer steps a stage runs for `rows` training rows. A step takes
     `batch_size` rows in each process of a launched round, so an epoch has fewer steps."""
@@ -274,6 +282,15 @@ def sft_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
     )
 
 
+def _precompute_ref(config: RoundConfig) -> bool:
+    """Reference log-probs once before training, unless DeepSpeed ZeRO-3 shards the model:
+    its parameter prefetcher records the order of the first forward passes, and the
+    reference pass (the "ref" adapter, no gradients) leaves a trace the first training step
+    does not follow ("IndexError: pop from an empty deque" in DeepSpeed's
+    partitioned_param_coordinator). Under ZeRO-3 they are computed with every step."""
+    return config.precompute_ref_log_probs and not ranks.deepspeed_zero3()
+
+
 def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) -> Any:
     """The `DPOConfig` for a round's DPO stage."""
     from trl import DPOConfig
@@ -282,7 +299,7 @@ def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) ->
         **_common(config, out_dir, steps, "dpo", run_dir),
         learning_rate=config.dpo_learning_rate,
         beta=config.dpo_beta,
-        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        precompute_ref_log_probs=_precompute_ref(config),
     )
 
 
@@ -321,7 +338,7 @@ def kto_config(
         beta=config.kto_beta,
         desirable_weight=desirable,
         undesirable_weight=undesirable,
-        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        precompute_ref_log_probs=_precompute_ref(config),
     )
 
 
@@ -355,6 +372,8 @@ def load_base(model_dir: Path, config: RoundConfig) -> Any:
     from transformers import AutoModelForCausalLM
 
     cuda = on_cuda()
+    if not cuda:
+        deepspeed_on_cpu()
     model = AutoModelForCausalLM.from_pretrained(model_dir, **base_load_kwargs(config, cuda=cuda))
     if not cuda:
         return model
