@@ -15,14 +15,13 @@ A file is imported whole or not at all: the first malformed line raises
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import atomic_writer
 from feedback.errors import FeedbackError
 from feedback.messages import check_conversation, clean_messages
 from feedback.records import NewExample, NewPreference
@@ -269,7 +268,7 @@ def export(
 
     `plan`: the held-out split to use (`Store.heldout_split`); default: the plain one.
 
-    The file appears complete or not at all (temp file, fsync, os.replace), so a trainer
+    The file appears complete or not at all (`feedback.atomic_write`), so a trainer
     never reads half an export.
     """
     if kind not in EXPORT_KINDS:
@@ -284,18 +283,9 @@ def export(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FeedbackError(f"cannot create {out.parent}: {err.strerror}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out) as handle:  # owner-only, like everything else tuneloop writes
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count

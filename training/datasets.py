@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import write_atomic
 from feedback.canonical import canonical_json
 from feedback.split import HeldoutSplit
 from training.curation import CurationReport, dedup, drop_near_heldout, scrub_row
@@ -143,9 +143,7 @@ def replay_rows(
     ]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"rows": out, "cut_off": len(cut)}), encoding="utf-8")
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps({"rows": out, "cut_off": len(cut)}))
     return out
 
 

@@ -19,9 +19,7 @@ unfinished round from its snapshot and last checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import write_atomic
 from training import ranks
 from training.registry import Registry
 from training.stages import NonFiniteLossError, RoundConfig
@@ -82,14 +81,7 @@ def _now() -> str:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace `path` atomically, so a reader sees the old or the new state, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 @contextmanager
