@@ -274,19 +274,12 @@ class Registry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Serialise writers (other processes included) with an advisory lock file."""
+        """Serialise writers (other processes included) with a lock file (`filelock`)."""
+        from filelock import FileLock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_file, "a") as handle:
-            try:
-                import fcntl
-            except ImportError:  # pragma: no cover - Windows: renames stay atomic, no lock
-                yield
-                return
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(self._lock_file):
+            yield
 
 
 def _check_name(version: str) -> None:

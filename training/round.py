@@ -7,7 +7,7 @@ Everything a round does lands under `rounds_dir/<round id>/`:
     snapshot.json  + data/*.jsonl: the frozen, curated rows and their hash
     sft/, dpo/, kto/  checkpoints and each stage's adapter
     report.json, report.md, *.png
-One round at a time: an exclusive `flock` on `rounds_dir/.lock`, which the OS releases
+One round at a time: an exclusive lock (`filelock`) on `rounds_dir/.lock`, which the OS releases
 when a crashed round's process dies. A round launched as several processes (torchrun,
 `accelerate launch`) trains on all of them; the lock, the snapshot, evaluation, the gate,
 the registry and every file above belong to the main process (training/ranks.py), and the
@@ -30,6 +30,7 @@ from typing import Any
 from feedback.atomic_write import write_atomic
 from training import ranks
 from training.registry import Registry
+from training.schedule import LOCK_NAME, lock_held
 from training.stages import NonFiniteLossError, RoundConfig
 
 __all__ = [
@@ -86,18 +87,18 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 @contextmanager
 def _exclusive(rounds_dir: Path) -> Iterator[None]:
-    import fcntl
+    from filelock import FileLock, Timeout
 
     rounds_dir.mkdir(parents=True, exist_ok=True)
-    with open(rounds_dir / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RoundBusyError("another training round is running; wait for it") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(rounds_dir / LOCK_NAME, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RoundBusyError("another training round is running; wait for it") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
@@ -110,17 +111,10 @@ def _round_lock(rounds_dir: Path) -> Iterator[None]:
 
 
 def _lock_is_free(rounds_dir: Path) -> bool:
-    import fcntl
-
     try:
-        with open(rounds_dir / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    except BlockingIOError:
+        return not lock_held(rounds_dir)
+    except OSError:  # an unreadable lock file: not known to be free
         return False
-    except OSError:
-        return False
-    return True
 
 
 def list_rounds(rounds_dir: Path) -> list[dict[str, Any]]:
