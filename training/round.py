@@ -144,15 +144,13 @@ def list_rounds(rounds_dir: Path) -> list[dict[str, Any]]:
 
 def new_feedback_since_last_round(store: Any, rounds_dir: Path) -> dict[str, int]:
     """Preferences / corrections / ratings added after the last finished round's snapshot."""
-    from training.datasets import new_feedback_since
-
     marks = None
     for state in reversed(list_rounds(rounds_dir)):
         snap = Path(rounds_dir) / state["id"] / "snapshot.json"
         if state.get("status") in FINISHED and snap.is_file():
             marks = json.loads(snap.read_text(encoding="utf-8")).get("max_ids")
             break
-    return new_feedback_since(store, marks)
+    return store.new_feedback_since(marks)
 
 
 def _new_round_id(rounds_dir: Path) -> str:
