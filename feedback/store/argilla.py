@@ -123,7 +123,7 @@ class ArgillaStore(StoreBase):
     def mark_pairs_pushed(self, ids: list[int]) -> None:
         """Record that Argilla confirmed these pairs (after the upsert returned)."""
         with self._write() as session:
-            session.exec(  # type: ignore[call-overload]
+            session.exec(
                 update(ArgillaPair)
                 .where(col(ArgillaPair.id).in_(ids))
                 .values(status="pushed", pushed_at=utcnow(), last_error=None)
@@ -133,7 +133,7 @@ class ArgillaStore(StoreBase):
     def mark_pairs_failed(self, ids: list[int], error: str) -> None:
         """Count a failed push attempt; the pairs stay pending for the next sync."""
         with self._write() as session:
-            session.exec(  # type: ignore[call-overload]
+            session.exec(
                 update(ArgillaPair)
                 .where(col(ArgillaPair.id).in_(ids))
                 .values(attempts=ArgillaPair.attempts + 1, last_error=error[:500])
