@@ -10,8 +10,7 @@ written only when it is new or its `updated_at` changed, one transaction per pag
 killed half-way resumes where it stopped). Drafts are ignored, submitted and discarded are
 kept apart, one row per annotator. Then each touched pair gets its verdict
 (`feedback.agreement.verdict`) and, once decided, a preference (source "argilla"); a
-corrected answer becomes an SFT example and two edit pairs (`feedback.argilla_results`, in
-the Store's transaction for the page). Anything Argilla returns that
+corrected answer becomes an SFT example and two edit pairs. Anything Argilla returns that
 we cannot use (an unknown choice, a record we never pushed, a deleted record) is logged
 and skipped, never fatal.
 """
@@ -21,14 +20,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from feedback.agreement import agreement_report
+from sqlmodel import Session, select
+
+from feedback import bulk
+from feedback.agreement import agreement_report, verdict
 from feedback.argilla_stack import ArgillaError, Credentials
-from feedback.models import CHOICES, ArgillaPair
-
-if TYPE_CHECKING:
-    from feedback.store import Store
+from feedback.canonical import event_key
+from feedback.models import CHOICES, ArgillaPair, ArgillaResponse, Preference, utcnow
+from feedback.records import NewExample, NewPreference
 
 log = logging.getLogger("tuneloop.argilla")
 
@@ -182,7 +183,7 @@ def to_record(pair: ArgillaPair) -> Any:
     )
 
 
-def push(store: Store, dataset: Any, *, batch: int = 512) -> tuple[int, int]:
+def push(store: Any, dataset: Any, *, batch: int = 512) -> tuple[int, int]:
     """Upsert every pending pair; returns (pushed, failed). Failed pairs stay pending."""
     pushed = failed = 0
     while True:
@@ -206,7 +207,7 @@ def _users(http: Any) -> dict[str, str]:
     return {u["id"]: u["username"] for u in response.json()["items"]}
 
 
-def pull(store: Store, dataset: Any, target: Target, report: SyncReport) -> None:
+def pull(store: Any, dataset: Any, target: Target, report: SyncReport) -> None:
     """Read every record's responses; store what is new; decide the pairs it touched."""
     import httpx
 
@@ -279,19 +280,96 @@ def _parse(r: dict[str, Any], users: dict[str, str], report: SyncReport) -> dict
 
 
 def _apply(
-    store: Store, changes: list[tuple[int, dict[str, Any]]], target: Target, report: SyncReport
+    store: Any, changes: list[tuple[int, dict[str, Any]]], target: Target, report: SyncReport
 ) -> None:
-    """Store one page of responses and decide the touched pairs, in ONE transaction."""
-    page = store.apply_argilla_page(
-        changes, min_submitted=target.min_submitted, min_agreement=target.min_agreement
-    )
-    report.pulled += page.pulled
+    """Upsert one page of responses and decide the touched pairs, in ONE transaction."""
+
+    def settle(session: Session, touched: list[int]) -> SyncReport:
+        page = SyncReport()  # counted apart: a retried transaction starts again from zero
+        for pair_id in touched:
+            pair = session.get(ArgillaPair, pair_id)
+            assert pair is not None
+            _decide(session, pair, target, page)
+            _corrections(session, pair, [c for p, c in changes if p == pair_id], page)
+        return page
+
+    page = store.apply_argilla_page(changes, settle)
+    report.pulled += len(changes)
     report.decided += page.decided
     report.preferences += page.preferences
     report.corrections += page.corrections
 
 
-def sync(store: Store, target: Target) -> SyncReport:
+def _texts(pair: ArgillaPair) -> tuple[str, str]:
+    """(text shown as A, text shown as B)."""
+    return (pair.first, pair.second) if pair.first_is_a else (pair.second, pair.first)
+
+
+def _decide(session: Session, pair: ArgillaPair, target: Target, report: SyncReport) -> None:
+    rows = session.exec(
+        select(ArgillaResponse)
+        .where(ArgillaResponse.pair_id == pair.id)
+        .where(ArgillaResponse.status == "submitted")
+    ).all()
+    if len(rows) < target.min_submitted:
+        return
+    decision, agreement = verdict([r.choice for r in rows if r.choice])
+    first = pair.decision is None
+    pair.decision, pair.agreement = decision, round(agreement, 4)
+    pair.flagged = agreement < target.min_agreement
+    pair.decided_at = utcnow()
+    report.decided += first
+    if pair.flagged or decision == "split" or pair.preference_id is not None:
+        session.add(pair)
+        return
+    text_a, text_b = _texts(pair)
+    ids_a, ids_b = (
+        (pair.first_response_id, pair.second_response_id)
+        if pair.first_is_a
+        else (pair.second_response_id, pair.first_response_id)
+    )
+    chosen, rejected, chosen_id, rejected_id = (
+        (text_b, text_a, ids_b, ids_a) if decision == "B" else (text_a, text_b, ids_a, ids_b)
+    )
+    preference = Preference(
+        prompt_json=pair.prompt_json,
+        chosen=chosen,
+        rejected=rejected,
+        tie=decision == "tie",
+        source="argilla",
+        annotator=",".join(sorted(r.annotator for r in rows)),
+        chosen_response_id=chosen_id,
+        rejected_response_id=rejected_id,
+        dedup_key=event_key("argilla", pair.id or 0),
+    )
+    session.add(preference)
+    session.flush()
+    pair.preference_id = preference.id
+    session.add(pair)
+    report.preferences += 1
+
+
+def _corrections(
+    session: Session, pair: ArgillaPair, changes: list[dict[str, Any]], report: SyncReport
+) -> None:
+    """A submitted corrected answer: one SFT example, and corrected > each original."""
+    prompt = json.loads(pair.prompt_json)
+    for change in changes:
+        text = change["corrected"]
+        if change["status"] != "submitted" or not text:
+            continue
+        prefs = [
+            NewPreference(prompt=prompt, chosen=text, rejected=original,
+                          annotator=change["annotator"])
+            for original in (pair.first, pair.second)
+            if original.strip() != text
+        ]  # fmt: skip
+        example = NewExample(messages=[*prompt, {"role": "assistant", "content": text}])
+        bulk.add_bulk(session, preferences=prefs, examples=[example], source="argilla")
+        report.corrections += 1
+
+
+def sync(store: Any, target: Target) -> SyncReport:
     """Push pending pairs, then pull responses; raises ArgillaError if Argilla is away."""
     report = SyncReport()
     client = connect(target)
@@ -307,7 +385,7 @@ def sync(store: Store, target: Target) -> SyncReport:
     return report
 
 
-def agreement(store: Store) -> dict[str, Any]:
+def agreement(store: Any) -> dict[str, Any]:
     """Agreement over every submitted response in the store (see `feedback.agreement`)."""
     votes, flagged = store.argilla_votes()
     report = agreement_report(votes)

@@ -1,19 +1,19 @@
 """The Argilla outbox (pairs queued for ranking) and what a sync reads and writes.
 
 The policy lives beside it: `feedback.outbox` decides what a pair is and which reply is A,
-`feedback.argilla_sync` talks to Argilla, `feedback.argilla_results` turns answers into
-preferences. This part only runs their queries, in the store's short transactions.
+`feedback.argilla_sync` talks to Argilla and turns answers into preferences. This part runs
+their queries, in the store's short transactions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from feedback import argilla_results
 from feedback.models import (
     ArgillaPair,
     ArgillaResponse,
@@ -25,6 +25,8 @@ from feedback.models import (
 )
 from feedback.records import ResponseInfo
 from feedback.store.base import StoreBase, _response_info, retried
+
+T = TypeVar("T")
 
 # External ids per IN (...) query.
 _KEY_CHUNK = 500
@@ -186,16 +188,32 @@ class ArgillaStore(StoreBase):
     def apply_argilla_page(
         self,
         changes: list[tuple[int, dict[str, Any]]],
-        *,
-        min_submitted: int,
-        min_agreement: float,
-    ) -> argilla_results.PageResult:
-        """Store one pulled page of responses and decide the pairs it touched, in ONE
-        transaction (see `feedback.argilla_results.apply_page`)."""
+        settle: Callable[[Session, list[int]], T],
+    ) -> T:
+        """Upsert one pulled page of (pair id, response columns), then let `settle` decide
+        the pairs it touched (`feedback.argilla_sync`), all in ONE transaction: a sync
+        killed half-way resumes where it stopped. May run `settle` again after a busy
+        database, so `settle` keeps its counts to what it returns."""
         with self._write() as session:
-            return argilla_results.apply_page(
-                session, changes, min_submitted=min_submitted, min_agreement=min_agreement
-            )
+            existing = {
+                row.argilla_id: row
+                for row in session.exec(
+                    select(ArgillaResponse).where(
+                        col(ArgillaResponse.argilla_id).in_([c["argilla_id"] for _, c in changes])
+                    )
+                )
+            }
+            for pair_id, change in changes:
+                row = existing.get(change["argilla_id"])
+                if row is None:
+                    row = ArgillaResponse(pair_id=pair_id, **change)
+                else:
+                    for key, value in change.items():
+                        setattr(row, key, value)
+                    row.pulled_at = utcnow()
+                session.add(row)
+            session.flush()
+            return settle(session, sorted({pair_id for pair_id, _ in changes}))
 
     def argilla_votes(self) -> tuple[list[tuple[int, str, str]], int]:
         """Every submitted (pair id, annotator, choice), and how many pairs are flagged."""
