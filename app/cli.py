@@ -20,6 +20,7 @@ from app.cli_common import emit as _emit
 from app.cli_common import open_settings as _settings
 from app.cli_common import open_store as _store
 from app.config import Settings
+from feedback.atomic_write import write_atomic
 from feedback.logins import name_key
 
 app = typer.Typer(
@@ -71,10 +72,7 @@ def _first_admin(store: Any, settings: Settings) -> None:
     password = secrets.token_urlsafe(12)
     store.add_user(name="admin", role="operator", password=password)
     path = settings.home / "admin-password"
-    # created owner-only, never readable by others even for a moment
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(password + "\n")
+    write_atomic(path, password + "\n")  # owner-only from the start
     typer.echo(
         f"Created the first account: user 'admin' (operator), password {password}\n"
         f"(also saved in {path}). Add experts with: tuneloop users add NAME --role expert",

@@ -125,7 +125,6 @@ def add_annotator(settings: Settings, name: str, password: str) -> str:
 def status_payload(settings: Settings, store: Any) -> dict[str, Any]:
     """Outbox counts and agreement figures for `tuneloop status`."""
     from feedback.argilla_sync import agreement
-    from feedback.outbox import outbox_counts
 
     note: str | None
     try:
@@ -137,7 +136,7 @@ def status_payload(settings: Settings, store: Any) -> dict[str, Any]:
     return {
         "url": found.credentials.url if found else None,
         "note": note,
-        "outbox": outbox_counts(store),
+        "outbox": store.outbox_counts(),
         "agreement": agreement(store),
     }
 

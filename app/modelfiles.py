@@ -160,22 +160,19 @@ def _is_current(dest: Path, source: dict[str, object]) -> bool:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An advisory cross-process lock (POSIX); elsewhere the atomic rename alone protects."""
-    with open(path, "a") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            yield
-            return
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"Waiting for another process converting the model ({path})...", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """A cross-process lock (`filelock`), announced on stderr when another process holds it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        print(f"Waiting for another process converting the model ({path})...", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager

@@ -223,12 +223,23 @@ def build_ui(service: ChatService) -> gr.Blocks:
                 convs = gr.update()
             return index, info, text, convs
 
-        for trigger, api in ((send.click, "chat"), (message.submit, False)):
-            trigger(respond, [message, state], streamed, api_name=api, postprocess=False).then(
+        # The send button is the /chat endpoint; Enter in the box runs the same, privately.
+        for trigger, api, shown in (
+            (send.click, "chat", "public"),
+            (message.submit, None, "private"),
+        ):
+            trigger(
+                respond,
+                [message, state],
+                streamed,
+                api_name=api,
+                api_visibility=shown,
+                postprocess=False,
+            ).then(
                 settle,
                 [state, replied],
                 [selected, selected_info, correction, conversations],
-                api_name=False,
+                api_visibility="private",
             )
 
         def start_new() -> tuple[Any, ...]:
@@ -238,10 +249,10 @@ def build_ui(service: ChatService) -> gr.Blocks:
 
         fresh = [chatbot, state, selected, selected_info, correction, notice, pair, picks]
         new_chat.click(start_new, None, fresh, api_name="new_chat").then(
-            lambda: gr.update(value=None), None, conversations, api_name=False
+            lambda: gr.update(value=None), None, conversations, api_visibility="private"
         )
         # The chatbot's own "clear" icon starts a new conversation too (nothing is deleted).
-        chatbot.clear(start_new, None, fresh, api_name=False)
+        chatbot.clear(start_new, None, fresh, api_visibility="private")
 
         def reopen(conversation_id: int | None, request: gr.Request) -> tuple[Any, ...]:
             if conversation_id is None:

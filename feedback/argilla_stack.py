@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.argilla_launcher import SECRET_ARGS_FLAG
+from feedback.atomic_write import write_atomic
 from feedback.errors import FeedbackError
 
 LAUNCHER = Path(__file__).resolve().parent / "argilla_launcher.py"
@@ -98,9 +99,7 @@ class LocalStack:
             return {"processes": {}, "ports": {}}
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-        os.replace(tmp, self.state_file)
+        write_atomic(self.state_file, json.dumps(state, indent=1))
 
     def _alive(self, state: dict[str, Any]) -> dict[str, int]:
         """name -> pid of the recorded processes that are still the ones we started."""
@@ -237,16 +236,16 @@ class LocalStack:
             return
         password = secrets.token_urlsafe(12)
         api_key = "tl.argilla." + secrets.token_urlsafe(24)
-        tmp = self.credentials_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"username": OWNER, "password": password, "api_key": api_key}, out)
         self._server_cli(
             state, "database", "users", "create", "--username", OWNER, "--first-name", OWNER,
             "--role", "owner", "--workspace", self.workspace,
             secret_args=("--password", password, "--api-key", api_key),
         )  # fmt: skip
-        os.replace(tmp, self.credentials_file)
+        # Saved once Argilla has the owner: these credentials are the ones that work.
+        write_atomic(
+            self.credentials_file,
+            json.dumps({"username": OWNER, "password": password, "api_key": api_key}),
+        )
 
     def _healthy(self, timeout: float) -> bool:
         creds = self.credentials()

@@ -22,14 +22,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from feedback import bulk
 from feedback.agreement import agreement_report, verdict
 from feedback.argilla_stack import ArgillaError, Credentials
 from feedback.canonical import event_key
 from feedback.models import CHOICES, ArgillaPair, ArgillaResponse, Preference, utcnow
-from feedback.outbox import mark_failed, mark_pushed, pending, write_session
 from feedback.pii import scrub_texts
 from feedback.records import NewExample, NewPreference
 
@@ -202,17 +201,17 @@ def push(store: Any, dataset: Any, *, batch: int = 512, pii_region: str = "US") 
     pending."""
     pushed = failed = 0
     while True:
-        pairs = pending(store, limit=batch)
+        pairs = store.pending_pairs(limit=batch)
         if not pairs:
             return pushed, failed
         ids = [p.id for p in pairs if p.id is not None]
         try:
             dataset.records.log([to_record(p, pii_region) for p in pairs], batch_size=256)
         except Exception as err:
-            mark_failed(store, ids, f"{type(err).__name__}: {err}")
+            store.mark_pairs_failed(ids, f"{type(err).__name__}: {err}")
             log.warning("push of %d pairs failed (%s); they stay queued", len(ids), err)
             return pushed, failed + len(ids)
-        mark_pushed(store, ids)
+        store.mark_pairs_pushed(ids)
         pushed += len(ids)
 
 
@@ -227,21 +226,7 @@ def pull(store: Any, dataset: Any, target: Target, report: SyncReport) -> None:
     import httpx
 
     creds = target.credentials
-    with Session(store.engine) as session:
-        pairs: dict[str, int] = {
-            ext: pid or 0
-            for ext, pid in session.exec(select(ArgillaPair.external_id, ArgillaPair.id)).all()
-        }
-        known = dict(
-            session.exec(
-                select(ArgillaResponse.argilla_id, ArgillaResponse.argilla_updated_at)
-            ).all()
-        )
-        pushed = set(
-            session.exec(
-                select(ArgillaPair.external_id).where(ArgillaPair.status == "pushed")
-            ).all()
-        )
+    pairs, known, pushed = store.argilla_seen()
     headers = {"X-Argilla-Api-Key": creds.api_key}
     with httpx.Client(base_url=creds.url, headers=headers, timeout=target.timeout) as http:
         users = _users(http)
@@ -312,34 +297,22 @@ def _apply(
     store: Any, changes: list[tuple[int, dict[str, Any]]], target: Target, report: SyncReport
 ) -> None:
     """Upsert one page of responses and decide the touched pairs, in ONE transaction."""
-    with write_session(store) as session:
-        existing = {
-            row.argilla_id: row
-            for row in session.exec(
-                select(ArgillaResponse).where(
-                    col(ArgillaResponse.argilla_id).in_([c["argilla_id"] for _, c in changes])
-                )
-            )
-        }
-        touched: set[int] = set()
-        for pair_id, change in changes:
-            row = existing.get(change["argilla_id"])
-            if row is None:
-                row = ArgillaResponse(pair_id=pair_id, **change)
-            else:
-                for key, value in change.items():
-                    setattr(row, key, value)
-                row.pulled_at = utcnow()
-            session.add(row)
-            touched.add(pair_id)
-            report.pulled += 1
-        session.flush()
-        for pair_id in sorted(touched):
+
+    def settle(session: Session, touched: list[int]) -> SyncReport:
+        page = SyncReport()  # counted apart: a retried transaction starts again from zero
+        for pair_id in touched:
             pair = session.get(ArgillaPair, pair_id)
             assert pair is not None
-            _decide(session, pair, target, report)
+            _decide(session, pair, target, page)
             mine = [c for p, c in changes if p == pair_id]
-            _corrections(session, pair, mine, report, target.pii_region)
+            _corrections(session, pair, mine, page, target.pii_region)
+        return page
+
+    page = store.apply_argilla_page(changes, settle)
+    report.pulled += len(changes)
+    report.decided += page.decided
+    report.preferences += page.preferences
+    report.corrections += page.corrections
 
 
 def _texts(pair: ArgillaPair) -> tuple[str, str]:
@@ -435,18 +408,7 @@ def sync(store: Any, target: Target) -> SyncReport:
 
 def agreement(store: Any) -> dict[str, Any]:
     """Agreement over every submitted response in the store (see `feedback.agreement`)."""
-    with Session(store.engine) as session:
-        votes = session.exec(
-            select(ArgillaResponse.pair_id, ArgillaResponse.annotator, ArgillaResponse.choice)
-            .where(ArgillaResponse.status == "submitted")
-            .where(col(ArgillaResponse.choice).is_not(None))
-        ).all()
-        flagged = [
-            pid
-            for pid in session.exec(
-                select(ArgillaPair.id).where(col(ArgillaPair.flagged).is_(True))
-            )
-        ]
-    report = agreement_report([(p, a, c) for p, a, c in votes if c is not None])
-    report["flagged_records"] = len(flagged)
+    votes, flagged = store.argilla_votes()
+    report = agreement_report(votes)
+    report["flagged_records"] = flagged
     return report

@@ -17,14 +17,13 @@ Exports are PII-scrubbed (`feedback.pii`) unless the operator asks for the raw t
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import atomic_writer
 from feedback.errors import FeedbackError
 from feedback.messages import check_conversation, clean_messages
 from feedback.pii import scrub_row
@@ -281,7 +280,7 @@ def export(
     Each row is PII-scrubbed (`feedback.pii`, phone numbers read for `pii_region`) since
     people read export files; `raw=True` writes the store's text as it is, for operators.
 
-    The file appears complete or not at all (temp file, fsync, os.replace), so a trainer
+    The file appears complete or not at all (`feedback.atomic_write`), so a trainer
     never reads half an export.
     """
     if kind not in EXPORT_KINDS:
@@ -296,20 +295,11 @@ def export(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FeedbackError(f"cannot create {out.parent}: {err.strerror}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                if not raw:
-                    row = scrub_row(row, region=pii_region)
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out) as handle:  # owner-only, like everything else tuneloop writes
+        for row in rows:
+            if not raw:
+                row = scrub_row(row, region=pii_region)
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count

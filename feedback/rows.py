@@ -126,15 +126,7 @@ def _well_rated_argilla_winners(session: Session) -> list[tuple[str, str]]:
     """(prompt_json, chosen) of decided Argilla pairs rated good by the annotators who
     voted for the winner (see `ARGILLA_SFT_MIN_RATING`)."""
     votes = session.exec(
-        select(
-            ArgillaPair.id,
-            ArgillaPair.decision,
-            ArgillaResponse.choice,
-            ArgillaResponse.rating,
-            ArgillaResponse.corrected,
-            Preference.prompt_json,
-            Preference.chosen,
-        )  # fmt: skip
+        select(ArgillaPair, ArgillaResponse, Preference)
         .join(ArgillaResponse, col(ArgillaResponse.pair_id) == col(ArgillaPair.id))
         .join(Preference, col(Preference.id) == col(ArgillaPair.preference_id))
         .where(col(ArgillaPair.decision).in_(["A", "B"]))
@@ -145,14 +137,14 @@ def _well_rated_argilla_winners(session: Session) -> list[tuple[str, str]]:
     ratings: dict[int, list[int]] = {}
     corrected: set[int] = set()
     texts: dict[int, tuple[str, str]] = {}
-    for pair_id, decision, choice, rating, correction, prompt_json, chosen in votes:
-        if choice != decision:
+    for pair, vote, preference in votes:
+        if vote.choice != pair.decision or pair.id is None:
             continue
-        texts[pair_id] = (prompt_json, chosen)
-        if correction and correction.strip():
-            corrected.add(pair_id)
-        if rating is not None:
-            ratings.setdefault(pair_id, []).append(rating)
+        texts[pair.id] = (preference.prompt_json, preference.chosen)
+        if vote.corrected and vote.corrected.strip():
+            corrected.add(pair.id)
+        if vote.rating is not None:
+            ratings.setdefault(pair.id, []).append(vote.rating)
     return [
         texts[pair_id]
         for pair_id, given in ratings.items()

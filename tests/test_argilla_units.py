@@ -17,7 +17,6 @@ from feedback.agreement import agreement_report, alpha, verdict
 from feedback.argilla_sync import SyncReport, _parse
 from feedback.errors import FeedbackError
 from feedback.outbox import (
-    outbox_counts,
     queue_pair,
     queue_undecided_comparisons,
     thumbs_down_to_pair,
@@ -102,7 +101,7 @@ def test_outbox_queues_once_and_picks_undecided_compares(tmp_path: Path) -> None
     assert queue_undecided_comparisons(store) == 1
     assert queue_undecided_comparisons(store) == 0  # queued once
     store.decide_comparison(comparison_id=undecided, user_id=user, choice="A")
-    assert outbox_counts(store)["pending"] == 2
+    assert store.outbox_counts()["pending"] == 2
 
 
 def test_thumbs_down_replies_are_offered_once_and_not_when_corrected(tmp_path: Path) -> None:

@@ -288,10 +288,10 @@ def test_one_round_at_a_time_and_a_crashed_lock_is_free(
     rounds = settings.home / "rounds"
     with _exclusive(rounds), pytest.raises(RoundBusyError):
         _run(settings, store, tiny_model_dir)
-    # A process that dies holding the lock leaves nothing stuck: the OS drops flock locks.
+    # A process that dies holding the lock leaves nothing stuck: the OS drops its flock.
     code = (
-        "import fcntl, os, sys; f = open(sys.argv[1], 'a'); "
-        "fcntl.flock(f, fcntl.LOCK_EX); os._exit(3)"
+        "import os, sys; from filelock import FileLock; "
+        "FileLock(sys.argv[1]).acquire(); os._exit(3)"
     )
     assert subprocess.run([sys.executable, "-c", code, str(rounds / ".lock")]).returncode == 3
     with _exclusive(rounds):

@@ -96,8 +96,6 @@ def _prefs(store: Store, n: int, start: int = 0) -> None:
 def test_check_reads_new_feedback_and_rounds_from_disk(tmp_path: Path) -> None:
     """The decision comes from the store and the rounds dir alone: a fresh watcher process
     (a restart) decides exactly what the old one would have."""
-    from training.datasets import feedback_marks
-
     store = Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
     rounds = tmp_path / "rounds"
     _prefs(store, 4)
@@ -107,7 +105,7 @@ def test_check_reads_new_feedback_and_rounds_from_disk(tmp_path: Path) -> None:
     # a finished round froze those 4; two more arrive: below the threshold
     folder = rounds / "r0001-20261122T0930"
     folder.mkdir(parents=True)
-    (folder / "snapshot.json").write_text(json.dumps(feedback_marks(store)))
+    (folder / "snapshot.json").write_text(json.dumps(store.feedback_marks()))
     state = _round(1, "promoted", minutes_ago=1)
     (folder / "state.json").write_text(json.dumps(state))
     _prefs(store, 2, start=10)

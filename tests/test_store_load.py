@@ -112,7 +112,7 @@ def test_a_locked_database_is_retried_then_reported_in_plain_words(
     monkeypatch.setattr(
         db, "SQLITE_PRAGMAS", tuple(p for p in db.SQLITE_PRAGMAS if "busy" not in p)
     )
-    monkeypatch.setattr("feedback.store.RETRY_PAUSES_S", (0.05, 0.05))
+    monkeypatch.setattr("feedback.store.base.RETRY_PAUSES_S", (0.05, 0.05))
     path = tmp_path / "s.db"
     store = Store.open(f"sqlite:///{path}")
     user = store.add_user(name="erin", role="expert", password="pw")

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import write_atomic
 from feedback.canonical import canonical_json
 from feedback.pii import scrub_row
-from feedback.split import HeldoutSplit
 from training.curation import CurationReport, dedup, drop_near_heldout
 
 Row = dict[str, Any]
@@ -144,9 +143,7 @@ def replay_rows(
     ]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"rows": out, "cut_off": len(cut)}), encoding="utf-8")
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps({"rows": out, "cut_off": len(cut)}))
     return out
 
 
@@ -279,7 +276,7 @@ def take_snapshot(
             "near_heldout": report.near_heldout,
             "pii": report.pii,
         },
-        **feedback_marks(store, plan),
+        **store.feedback_marks(plan),
     }
     return snap
 
@@ -317,59 +314,3 @@ def load_snapshot(folder: Path) -> Snapshot:
         parts[part] = [json.loads(line) for line in text.splitlines() if line.strip()]
     info = json.loads((Path(folder) / "snapshot.json").read_text(encoding="utf-8"))
     return Snapshot(info=info, **parts)
-
-
-def feedback_marks(store: Any, plan: HeldoutSplit | None = None) -> dict[str, Any]:
-    """The newest preference / correction / rating ids now, and the training pairs' ids.
-
-    A later `new_feedback_since` counts rows with larger ids. Read-only queries on the
-    store's tables; the store itself has no query for ids.
-    """
-    from sqlalchemy import func
-    from sqlmodel import Session, col, select
-
-    from feedback.models import Correction, Preference, Rating
-
-    with Session(store.engine) as session:
-        marks = {
-            name: int(session.exec(select(func.max(col(model.id)))).one() or 0)
-            for name, model in (
-                ("preferences", Preference),
-                ("corrections", Correction),
-                ("ratings", Rating),
-            )
-        }
-        pairs = session.exec(
-            select(Preference.id, Preference.prompt_json, Preference.chosen)
-            .where(col(Preference.tie).is_(False))
-            .order_by(col(Preference.id))
-        ).all()
-    plan = plan or HeldoutSplit()
-    ids = [
-        int(i or 0)
-        for i, prompt, chosen in pairs
-        if plan.in_split("train", json.loads(prompt), [chosen])
-    ]
-    return {"max_ids": marks, "preference_ids": ids}
-
-
-def new_feedback_since(store: Any, max_ids: dict[str, int] | None) -> dict[str, int]:
-    """How many preferences / corrections / ratings have ids above `max_ids` (None: all)."""
-    from sqlalchemy import func
-    from sqlmodel import Session, col, select
-
-    from feedback.models import Correction, Preference, Rating
-
-    marks = max_ids or {}
-    out = {}
-    with Session(store.engine) as session:
-        for name, model in (
-            ("preferences", Preference),
-            ("corrections", Correction),
-            ("ratings", Rating),
-        ):
-            query = (
-                select(func.count()).select_from(model).where(col(model.id) > marks.get(name, 0))
-            )
-            out[name] = int(session.exec(query).one())
-    return out

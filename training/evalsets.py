@@ -20,12 +20,12 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import write_atomic
 from training.gate import GateConfig
 from training.generate import (
     generate_replies,
@@ -461,8 +461,6 @@ def _read_cache(path: Path, n: int) -> list[str] | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically (temp file, then rename)."""
+    """Write `data` to `path` atomically (`feedback.atomic_write`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from feedback.atomic_write import atomic_writer
 
 # Measured with bench/generate.py on a 2-core CPU (SmolLM2-135M, 64 new tokens): replies/s
 # grows up to about 8 rows per batch and flattens beyond. A GPU takes much larger batches.
@@ -429,10 +430,6 @@ def _read_done(out_path: Path, adapter: str) -> list[dict[str, Any]]:
 def _write_in_order(out_path: Path, rows: list[dict[str, Any]]) -> None:
     """Replace `out_path` atomically with `rows`, one JSON object a line."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_writer(out_path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_path)

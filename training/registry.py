@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import fsync_dir, write_atomic
+
 MANIFEST = "MANIFEST.json"
 # Safe as a directory name everywhere and unambiguous in a one-line pointer file.
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -112,16 +114,7 @@ class Registry:
         with self._locked():
             data = self.info(version)
             data.update(fields)
-            fd, tmp = tempfile.mkstemp(prefix=f".{version}-", dir=target.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(json.dumps(data, indent=2, default=str) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(target, json.dumps(data, indent=2, default=str) + "\n")
         return data
 
     def register(self, version: str, adapter_dir: Path) -> Path:
@@ -158,15 +151,15 @@ class Registry:
                     "source": str(adapter_dir.resolve()),
                     "files": files,
                 }
-                _write_durably(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+                write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
                 for rel in files:
                     _fsync_file(tmp / rel)
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 os.rename(tmp, dest)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
         return dest
 
     def verify(self, version: str) -> Path:
@@ -214,18 +207,9 @@ class Registry:
                 return
             if version is None:
                 self.pointer_file.unlink(missing_ok=True)
+                fsync_dir(self.root)
             else:
-                fd, tmp = tempfile.mkstemp(prefix=".CURRENT-", dir=self.root)
-                try:
-                    with os.fdopen(fd, "w", encoding="utf-8") as f:
-                        f.write(version + "\n")
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, self.pointer_file)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
-            _fsync_dir(self.root)
+                write_atomic(self.pointer_file, version + "\n")
             entry = {"at": datetime.now(UTC).isoformat(), "from": previous, "to": version}
             with open(self.history_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -290,19 +274,12 @@ class Registry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Serialise writers (other processes included) with an advisory lock file."""
+        """Serialise writers (other processes included) with a lock file (`filelock`)."""
+        from filelock import FileLock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_file, "a") as handle:
-            try:
-                import fcntl
-            except ImportError:  # pragma: no cover - Windows: renames stay atomic, no lock
-                yield
-                return
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(self._lock_file):
+            yield
 
 
 def _check_name(version: str) -> None:
@@ -326,27 +303,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

@@ -7,7 +7,7 @@ Everything a round does lands under `rounds_dir/<round id>/`:
     snapshot.json  + data/*.jsonl: the frozen, curated rows and their hash
     sft/, dpo/, kto/  checkpoints and each stage's adapter
     report.json, report.md, *.png
-One round at a time: an exclusive `flock` on `rounds_dir/.lock`, which the OS releases
+One round at a time: an exclusive lock (`filelock`) on `rounds_dir/.lock`, which the OS releases
 when a crashed round's process dies. A round launched as several processes (torchrun,
 `accelerate launch`) trains on all of them; the lock, the snapshot, evaluation, the gate,
 the registry and every file above belong to the main process (training/ranks.py), and the
@@ -19,9 +19,7 @@ unfinished round from its snapshot and last checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,8 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import write_atomic
 from training import ranks
 from training.registry import Registry
+from training.schedule import LOCK_NAME, lock_held
 from training.stages import NonFiniteLossError, RoundConfig
 
 __all__ = [
@@ -84,30 +84,23 @@ def _now() -> str:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace `path` atomically, so a reader sees the old or the new state, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 @contextmanager
 def _exclusive(rounds_dir: Path) -> Iterator[None]:
-    import fcntl
+    from filelock import FileLock, Timeout
 
     rounds_dir.mkdir(parents=True, exist_ok=True)
-    with open(rounds_dir / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RoundBusyError("another training round is running; wait for it") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(rounds_dir / LOCK_NAME, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RoundBusyError("another training round is running; wait for it") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
@@ -120,17 +113,10 @@ def _round_lock(rounds_dir: Path) -> Iterator[None]:
 
 
 def _lock_is_free(rounds_dir: Path) -> bool:
-    import fcntl
-
     try:
-        with open(rounds_dir / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    except BlockingIOError:
+        return not lock_held(rounds_dir)
+    except OSError:  # an unreadable lock file: not known to be free
         return False
-    except OSError:
-        return False
-    return True
 
 
 def list_rounds(rounds_dir: Path) -> list[dict[str, Any]]:
@@ -160,15 +146,13 @@ def list_rounds(rounds_dir: Path) -> list[dict[str, Any]]:
 
 def new_feedback_since_last_round(store: Any, rounds_dir: Path) -> dict[str, int]:
     """Preferences / corrections / ratings added after the last finished round's snapshot."""
-    from training.datasets import new_feedback_since
-
     marks = None
     for state in reversed(list_rounds(rounds_dir)):
         snap = Path(rounds_dir) / state["id"] / "snapshot.json"
         if state.get("status") in FINISHED and snap.is_file():
             marks = json.loads(snap.read_text(encoding="utf-8")).get("max_ids")
             break
-    return new_feedback_since(store, marks)
+    return store.new_feedback_since(marks)
 
 
 def _new_round_id(rounds_dir: Path) -> str:

@@ -9,7 +9,8 @@ Each round runs as a `tuneloop train --json` subprocess, not in the watcher's pr
 the memory of a round (a model, optimizer state) is returned to the system when it ends, a
 crash or an out-of-memory kill in a round cannot take the watcher down, and the schedule,
 the operator tab's button and an operator at the shell all start rounds the same way. The
-round's own lock (`rounds_dir/.lock`, fcntl, released by the OS when a process dies) keeps
+round's own lock (`rounds_dir/.lock`, a `filelock` lock: flock, released by the OS when
+a process dies) keeps
 it to one round at a time; the watcher only peeks at it to avoid starting a doomed process.
 A round left "running" whose lock is free crashed, and one marked failed with the reason
 "interrupted" was stopped (Ctrl-C on the watcher, a shutdown): the watcher resumes either
@@ -57,17 +58,17 @@ class Decision:
 
 def lock_held(rounds_dir: Path) -> bool:
     """Whether a round holds `rounds_dir/.lock` right now (a dead process holds nothing)."""
-    import fcntl
+    from filelock import FileLock, Timeout
 
     path = Path(rounds_dir) / LOCK_NAME
     if not path.exists():
         return False
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    probe = FileLock(path, blocking=False)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    probe.release()
     return False
 
 
