@@ -1,9 +1,12 @@
 """The store under load, through a real `tuneloop serve` (tiny model: the store is measured).
 
 1. A bulk `tuneloop import` of N pairs alone, then another N while 8 simulated experts
-   rate, correct and pick (compare, then A/B) as fast as the page answers them. Reports
-   failed actions (no "Saved" acknowledgement), lost ones (acknowledged but not stored),
-   p50/p95 click-to-acknowledgement, and the import's speed under load / alone.
+   rate, correct and pick (compare, then A/B) as fast as the page answers them and `serve`
+   syncs with a real local Argilla (started with `tuneloop argilla up` in the run's home;
+   a backlog of pairs is queued as the import starts, so the sync pushes while it runs).
+   Reports failed actions (no "Saved" acknowledgement), lost ones (acknowledged but not
+   stored), p50/p95 click-to-acknowledgement, the import's speed under load / alone, and
+   what the sync pushed meanwhile.
 2. A login storm: 160 concurrent wrong passwords (the per-address lockout raised out of the
    way, so every one is a real Argon2 check: the worst case, many addresses) while
    logged-in users keep loading the page's config; p50/p95 of their requests.
@@ -12,6 +15,7 @@ Both on SQLite and on a throwaway PostgreSQL cluster (Debian's binaries).
 
     .venv/bin/python -m bench.store_load                          # 200k rows, both databases
     .venv/bin/python -m bench.store_load --rows 50000 --db sqlite --no-storm
+    .venv/bin/python -m bench.store_load --no-argilla   # without the Argilla stack (faster)
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 EXPERTS = 8
+# Pairs queued for Argilla when the loaded import starts; `serve` pushes them meanwhile.
+SYNC_BACKLOG = 300
 
 
 def pct(values: list[float], q: float) -> float:
@@ -137,7 +143,39 @@ def stored(url: str) -> dict[str, int]:
     return counts
 
 
-def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) -> dict[str, Any]:
+def queue_backlog(home: Path, env: dict[str, str], n: int) -> None:
+    """Queue `n` pairs for Argilla in the run's store (as `pairs generate` would)."""
+    from feedback.outbox import NewPair, queue_pairs
+    from feedback.store import Store
+
+    store = Store.open(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")
+    pairs = [
+        NewPair(
+            source="generated",
+            prompt=[{"role": "user", "content": f"Backlog question {i}: the router is slow?"}],
+            first=f"Restart it ({i}).",
+            second=f"Call us ({i}).",
+        )
+        for i in range(n)
+    ]
+    queue_pairs(store, pairs)
+    store.engine.dispose()
+
+
+def outbox(home: Path, env: dict[str, str]) -> dict[str, int]:
+    from feedback.outbox import outbox_counts
+    from feedback.store import Store
+
+    store = Store.open(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")
+    try:
+        return outbox_counts(store)
+    finally:
+        store.engine.dispose()
+
+
+def feedback_under_import(
+    url: str, home: Path, env: dict[str, str], rows: int, argilla: bool
+) -> dict[str, Any]:
     alone_s, alone = run_import(home, env, write_pairs(home / "alone.jsonl", rows, "alone"))
     stop = threading.Event()
     experts = [Expert(url, f"expert{i}", stop) for i in range(EXPERTS)]
@@ -148,9 +186,14 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
     time.sleep(2.0)  # every expert busy
     quiet_from = time.perf_counter()
     time.sleep(20.0)  # the same experts without an import: the baseline
+    loaded_data = write_pairs(home / "loaded.jsonl", rows, "loaded")
+    before = outbox(home, env) if argilla else {}
     import_from = time.perf_counter()
-    loaded_s, loaded = run_import(home, env, write_pairs(home / "loaded.jsonl", rows, "loaded"))
+    if argilla:
+        queue_backlog(home, env, SYNC_BACKLOG)
+    loaded_s, loaded = run_import(home, env, loaded_data)
     import_to = time.perf_counter()
+    after = outbox(home, env) if argilla else {}
     stop.set()
     for expert in experts:
         expert.join(timeout=120)
@@ -168,6 +211,9 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
 
     latencies, quiet = window(import_from, import_to), window(quiet_from, import_from)
     failed = [f for e in experts for f in e.failed]
+    sync = {}
+    if argilla:  # pushed to Argilla while the import ran (backlog and 👎 pairs)
+        sync = {"argilla_pushed_during_import": after["pushed"] - before["pushed"]}
     return {
         "import_rows": rows,
         "import_alone_s": round(alone_s, 1),
@@ -182,6 +228,7 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
         "ack_p95_ms": round(1000 * pct(latencies, 0.95)),
         "ack_without_import_p50_ms": round(1000 * pct(quiet, 0.5)),
         "ack_without_import_p95_ms": round(1000 * pct(quiet, 0.95)),
+        **sync,
     }
 
 
@@ -239,13 +286,28 @@ def login_storm(url: str, attempts: int) -> dict[str, Any]:
     }
 
 
-def run(db: str, rows: int, storm: int, model_dir: Path, stack: ExitStack) -> dict[str, Any]:
+def argilla_up(home: Path, env: dict[str, str], stack: ExitStack) -> None:
+    """`tuneloop argilla up` in the run's home (its own ports); `argilla down` at the end."""
+    from tests.server import free_port
+
+    env["TUNELOOP_ARGILLA_PORT"] = str(free_port())
+    full = {**os.environ, "TUNELOOP_HOME": str(home), **env}
+    cli = [sys.executable, "-m", "app.cli", "argilla"]
+    up = subprocess.run([*cli, "up", "--json"], env=full, capture_output=True, text=True)
+    if up.returncode:
+        raise SystemExit(f"argilla up failed: {up.stderr.strip()[-500:]}")
+    stack.callback(subprocess.run, [*cli, "down"], env=full, capture_output=True, check=False)
+
+
+def run(
+    db: str, rows: int, storm: int, model_dir: Path, stack: ExitStack, sync_seconds: float
+) -> dict[str, Any]:
     from tests.server import add_user, serve
 
     home = Path(tempfile.mkdtemp(prefix=f"tuneloop-load-{db}-"))
     env = {
         "TUNELOOP_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
-        "TUNELOOP_ARGILLA_SYNC_SECONDS": "0",
+        "TUNELOOP_ARGILLA_SYNC_SECONDS": str(sync_seconds),
     }
     if db == "postgres":
         from tests.pgcluster import throwaway_cluster
@@ -258,10 +320,12 @@ def run(db: str, rows: int, storm: int, model_dir: Path, stack: ExitStack) -> di
             connection.execute(text('CREATE DATABASE "load"'))
         admin.dispose()
         env["TUNELOOP_DATABASE_URL"] = f"{base}/load"
+    if sync_seconds:
+        argilla_up(home, env, stack)
     for i in range(EXPERTS):
         add_user(home, f"expert{i}", "expert", f"expert{i}-password", **env)
     with serve(home, model=str(model_dir), **env) as (url, _):
-        result = {"db": db, **feedback_under_import(url, home, env, rows)}
+        result = {"db": db, **feedback_under_import(url, home, env, rows, bool(sync_seconds))}
         if storm:
             result["login_storm"] = login_storm(url, storm)
     return result
@@ -273,14 +337,22 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--storm", type=int, default=160, help="concurrent wrong passwords")
     parser.add_argument("--no-storm", action="store_true")
+    parser.add_argument(
+        "--sync-seconds", type=float, default=5.0, help="how often `serve` syncs with Argilla"
+    )
+    parser.add_argument(
+        "--no-argilla", action="store_true", help="no Argilla stack, no sync (saves ~1 min)"
+    )
     args = parser.parse_args()
+    sync_seconds = 0.0 if args.no_argilla else args.sync_seconds
     from tests.tiny import build_tiny_model
 
     model_dir = build_tiny_model(Path(tempfile.mkdtemp(prefix="tuneloop-tiny-")) / "model")
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     with ExitStack() as stack:
         for db in dbs:
-            result = run(db, args.rows, 0 if args.no_storm else args.storm, model_dir, stack)
+            storm = 0 if args.no_storm else args.storm
+            result = run(db, args.rows, storm, model_dir, stack, sync_seconds)
             print(json.dumps(result), flush=True)
 
 

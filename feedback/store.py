@@ -54,6 +54,7 @@ from feedback.records import (
     as_utc,
 )
 from feedback.split import HeldoutSplit
+from feedback.writegate import gated, write_gate
 
 Row = dict[str, Any]
 
@@ -125,6 +126,8 @@ class Store:
         self.engine = engine
         # Same pool; on SQLite its transactions BEGIN IMMEDIATE (see feedback.db).
         self._writer = engine.execution_options(**WRITE_OPTIONS)
+        # SQLite: writers queue fairly for the write lock, clicks ahead of bulk batches.
+        self._gate = write_gate(engine)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -132,14 +135,18 @@ class Store:
         return cls(make_engine(url))
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def _write(self, *, bulk: bool = False) -> Iterator[Session]:
         """A session whose work is committed when the block ends without an error.
 
         A database that stays locked past the busy timeout, or a dropped connection,
         becomes StoreBusyError: a plain message, and nothing of the block was stored.
+        `bulk`: one batch of a big write, which lets waiting clicks go first.
         """
         try:
-            with Session(self._writer, expire_on_commit=False) as session:
+            with (
+                gated(self._gate, bulk=bulk),
+                Session(self._writer, expire_on_commit=False) as session,
+            ):
                 yield session
                 session.commit()
         except OperationalError as err:
@@ -597,6 +604,6 @@ class Store:
         prepared = bulk.prepare(preferences, examples, source)  # outside any transaction
         added = 0
         for batch in prepared.batches(batch_rows):
-            with self._write() as session:
+            with self._write(bulk=True) as session:
                 added += bulk.insert_new(session, batch)
         return BulkResult(added=added, duplicates=prepared.total - added)
