@@ -65,6 +65,27 @@ def write_pairs(path: Path, n: int, tag: str) -> Path:
     return path
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy so far, all cores (Linux /proc)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished children (the imports)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_import(home: Path, env: dict[str, str], data: Path) -> tuple[float, dict[str, Any]]:
     start = time.perf_counter()
     done = subprocess.run(
@@ -174,9 +195,11 @@ def outbox(home: Path, env: dict[str, str]) -> dict[str, int]:
 
 
 def feedback_under_import(
-    url: str, home: Path, env: dict[str, str], rows: int, argilla: bool
+    url: str, serve_pid: int, home: Path, env: dict[str, str], rows: int, argilla: bool
 ) -> dict[str, Any]:
+    child_before = children_cpu_s()
     alone_s, alone = run_import(home, env, write_pairs(home / "alone.jsonl", rows, "alone"))
+    import_alone_cpu = children_cpu_s() - child_before
     stop = threading.Event()
     experts = [Expert(url, f"expert{i}", stop) for i in range(EXPERTS)]
     for expert in experts:
@@ -191,8 +214,22 @@ def feedback_under_import(
     import_from = time.perf_counter()
     if argilla:
         queue_backlog(home, env, SYNC_BACKLOG)
+    # Where the CPU went while the import ran: the import, serve, this process (the 8
+    # experts' clients, which in real life run on the experts' own machines) and the rest
+    # of the machine (the Argilla stack, and anything else running on it).
+    cpu_before = (children_cpu_s(), process_cpu_s(serve_pid), sum(os.times()[:2]))
+    machine_before = machine_cpu_s()
     loaded_s, loaded = run_import(home, env, loaded_data)
     import_to = time.perf_counter()
+    machine = machine_cpu_s() - machine_before
+    spent = [
+        now - then
+        for now, then in zip(
+            (children_cpu_s(), process_cpu_s(serve_pid), sum(os.times()[:2])),
+            cpu_before,
+            strict=True,
+        )
+    ]
     after = outbox(home, env) if argilla else {}
     stop.set()
     for expert in experts:
@@ -213,7 +250,19 @@ def feedback_under_import(
     failed = [f for e in experts for f in e.failed]
     sync = {}
     if argilla:  # pushed to Argilla while the import ran (backlog and 👎 pairs)
-        sync = {"argilla_pushed_during_import": after["pushed"] - before["pushed"]}
+        sync = {
+            "argilla_pushed_during_import": after["pushed"] - before["pushed"],
+            "argilla_pending_after_import": after["pending"],
+        }
+    cores = os.cpu_count() or 1
+    cpu = {  # cores busy on average while the loaded import ran
+        "cores": cores,
+        "import_alone": round(import_alone_cpu / alone_s, 2),
+        "import": round(spent[0] / loaded_s, 2),
+        "serve": round(spent[1] / loaded_s, 2),
+        "expert_clients": round(spent[2] / loaded_s, 2),
+        "rest_of_machine": round((machine - sum(spent)) / loaded_s, 2),
+    }
     return {
         "import_rows": rows,
         "import_alone_s": round(alone_s, 1),
@@ -229,6 +278,7 @@ def feedback_under_import(
         "ack_without_import_p50_ms": round(1000 * pct(quiet, 0.5)),
         "ack_without_import_p95_ms": round(1000 * pct(quiet, 0.95)),
         **sync,
+        "cpu_during_import": cpu,
     }
 
 
@@ -324,8 +374,9 @@ def run(
         argilla_up(home, env, stack)
     for i in range(EXPERTS):
         add_user(home, f"expert{i}", "expert", f"expert{i}-password", **env)
-    with serve(home, model=str(model_dir), **env) as (url, _):
-        result = {"db": db, **feedback_under_import(url, home, env, rows, bool(sync_seconds))}
+    with serve(home, model=str(model_dir), **env) as (url, proc):
+        loaded = feedback_under_import(url, proc.pid, home, env, rows, bool(sync_seconds))
+        result = {"db": db, **loaded}
         if storm:
             result["login_storm"] = login_storm(url, storm)
     return result
