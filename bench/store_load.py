@@ -2,8 +2,9 @@
 
 1. A bulk `tuneloop import` of N pairs alone, then another N while 8 simulated experts
    rate, correct and pick (compare, then A/B) as fast as the page answers them and `serve`
-   syncs with a real local Argilla (started with `tuneloop argilla up` in the run's home;
-   a backlog of pairs is queued as the import starts, so the sync pushes while it runs).
+   syncs with a real local Argilla (started with `tuneloop argilla up` in the run's home):
+   `serve` syncs in the background, and as the import starts a backlog of pairs is queued
+   and `tuneloop argilla sync` pushes it while the import runs.
    Reports failed actions (no "Saved" acknowledgement), lost ones (acknowledged but not
    stored), p50/p95 click-to-acknowledgement, the import's speed under load / alone, and
    what the sync pushed meanwhile.
@@ -40,8 +41,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+FEEDBACK_EVENTS = ("rate_down", "correct", "pick_A")  # the acknowledged actions' endpoints
+
 EXPERTS = 8
-# Pairs queued for Argilla when the loaded import starts; `serve` pushes them meanwhile.
+# Pairs queued for Argilla when the loaded import starts; `argilla sync` pushes them meanwhile.
 SYNC_BACKLOG = 300
 
 
@@ -194,6 +197,21 @@ def outbox(home: Path, env: dict[str, str]) -> dict[str, int]:
         store.engine.dispose()
 
 
+def server_side_ms(url: str, start: float, end: float) -> dict[str, int]:
+    """p50/p95 of the feedback events' time inside serve (queue wait to result, Gradio's own
+    profiling), for those that started between perf_counter times `start` and `end`: the
+    rest of click-to-acknowledgement is HTTP, the event stream and the client."""
+    opener = _opener(url, "expert0", "expert0-password")
+    traces = json.loads(opener.open(url + "gradio_api/profiling/traces", timeout=60).read())
+    shift = time.time() - time.perf_counter()
+    inside = [
+        t["queue_wait_ms"] + t["total_ms"]
+        for t in traces
+        if t["fn_name"] in FEEDBACK_EVENTS and start + shift <= t["timestamp"] <= end + shift
+    ]
+    return {"p50": round(pct(inside, 0.5)), "p95": round(pct(inside, 0.95)), "n": len(inside)}
+
+
 def feedback_under_import(
     url: str, serve_pid: int, home: Path, env: dict[str, str], rows: int, argilla: bool
 ) -> dict[str, Any]:
@@ -212,8 +230,16 @@ def feedback_under_import(
     loaded_data = write_pairs(home / "loaded.jsonl", rows, "loaded")
     before = outbox(home, env) if argilla else {}
     import_from = time.perf_counter()
-    if argilla:
+    syncer = None
+    if argilla:  # `tuneloop argilla sync` pushes the backlog while the import runs
         queue_backlog(home, env, SYNC_BACKLOG)
+        syncer = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "argilla", "sync", "--json"],
+            env={**os.environ, "TUNELOOP_HOME": str(home), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     # Where the CPU went while the import ran: the import, serve, this process (the 8
     # experts' clients, which in real life run on the experts' own machines) and the rest
     # of the machine (the Argilla stack, and anything else running on it).
@@ -230,7 +256,14 @@ def feedback_under_import(
             strict=True,
         )
     ]
+    sync_running_at_end = syncer is not None and syncer.poll() is None
     after = outbox(home, env) if argilla else {}
+    synced: dict[str, Any] = {}
+    if syncer is not None:
+        out, err = syncer.communicate(timeout=900)
+        if syncer.returncode:
+            raise SystemExit(f"argilla sync failed: {err.strip()[-500:]}")
+        synced = json.loads(out)
     stop.set()
     for expert in experts:
         expert.join(timeout=120)
@@ -251,8 +284,9 @@ def feedback_under_import(
     sync = {}
     if argilla:  # pushed to Argilla while the import ran (backlog and 👎 pairs)
         sync = {
+            "argilla_sync_pushed": synced.get("pushed"),
             "argilla_pushed_during_import": after["pushed"] - before["pushed"],
-            "argilla_pending_after_import": after["pending"],
+            "argilla_sync_still_running_when_import_ended": sync_running_at_end,
         }
     cores = os.cpu_count() or 1
     cpu = {  # cores busy on average while the loaded import ran
@@ -277,6 +311,8 @@ def feedback_under_import(
         "ack_p95_ms": round(1000 * pct(latencies, 0.95)),
         "ack_without_import_p50_ms": round(1000 * pct(quiet, 0.5)),
         "ack_without_import_p95_ms": round(1000 * pct(quiet, 0.95)),
+        "inside_serve_ms": server_side_ms(url, import_from, import_to),
+        "inside_serve_without_import_ms": server_side_ms(url, quiet_from, import_from),
         **sync,
         "cpu_during_import": cpu,
     }
@@ -358,6 +394,7 @@ def run(
     env = {
         "TUNELOOP_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
         "TUNELOOP_ARGILLA_SYNC_SECONDS": str(sync_seconds),
+        "GRADIO_PROFILING": "1",  # per-event timings inside serve (server_side_ms)
     }
     if db == "postgres":
         from tests.pgcluster import throwaway_cluster
@@ -389,7 +426,7 @@ def main() -> None:
     parser.add_argument("--storm", type=int, default=160, help="concurrent wrong passwords")
     parser.add_argument("--no-storm", action="store_true")
     parser.add_argument(
-        "--sync-seconds", type=float, default=5.0, help="how often `serve` syncs with Argilla"
+        "--sync-seconds", type=float, default=20.0, help="how often `serve` syncs with Argilla"
     )
     parser.add_argument(
         "--no-argilla", action="store_true", help="no Argilla stack, no sync (saves ~1 min)"
