@@ -37,13 +37,20 @@ BULK_YIELD_MAX_S = 0.5
 _BULK_POLL_S = 0.001
 
 
+# Per lock file, how deep each thread is in writes: a write nested in another (through any
+# Store on the same file) passes through instead of waiting for the lock its own thread holds.
+_DEPTHS: dict[str, threading.local] = {}
+_DEPTHS_LOCK = threading.Lock()
+
+
 class WriteGate:
     """The two file locks of one SQLite database file; see the module's docstring."""
 
     def __init__(self, database: Path) -> None:
         self.gate_path = f"{database}-writer"
         self.queue_path = f"{database}-waiting"
-        self._local = threading.local()  # this thread's depth: nested writes pass through
+        with _DEPTHS_LOCK:
+            self._local = _DEPTHS.setdefault(self.gate_path, threading.local())
 
     def _open(self, path: str) -> int:
         # Private like the database itself: created 0600, never widened afterwards.

@@ -79,8 +79,8 @@ def test_a_stream_of_clicks_slows_a_bulk_writer_but_never_stops_it(
 
 
 def test_nested_writes_in_one_thread_pass_and_the_files_are_private(tmp_path: Path) -> None:
-    gate = WriteGate(tmp_path / "s.db")
-    with gate.hold(), gate.hold(bulk=True), gate.hold():
+    gate, same_file = WriteGate(tmp_path / "s.db"), WriteGate(tmp_path / "s.db")
+    with gate.hold(), gate.hold(bulk=True), same_file.hold():
         pass
     for path in (gate.gate_path, gate.queue_path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -115,7 +115,7 @@ def test_ratings_between_bulk_batches_are_stored_with_the_import(tmp_path: Path)
     )
     pairs = [
         NewPreference(prompt=[{"role": "user", "content": f"q{i}"}], chosen="a", rejected="b")
-        for i in range(3000)
+        for i in range(600)
     ]
     stop = threading.Event()
     rated: list[int] = []
@@ -131,7 +131,7 @@ def test_ratings_between_bulk_batches_are_stored_with_the_import(tmp_path: Path)
     stop.set()
     for thread in raters:
         thread.join(10)
-    assert result.added == 3000
+    assert result.added == 600
     assert rated and len(set(rated)) == len(rated)
     from sqlmodel import Session, func, select
 
