@@ -1,9 +1,13 @@
 """The store under load, through a real `tuneloop serve` (tiny model: the store is measured).
 
 1. A bulk `tuneloop import` of N pairs alone, then another N while 8 simulated experts
-   rate, correct and pick (compare, then A/B) as fast as the page answers them. Reports
-   failed actions (no "Saved" acknowledgement), lost ones (acknowledged but not stored),
-   p50/p95 click-to-acknowledgement, and the import's speed under load / alone.
+   rate, correct and pick (compare, then A/B) as fast as the page answers them and `serve`
+   syncs with a real local Argilla (started with `tuneloop argilla up` in the run's home):
+   `serve` syncs in the background, and as the import starts a backlog of pairs is queued
+   and `tuneloop argilla sync` pushes it while the import runs.
+   Reports failed actions (no "Saved" acknowledgement), lost ones (acknowledged but not
+   stored), p50/p95 click-to-acknowledgement, the import's speed under load / alone, and
+   what the sync pushed meanwhile.
 2. A login storm: 160 concurrent wrong passwords (the per-address lockout raised out of the
    way, so every one is a real Argon2 check: the worst case, many addresses) while
    logged-in users keep loading the page's config; p50/p95 of their requests.
@@ -12,6 +16,7 @@ Both on SQLite and on a throwaway PostgreSQL cluster (Debian's binaries).
 
     .venv/bin/python -m bench.store_load                          # 200k rows, both databases
     .venv/bin/python -m bench.store_load --rows 50000 --db sqlite --no-storm
+    .venv/bin/python -m bench.store_load --no-argilla   # without the Argilla stack (faster)
 """
 
 from __future__ import annotations
@@ -36,7 +41,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from bench.load_parts import (  # noqa: E402 - after the environment above
+    argilla_up,
+    children_cpu_s,
+    machine_cpu_s,
+    outbox,
+    process_cpu_s,
+    queue_backlog,
+)
+
+FEEDBACK_EVENTS = ("rate_down", "correct", "pick_A")  # the acknowledged actions' endpoints
+
 EXPERTS = 8
+# Pairs queued for Argilla when the loaded import starts; `argilla sync` pushes them meanwhile.
+SYNC_BACKLOG = 300
 
 
 def pct(values: list[float], q: float) -> float:
@@ -137,8 +155,27 @@ def stored(url: str) -> dict[str, int]:
     return counts
 
 
-def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) -> dict[str, Any]:
+def server_side_ms(url: str, start: float, end: float) -> dict[str, int]:
+    """p50/p95 of the feedback events' time inside serve (queue wait to result, Gradio's own
+    profiling), for those that started between perf_counter times `start` and `end`: the
+    rest of click-to-acknowledgement is HTTP, the event stream and the client."""
+    opener = _opener(url, "expert0", "expert0-password")
+    traces = json.loads(opener.open(url + "gradio_api/profiling/traces", timeout=60).read())
+    shift = time.time() - time.perf_counter()
+    inside = [
+        t["queue_wait_ms"] + t["total_ms"]
+        for t in traces
+        if t["fn_name"] in FEEDBACK_EVENTS and start + shift <= t["timestamp"] <= end + shift
+    ]
+    return {"p50": round(pct(inside, 0.5)), "p95": round(pct(inside, 0.95)), "n": len(inside)}
+
+
+def feedback_under_import(
+    url: str, serve_pid: int, home: Path, env: dict[str, str], rows: int, argilla: bool
+) -> dict[str, Any]:
+    child_before = children_cpu_s()
     alone_s, alone = run_import(home, env, write_pairs(home / "alone.jsonl", rows, "alone"))
+    import_alone_cpu = children_cpu_s() - child_before
     stop = threading.Event()
     experts = [Expert(url, f"expert{i}", stop) for i in range(EXPERTS)]
     for expert in experts:
@@ -148,9 +185,43 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
     time.sleep(2.0)  # every expert busy
     quiet_from = time.perf_counter()
     time.sleep(20.0)  # the same experts without an import: the baseline
+    loaded_data = write_pairs(home / "loaded.jsonl", rows, "loaded")
+    before = outbox(home, env) if argilla else {}
     import_from = time.perf_counter()
-    loaded_s, loaded = run_import(home, env, write_pairs(home / "loaded.jsonl", rows, "loaded"))
+    syncer = None
+    if argilla:  # `tuneloop argilla sync` pushes the backlog while the import runs
+        queue_backlog(home, env, SYNC_BACKLOG)
+        syncer = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "argilla", "sync", "--json"],
+            env={**os.environ, "TUNELOOP_HOME": str(home), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    # Where the CPU went while the import ran: the import, serve, this process (the 8
+    # experts' clients, which in real life run on the experts' own machines) and the rest
+    # of the machine (the Argilla stack, and anything else running on it).
+    cpu_before = (children_cpu_s(), process_cpu_s(serve_pid), sum(os.times()[:2]))
+    machine_before = machine_cpu_s()
+    loaded_s, loaded = run_import(home, env, loaded_data)
     import_to = time.perf_counter()
+    machine = machine_cpu_s() - machine_before
+    spent = [
+        now - then
+        for now, then in zip(
+            (children_cpu_s(), process_cpu_s(serve_pid), sum(os.times()[:2])),
+            cpu_before,
+            strict=True,
+        )
+    ]
+    sync_running_at_end = syncer is not None and syncer.poll() is None
+    after = outbox(home, env) if argilla else {}
+    synced: dict[str, Any] = {}
+    if syncer is not None:
+        out, err = syncer.communicate(timeout=900)
+        if syncer.returncode:
+            raise SystemExit(f"argilla sync failed: {err.strip()[-500:]}")
+        synced = json.loads(out)
     stop.set()
     for expert in experts:
         expert.join(timeout=120)
@@ -168,6 +239,22 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
 
     latencies, quiet = window(import_from, import_to), window(quiet_from, import_from)
     failed = [f for e in experts for f in e.failed]
+    sync = {}
+    if argilla:  # pushed to Argilla while the import ran (backlog and 👎 pairs)
+        sync = {
+            "argilla_sync_pushed": synced.get("pushed"),
+            "argilla_pushed_during_import": after["pushed"] - before["pushed"],
+            "argilla_sync_still_running_when_import_ended": sync_running_at_end,
+        }
+    cores = os.cpu_count() or 1
+    cpu = {  # cores busy on average while the loaded import ran
+        "cores": cores,
+        "import_alone": round(import_alone_cpu / alone_s, 2),
+        "import": round(spent[0] / loaded_s, 2),
+        "serve": round(spent[1] / loaded_s, 2),
+        "expert_clients": round(spent[2] / loaded_s, 2),
+        "rest_of_machine": round((machine - sum(spent)) / loaded_s, 2),
+    }
     return {
         "import_rows": rows,
         "import_alone_s": round(alone_s, 1),
@@ -182,6 +269,10 @@ def feedback_under_import(url: str, home: Path, env: dict[str, str], rows: int) 
         "ack_p95_ms": round(1000 * pct(latencies, 0.95)),
         "ack_without_import_p50_ms": round(1000 * pct(quiet, 0.5)),
         "ack_without_import_p95_ms": round(1000 * pct(quiet, 0.95)),
+        "inside_serve_ms": server_side_ms(url, import_from, import_to),
+        "inside_serve_without_import_ms": server_side_ms(url, quiet_from, import_from),
+        **sync,
+        "cpu_during_import": cpu,
     }
 
 
@@ -239,13 +330,16 @@ def login_storm(url: str, attempts: int) -> dict[str, Any]:
     }
 
 
-def run(db: str, rows: int, storm: int, model_dir: Path, stack: ExitStack) -> dict[str, Any]:
+def run(
+    db: str, rows: int, storm: int, model_dir: Path, stack: ExitStack, sync_seconds: float
+) -> dict[str, Any]:
     from tests.server import add_user, serve
 
     home = Path(tempfile.mkdtemp(prefix=f"tuneloop-load-{db}-"))
     env = {
         "TUNELOOP_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
-        "TUNELOOP_ARGILLA_SYNC_SECONDS": "0",
+        "TUNELOOP_ARGILLA_SYNC_SECONDS": str(sync_seconds),
+        "GRADIO_PROFILING": "1",  # per-event timings inside serve (server_side_ms)
     }
     if db == "postgres":
         from tests.pgcluster import throwaway_cluster
@@ -258,10 +352,13 @@ def run(db: str, rows: int, storm: int, model_dir: Path, stack: ExitStack) -> di
             connection.execute(text('CREATE DATABASE "load"'))
         admin.dispose()
         env["TUNELOOP_DATABASE_URL"] = f"{base}/load"
+    if sync_seconds:
+        argilla_up(home, env, stack)
     for i in range(EXPERTS):
         add_user(home, f"expert{i}", "expert", f"expert{i}-password", **env)
-    with serve(home, model=str(model_dir), **env) as (url, _):
-        result = {"db": db, **feedback_under_import(url, home, env, rows)}
+    with serve(home, model=str(model_dir), **env) as (url, proc):
+        loaded = feedback_under_import(url, proc.pid, home, env, rows, bool(sync_seconds))
+        result = {"db": db, **loaded}
         if storm:
             result["login_storm"] = login_storm(url, storm)
     return result
@@ -273,14 +370,22 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--storm", type=int, default=160, help="concurrent wrong passwords")
     parser.add_argument("--no-storm", action="store_true")
+    parser.add_argument(
+        "--sync-seconds", type=float, default=20.0, help="how often `serve` syncs with Argilla"
+    )
+    parser.add_argument(
+        "--no-argilla", action="store_true", help="no Argilla stack, no sync (saves ~1 min)"
+    )
     args = parser.parse_args()
+    sync_seconds = 0.0 if args.no_argilla else args.sync_seconds
     from tests.tiny import build_tiny_model
 
     model_dir = build_tiny_model(Path(tempfile.mkdtemp(prefix="tuneloop-tiny-")) / "model")
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     with ExitStack() as stack:
         for db in dbs:
-            result = run(db, args.rows, 0 if args.no_storm else args.storm, model_dir, stack)
+            storm = 0 if args.no_storm else args.storm
+            result = run(db, args.rows, storm, model_dir, stack, sync_seconds)
             print(json.dumps(result), flush=True)
 
 

@@ -17,6 +17,7 @@ from feedback.db import WRITE_OPTIONS, make_engine
 from feedback.errors import StoreBusyError
 from feedback.models import Response, User
 from feedback.records import ResponseInfo, UserInfo, as_utc
+from feedback.writegate import gated, write_gate
 
 Row = dict[str, Any]
 
@@ -81,6 +82,8 @@ class StoreBase:
         self.engine = engine
         # Same pool; on SQLite its transactions BEGIN IMMEDIATE (see feedback.db).
         self._writer = engine.execution_options(**WRITE_OPTIONS)
+        # SQLite: writers queue fairly for the write lock, clicks ahead of bulk batches.
+        self._gate = write_gate(engine)
 
     @classmethod
     def open(cls, url: str) -> Self:
@@ -88,14 +91,18 @@ class StoreBase:
         return cls(make_engine(url))
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def _write(self, *, bulk: bool = False) -> Iterator[Session]:
         """A session whose work is committed when the block ends without an error.
 
         A database that stays locked past the busy timeout, or a dropped connection,
         becomes StoreBusyError: a plain message, and nothing of the block was stored.
+        `bulk`: one batch of a big write, which lets waiting clicks go first.
         """
         try:
-            with Session(self._writer, expire_on_commit=False) as session:
+            with (
+                gated(self._gate, bulk=bulk),
+                Session(self._writer, expire_on_commit=False) as session,
+            ):
                 yield session
                 session.commit()
         except OperationalError as err:

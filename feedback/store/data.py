@@ -70,7 +70,7 @@ class DataStore(StoreBase):
         prepared = bulk.prepare(preferences, examples, source)  # outside any transaction
         added = 0
         for batch in prepared.batches(batch_rows):
-            with self._write() as session:
+            with self._write(bulk=True) as session:
                 added += bulk.insert_new(session, batch)
         return BulkResult(added=added, duplicates=prepared.total - added)
 

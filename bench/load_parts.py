@@ -1,0 +1,73 @@
+"""Helpers of bench/store_load.py: CPU accounting from /proc, and the run's local Argilla."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy so far, all cores (Linux /proc)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished children (the imports)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def queue_backlog(home: Path, env: dict[str, str], n: int) -> None:
+    """Queue `n` pairs for Argilla in the run's store (as `pairs generate` would)."""
+    from feedback.outbox import NewPair, queue_pairs
+    from feedback.store import Store
+
+    store = Store.open(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")
+    pairs = [
+        NewPair(
+            source="generated",
+            prompt=[{"role": "user", "content": f"Backlog question {i}: the router is slow?"}],
+            first=f"Restart it ({i}).",
+            second=f"Call us ({i}).",
+        )
+        for i in range(n)
+    ]
+    queue_pairs(store, pairs)
+    store.engine.dispose()
+
+
+def outbox(home: Path, env: dict[str, str]) -> dict[str, int]:
+    from feedback.outbox import outbox_counts
+    from feedback.store import Store
+
+    store = Store.open(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")
+    try:
+        return outbox_counts(store)
+    finally:
+        store.engine.dispose()
+
+
+def argilla_up(home: Path, env: dict[str, str], stack: ExitStack) -> None:
+    """`tuneloop argilla up` in the run's home (its own ports); `argilla down` at the end."""
+    from tests.server import free_port
+
+    env["TUNELOOP_ARGILLA_PORT"] = str(free_port())
+    full = {**os.environ, "TUNELOOP_HOME": str(home), **env}
+    cli = [sys.executable, "-m", "app.cli", "argilla"]
+    up = subprocess.run([*cli, "up", "--json"], env=full, capture_output=True, text=True)
+    if up.returncode:
+        raise SystemExit(f"argilla up failed: {up.stderr.strip()[-500:]}")
+    stack.callback(subprocess.run, [*cli, "down"], env=full, capture_output=True, check=False)
