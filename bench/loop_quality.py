@@ -41,6 +41,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+# Smoke runs gate on fewer paired items (2, not the default 8), so that a round of a tiny
+# model can be promoted and the next round's replies come from an adapter: every code path.
+SMOKE_ENV = {"TUNELOOP_GATE_MIN_ITEMS": "2"}
 SMOKE = {"prompts_per_round": 6, "heldout_items": 5, "eval_items": 8, "eval_tokens": 8,
          "max_new_tokens": 8, "train_args": "--max-steps 1"}  # fmt: skip
 
@@ -106,9 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="house style: TUNELOOP_GATE_EVAL_SETS ('' = held-out metrics only)",
     )
     args = parser.parse_args(argv)  # fmt: skip
+    args.extra_env = {}
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
+        args.extra_env = dict(SMOKE_ENV)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.variants = [] if names == ["none"] else names
     unknown = set(args.variants) - {"full", "sft", "kto"}

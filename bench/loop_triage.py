@@ -280,7 +280,7 @@ def round_env(args: Any, root: Path) -> dict[str, str]:
     }
     if args.gate_margins is not None:
         env["TUNELOOP_GATE_MARGINS"] = args.gate_margins
-    return env
+    return {**env, **args.extra_env}
 
 
 def fmt_share(s: dict[str, float]) -> str:

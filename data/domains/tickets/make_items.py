@@ -157,18 +157,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def main() -> None:
+def main(dest: Path = HERE) -> None:
+    """Write the four files into `dest` (this folder by default)."""
     rng = random.Random(SEED)
     used: set[str] = set()
     test = make_split(rng, 80, 1, used)
     gate = make_split(rng, 40, 1, used)
     pool = make_split(rng, 600, 0, used)
     seeds = make_split(rng, 10, 0, used)
-    write_jsonl(HERE / "heldout.jsonl", test)
-    write_jsonl(HERE / "tickets_eval.jsonl", gate)
-    write_jsonl(HERE / "prompts.jsonl", pool)
+    write_jsonl(dest / "heldout.jsonl", test)
+    write_jsonl(dest / "tickets_eval.jsonl", gate)
+    write_jsonl(dest / "prompts.jsonl", pool)
     write_jsonl(
-        HERE / "seed_sft.jsonl",
+        dest / "seed_sft.jsonl",
         [
             {"messages": [{"role": "user", "content": s["prompt"]},
                           {"role": "assistant", "content": answer(s["category"], s["order"])}]}
