@@ -243,7 +243,13 @@ def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list
             adapter = folder / stage / "adapter"
             if (adapter / "adapter_config.json").is_file():
                 stage_hits = correctness(model_dir, adapter, test, system, args.eval_tokens, cache)
-                stages[stage] = {**share(stage_hits), "gate": gate[stage]["decision"]}
+                stages[stage] = {**share(stage_hits), "gate": gate[stage]["decision"],
+                                 "hits": stage_hits}  # fmt: skip
+        for stage in ("dpo", "kto"):  # each preference stage against this round's SFT stage
+            if stage in stages and "sft" in stages:
+                stages[stage]["gain_over_sft_stage"] = gain(
+                    stages[stage]["hits"], stages["sft"]["hits"]
+                )
         report = {
             "variant": variant, "round": rnd, "status": result["status"],
             "stage": result.get("candidate_stage"), "decision": result.get("decision"),
@@ -309,14 +315,48 @@ def run_triage(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
         if sft is not None and r["variant"] != "sft":
             r["gain_over_sft_run"] = gain(r["hits"], sft["hits"])
     (root / "loop_quality.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print(f"\nbase: held-out correct {fmt_share(summary['base'])}")
-    print(f"{'variant':<8}{'round':<6}{'status':<13}{'stage':<6}{'held-out correct':<22}"
-          f"{'gain over base':<26}{'vs sft run':<26}minutes")  # fmt: skip
-    for r in summary["runs"]:
-        g, s = r["gain_over_base"], r.get("gain_over_sft_run")
-        vs = f"{s['diff']:+.0%} [{s['low']:+.0%}, {s['high']:+.0%}]" if s else "-"
-        print(f"{r['variant']:<8}{r['round']:<6}{r['status']:<13}{r['stage'] or '-':<6}"
-              f"{fmt_share(r['heldout']):<22}{g['diff']:+.0%} [{g['low']:+.0%}, {g['high']:+.0%}]"
-              f"{'':<6}{vs:<26}{r['round_minutes']:.1f}")  # fmt: skip
+    print_table(summary)
+    print_goals(summary)
     print(f"details: {root / 'loop_quality.json'}")
     return summary
+
+
+def fmt_gain(g: dict[str, float] | None) -> str:
+    return f"{g['diff']:+.0%} [{g['low']:+.0%}, {g['high']:+.0%}]" if g else "-"
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    """One line per variant and round; the stages of each round measured on the same items."""
+    print(f"\nbase: held-out correct {fmt_share(summary['base'])}")
+    print(f"{'variant':<8}{'round':<6}{'status':<13}{'stage':<6}{'held-out correct':<19}"
+          f"{'gain over base':<20}{'vs sft run':<20}{'min':>5}  "
+          "stages (held-out correct)")  # fmt: skip
+    for r in summary["runs"]:
+        stages = ", ".join(
+            f"{name} {v['correct']:.0%}"
+            + (f" ({fmt_gain(v['gain_over_sft_stage'])} vs sft)" if "gain_over_sft_stage" in v
+               else "")
+            for name, v in r["stages"].items()
+        )  # fmt: skip
+        print(f"{r['variant']:<8}{r['round']:<6}{r['status']:<13}{r['stage'] or '-':<6}"
+              f"{fmt_share(r['heldout']):<19}{fmt_gain(r['gain_over_base']):<20}"
+              f"{fmt_gain(r.get('gain_over_sft_run')):<20}{r['round_minutes']:>5.1f}  "
+              f"{stages}")  # fmt: skip
+
+
+def print_goals(summary: dict[str, Any]) -> None:
+    """The benchmark's goals, checked on each variant's rounds."""
+    for variant in dict.fromkeys(r["variant"] for r in summary["runs"]):
+        runs = [r for r in summary["runs"] if r["variant"] == variant]
+        last = runs[-1]["gain_over_base"]
+        promoted = [r["heldout"]["correct"] for r in runs if r["status"] == "promoted"]
+        steady = all(b >= a for a, b in zip(promoted, promoted[1:], strict=False))
+        vs_sft = [r["gain_over_sft_run"]["diff"] for r in runs if r.get("gain_over_sft_run")]
+        print(f"{variant}: after {len(runs)} rounds {fmt_gain(last)} over the base "
+              f"(goal +30 pp, low end above +15 pp: "
+              f"{'met' if last['diff'] >= 0.30 and last['low'] > 0.15 else 'not met'}); "
+              f"{len(promoted)} promoted, each at least as good as the one before: "
+              f"{'yes' if steady else 'no'}; longest round "
+              f"{max(r['round_minutes'] for r in runs):.1f} min (goal < 10)"
+              + (f"; vs the SFT-only run: {', '.join(f'{d:+.0%}' for d in vs_sft)} (goal +5 pp)"
+                 if vs_sft else ""))  # fmt: skip
