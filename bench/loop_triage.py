@@ -40,6 +40,7 @@ expert writes is a held-out answer.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
@@ -235,8 +236,6 @@ def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list
         )
         gate = gate_summary(result)
         now = registry.current()
-        hits = correctness(model_dir, registry.verify(now) if now else None, test, system,
-                           args.eval_tokens, cache)  # fmt: skip
         stages = {}
         folder = home / "rounds" / result["id"]
         for stage in gate:
@@ -245,6 +244,10 @@ def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list
                 stage_hits = correctness(model_dir, adapter, test, system, args.eval_tokens, cache)
                 stages[stage] = {**share(stage_hits), "gate": gate[stage]["decision"],
                                  "hits": stage_hits}  # fmt: skip
+        serving_dir = registry.verify(now) if now else None
+        if now and now == result.get("version") and result.get("candidate_stage") in stages:
+            cache[serving_dir] = stages[result["candidate_stage"]]["hits"]  # the same weights
+        hits = correctness(model_dir, serving_dir, test, system, args.eval_tokens, cache)
         for stage in ("dpo", "kto"):  # each preference stage against this round's SFT stage
             if stage in stages and "sft" in stages:
                 stages[stage]["gain_over_sft_stage"] = gain(
@@ -304,6 +307,7 @@ def run_triage(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "env": round_env(args, root), "train_args": args.train_args,
         "prompts_per_round": args.prompts_per_round, "base": share(base_hits), "runs": [],
+        "round_mode": os.environ.get("TUNELOOP_ROUND_MODE"),
     }  # fmt: skip
     print(f"ticket triage: root {root}; base held-out correct {fmt_share(summary['base'])}")
     for variant in args.variants:
