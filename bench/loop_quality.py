@@ -18,7 +18,8 @@ Two benchmarks, one command:
 
     .venv/bin/python -m bench.loop_quality                     # triage, all three variants
     .venv/bin/python -m bench.loop_quality --variants full,sft # fewer variants
-    .venv/bin/python -m bench.loop_quality --variants none --sabotage-runs 5   # sabotage only
+    .venv/bin/python -m bench.loop_quality --variants none --sabotage-runs 5   # house style:
+                                                   # the honest round and 5 sabotaged ones
     .venv/bin/python -m bench.loop_quality --smoke --model DIR # every code path, tiny sizes
 
 Settings exported when it starts reach every round (e.g. TUNELOOP_ROUND_MODE). Triage
