@@ -1,37 +1,32 @@
-"""The whole loop on the demo domain, with a simulated expert: does one round teach house style?
+"""The whole loop with a simulated expert: does feedback teach what is right, round after round?
 
-1. The served model (no adapter yet) answers the demo customers' questions
-   (`data/demo_prompts.jsonl`) twice, as the chat app would: a reply (temperature 0.7) and a
-   second sample for *Compare* (temperature 1.0).
-2. A simulated expert judges them by the domain's rubric (`data/rubric.json`: greet the
-   customer by name, cite the policy id, end with "— Brightwater Support", no markup, at most
-   80 words). Through the real preference store, exactly as the chat app records them:
-   - *Compare*: picks the reply that passes more rubric checks (a tie when equal);
-   - 👍 / 👎 on the reply, 👎 with the failed checks as the reason;
-   - *Edit*: where the reply fails, writes the answer it wanted from a template for the
-     question's policy (two wordings per policy, the customer's name filled in). The store
-     keeps it as a corrected answer and a preference pair (correction over the reply).
-   The expert never sees the held-out prompts (`data/demo_heldout.jsonl`).
-3. One round runs exactly as an operator starts one: `tuneloop train --json`, defaults.
-4. The rubric pass rate of greedy replies to the held-out prompts, before (bare base) and
-   after (the round's candidate adapter, promoted or not), and the held-out preference
-   accuracy: the share of held-out pairs (the expert's template answer against the base
-   model's own reply) in which the model gives the expert's answer the higher mean token
-   log-probability.
-5. Sabotage runs (`--sabotage-runs`, 5 by default, one seed each): the same loop with every
-   label of the simulated expert flipped (picks, thumbs, and correction pairs with the
-   expert's answer as the rejected side). The gate (the product's defaults, plus the demo
-   eval set `data/eval_demo.jsonl`, whose rubric checks the expected policy) must promote
-   none of them while the honest run is still promoted. Each run prints the gate's decision
-   per stage with every gated metric's difference and 95% interval, and the round's time.
+Two benchmarks, one command:
 
-    .venv/bin/python -m bench.loop_quality                   # embedded SmolLM2, temp home
-    .venv/bin/python -m bench.loop_quality --home /tmp/loop --train-args "--max-steps 4"
-    .venv/bin/python -m bench.loop_quality --sabotage-runs 2       # fewer sabotage seeds
+- **Ticket triage** (`bench/loop_triage.py`, on by default): three rounds in a row on the
+  demo domain `data/domains/tickets/`, whose items have a gold answer a checker verifies
+  (category and order number). Each round's feedback is the simulated expert's judgement of
+  the serving version's own replies to new prompts (60% thumbs, 25% corrections, 15%
+  compares), stored through the store's chat-page calls; each round is the real `tuneloop
+  train` with its gate. Per round: held-out correctness on 80 unseen items with a 95%
+  interval, its gain over the base, the stage the gate chose and whether it promoted, and
+  the round's minutes; for three variants: `full` (the mix), `sft` (only what SFT trains
+  on) and `kto` (thumbs only). See that module's docstring for why the metric is not the
+  expert's rule.
+- **House-style sabotage** (`bench/loop_house.py`, with `--sabotage-runs N`): one honest
+  round on the house-style demo (`data/`) and N rounds with the expert's labels flipped;
+  the gate must promote none of the sabotaged rounds while the honest one is promoted.
 
-Goals: at least +30 percentage points of rubric pass rate after the honest round, which the
-gate promotes, with the round under 15 minutes on a 2-core CPU; 0 of 5 sabotage rounds
-promoted.
+    .venv/bin/python -m bench.loop_quality                     # triage, all three variants
+    .venv/bin/python -m bench.loop_quality --variants full,sft # fewer variants
+    .venv/bin/python -m bench.loop_quality --variants none --sabotage-runs 5   # house style:
+                                                   # the honest round and 5 sabotaged ones
+    .venv/bin/python -m bench.loop_quality --smoke --model DIR # every code path, tiny sizes
+
+Settings exported when it starts reach every round (e.g. TUNELOOP_ROUND_MODE). Triage
+goals (2-core CPU, embedded model): after three rounds at least +30 points of held-out
+correctness over the base, the interval's lower end above +15; every promoted round at
+least as good as the one before; the preference stage at least +5 points over the SFT-only
+run of the same round; a round under 10 minutes. Sabotage: 0 of 5 rounds promoted.
 """
 
 from __future__ import annotations
@@ -39,378 +34,112 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-SIGN_OFF = "— Brightwater Support"
-# What the simulated expert writes for each policy: two wordings, the name filled in.
-TEMPLATES: dict[str, tuple[str, str]] = {
-    "POL-3": (
-        "sorry about the outage. Please check status.brightwater.example for your area; if it "
-        "lasts more than 4 hours, a credit is added to your bill automatically (POL-3).",
-        "sorry you are offline. Our status page, status.brightwater.example, shows outages in "
-        "your area, and any outage over 4 hours is credited automatically (POL-3).",
-    ),
-    "POL-7": (
-        "please unplug the router for 30 seconds, plug it back in and wait 2 minutes for the "
-        "lights to settle (POL-7). If they stay red, reply here and we will open a fault.",
-        "a restart usually fixes this: unplug the router, wait 30 seconds, plug it in again "
-        "and give it 2 minutes to come back (POL-7).",
-    ),
-    "POL-12": (
-        "sorry about that. You can dispute a bill within 60 days of the invoice date, and an "
-        "approved refund arrives within 5 working days (POL-12).",
-        "we can look into this charge. Billing disputes are accepted up to 60 days after the "
-        "invoice date; refunds take 5 working days once approved (POL-12).",
-    ),
-    "POL-15": (
-        "we can move your line with at least 14 days' notice, and the first move each year is "
-        "free (POL-15).",
-        "just give us 14 days' notice before the move; moving your line is free once a year "
-        "(POL-15).",
-    ),
-    "POL-21": (
-        "we need 30 days' notice to cancel, and there is no fee once you are past the first 12 "
-        "months of your contract (POL-21).",
-        "you can cancel with 30 days' notice; cancelling is free after the first 12 months of "
-        "the contract (POL-21).",
-    ),
-    "POL-30": (
-        "please run the line test from your account page. If your speed stays below half of "
-        "your plan's speed for 3 days, we open a fault for you (POL-30).",
-        "sorry about the slow speed. Run the line test; below 50% of your plan speed for 3 "
-        "days counts as a fault and we will fix it (POL-30).",
-    ),
-}
+# Smoke runs gate on fewer paired items (2, not the default 8), so that a round of a tiny
+# model can be promoted and the next round's replies come from an adapter: every code path.
+SMOKE_ENV = {"TUNELOOP_GATE_MIN_ITEMS": "2"}
+SMOKE = {"prompts_per_round": 6, "heldout_items": 5, "eval_items": 8, "eval_tokens": 8,
+         "max_new_tokens": 8, "train_args": "--max-steps 1"}  # fmt: skip
 
 
-def expert_answer(row: dict[str, Any], variant: int) -> str:
-    """The answer the simulated expert writes for a demo row (it passes the rubric)."""
-    body = TEMPLATES[row["policy"]][variant % 2]
-    return f"Hi {row['customer']}, {body}\n\n{SIGN_OFF}"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def conversation(row: dict[str, Any], system: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system}, {"role": "user", "content": row["prompt"]}]
-
-
-def rubric_rates(rubric: Any, replies: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Share of replies passing the whole rubric, and each check."""
-    scores = [rubric.score(reply, row) for reply, row in zip(replies, rows, strict=True)]
-    rates = {"all": sum(rubric.passes(r, row) for r, row in zip(replies, rows, strict=True))}
-    for check in rubric.checks:
-        rates[check.name] = sum(s[check.name] is not False for s in scores)
-    return {k: v / len(rows) for k, v in rates.items()}
-
-
-def pref_accuracy(model: Any, tok: Any, pairs: list[tuple[list, str, str]]) -> float:
-    """Share of (prompt, chosen, rejected) where chosen has the higher mean token log-prob."""
-    from training.evaluate import reply_logps
-
-    items = [(p, [{"role": "assistant", "content": c}]) for p, c, _ in pairs]
-    items += [(p, [{"role": "assistant", "content": r}]) for p, _, r in pairs]
-    scores = reply_logps(model, tok, items, batch_size=8)
-    n = len(pairs)
-    mean = [s / max(1, k) for s, k in scores]
-    return sum(mean[i] > mean[n + i] for i in range(n)) / n
-
-
-def simulate_expert(
-    store: Any,
-    rubric: Any,
-    rows: list[dict],
-    replies: list[str],
-    seconds: list[str],
-    system: str,
-    *,
-    sabotage: bool = False,
-    seed: int = 0,
-) -> dict[str, int]:
-    """Record the expert's judgements through the real store, as the chat app does.
-
-    With `sabotage`, every label is flipped: the compare pick goes to the reply that passes
-    fewer checks, 👍 and 👎 swap, and where the honest expert would write a correction the
-    saboteur keeps the model's reply as the winner of the pair (the expert's answer
-    becomes the rejected side, as a bulk import of flipped pairs would store it).
-    """
-    from feedback.records import NewPreference
-
-    user = store.add_user(name="sim-expert", role="expert", password="not-used-" + "x" * 8)
-    rng = random.Random(seed)
-    flipped: list[Any] = []
-    tally = {"compare_picks": 0, "ties": 0, "thumbs_up": 0, "thumbs_down": 0, "corrections": 0}
-    for i, (row, a, b) in enumerate(zip(rows, replies, seconds, strict=True)):
-        prompt = conversation(row, system)
-        cid = store.start_conversation(user_id=user.id, title=row["prompt"][:60])
-        store.add_user_message(conversation_id=cid, content=row["prompt"])
-        common = {"conversation_id": cid, "prompt": prompt, "model": "SmolLM2-135M-Instruct",
-                  "adapter_version": None, "latency_ms": 0.0}  # fmt: skip
-        reply_id = store.add_response(content=a, params={"temperature": 0.7}, **common)
-        cand_id = store.add_response(
-            content=b, params={"temperature": 1.0}, kind="candidate", **common
-        )
-        # Compare: more rubric checks passed wins
-        score_a = sum(v is True for v in rubric.score(a, row).values())
-        score_b = sum(v is True for v in rubric.score(b, row).values())
-        original_is_a = rng.random() < 0.5
-        comparison = store.add_comparison(
-            user_id=user.id,
-            original_response_id=reply_id,
-            candidate_response_id=cand_id,
-            original_is_a=original_is_a,
-        )
-        if score_a == score_b:
-            choice = "tie"
-            tally["ties"] += 1
-        else:
-            original_wins = (score_a > score_b) != sabotage
-            choice = "A" if original_wins == original_is_a else "B"
-            tally["compare_picks"] += 1
-        store.decide_comparison(comparison_id=comparison, user_id=user.id, choice=choice)
-        # Thumbs, and an edit wherever the reply is not what the expert would send
-        failed = [k for k, v in rubric.score(a, row).items() if v is False]
-        up = (not failed) != sabotage
-        store.rate(response_id=reply_id, user_id=user.id, up=up,
-                   reason=None if up else ", ".join(failed) or "no")  # fmt: skip
-        tally["thumbs_up" if up else "thumbs_down"] += 1
-        if failed and not sabotage:
-            store.correct(response_id=reply_id, user_id=user.id, content=expert_answer(row, i))
-            tally["corrections"] += 1
-        elif failed:
-            flipped.append(NewPreference(prompt=prompt, chosen=a, rejected=expert_answer(row, i)))
-            tally["corrections"] += 1
-    if flipped:
-        store.add_bulk(preferences=flipped)
-    return tally
-
-
-def gate_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """Each stage's decision and its gated comparisons, as printed and saved."""
-    out: dict[str, Any] = {}
-    for stage, decision in (result.get("gate") or {}).items():
-        out[stage] = {
-            "decision": decision["decision"],
-            "comparisons": [
-                {k: c[k] for k in ("name", "n", "serving", "candidate", "diff", "low", "high",
-                                   "margin", "verdict")}
-                for c in decision["comparisons"]
-                if c["margin"] is not None
-            ],
-        }  # fmt: skip
-    return out
-
-
-def print_gate(summary: dict[str, Any]) -> None:
-    for stage, decision in summary.items():
-        print(f"  {stage}: {decision['decision']}")
-        for c in decision["comparisons"]:
-            if c["diff"] is None:
-                print(f"    {c['name']:<24} not measured")
-                continue
-            print(f"    {c['name']:<24} {c['serving']:.3f} -> {c['candidate']:.3f}  "
-                  f"diff {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] n={c['n']} "
-                  f"margin {c['margin']:+g}: {c['verdict']}")  # fmt: skip
-
-
-def run_round(home: Path, model_dir: Path, train_args: str, gate_env: dict[str, str]) -> tuple:
-    """`tuneloop train --json` as an operator runs it; (result, minutes)."""
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_MODEL": str(model_dir),
-           "TUNELOOP_TRACKER": os.environ.get("TUNELOOP_TRACKER", "none"), **gate_env}  # fmt: skip
-    command = [sys.executable, "-m", "app.cli", "train", "--json", *train_args.split()]
-    t1 = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    minutes = (time.perf_counter() - t1) / 60
-    (home / "train.log").write_text(proc.stderr + proc.stdout, encoding="utf-8")
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if not lines:
-        print(proc.stderr[-3000:])
-        raise SystemExit(f"the round printed no result (exit {proc.returncode})")
-    return json.loads(lines[-1]), minutes
-
-
-_SAMPLED: dict[int, tuple[list[str], list[str]]] = {}
-
-
-def expert_store(
-    home: Path, model_dir: Path, rows: list[dict], system: str, rubric: Any, *,
-    sabotage: bool, seed: int, max_new_tokens: int, sample_seed: int | None = None,
-) -> dict[str, int]:  # fmt: skip
-    """The served model (bare base) answers the expert prompts; the expert judges them.
-
-    The replies are sampled with `sample_seed` (default: `seed`); runs that share a sample
-    seed reuse one sampling, so they differ only in the expert's and the trainer's seeds.
-    """
-    import torch
-
-    from feedback.store import Store
-    from training.generate import generate_replies, load_for_generation
-
-    sample_seed = seed if sample_seed is None else sample_seed
-    if sample_seed not in _SAMPLED:
-        torch.manual_seed(sample_seed)
-        model, tok = load_for_generation(model_dir)
-        convs = [conversation(r, system) for r in rows]
-        gen = {"max_new_tokens": max_new_tokens}
-        replies = generate_replies(model, tok, convs, temperature=0.7, top_p=0.9, **gen)
-        seconds = generate_replies(model, tok, convs, temperature=1.0, **gen)
-        del model
-        _SAMPLED[sample_seed] = (replies, seconds)
-    replies, seconds = _SAMPLED[sample_seed]
-    store = Store.open(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
-    return simulate_expert(
-        store, rubric, rows, replies, seconds, system, sabotage=sabotage, seed=seed
-    )
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a local model dir (default: the embedded SmolLM2)")
-    parser.add_argument("--home", type=Path, help="home for the loop (default: a temp dir)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--train-args", default="", help="extra `tuneloop train` arguments")
-    parser.add_argument(
-        "--sabotage-runs", type=int, default=5,
-        help="rounds on flipped labels, one seed each; none may be promoted (0: skip)",
-    )  # fmt: skip
-    parser.add_argument("--skip-honest", action="store_true", help="only the sabotage runs")
-    parser.add_argument(
-        "--sample-seed", type=int, default=None,
-        help="sample the served model's replies once with this seed for every run (cheaper: "
-        "runs then differ in the expert's and the trainer's seeds); default: per run",
-    )  # fmt: skip
-    parser.add_argument(
-        "--gate-eval-sets", default=str(DATA / "eval_demo.jsonl"),
-        help="TUNELOOP_GATE_EVAL_SETS for every round ('' = held-out metrics only)",
-    )  # fmt: skip
-    parser.add_argument("--gate-margins", default=None, help="TUNELOOP_GATE_MARGINS")
-    args = parser.parse_args()
+    add = parser.add_argument
+    add("--model", help="a local model dir (default: the embedded SmolLM2)")
+    add("--home", type=Path, help="where the loops' homes go (default: a temp dir)")
+    add(
+        "--variants",
+        default=",".join(("full", "sft", "kto")),
+        help="triage variants to run, comma-separated: full, sft, kto ('none': skip triage)",
+    )
+    add("--rounds", type=int, default=3, help="triage rounds in a row per variant")
+    add("--prompts-per-round", type=int, default=120, help="new expert prompts each round")
+    add("--heldout-items", type=int, default=0, help="use the first N held-out items (0: all)")
+    add(
+        "--eval-items",
+        type=int,
+        default=0,
+        help="gate on the first N rows of the domain's eval set (0: all 40)",
+    )
+    add(
+        "--eval-tokens",
+        type=int,
+        default=48,
+        help="reply budget for held-out and gate eval replies (an answer is ~15 tokens)",
+    )
+    add(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="reply budget of the served model's replies the expert judges "
+        "(default: 64 triage, 128 house style)",
+    )
+    add("--seed", type=int, default=0, help="the expert's and the sampling's seed")
+    add("--train-args", default="", help="extra `tuneloop train` arguments")
+    add("--gate-margins", default=None, help="TUNELOOP_GATE_MARGINS for every round")
+    add(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes to check every code path: " + json.dumps(SMOKE),
+    )
+    add(
+        "--sabotage-runs",
+        type=int,
+        default=0,
+        help="house style: rounds on flipped labels, one seed each; none may be promoted "
+        "(0: no house-style run)",
+    )
+    add("--skip-honest", action="store_true", help="house style: only the sabotage runs")
+    add(
+        "--sample-seed",
+        type=int,
+        default=None,
+        help="house style: sample the served model's replies once with this seed for every "
+        "run (runs then differ in the expert's and the trainer's seeds); default: per run",
+    )
+    add(
+        "--house-gate-eval-sets",
+        default=str(DATA / "eval_demo.jsonl"),
+        help="house style: TUNELOOP_GATE_EVAL_SETS ('' = held-out metrics only)",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
+    args.extra_env = {}
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+        args.extra_env = dict(SMOKE_ENV)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.variants = [] if names == ["none"] else names
+    unknown = set(args.variants) - {"full", "sft", "kto"}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}: use full, sft, kto or none")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from app.config import Settings
     from app.modelfiles import resolve_model_dir
-    from training.generate import generate_replies, load_for_generation
-    from training.registry import Registry
-    from training.rubric import load_rubric
+    from bench.loop_house import run_house
+    from bench.loop_triage import run_triage
 
     settings = Settings()  # the operator's own home: where the converted model is cached
     model_dir = resolve_model_dir(args.model or settings.model, settings.models_dir)
     root = args.home or Path(tempfile.mkdtemp(prefix="tuneloop-loop-"))
     root.mkdir(parents=True, exist_ok=True)
-    system = (DATA / "system_prompt.md").read_text(encoding="utf-8").strip()
-    rubric = load_rubric(DATA / "rubric.json")
-    train_rows = read_jsonl(DATA / "demo_prompts.jsonl")
-    held_rows = read_jsonl(DATA / "demo_heldout.jsonl")
-    gate_env = {"TUNELOOP_GATE_EVAL_SETS": args.gate_eval_sets}
-    if args.gate_margins is not None:
-        gate_env["TUNELOOP_GATE_MARGINS"] = args.gate_margins
-    print(f"model {model_dir}; root {root}; {len(train_rows)} expert prompts, "
-          f"{len(held_rows)} held-out prompts; gate {json.dumps(gate_env)}")  # fmt: skip
-    summary: dict[str, Any] = {"gate_env": gate_env, "runs": []}
-
-    if not args.skip_honest:
-        home = root / "honest"
-        home.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        model, tok = load_for_generation(model_dir)
-        held_convs = [conversation(r, system) for r in held_rows]
-        gen = {"max_new_tokens": args.max_new_tokens}
-        before = generate_replies(model, tok, held_convs, **gen)
-        held_pairs = [
-            (c, expert_answer(r, i), reply)
-            for i, (c, r, reply) in enumerate(zip(held_convs, held_rows, before, strict=True))
-        ]
-        acc_before = pref_accuracy(model, tok, held_pairs)
-        del model
-        tally = expert_store(home, model_dir, train_rows, system, rubric, sabotage=False,
-                             seed=0, max_new_tokens=args.max_new_tokens,
-                             sample_seed=args.sample_seed)  # fmt: skip
-        print(f"honest expert: {json.dumps(tally)} ({time.perf_counter() - t0:.0f} s)")
-        result, minutes = run_round(home, model_dir, args.train_args, gate_env)
-        print(f"honest round {result['id']}: {result['status']} in {minutes:.1f} min; "
-              f"candidate {result.get('version')} ({result.get('candidate_stage')})")  # fmt: skip
-        gate = gate_summary(result)
-        print_gate(gate)
-        if not result.get("version"):
-            raise SystemExit("the round produced no adapter; see " + str(home / "train.log"))
-        adapter_dir = Registry(home / "adapters").verify(result["version"])
-        model, tok = load_for_generation(model_dir, adapter_dir)
-        after = generate_replies(model, tok, held_convs, **gen)
-        acc_after = pref_accuracy(model, tok, held_pairs)
-        del model
-        rb, ra = rubric_rates(rubric, before, held_rows), rubric_rates(rubric, after, held_rows)
-        report = {
-            "run": "honest",
-            "rubric_pass_before": rb["all"],
-            "rubric_pass_after": ra["all"],
-            "rubric_gain_pp": round(100 * (ra["all"] - rb["all"]), 1),
-            "checks_before": rb,
-            "checks_after": ra,
-            "heldout_pref_acc_before": acc_before,
-            "heldout_pref_acc_after": acc_after,
-            "round_minutes": round(minutes, 2),
-            "round_status": result["status"],
-            "decision": result.get("decision"),
-            "stage": result.get("candidate_stage"),
-            "gate": gate,
-            "expert": tally,
-        }
-        summary["runs"].append(report)
-        (home / "samples.jsonl").write_text(
-            "".join(
-                json.dumps({"prompt": r["prompt"], "before": b, "after": a}) + "\n"
-                for r, b, a in zip(held_rows, before, after, strict=True)
-            ),
-            encoding="utf-8",
-        )
-        print(f"held-out rubric pass rate: before {rb['all']:.0%}, after {ra['all']:.0%} "
-              f"({report['rubric_gain_pp']:+.1f} pp)")  # fmt: skip
-        for check in rubric.checks:
-            print(f"  {check.name:<16} {rb[check.name]:.0%} -> {ra[check.name]:.0%}")
-        print(f"held-out preference accuracy: before {acc_before:.0%}, after {acc_after:.0%}")
-
-    for seed in range(1, args.sabotage_runs + 1):
-        home = root / f"sabotage-{seed}"
-        home.mkdir(parents=True, exist_ok=True)
-        tally = expert_store(home, model_dir, train_rows, system, rubric, sabotage=True,
-                             seed=seed, max_new_tokens=args.max_new_tokens,
-                             sample_seed=args.sample_seed)  # fmt: skip
-        result, minutes = run_round(
-            home, model_dir, args.train_args, {**gate_env, "TUNELOOP_TRAIN_SEED": str(seed)}
-        )
-        gate = gate_summary(result)
-        print(f"sabotage seed {seed}: {result['status']} in {minutes:.1f} min; stage "
-              f"{result.get('candidate_stage')}; expert {json.dumps(tally)}")  # fmt: skip
-        print_gate(gate)
-        summary["runs"].append({
-            "run": f"sabotage-{seed}", "round_status": result["status"],
-            "decision": result.get("decision"), "stage": result.get("candidate_stage"),
-            "round_minutes": round(minutes, 2), "gate": gate, "expert": tally,
-        })  # fmt: skip
-        (root / "loop_quality.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-
-    (root / "loop_quality.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    sabotaged = [r for r in summary["runs"] if r["run"].startswith("sabotage")]
-    promoted = sum(r["round_status"] == "promoted" for r in sabotaged)
-    print()
-    for r in summary["runs"]:
-        print(f"{r['run']:<12} {r['round_status']:<12} stage {r['stage'] or '-':<4} "
-              f"{r['round_minutes']:.1f} min")  # fmt: skip
-    if sabotaged:
-        print(f"sabotage: {promoted} of {len(sabotaged)} rounds promoted (goal 0)")
-    print(f"details: {root / 'loop_quality.json'}")
+    mode = os.environ.get("TUNELOOP_ROUND_MODE")
+    print(f"model {model_dir}; root {root}; TUNELOOP_ROUND_MODE={mode or '(default)'}")
+    if args.variants:
+        run_triage(args, model_dir, root)
+    if args.sabotage_runs or (args.variants == [] and not args.skip_honest):
+        run_house(args, model_dir, root)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""The loop benchmark's ticket-triage domain and simulated expert, and its smoke run.
+
+The checker and the expert must disagree where they are meant to (the expert reads the
+answer in prose, the checker wants the two fields), the committed item files must be what
+the generator writes, and `python -m bench.loop_quality --smoke` must run its rounds end to
+end through the real `tuneloop train`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.loop_triage import (
+    DOMAIN,
+    expert_correction,
+    expert_verdict,
+    feedback_kinds,
+)
+from training.scorers import load_scorer
+
+ROOT = Path(__file__).resolve().parent.parent
+ITEM = {"prompt": "Order #416183 hasn't arrived.", "category": "shipping", "order": "416183"}
+
+
+def test_checker_scores_the_fields_not_the_wording() -> None:
+    checker = load_scorer(f"{DOMAIN / 'scorer.py'}:triage")
+    rows = [ITEM] * 5 + [{**ITEM, "order": "none"}]
+    replies = [
+        "category: shipping\norder: 416183",
+        "Order: #416183\nCategory: Shipping\nWe'll look into it.",
+        "category: shipping\norder: 416184",  # a wrong number
+        "category: returns\norder: 416183",  # a wrong category
+        "This is a shipping ticket about order 416183.",  # right, but not the asked form
+        "category: shipping\norder: none",
+    ]
+    metrics = checker(rows, replies)
+    assert metrics == {"correct": 3 / 6, "category_acc": 4 / 6, "order_acc": 4 / 6,
+                       "parseable": 5 / 6}  # fmt: skip
+
+
+def test_expert_judges_by_the_gold_answer() -> None:
+    # The expert accepts the prose answer the checker rejects, and rejects wrong values.
+    assert expert_verdict("This is a shipping ticket about order 416183.", ITEM) == ""
+    assert expert_verdict("category: shipping\norder: 416183", ITEM) == ""
+    assert "416183" in expert_verdict("category: shipping\norder: 123456", ITEM)
+    assert "shipping" in expert_verdict("category: returns\norder: 416183", ITEM)
+    assert expert_verdict("category: shipping or returns\norder: 416183", ITEM)
+    assert expert_verdict("category: shipping\norder: 416183", {**ITEM, "order": "none"})
+
+
+def test_corrections_vary_and_always_check_out() -> None:
+    import random
+
+    checker = load_scorer(f"{DOMAIN / 'scorer.py'}:triage")
+    rng = random.Random(0)
+    texts = {expert_correction(ITEM, rng) for _ in range(50)}
+    assert len(texts) >= 4
+    assert all(checker([ITEM], [t])["correct"] == 1.0 for t in texts)
+    assert all(expert_verdict(t, ITEM) == "" for t in texts)
+
+
+def test_feedback_mix_is_mostly_thumbs() -> None:
+    kinds = feedback_kinds(120, seed=3)
+    assert {k: kinds.count(k) for k in set(kinds)} == {"thumbs": 72, "correction": 30,
+                                                       "compare": 18}  # fmt: skip
+    assert kinds == feedback_kinds(120, seed=3) != feedback_kinds(120, seed=4)
+
+
+def test_item_files_are_what_the_generator_writes(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_items", DOMAIN / "make_items.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    names = ["heldout.jsonl", "tickets_eval.jsonl", "prompts.jsonl", "seed_sft.jsonl"]
+    for name in names:
+        assert (tmp_path / name).read_text() == (DOMAIN / name).read_text(), name
+    read = {n: [json.loads(x) for x in (DOMAIN / n).read_text().splitlines()] for n in names}
+    held = {r["prompt"] for r in read["heldout.jsonl"]}
+    gate = {r["prompt"] for r in read["tickets_eval.jsonl"]}
+    pool = {r["prompt"] for r in read["prompts.jsonl"]}
+    seeds = {r["messages"][0]["content"] for r in read["seed_sft.jsonl"]}
+    assert len(held) == 80 and len(gate) == 40 and len(pool) == 600 and len(seeds) == 10
+    assert not (held & (gate | pool | seeds)) and not (gate & (pool | seeds))
+
+
+def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two rounds of the full mix on the tiny model: the expert's feedback reaches the
+    store, each round is a real `tuneloop train` with the gate, held-out correctness is
+    measured with an interval. (Minutes on a busy 2-core machine.)"""
+    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.loop_quality", "--smoke", "--model", str(tiny_model_dir),
+         "--home", str(tmp_path / "loop"), "--variants", "full", "--rounds", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "loop" / "triage" / "loop_quality.json").read_text())
+    runs = summary["runs"]
+    assert [(r["variant"], r["round"]) for r in runs] == [("full", 1), ("full", 2)]
+    for r in runs:
+        assert r["status"] in {"promoted", "inconclusive", "rejected"}
+        assert set(r["gate"]) >= {"sft"}
+        assert any(c["name"] == "tickets_eval:correct" for c in r["gate"]["sft"]["comparisons"])
+        assert r["heldout"]["n"] == 5 and r["heldout"]["low"] <= r["heldout"]["correct"]
+        assert sum(r["expert"].values()) == 6
+    assert "full    2" in proc.stdout
