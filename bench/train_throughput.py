@@ -354,6 +354,7 @@ def main() -> None:
             if proc.returncode or not lines:
                 sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
             results[name] = json.loads(lines[-1][7:])
+            print(f"{name}: {json.dumps(results[name])}", flush=True)  # as each finishes
     plain_batch = args.plain_batch or "8 (TRL default)"
     print(
         f"model {model_dir.name}, {args.rows} SFT rows + {len(dpo)} pairs, one epoch each; "
