@@ -10,6 +10,13 @@ greedy replies are identical (padding can shift floating-point sums).
     .venv/bin/python -m bench.generate                     # embedded SmolLM2, CPU or GPU
     .venv/bin/python -m bench.generate --batch-sizes 4,8,16 --prompts 24 --max-new-tokens 64
     .venv/bin/python -m bench.generate --model PATH --json
+    .venv/bin/python -m bench.generate --evaluate --prompts 8 --max-new-tokens 48
+
+`--evaluate` times a round's held-out evaluation instead (`training.evaluate.evaluate_models`
+on the demo domain: held-out SFT rows, pairs, general checks, rubric replies) of three
+adapters (serving, SFT, DPO; random LoRA r=16 weights), twice: a first round with an empty
+evaluation cache, then a next round whose serving version and base are the same but whose
+stages are new (what the cache spares). Run it from an older checkout to time older code.
 """
 
 from __future__ import annotations
@@ -72,6 +79,54 @@ def one_at_a_time(model: Any, tok: Any, convs: list[list[dict]], max_new: int) -
     return replies
 
 
+def random_adapter(model_dir: Path, dest: Path, seed: int) -> Path:
+    """A LoRA adapter of the round's shape (r=16, all linear layers) with random weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(seed)
+    model = get_peft_model(base, config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # small, so replies stay language-like
+            param.data.mul_(0.01)
+    model.save_pretrained(str(dest))
+    return dest
+
+
+def evaluation_timing(model_dir: Path, n: int, max_new: int, long_rows: bool) -> dict:
+    """Seconds of a cold and a warm (next-round) held-out evaluation of three adapters."""
+    import dataclasses
+
+    from app.config import Settings
+    from bench.train_throughput import demo_rows as training_rows
+    from training.evaluate import EvalSettings, evaluate_models
+
+    settings = Settings()
+    sft, dpo = training_rows(2 * n, long_rows=long_rows)
+    pairs = dpo[n:]  # held-out pairs, other prompts than the SFT rows
+    eval_sft = sft[:n] + [{"messages": [*p["prompt"], *p["chosen"]]} for p in pairs]
+    tmp = Path(tempfile.mkdtemp(prefix="tuneloop-bench-eval-"))
+    names = ("serving", "sft", "dpo", "sft2", "dpo2")
+    adapters = {k: random_adapter(model_dir, tmp / k, seed) for seed, k in enumerate(names)}
+    config = EvalSettings(
+        max_prompts=n, max_new_tokens=max_new, rubric_file=settings.rubric_file,
+        general_file=settings.data_dir / "general_checks.jsonl",
+        system_prompt=settings.system_prompt(),
+    )  # fmt: skip
+    if "cache_dir" in {f.name for f in dataclasses.fields(EvalSettings)}:
+        config = dataclasses.replace(config, cache_dir=tmp / "cache")
+    out = {}
+    for label, stages in (("first_round_s", ("sft", "dpo")), ("next_round_s", ("sft2", "dpo2"))):
+        chosen = {"serving": adapters["serving"], **{k[:3]: adapters[k] for k in stages}}
+        start = time.perf_counter()
+        evaluate_models(model_dir, chosen, sft_rows=eval_sft, pairs=pairs, settings=config)
+        out[label] = round(time.perf_counter() - start, 1)
+    return {"heldout_sft": len(eval_sft), "heldout_pairs": len(pairs), **out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="local HF model dir (default: embedded)")
@@ -81,7 +136,18 @@ def main() -> None:
         "--batch-sizes", default=None, help="comma-separated (default: the machine's default)"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--evaluate", action="store_true", help="time a round's evaluation")
+    parser.add_argument("--long-rows", action="store_true", help="--evaluate on ~370-token rows")
     args = parser.parse_args()
+    if args.evaluate:
+        from app.config import Settings
+        from app.modelfiles import resolve_model_dir
+
+        model_dir = resolve_model_dir(args.model, Settings().models_dir, progress=True)
+        print(json.dumps(
+            evaluation_timing(model_dir, args.prompts, args.max_new_tokens, args.long_rows)
+        ))  # fmt: skip
+        return
 
     import torch
 

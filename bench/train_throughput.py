@@ -42,9 +42,26 @@ REPO = Path(__file__).resolve().parent.parent
 NAMES = ["Dana", "Omar", "Priya", "Lena", "Marco", "Aiko", "Sven", "Fatima", "Jonas", "Rosa"]
 
 
-def demo_rows(n: int) -> tuple[list[dict], list[dict]]:
-    """`n` SFT rows and `n` DPO pairs in the demo domain, with its system prompt."""
+def long_system_prompt() -> str:
+    """A deployment-sized system prompt (~270 tokens): the demo's, plus its policy list."""
     system = (REPO / "data" / "system_prompt.md").read_text(encoding="utf-8").strip()
+    policies = (REPO / "data" / "policies.md").read_text(encoding="utf-8")
+    lines = [x for x in policies.splitlines() if x.startswith("- POL-")]
+    return (
+        system
+        + "\n\nPolicies you may cite:\n"
+        + "\n".join(lines)
+        + ("\n\nIf no policy applies, say so and offer to open a ticket.")
+    )
+
+
+def demo_rows(n: int, *, long_rows: bool = False) -> tuple[list[dict], list[dict]]:
+    """`n` SFT rows and `n` DPO pairs in the demo domain, with its system prompt. With
+    `long_rows`, rows like a real deployment's (~370 tokens): a ~270-token system prompt,
+    a ticket with its account details, and the short reply."""
+    system = (REPO / "data" / "system_prompt.md").read_text(encoding="utf-8").strip()
+    if long_rows:
+        system = long_system_prompt()
     seeds = [
         json.loads(line)
         for line in (REPO / "data" / "seed_sft.jsonl").read_text(encoding="utf-8").splitlines()
@@ -55,6 +72,12 @@ def demo_rows(n: int) -> tuple[list[dict], list[dict]]:
         seed = seeds[i % len(seeds)]["messages"]
         name = NAMES[i % len(NAMES)]
         user = f"This is {name}. " + seed[0]["content"]
+        if long_rows:
+            user = (
+                f"Ticket #{4100 + i} from {name} (account {52000 + 17 * i}, plan Fibre "
+                f"{100 * (1 + i % 5)}, customer since {2015 + i % 9}). Channel: web chat.\n"
+                f"Message: {seed[0]['content']} Please tell me what happens next."
+            )
         good = seed[-1]["content"]
         prompt = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         sft.append({"messages": [*prompt, {"role": "assistant", "content": good}]})
@@ -93,7 +116,16 @@ def _peak_memory() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_variant(variant: str, model_dir: Path, rows: int, batch: int, out: Path) -> dict:
+def run_variant(
+    variant: str,
+    model_dir: Path,
+    rows: int,
+    batch: int,
+    out: Path,
+    *,
+    long_rows: bool = False,
+    sft_only: bool = False,
+) -> dict:
     """Train SFT then DPO one epoch each; return seconds per stage and peak memory."""
     # Both sides import the training libraries before their clocks start (a plain script
     # imports them at the top; our stages import them lazily, on first use).
@@ -106,7 +138,9 @@ def run_variant(variant: str, model_dir: Path, rows: int, batch: int, out: Path)
     from app.config import Settings
     from training.stages import RoundConfig, train_dpo, train_sft
 
-    sft, dpo = demo_rows(rows)
+    sft, dpo = demo_rows(rows, long_rows=long_rows)
+    if sft_only:
+        dpo = []
     # the settings' round (TUNELOOP_GRADIENT_CHECKPOINTING, _PADDING_FREE, _QLORA... apply),
     # one epoch of each stage, no checkpoints on the clock
     config = dataclasses.replace(
@@ -119,7 +153,8 @@ def run_variant(variant: str, model_dir: Path, rows: int, batch: int, out: Path)
         adapter = train_sft(model_dir, sft, out / "sft", config, lambda *a: None)
         timings["sft_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        train_dpo(model_dir, dpo, adapter, out / "dpo", config, lambda *a: None)
+        if dpo:
+            train_dpo(model_dir, dpo, adapter, out / "dpo", config, lambda *a: None)
         timings["dpo_s"] = time.perf_counter() - t
     else:
         timings = _plain_trl(model_dir, sft, dpo, batch, out)
@@ -160,6 +195,8 @@ def _plain_trl(model_dir: Path, sft: list[dict], dpo: list[dict], batch: int, ou
     trained: Any = sft_trainer.model
     trained.save_pretrained(str(out / "sft-adapter"))
     sft_s = time.perf_counter() - t
+    if not dpo:
+        return {"sft_s": sft_s, "dpo_s": 0.0}
     t = time.perf_counter()
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     dpo_trainer = DPOTrainer(
@@ -243,6 +280,16 @@ def main() -> None:
     parser.add_argument(
         "--ours-only", action="store_true", help="Skip the plain TRL script (setting checks)."
     )
+    parser.add_argument(
+        "--long-rows", action="store_true", help="~370-token rows (a ~270-token system prompt)."
+    )
+    parser.add_argument("--sft-only", action="store_true", help="Time the SFT stage alone.")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="Also ours at batch 4 and with gradient checkpointing (padding-free is left out: "
+        "TRL keeps rows apart in a padding-free batch only with flash-attention kernels).",
+    )
     args = parser.parse_args()
 
     if args.qlora_8b:
@@ -257,7 +304,10 @@ def main() -> None:
         model_dir = resolve_model_dir(None, Settings().models_dir, progress=False)
     if args.variant:  # a child process: one variant, one JSON line
         batch = args.batch if args.variant == "ours" else args.plain_batch
-        result = run_variant(args.variant, model_dir, args.rows, batch, Path(args.out))
+        result = run_variant(
+            args.variant, model_dir, args.rows, batch, Path(args.out),
+            long_rows=args.long_rows, sft_only=args.sft_only,
+        )  # fmt: skip
         from training import ranks
 
         if ranks.is_main():
@@ -267,31 +317,47 @@ def main() -> None:
     from training.stages import default_train_batch_size
 
     args.batch = args.batch or default_train_batch_size()
-    sft, dpo = demo_rows(args.rows)
+    sft, dpo = demo_rows(args.rows, long_rows=args.long_rows)
+    if args.sft_only:
+        dpo = []
     sft_tokens, dpo_tokens = count_tokens(model_dir, sft, dpo)
     results = {}
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    launch = {"plain": [sys.executable], "ours": [sys.executable]}
+    one = [sys.executable]
+    # name: (launcher, variant, our batch size, settings the child reads from its environment)
+    launch: dict[str, tuple[list[str], str, int, dict[str, str]]] = {
+        "plain": (one, "plain", args.batch, {}),
+        "ours": (one, "ours", args.batch, {}),
+    }
     if args.ours_only:
         del launch["plain"]
+    if args.sweep:
+        launch["ours b4"] = (one, "ours", 4, {})
+        launch["ours gc"] = (one, "ours", args.batch, {"TUNELOOP_GRADIENT_CHECKPOINTING": "true"})
     if args.processes > 1:
         label = f"ours x{args.processes}"
-        launch[label] = [torchrun, "--standalone", "--nproc_per_node", str(args.processes)]
-    for name, launcher in launch.items():
-        variant = "plain" if name == "plain" else "ours"
+        launch[label] = (
+            [torchrun, "--standalone", "--nproc_per_node", str(args.processes)], "ours",
+            args.batch, {},
+        )  # fmt: skip
+    for name, (launcher, variant, batch, env) in launch.items():
         with tempfile.TemporaryDirectory() as out:
             cmd = [*launcher, "-m", "bench.train_throughput", "--variant", variant]
             cmd += ["--model", str(model_dir), "--rows", str(args.rows)]
-            cmd += ["--batch", str(args.batch), "--plain-batch", str(args.plain_batch)]
+            cmd += ["--batch", str(batch), "--plain-batch", str(args.plain_batch)]
             cmd += ["--out", out]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            cmd += ["--long-rows"] * args.long_rows + ["--sft-only"] * args.sft_only
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}
+            )
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not lines:
                 sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
             results[name] = json.loads(lines[-1][7:])
+            print(f"{name}: {json.dumps(results[name])}", flush=True)  # as each finishes
     plain_batch = args.plain_batch or "8 (TRL default)"
     print(
-        f"model {model_dir.name}, {args.rows} SFT rows + {args.rows} pairs, one epoch each; "
+        f"model {model_dir.name}, {args.rows} SFT rows + {len(dpo)} pairs, one epoch each; "
         f"batch: ours {args.batch}, plain {plain_batch}"
     )
     print(f"tokens per epoch: SFT {sft_tokens}, DPO {dpo_tokens}")
@@ -299,7 +365,7 @@ def main() -> None:
         total = sft_tokens + dpo_tokens
         print(
             f"{variant:>8}: SFT {sft_tokens / r['sft_s']:.1f} tok/s ({r['sft_s']:.1f} s), "
-            f"DPO {dpo_tokens / r['dpo_s']:.1f} tok/s ({r['dpo_s']:.1f} s), "
+            f"DPO {dpo_tokens / max(r['dpo_s'], 1e-9):.1f} tok/s ({r['dpo_s']:.1f} s), "
             f"round {total / (r['sft_s'] + r['dpo_s']):.1f} tok/s, peak {r['peak_gib']:.2f} GiB"
         )
     if args.ours_only:
@@ -307,12 +373,12 @@ def main() -> None:
     p, o = results["plain"], results["ours"]
     print(
         f"ratio ours/plain: SFT {p['sft_s'] / o['sft_s']:.2f}x, "
-        f"DPO {p['dpo_s'] / o['dpo_s']:.2f}x, "
+        f"DPO {p['dpo_s'] / max(o['dpo_s'], 1e-9):.2f}x, "
         f"round {(p['sft_s'] + p['dpo_s']) / (o['sft_s'] + o['dpo_s']):.2f}x tokens/s; "
         f"peak memory {o['peak_gib'] / p['peak_gib']:.2f}x"
     )
     for name, r in results.items():
-        if name not in ("plain", "ours"):
+        if name.startswith("ours x"):
             speed = (o["sft_s"] + o["dpo_s"]) / (r["sft_s"] + r["dpo_s"])
             print(
                 f"{name} / ours on 1 process: round {speed:.2f}x tokens/s; peak memory "

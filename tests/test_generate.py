@@ -306,3 +306,34 @@ def test_malformed_line_fails_before_any_generation(
     assert not out.exists()
     with pytest.raises(GenerationError, match=re.escape(message)):
         read_rows(src)
+
+
+def test_a_shared_system_prompt_runs_once_per_batch_and_changes_no_reply(
+    v1: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long system prompt every row shares is computed once and its cache copied to every
+    row (middle padding): the replies are those of one-at-a-time and of plain left padding."""
+    import training.generate as generate
+
+    system = "You answer questions for a garden shop, briefly and politely. " * 6
+    conversations = convs(system)
+    model, tokenizer = v1
+    ids = [generate._encode(tokenizer, c, i) for i, c in enumerate(conversations)]
+    assert generate.shared_prefix(ids) >= generate.SHARED_PREFIX_MIN_TOKENS
+    single = generate_replies(*v1, conversations, max_new_tokens=MAX_NEW, batch_size=1)
+
+    forwarded: list[int] = []
+    real = type(model).__call__
+
+    def count(self: Any, *args: Any, **kw: Any) -> Any:
+        if "cache" in kw and kw.get("input_ids") is not None:
+            forwarded.append(int(kw["input_ids"].shape[0]))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(type(model), "__call__", count)
+    shared = generate_replies(*v1, conversations, max_new_tokens=MAX_NEW, batch_size=4)
+    monkeypatch.undo()
+    assert forwarded == [1, 1]  # the prefix, once per batch of 4 and 3 rows, on one row
+    monkeypatch.setattr(generate, "SHARED_PREFIX_MIN_TOKENS", 10**9)
+    padded = generate_replies(*v1, conversations, max_new_tokens=MAX_NEW, batch_size=4)
+    assert shared == single == padded and len(set(single)) > 1

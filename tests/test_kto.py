@@ -235,3 +235,18 @@ def test_a_kto_stage_needs_enough_rows_of_both_labels_and_mixes_them() -> None:
     mixed = mixed_labels(rows(2, 4))
     assert [r["label"] for r in mixed] == [True, False, True, False, False, False]
     assert [r["n"] for r in mixed if not r["label"]] == [0, 1, 2, 3]  # order kept per label
+
+
+def test_a_short_stage_takes_a_seeded_sample_keeping_each_labels_share() -> None:
+    from training.stages import RoundConfig, rows_seen
+
+    rows = [{"i": i, "label": i % 4 == 0} for i in range(40)]  # 10 👍, 30 👎
+    config = RoundConfig(batch_size=2, grad_accum=2)
+    label = lambda r: r["label"]  # noqa: E731
+    sample = rows_seen(rows, 2, config, group=label)  # 2 steps x 2 x 2 = 8 rows
+    assert len(sample) == 8 and sum(r["label"] for r in sample) == 2
+    assert [r["i"] for r in sample] == sorted(r["i"] for r in sample)
+    assert rows_seen(rows, 2, config, group=label) == sample  # the same rows on resume
+    assert rows_seen(rows, 10, config) is rows  # the steps cover an epoch: every row
+    few = rows_seen(rows, 1, RoundConfig(batch_size=2), group=label)
+    assert {r["label"] for r in few} == {True, False}

@@ -136,6 +136,10 @@ def test_round_end_to_end_promotes_then_rolls_back(
         assert (folder / name).is_file(), name
     logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert {(m["stage"], m["step"]) for m in logged} >= {("sft", 4), ("dpo", 4)}
+    # 4 DPO steps of 4 pairs train on 16 of the pairs: only those get reference log-probs
+    counts = json.loads((folder / "snapshot.json").read_text())["counts"]
+    assert counts["dpo_train"] > 16
+    assert [m["train_rows"] for m in logged if "train_rows" in m] == [16]
 
     # The LoRA weights moved away from their initialisation (B starts at zero), DPO moved
     # them again, and no base weight was touched: the adapters hold only LoRA tensors and

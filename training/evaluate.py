@@ -49,6 +49,7 @@ class EvalSettings:
     rubric_file: Path | None = None
     general_file: Path | None = None
     system_prompt: str = ""  # given to the general checks, as the chat app serves them
+    cache_dir: Path | None = None  # per-item results kept between rounds (evalcache.py)
 
 
 def read_general_checks(path: Path | None) -> list[Row]:
@@ -152,10 +153,13 @@ def evaluate_models(
     on_model: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics for each named adapter (None = the bare base) on the same held-out rows
-    (`kto_rows`: held-out unpaired 👍/👎 replies, for `kto_acc`)."""
+    (`kto_rows`: held-out unpaired 👍/👎 replies, for `kto_acc`). Per-item results are
+    reused from `settings.cache_dir` when the same model met the same item before."""
     from peft import PeftModel
 
     from training.datasets import with_system
+    from training.evalcache import ItemCache, adapter_identity
+    from training.evalsets import model_identity
     from training.generate import generate_replies, load_for_generation
 
     model, tokenizer = load_for_generation(model_dir, None, load_in_4bit=load_in_4bit)
@@ -187,54 +191,80 @@ def evaluate_models(
     gen_prompts = gen_prompts[: settings.max_prompts]
     general_gen = [r for r in general if r.get("must_match")]
     kw = {"batch_size": settings.batch_size, "max_length": settings.max_length}
+    base_identity = model_identity(Path(model_dir))
 
-    def measure() -> dict[str, Any]:
-        heldout = reply_logps(model, tokenizer, loss_items, **kw)
-        general_scores = reply_logps(model, tokenizer, general_items, **kw)
-        m: dict[str, Any] = {
-            "heldout_loss": _mean_nll(heldout),
-            "general_loss": _mean_nll(general_scores),
-            "pair_logps": [s for s, _ in reply_logps(model, tokenizer, pair_items, **kw)],
-            "kto_logps": [s for s, _ in reply_logps(model, tokenizer, kto_items, **kw)],
-            "items": {
-                "heldout_loss": _item_nll(heldout),
-                "general_loss": _item_nll(general_scores),
-            },
+    def cache_for(adapter: Path | None) -> ItemCache:
+        identity = {
+            "model": base_identity,
+            "adapter": adapter_identity(adapter),
+            "load_in_4bit": load_in_4bit,
+            "max_length": settings.max_length,
         }
+        return ItemCache(settings.cache_dir, identity)
+
+    def logps(cache: ItemCache, items: list[tuple[list[dict], list[dict]]]) -> list[tuple]:
+        keys = [cache.key("logp", p, r) for p, r in items]
+        todo = {k: item for k, item in zip(keys, items, strict=True) if cache.get(k) is None}
+        computed = reply_logps(model, tokenizer, list(todo.values()), **kw)
+        for k, value in zip(todo, computed, strict=True):
+            cache.put(k, list(value))
+        return [tuple(cache.get(k)) for k in keys]
+
+    def replies(cache: ItemCache, conversations: list[list[dict]], max_new: int) -> list[str]:
+        keys = [cache.key("greedy", max_new, c) for c in conversations]
+        todo = {k: c for k, c in zip(keys, conversations, strict=True) if cache.get(k) is None}
+        computed = generate_replies(model, tokenizer, list(todo.values()), max_new_tokens=max_new)
+        for k, value in zip(todo, computed, strict=True):
+            cache.put(k, value)
+        return [cache.get(k) for k in keys]
+
+    def measure(cache: ItemCache, full: bool = True) -> dict[str, Any]:
+        m: dict[str, Any] = {
+            "pair_logps": [s for s, _ in logps(cache, pair_items)],
+            "kto_logps": [s for s, _ in logps(cache, kto_items)],
+        }
+        if not full:  # the bare base as the reference of the implicit rewards only
+            return m
+        heldout = logps(cache, loss_items)
+        general_scores = logps(cache, general_items)
+        m.update(
+            heldout_loss=_mean_nll(heldout),
+            general_loss=_mean_nll(general_scores),
+            items={"heldout_loss": _item_nll(heldout), "general_loss": _item_nll(general_scores)},
+        )
         if settings.generate and rubric is not None and gen_prompts:
-            replies = generate_replies(
-                model, tokenizer, gen_prompts, max_new_tokens=settings.max_new_tokens
-            )
+            answers = replies(cache, gen_prompts, settings.max_new_tokens)
             passed = [
                 rubric.passes(reply, {"customer": customer_of(prompt)})
-                for reply, prompt in zip(replies, gen_prompts, strict=True)
+                for reply, prompt in zip(answers, gen_prompts, strict=True)
             ]
             m["rubric_pass"] = sum(passed) / len(passed)
             m["items"]["rubric_pass"] = {"values": [float(p) for p in passed]}
             m["samples"] = [
                 {"prompt": p[-1]["content"], "reply": r, "passes": ok}
-                for p, r, ok in list(zip(gen_prompts, replies, passed, strict=True))[:5]
+                for p, r, ok in list(zip(gen_prompts, answers, passed, strict=True))[:5]
             ]
         if settings.generate and general_gen:
-            replies = generate_replies(
-                model,
-                tokenizer,
-                [r["messages"][:-1] for r in general_gen],
-                max_new_tokens=settings.general_max_new_tokens,
+            answers = replies(
+                cache, [r["messages"][:-1] for r in general_gen], settings.general_max_new_tokens
             )
             ok = [
                 re.search(r["must_match"], reply, re.IGNORECASE) is not None
-                for r, reply in zip(general_gen, replies, strict=True)
+                for r, reply in zip(general_gen, answers, strict=True)
             ]
             m["general_pass"] = sum(ok) / len(ok)
             m["items"]["general_pass"] = {"values": [float(v) for v in ok]}
+        cache.save()
         return m
 
     results: dict[str, dict[str, Any]] = {}
     peft_model: Any = None
     if on_model:
         on_model("base")
-    base_metrics = measure()
+    base_cache = cache_for(None)
+    # The base's replies and losses count only when it is one of the models compared.
+    base_metrics = measure(base_cache, full=None in adapters.values())
+    base_cache.save()
     for name, adapter in adapters.items():
         if adapter is None:
             results[name] = {**base_metrics, "items": dict(base_metrics["items"])}
@@ -247,13 +277,13 @@ def evaluate_models(
         else:
             peft_model.load_adapter(str(adapter), adapter_name=name)
         peft_model.set_adapter(name)
-        results[name] = measure()
+        results[name] = measure(cache_for(adapter))
 
     base_logps = base_metrics["pair_logps"]
     n = len(pairs)
     for metrics in results.values():
-        logps = metrics.pop("pair_logps")
-        outcomes = _pref_outcomes(logps, base_logps, n)
+        pair_logps = metrics.pop("pair_logps")
+        outcomes = _pref_outcomes(pair_logps, base_logps, n)
         metrics["pref_acc"] = sum(outcomes) / n if n else None
         if n:
             metrics["items"]["pref_acc"] = {"values": outcomes}

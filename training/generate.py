@@ -174,23 +174,56 @@ def generate_replies(
     return replies
 
 
+# A prompt prefix that every row of a batch shares (a deployment's system prompt: ~270 of a
+# ~370-token prompt) is run through the model once, and its attention cache is copied to
+# every row, when it is at least this many tokens; shorter ones are not worth the copy.
+SHARED_PREFIX_MIN_TOKENS = 32
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares (each keeps at least one of its own)."""
+    shortest = min(len(ids) for ids in prompts)
+    n = 0
+    while n < shortest - 1 and all(ids[n] == prompts[0][n] for ids in prompts):
+        n += 1
+    return n
+
+
 def _generate_batch(
     model: Any, tokenizer: Any, prompts: list[list[int]], pad_id: int, kwargs: dict[str, Any]
 ) -> tuple[list[str], list[bool]]:
-    """Left-pad `prompts` into one tensor, generate, and decode each row's new tokens;
-    with, per row, whether the model ended it (an end token) rather than the token budget."""
+    """Pad `prompts` into one tensor, generate, and decode each row's new tokens; with, per
+    row, whether the model ended it (an end token) rather than the token budget.
+
+    Rows are left-padded, except that a shared prefix stays in front and is computed once:
+    [prefix][padding][own tokens]. The attention mask hides the padding and position ids
+    follow the mask, so each row sees exactly its own prompt, as when left-padded."""
     import torch
 
-    width = max(len(ids) for ids in prompts)
+    prefix = shared_prefix(prompts) if len(prompts) > 1 else 0
+    if prefix < SHARED_PREFIX_MIN_TOKENS:
+        prefix = 0
+    own = [ids[prefix:] for ids in prompts]
+    width = prefix + max(len(ids) for ids in own)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
+    input_ids[:, :prefix] = torch.tensor(prompts[0][:prefix], dtype=torch.long)
+    attention[:, :prefix] = 1
+    for row, ids in enumerate(own):
         input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
         attention[row, width - len(ids) :] = 1
     device = model.device
+    extra: dict[str, Any] = {}
     with torch.inference_mode():
+        if prefix:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+            model(input_ids=input_ids[:1, :prefix].to(device), cache=cache, use_cache=True)
+            cache.batch_repeat_interleave(len(prompts))
+            extra["cache"] = cache
         out = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs, **extra
         )
     eos = set(kwargs["eos_token_id"])
     texts, ended = [], []

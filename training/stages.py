@@ -131,6 +131,7 @@ class RoundConfig:
                 rubric_file=settings.rubric_file,
                 general_file=data / "general_checks.jsonl",
                 system_prompt=system_prompt,
+                cache_dir=Path(settings.home) / "eval-cache",
             ),
             gate=GateConfig(
                 margins=parse_margins(settings.gate_margins),
@@ -229,6 +230,31 @@ def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
     per_epoch = math.ceil(math.ceil(rows / per_step) / config.grad_accum)
     steps = explicit or max(1, math.ceil(per_epoch * epochs))
     return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def rows_seen(
+    rows: list[Row], steps: int, config: RoundConfig, group: Callable[[Row], Any] | None = None
+) -> list[Row]:
+    """The rows a stage of `steps` steps will train on: all of them when the steps cover an
+    epoch, otherwise a seeded sample of exactly as many as the steps take (kept in their
+    order). DPO and KTO compute the reference log-probs of every row they are given before
+    the first step; a `--max-steps 2` round on 200 pairs spent ~10 minutes on rows that
+    were never trained on. `group` (KTO's label) keeps each group's share in the sample, at
+    least one row of each. The same seed picks the same rows when a round resumes."""
+    import random
+
+    need = steps * config.batch_size * config.grad_accum * ranks.world_size()
+    if need >= len(rows):
+        return rows
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(group(row) if group else None, []).append(i)
+    quotas = {g: max(1, round(need * len(idx) / len(rows))) for g, idx in groups.items()}
+    largest = max(groups, key=lambda g: len(groups[g]))
+    quotas[largest] = max(1, need - sum(q for g, q in quotas.items() if g != largest))
+    rng = random.Random(config.seed)
+    keep = [i for g, idx in groups.items() for i in rng.sample(idx, min(quotas[g], len(idx)))]
+    return [rows[i] for i in sorted(keep)]
 
 
 def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir: Path) -> dict:
@@ -485,7 +511,9 @@ def train_dpo(
 
     config = resolved(config, model_dir)
     checkpoints = stage_dir / "checkpoints"
-    args = dpo_config(config, checkpoints, stage_steps(len(pairs), config, "dpo"), stage_dir.parent)
+    steps = stage_steps(len(pairs), config, "dpo")
+    args = dpo_config(config, checkpoints, steps, stage_dir.parent)
+    pairs = rows_seen(pairs, steps, config)
     return _continue_and_train(
         DPOTrainer, model_dir, pairs, sft_adapter, stage_dir, config, args, "dpo", log
     )
@@ -522,9 +550,10 @@ def train_kto(
     config = resolved(config, model_dir)
     if config.batch_size < 2:
         config = dataclasses.replace(config, batch_size=2)
-    rows = mixed_labels([{k: r[k] for k in ("prompt", "completion", "label")} for r in rows])
     checkpoints = stage_dir / "checkpoints"
     steps = stage_steps(len(rows), config, "kto")
+    rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in rows]
+    rows = mixed_labels(rows_seen(rows, steps, config, group=lambda r: bool(r["label"])))
     args = kto_config(config, checkpoints, steps, stage_dir.parent, rows)
     return _continue_and_train(
         KTOTrainer, model_dir, rows, sft_adapter, stage_dir, config, args, "kto", log
@@ -544,6 +573,8 @@ def _continue_and_train(
 ) -> Path:
     """A preference stage (DPO, KTO): continue the SFT adapter, whose frozen copy TRL makes
     the reference (`ref_model=None`), or train a fresh adapter against the bare base."""
+    # what the stage trains on, in metrics.jsonl (a short round takes a sample: rows_seen)
+    log(stage, 0, int(args.max_steps), {"train_rows": float(len(rows))})
     model, peft_config = _trainable(model_dir, config, sft_adapter)
     trainer = trainer_class(
         model=model,
