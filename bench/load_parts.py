@@ -50,12 +50,11 @@ def queue_backlog(home: Path, env: dict[str, str], n: int) -> None:
 
 
 def outbox(home: Path, env: dict[str, str]) -> dict[str, int]:
-    from feedback.outbox import outbox_counts
     from feedback.store import Store
 
     store = Store.open(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")
     try:
-        return outbox_counts(store)
+        return store.outbox_counts()
     finally:
         store.engine.dispose()
 

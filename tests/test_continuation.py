@@ -233,7 +233,6 @@ def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
     capsys: pytest.CaptureFixture,
 ) -> None:
     from app.config import Settings
-    from feedback.outbox import pending
     from feedback.store import Store
     from tests.tiny import tiny_registry
 
@@ -280,7 +279,7 @@ def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
         assert item["best_score"] == max(scored) > item["worst_score"] == min(scored)
 
     settings = Settings()
-    queued = pending(Store.open(settings.database), limit=100)
+    queued = Store.open(settings.database).pending_pairs(limit=100)
     assert len(queued) == len(paired)
     by_first = {q.first: q for q in queued}
     for item in paired:
@@ -305,7 +304,7 @@ def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
         monkeypatch, capsys, "pairs", "generate", "--prompts", str(prompts), "--best-of", "1"
     )
     assert code == 1 and "at least 2" in err
-    assert len(pending(Store.open(settings.database), limit=100)) == len(paired)
+    assert len(Store.open(settings.database).pending_pairs(limit=100)) == len(paired)
 
 
 def test_best_of_ranks_samples_by_the_demo_rubric_and_finds_ties() -> None:
