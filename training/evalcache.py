@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import write_atomic
+
 # Model identities kept: a round adds up to four (base, serving, each stage); older files
 # (adapters long replaced) are dropped, newest use first.
 KEEP_FILES = 48
@@ -75,9 +77,7 @@ class ItemCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.dirty:
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"items": self.items}), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({"items": self.items}))
             self.dirty = False
         elif self.path.is_file():
             os.utime(self.path)  # used: keep it among the newest
