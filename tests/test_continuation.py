@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.cli import run_cli
-from tests.test_round import ANSWERS, QUESTIONS
+from tests.test_round import ANSWERS, add_topic_rows
 
 # New questions for the second round, in words the tiny tokenizer knows.
 NEW_QUESTIONS = ["What do experts say about {t} in the evening?", "Please explain {t} quickly."]
@@ -42,7 +42,7 @@ def test_a_continue_round_starts_from_the_promoted_adapter_on_new_and_replayed_r
     capsys: pytest.CaptureFixture,
 ) -> None:
     from app.config import Settings
-    from feedback.records import NewExample, NewPreference
+    from feedback.records import NewExample
     from feedback.store import Store
     from training.registry import Registry
 
@@ -66,15 +66,7 @@ def test_a_continue_round_starts_from_the_promoted_adapter_on_new_and_replayed_r
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.database)
-    prefs, examples = [], []
-    for topic, answer in ANSWERS.items():
-        for question in QUESTIONS:
-            prompt = [{"role": "user", "content": question.format(t=topic)}]
-            prefs.append(NewPreference(prompt=prompt, chosen=answer, rejected="No idea, sorry."))
-            examples.append(
-                NewExample(messages=[*prompt, {"role": "assistant", "content": answer}])
-            )
-    store.add_bulk(preferences=prefs, examples=examples)
+    add_topic_rows(store)
     rounds = settings.home / "rounds"
 
     # Continue asked for with nothing promoted yet: a fresh adapter, and the report says so.

@@ -57,9 +57,8 @@ def settings(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return s
 
 
-@pytest.fixture
-def store(settings: Settings) -> Store:
-    store = Store.open(settings.database)
+def add_topic_rows(store: Store) -> None:
+    """Every QUESTIONS x ANSWERS prompt as an SFT example and a pair against a non-answer."""
     prefs, examples = [], []
     for topic, answer in ANSWERS.items():
         for question in QUESTIONS:
@@ -69,6 +68,12 @@ def store(settings: Settings) -> Store:
                 NewExample(messages=[*prompt, {"role": "assistant", "content": answer}])
             )
     store.add_bulk(preferences=prefs, examples=examples)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Store:
+    store = Store.open(settings.database)
+    add_topic_rows(store)
     return store
 
 
