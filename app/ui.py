@@ -324,28 +324,31 @@ def build_ui(service: ChatService) -> gr.Blocks:
             st: ChatState, index: int | None, choice: str, request: gr.Request
         ) -> Iterator[tuple[Any, ...]]:
             hidden = gr.update(visible=False)
+            # Visibility is sent only when it changes: a visibility update on every streamed
+            # chunk makes the server rebuild the hidden rows each time (seconds per compare
+            # under load), which delays every other expert's clicks.
+            shown: tuple[bool, bool] | None = None
             try:
                 user = service.user(request.username)
                 candidates = service.compare(user, st, index, choice or COMPARE_SAMPLE)
                 for item in _throttled(candidates):
+                    done = isinstance(item, Comparison)
+                    wanted = (True, done)
+                    rows = [
+                        gr.update(visible=v) if shown is None or v != s else gr.update()
+                        for v, s in zip(wanted, shown or wanted, strict=True)
+                    ]
+                    shown = wanted
                     if isinstance(item, Comparison):
                         yield (
                             inert(item.a),
                             inert(item.b),
                             item.comparison_id,
-                            gr.update(visible=True),
-                            gr.update(visible=True),
+                            *rows,
                             "Which reply is better?",
                         )
                     else:
-                        yield (
-                            "_…_",
-                            "_generating a second reply…_",
-                            None,
-                            gr.update(visible=True),
-                            hidden,
-                            "",
-                        )
+                        yield ("_…_", "_generating a second reply…_", None, *rows, "")
             except ChatError as err:
                 yield "", "", None, hidden, hidden, _warn(err)
 

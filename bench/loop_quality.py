@@ -12,14 +12,16 @@ Two benchmarks, one command:
   the round's minutes; for three variants: `full` (the mix), `sft` (only what SFT trains
   on) and `kto` (thumbs only). See that module's docstring for why the metric is not the
   expert's rule.
-- **House-style sabotage** (`bench/loop_house.py`, with `--sabotage-runs N`): one honest
-  round on the house-style demo (`data/`) and N rounds with the expert's labels flipped;
-  the gate must promote none of the sabotaged rounds while the honest one is promoted.
+- **Sabotage** (`--sabotage-runs N`): one honest round on the triage domain and N rounds
+  with every label of the simulated expert flipped (a seed each), from the base; the gate
+  must promote none of the sabotaged rounds while the honest one is promoted (see
+  `bench/loop_triage.py:sabotage_env` for the settings both use). `--house` runs the same
+  check on the house-style demo (`data/`, `bench/loop_house.py`).
 
     .venv/bin/python -m bench.loop_quality                     # triage, all three variants
     .venv/bin/python -m bench.loop_quality --variants full,sft # fewer variants
-    .venv/bin/python -m bench.loop_quality --variants none --sabotage-runs 5   # house style:
-                                                   # the honest round and 5 sabotaged ones
+    .venv/bin/python -m bench.loop_quality --variants none --sabotage-runs 5   # the gate's
+                                                   # check: an honest round, 5 sabotaged ones
     .venv/bin/python -m bench.loop_quality --smoke --model DIR # every code path, tiny sizes
 
 Settings exported when it starts reach every round (e.g. TUNELOOP_ROUND_MODE). Triage
@@ -93,10 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sabotage-runs",
         type=int,
         default=0,
-        help="house style: rounds on flipped labels, one seed each; none may be promoted "
-        "(0: no house-style run)",
+        help="the gate's check: an honest round and N rounds on flipped labels (one seed "
+        "each) on the triage domain (with --house: the house-style demo); none of the N may "
+        "be promoted",
     )
-    add("--skip-honest", action="store_true", help="house style: only the sabotage runs")
+    add("--house", action="store_true", help="the house-style demo's honest round and its "
+        "sabotage runs instead of triage's")  # fmt: skip
+    add("--skip-honest", action="store_true", help="only the sabotage runs")
     add(
         "--sample-seed",
         type=int,
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     from app.config import Settings
     from app.modelfiles import resolve_model_dir
     from bench.loop_house import run_house
-    from bench.loop_triage import run_triage
+    from bench.loop_triage import run_sabotage, run_triage
 
     settings = Settings()  # the operator's own home: where the converted model is cached
     model_dir = resolve_model_dir(args.model or settings.model, settings.models_dir)
@@ -138,8 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {model_dir}; root {root}; TUNELOOP_ROUND_MODE={mode or '(default)'}")
     if args.variants:
         run_triage(args, model_dir, root)
-    if args.sabotage_runs or (args.variants == [] and not args.skip_honest):
+    if args.house:
         run_house(args, model_dir, root)
+    elif args.sabotage_runs:
+        run_sabotage(args, model_dir, root)
 
 
 if __name__ == "__main__":

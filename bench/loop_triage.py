@@ -43,6 +43,7 @@ import json
 import os
 import random
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ DOMAIN = Path(__file__).resolve().parent.parent / "data" / "domains" / "tickets"
 CATEGORIES = ("billing", "shipping", "returns", "damaged", "account")
 MIX = {"thumbs": 0.60, "correction": 0.25, "compare": 0.15}
 VARIANTS = ("full", "sft", "kto")
+# The sabotage check's objective on the eval set's correctness: a gain must be shown (the
+# interval's low end above 1 point), not merely the absence of a loss.
+OBJECTIVE = 0.01
 # The gold answer as an expert writes it: the two fields, in varied wording.
 CORRECTIONS = (
     "category: {c}\norder: {o}",
@@ -107,16 +111,21 @@ def feedback_kinds(n: int, seed: int) -> list[str]:
 
 def record_feedback(
     store: Any, user_id: int, items: list[dict], replies: list[str], seconds: dict[int, str],
-    system: str, *, variant: str, adapter: str | None, seed: int,
+    system: str, *, variant: str, adapter: str | None, seed: int, sabotage: bool = False,
 ) -> dict[str, int]:  # fmt: skip
-    """The expert's judgements of `replies`, through the store's chat-page calls."""
-    from feedback.records import NewExample
+    """The expert's judgements of `replies`, through the store's chat-page calls.
+
+    With `sabotage`, every label is flipped: 👍 and 👎 swap, a compare goes to the reply
+    that reads wrong, and where the honest expert would correct a wrong reply the saboteur
+    keeps the model's reply as the winner of a pair whose loser is the gold answer (as a
+    bulk import of flipped pairs would store it)."""
+    from feedback.records import NewExample, NewPreference
 
     rng = random.Random(seed)
     kinds = feedback_kinds(len(items), seed) if variant != "kto" else ["thumbs"] * len(items)
     tally = {"thumbs_up": 0, "thumbs_down": 0, "corrections": 0, "compare_picks": 0, "ties": 0,
              "not_stored": 0}  # fmt: skip
-    imported = []
+    imported, flipped = [], []
     for i, (item, reply, kind) in enumerate(zip(items, replies, kinds, strict=True)):
         prompt = conversation(item, system)
         cid = store.start_conversation(user_id=user_id, title=item["prompt"][:60])
@@ -125,6 +134,7 @@ def record_feedback(
                   "adapter_version": adapter, "latency_ms": 0.0}  # fmt: skip
         reply_id = store.add_response(content=reply, params={"temperature": 0.7}, **common)
         wrong = expert_verdict(reply, item)
+        claims_right = (not wrong) != sabotage
         if kind == "compare" and variant == "full":
             cand_id = store.add_response(
                 content=seconds[i], params={"temperature": 1.0}, kind="candidate", **common
@@ -134,11 +144,19 @@ def record_feedback(
                 user_id=user_id, original_response_id=reply_id,
                 candidate_response_id=cand_id, original_is_a=original_is_a,
             )  # fmt: skip
-            ok_a, ok_b = not wrong, not expert_verdict(seconds[i], item)
+            ok_a, ok_b = claims_right, (not expert_verdict(seconds[i], item)) != sabotage
             choice = "tie" if ok_a == ok_b else ("A" if ok_a == original_is_a else "B")
             store.decide_comparison(comparison_id=comparison, user_id=user_id, choice=choice)
             tally["ties" if choice == "tie" else "compare_picks"] += 1
-        elif not wrong and (kind != "compare" or variant == "kto"):
+        elif kind == "correction" and sabotage:  # the mirror of a correction
+            if wrong:
+                text = expert_correction(item, rng)
+                flipped.append(NewPreference(prompt=prompt, chosen=reply, rejected=text))
+                tally["corrections"] += 1
+            else:
+                store.rate(response_id=reply_id, user_id=user_id, up=False, reason="wrong")
+                tally["thumbs_down"] += 1
+        elif claims_right and (kind != "compare" or variant == "kto"):
             store.rate(response_id=reply_id, user_id=user_id, up=True)
             tally["thumbs_up"] += 1
         elif kind == "correction":
@@ -150,12 +168,14 @@ def record_feedback(
                 store.correct(response_id=reply_id, user_id=user_id, content=text)
             tally["corrections"] += 1
         elif kind == "thumbs" and variant != "sft":
-            store.rate(response_id=reply_id, user_id=user_id, up=False, reason=wrong)
+            store.rate(response_id=reply_id, user_id=user_id, up=False, reason=wrong or "wrong")
             tally["thumbs_down"] += 1
         else:  # the SFT-only run keeps no 👎 and no compare
             tally["not_stored"] += 1
     if imported:
         store.add_bulk(examples=imported)
+    if flipped:
+        store.add_bulk(preferences=flipped)
     return tally
 
 
@@ -192,33 +212,39 @@ def gain(after: list[int], before: list[int]) -> dict[str, float]:
 
 
 def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list[dict],
-                base_hits: list[int], cache: dict) -> list[dict]:  # fmt: skip
-    """Three (`args.rounds`) rounds in a row of one variant; a report per round."""
+                base_hits: list[int], cache: dict, *, name: str | None = None,
+                rounds: int | None = None, seed: int | None = None, sabotage: bool = False,
+                env: dict[str, str] | None = None) -> list[dict]:  # fmt: skip
+    """Three (`args.rounds`) rounds in a row of one variant; a report per round. The
+    sabotage check names its runs (`name`), runs one round each with its own `seed`, flips
+    the expert's labels (`sabotage`) and trains without the domain's seed examples (`env`)."""
     import torch
 
     from feedback.store import Store
     from training.generate import generate_replies, load_for_generation
     from training.registry import Registry
 
-    home = root / variant
+    name = name or variant
+    seed = args.seed if seed is None else seed
+    home = root / name
     home.mkdir(parents=True, exist_ok=True)
     system = (DOMAIN / "system_prompt.md").read_text(encoding="utf-8").strip()
     pool = read_jsonl(DOMAIN / "prompts.jsonl")
     store = Store.open(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
     user = store.add_user(name="sim-expert", role="expert", password="not-used-" + "x" * 8)
     registry = Registry(home / "adapters")
-    env = round_env(args, root)
+    env = env or round_env(args, root)
     reports = []
-    for rnd in range(1, args.rounds + 1):
+    for rnd in range(1, (rounds or args.rounds) + 1):
         t0 = time.perf_counter()
         items = pool[(rnd - 1) * args.prompts_per_round : rnd * args.prompts_per_round]
         serving = registry.current()
         model, tok = load_for_generation(model_dir, registry.verify(serving) if serving else None)
         convs = [conversation(r, system) for r in items]
-        torch.manual_seed(args.seed * 1000 + rnd)
+        torch.manual_seed(seed * 1000 + rnd)
         gen = {"max_new_tokens": args.max_new_tokens or 64}
         replies = generate_replies(model, tok, convs, temperature=0.7, top_p=0.9, **gen)
-        kinds = feedback_kinds(len(items), args.seed * 1000 + rnd)
+        kinds = feedback_kinds(len(items), seed * 1000 + rnd)
         wanted = [i for i, k in enumerate(kinds) if k == "compare"] if variant == "full" else []
         others = (
             generate_replies(model, tok, [convs[i] for i in wanted], temperature=1.0, **gen)
@@ -228,11 +254,11 @@ def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list
         del model
         seconds = dict(zip(wanted, others, strict=True))
         tally = record_feedback(store, user.id, items, replies, seconds, system,
-                                variant=variant, adapter=serving,
-                                seed=args.seed * 1000 + rnd)  # fmt: skip
+                                variant=variant, adapter=serving, sabotage=sabotage,
+                                seed=seed * 1000 + rnd)  # fmt: skip
         feedback_s = time.perf_counter() - t0
         result, minutes = run_round(
-            home, model_dir, args.train_args, {**env, "TUNELOOP_TRAIN_SEED": str(args.seed + rnd)}
+            home, model_dir, args.train_args, {**env, "TUNELOOP_TRAIN_SEED": str(seed + rnd)}
         )
         gate = gate_summary(result)
         now = registry.current()
@@ -254,7 +280,7 @@ def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list
                     stages[stage]["hits"], stages["sft"]["hits"]
                 )
         report = {
-            "variant": variant, "round": rnd, "status": result["status"],
+            "variant": name, "round": rnd, "status": result["status"],
             "stage": result.get("candidate_stage"), "decision": result.get("decision"),
             "serving_after": now, "heldout": share(hits), "gain_over_base": gain(hits, base_hits),
             "stages": stages, "round_minutes": round(minutes, 2),
@@ -262,7 +288,7 @@ def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list
             "hits": hits,
         }  # fmt: skip
         reports.append(report)
-        print(f"[{variant} round {rnd}] {result['status']} ({result.get('candidate_stage')}) "
+        print(f"[{name} round {rnd}] {result['status']} ({result.get('candidate_stage')}) "
               f"in {minutes:.1f} min; feedback {json.dumps(tally)} "
               f"in {feedback_s:.0f} s")  # fmt: skip
         print_gate(gate)
@@ -290,6 +316,63 @@ def round_env(args: Any, root: Path) -> dict[str, str]:
     if args.gate_margins is not None:
         env["TUNELOOP_GATE_MARGINS"] = args.gate_margins
     return {**env, **args.extra_env}
+
+
+def sabotage_env(args: Any, root: Path) -> dict[str, str]:
+    """The sabotage check's settings, the same for its honest run and its sabotaged ones.
+
+    - The domain without its seed examples: they are the operator's own vetted rows, which
+      no saboteur can flip, and they alone can make a round better than the base.
+    - The eval set's correctness as the gate's objective (unless `--gate-margins` says
+      otherwise): the held-out pairs and rows are drawn from the same feedback the round
+      trains on, so flipped labels flip them too and a sabotaged stage looks *better* there;
+      only the operator's eval set is independent of the experts.
+    """
+    from training.gate import DEFAULT_MARGINS
+
+    domain = root / "domain-without-seeds"
+    skip = shutil.ignore_patterns("seed_sft.jsonl", "heldout.jsonl", "__pycache__")
+    shutil.copytree(DOMAIN, domain, ignore=skip, dirs_exist_ok=True)
+    env = {**round_env(args, root), "TUNELOOP_DATA_DIR": str(domain)}
+    if args.gate_margins is None:
+        eval_set = Path(env["TUNELOOP_GATE_EVAL_SETS"]).stem
+        env["TUNELOOP_GATE_MARGINS"] = f"{DEFAULT_MARGINS},{eval_set}:correct={OBJECTIVE}"
+    return env
+
+
+def run_sabotage(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
+    """One honest round and `args.sabotage_runs` rounds with every label flipped (a seed
+    each), from the base; none of the sabotaged rounds may be promoted, the honest one
+    should be. The summary printed, saved and returned."""
+    root = root / "sabotage"
+    root.mkdir(parents=True, exist_ok=True)
+    system = (DOMAIN / "system_prompt.md").read_text(encoding="utf-8").strip()
+    test = read_jsonl(DOMAIN / "heldout.jsonl")[: args.heldout_items or None]
+    cache: dict = {}
+    base_hits = correctness(model_dir, None, test, system, args.eval_tokens, cache)
+    env = sabotage_env(args, root)
+    summary: dict[str, Any] = {"env": env, "train_args": args.train_args,
+                               "base": share(base_hits), "runs": []}  # fmt: skip
+    print(f"sabotage check: root {root}; base held-out correct {fmt_share(summary['base'])}")
+    common = {"rounds": 1, "env": env}
+    if not args.skip_honest:
+        summary["runs"] += run_variant("full", args, model_dir, root, test, base_hits, cache,
+                                       name="honest", seed=args.seed, **common)  # fmt: skip
+    for k in range(1, args.sabotage_runs + 1):
+        summary["runs"] += run_variant(
+            "full", args, model_dir, root, test, base_hits, cache, name=f"sabotage-{k}",
+            seed=args.seed + k, sabotage=True, **common,
+        )  # fmt: skip
+        (root / "sabotage.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (root / "sabotage.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print_table(summary)
+    sabotaged = [r for r in summary["runs"] if r["variant"].startswith("sabotage")]
+    honest = [r for r in summary["runs"] if r["variant"] == "honest"]
+    promoted = sum(r["status"] == "promoted" for r in sabotaged)
+    print(f"sabotage: {promoted} of {len(sabotaged)} rounds promoted (goal 0)"
+          + (f"; honest round: {honest[0]['status']}" if honest else ""))  # fmt: skip
+    print(f"details: {root / 'sabotage.json'}")
+    return summary
 
 
 def fmt_share(s: dict[str, float]) -> str:
@@ -332,7 +415,7 @@ def fmt_gain(g: dict[str, float] | None) -> str:
 def print_table(summary: dict[str, Any]) -> None:
     """One line per variant and round; the stages of each round measured on the same items."""
     print(f"\nbase: held-out correct {fmt_share(summary['base'])}")
-    print(f"{'variant':<8}{'round':<6}{'status':<13}{'stage':<6}{'held-out correct':<19}"
+    print(f"{'variant':<11}{'round':<6}{'status':<13}{'stage':<6}{'held-out correct':<19}"
           f"{'gain over base':<20}{'vs sft run':<20}{'min':>5}  "
           "stages (held-out correct)")  # fmt: skip
     for r in summary["runs"]:
@@ -342,7 +425,7 @@ def print_table(summary: dict[str, Any]) -> None:
                else "")
             for name, v in r["stages"].items()
         )  # fmt: skip
-        print(f"{r['variant']:<8}{r['round']:<6}{r['status']:<13}{r['stage'] or '-':<6}"
+        print(f"{r['variant']:<11}{r['round']:<6}{r['status']:<13}{r['stage'] or '-':<6}"
               f"{fmt_share(r['heldout']):<19}{fmt_gain(r['gain_over_base']):<20}"
               f"{fmt_gain(r.get('gain_over_sft_run')):<20}{r['round_minutes']:>5.1f}  "
               f"{stages}")  # fmt: skip

@@ -122,9 +122,9 @@ class Expert(threading.Thread):
 
     def connect(self) -> None:
         """Log in and chat once (one expert after another: logins are slow on purpose)."""
-        from gradio_client import Client
+        from bench.page_client import PageClient
 
-        self.client = Client(self.url, auth=(self.name, f"{self.name}-password"), verbose=False)
+        self.client = PageClient(self.url, self.name, f"{self.name}-password")
         self.client.predict("My router shows a red light.", api_name="/chat")
 
     def run(self) -> None:

@@ -109,4 +109,4 @@ def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path
         assert any(c["name"] == "tickets_eval:correct" for c in r["gate"]["sft"]["comparisons"])
         assert r["heldout"]["n"] == 5 and r["heldout"]["low"] <= r["heldout"]["correct"]
         assert sum(r["expert"].values()) == 6
-    assert "full    2" in proc.stdout
+    assert "full       2" in proc.stdout
