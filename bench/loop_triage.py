@@ -354,7 +354,7 @@ def run_sabotage(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"env": env, "train_args": args.train_args,
                                "base": share(base_hits), "runs": []}  # fmt: skip
     print(f"sabotage check: root {root}; base held-out correct {fmt_share(summary['base'])}")
-    common = {"rounds": 1, "env": env}
+    common: dict[str, Any] = {"rounds": 1, "env": env}
     if not args.skip_honest:
         summary["runs"] += run_variant("full", args, model_dir, root, test, base_hits, cache,
                                        name="honest", seed=args.seed, **common)  # fmt: skip
