@@ -1,4 +1,4 @@
-"""CPU environment for serving: OpenMP settings applied before torch loads.
+"""CPU environment for serving: OpenMP and Gradio settings applied before either loads.
 
 `tuneloop serve` calls `tune_cpu_threads()` first thing; the training rounds it starts get
 `untuned_environ()`, since the serving setting was not measured for training.
@@ -15,7 +15,13 @@ from typing import Any
 # that spinning was ~40% of the CPU a reply took (SmolLM2: 117 -> 68 CPU-ms per token at
 # the same tokens/s), CPU the web server, the store and the other chats needed. Set before
 # torch loads, and only where the operator has not set it.
-SERVING_THREAD_ENV = {"GOMP_SPINCOUNT": "2000"}
+#
+# Gradio's queue keeps analytics of the last 10,000 events and, by default, rebuilds their
+# summary (a pandas DataFrame, grouped, percentiles) after every single event: CPU per click
+# that grows with the server's uptime, up to tens of milliseconds. Under 8 experts clicking
+# during an import it was ~14% of serve's busy CPU after only a thousand events. Once every
+# 1,000 events keeps the summary and frees that CPU for the store and the other chats.
+SERVING_THREAD_ENV = {"GOMP_SPINCOUNT": "2000", "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000"}
 _TUNED: dict[str, str] = {}  # what tune_cpu_threads set in os.environ
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -70,3 +71,27 @@ def argilla_up(home: Path, env: dict[str, str], stack: ExitStack) -> None:
     if up.returncode:
         raise SystemExit(f"argilla up failed: {up.stderr.strip()[-500:]}")
     stack.callback(subprocess.run, [*cli, "down"], env=full, capture_output=True, check=False)
+
+
+def schedstat_until_exit(pid: int, every: float = 0.05) -> dict[str, float]:
+    """Until process `pid` exits: the seconds its threads ran on a CPU and waited on the run
+    queue (runnable, but no CPU free), summed over /proc/PID/task/*/schedstat; the last
+    reading before it exited."""
+    last = {"on_cpu_s": 0.0, "runqueue_wait_s": 0.0}
+    tasks = Path(f"/proc/{pid}/task")
+    while True:
+        ran = waited = 0
+        try:
+            threads = list(tasks.iterdir())
+        except FileNotFoundError:  # exited (and reaped)
+            return last
+        for task in threads:
+            try:
+                fields = (task / "schedstat").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                continue
+            ran, waited = ran + int(fields[0]), waited + int(fields[1])
+        if not ran:  # an exited process's tasks read as zeros
+            return last
+        last = {"on_cpu_s": round(ran / 1e9, 2), "runqueue_wait_s": round(waited / 1e9, 2)}
+        time.sleep(every)

@@ -6,8 +6,9 @@
    `serve` syncs in the background, and as the import starts a backlog of pairs is queued
    and `tuneloop argilla sync` pushes it while the import runs.
    Reports failed actions (no "Saved" acknowledgement), lost ones (acknowledged but not
-   stored), p50/p95 click-to-acknowledgement, the import's speed under load / alone, and
-   what the sync pushed meanwhile.
+   stored), p50/p95 click-to-acknowledgement, the import's speed under load / alone (and
+   its threads' time on a CPU and waiting for one, from /proc: what slowed it), and what
+   the sync pushed meanwhile. The experts use a lean page client (`bench/page_client.py`).
 2. A login storm: 160 concurrent wrong passwords (the per-address lockout raised out of the
    way, so every one is a real Argon2 check: the worst case, many addresses) while
    logged-in users keep loading the page's config; p50/p95 of their requests.
@@ -48,6 +49,7 @@ from bench.load_parts import (  # noqa: E402 - after the environment above
     outbox,
     process_cpu_s,
     queue_backlog,
+    schedstat_until_exit,
 )
 
 FEEDBACK_EVENTS = ("rate_down", "correct", "pick_A")  # the acknowledged actions' endpoints
@@ -78,18 +80,26 @@ def write_pairs(path: Path, n: int, tag: str) -> Path:
 
 
 def run_import(home: Path, env: dict[str, str], data: Path) -> tuple[float, dict[str, Any]]:
+    """`tuneloop import --json` of `data`: (seconds, its result plus `sched`: the seconds its
+    threads ran on a CPU and waited for one, from /proc's schedstat; where a slower import
+    under load spent its extra time: waiting for a CPU, or for locks and I/O)."""
     start = time.perf_counter()
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "import", str(data), "--json"],
         env={**os.environ, "TUNELOOP_HOME": str(home), **env},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
+    sched = {"on_cpu_s": 0.0, "runqueue_wait_s": 0.0}
+    reader = threading.Thread(target=lambda: sched.update(schedstat_until_exit(proc.pid)))
+    reader.start()
+    out, err = proc.communicate()
     took = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"import failed: {done.stderr.strip()}")
-    return took, json.loads(done.stdout)
+    reader.join()
+    if proc.returncode:
+        raise SystemExit(f"import failed: {err.strip()}")
+    return took, {**json.loads(out), "sched": sched}
 
 
 class Expert(threading.Thread):
@@ -260,6 +270,8 @@ def feedback_under_import(
         "import_alone_s": round(alone_s, 1),
         "import_loaded_s": round(loaded_s, 1),
         "import_speed_ratio": round(alone_s / loaded_s, 2),
+        # the import's own CPU time alone and loaded, and how long it waited for a CPU
+        "import_sched_s": {"alone": alone["sched"], "loaded": loaded["sched"]},
         "imported": [alone["added"], loaded["added"]],
         "actions_acked": acked,
         "actions_failed": len(failed),
