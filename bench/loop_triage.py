@@ -327,13 +327,17 @@ def sabotage_env(args: Any, root: Path) -> dict[str, str]:
       otherwise): the held-out pairs and rows are drawn from the same feedback the round
       trains on, so flipped labels flip them too and a sabotaged stage looks *better* there;
       only the operator's eval set is independent of the experts.
+    - No KTO stage (`TUNELOOP_KTO_MIN_ROWS` out of reach): on the 2-core reference machine a
+      KTO stage on a round's ~60 thumbs takes ~16 minutes, which six rounds cannot afford.
+      Flipped thumbs still reach training: a 👍 on a wrong reply is an SFT row.
     """
     from training.gate import DEFAULT_MARGINS
 
     domain = root / "domain-without-seeds"
     skip = shutil.ignore_patterns("seed_sft.jsonl", "heldout.jsonl", "__pycache__")
     shutil.copytree(DOMAIN, domain, ignore=skip, dirs_exist_ok=True)
-    env = {**round_env(args, root), "TUNELOOP_DATA_DIR": str(domain)}
+    env = {**round_env(args, root), "TUNELOOP_DATA_DIR": str(domain),
+           "TUNELOOP_KTO_MIN_ROWS": "1000000"}  # fmt: skip
     if args.gate_margins is None:
         eval_set = Path(env["TUNELOOP_GATE_EVAL_SETS"]).stem
         env["TUNELOOP_GATE_MARGINS"] = f"{DEFAULT_MARGINS},{eval_set}:correct={OBJECTIVE}"
