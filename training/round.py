@@ -421,11 +421,10 @@ def _train_and_gate(
                 rnd.log,
             )
         )
-    training = _training_summaries(folder, list(stages))
-    rnd.update(training=training)
-
     if not ranks.is_main():  # the main process evaluates, gates and registers: run_round
         return RoundResult(id=folder.name, status="trained")  # returns its result here too
+    training = _training_summaries(folder, list(stages))
+    rnd.update(training=training)
     ranks.load_alone()
     rnd.update(stage="evaluate", step=0)
     serving_dir = registry.verify(serving) if serving else None
