@@ -98,15 +98,17 @@ def test_an_overfitting_stage_stops_early_and_keeps_its_best_checkpoint(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    """SFT on random replies at a high learning rate for many epochs: the validation loss
+    """SFT on random replies for 12 epochs (a validation split from 20 rows on, so that
+    the tiny model can memorise its few train rows within seconds): the validation loss
     turns up, and with patience 1 the stage stops at the first evaluation that does not
     improve; the saved adapter is the best step's. DPO validates too (its own split)."""
     from safetensors.torch import load_file
 
     result, folder = _round(
         tmp_path, monkeypatch, capsys, tiny_model_dir,
-        examples=60, pairs=60,
+        examples=30, pairs=30,
         env={
+            "TUNELOOP_TRAIN_EARLY_STOPPING_MIN_ROWS": "20",
             "TUNELOOP_SFT_EPOCHS": "12",
             "TUNELOOP_SFT_LEARNING_RATE": "2e-2",
             "TUNELOOP_DPO_STEPS": "2",
@@ -116,7 +118,7 @@ def test_an_overfitting_stage_stops_early_and_keeps_its_best_checkpoint(
     sft = result["training"]["sft"]
     counts = json.loads((folder / "snapshot.json").read_text())["counts"]
     # the validation rows are the stage's own train rows, not the gate's held-out items
-    assert sft["train_rows"] + sft["validation_rows"] == counts["sft_train"] >= 40
+    assert sft["train_rows"] + sft["validation_rows"] == counts["sft_train"] >= 20
     assert sft["validation_rows"] == validation_size(counts["sft_train"], 0.1)
     assert sft["off"] is None and sft["stopped_early"], (sft, _logged(folder))
     assert sft["steps_run"] < sft["planned_steps"] == 12 * -(-sft["train_rows"] // 4)
@@ -150,7 +152,13 @@ def test_an_overfitting_stage_stops_early_and_keeps_its_best_checkpoint(
 @pytest.mark.parametrize(
     ("env", "off"),
     [
-        ({"TUNELOOP_TRAIN_EARLY_STOPPING_PATIENCE": "0"}, "early stopping is off (patience 0)"),
+        (
+            {
+                "TUNELOOP_TRAIN_EARLY_STOPPING_PATIENCE": "0",
+                "TUNELOOP_TRAIN_EARLY_STOPPING_MIN_ROWS": "20",
+            },
+            "early stopping is off (patience 0)",
+        ),
         ({"TUNELOOP_TRAIN_EARLY_STOPPING_MIN_ROWS": "500"}, "rows < 500"),
     ],
 )
@@ -164,7 +172,7 @@ def test_without_a_validation_split_every_planned_step_runs(
 ) -> None:
     result, folder = _round(
         tmp_path, monkeypatch, capsys, tiny_model_dir,
-        examples=60, pairs=0,
+        examples=30, pairs=0,
         env={"TUNELOOP_SFT_EPOCHS": "2", "TUNELOOP_SFT_LEARNING_RATE": "2e-2", **env},
     )  # fmt: skip
     sft = result["training"]["sft"]
