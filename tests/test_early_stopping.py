@@ -252,3 +252,48 @@ def test_validating_configs_are_valid_for_installed_trl(tmp_path: Path) -> None:
     plain = sft_config(config, tmp_path, 30, tmp_path)
     assert plain.eval_strategy == "no" and plain.save_steps == config.save_steps
     assert sft_config(config, tmp_path, 3, tmp_path, validate=True).eval_steps == 1
+
+
+def test_a_validating_stage_resumes_from_its_checkpoint(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that fails mid-SFT resumes from the checkpoint its last evaluation saved,
+    on the same validation rows, and records the stage as one run of its planned steps."""
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.test_round import _config, add_topic_rows
+    from training.registry import Registry
+    from training.round import run_round
+
+    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database)
+    add_topic_rows(store)
+    config = _config(early_stopping_min_rows=12, sft_steps=6, dpo_steps=1)
+
+    def crash(state: dict) -> None:
+        if state["stage"] == "sft" and state["step"] == 4:
+            raise RuntimeError("power cut")
+
+    kwargs: dict[str, Any] = {
+        "store": store,
+        "registry": Registry(settings.adapters_dir),
+        "model_dir": tiny_model_dir,
+        "rounds_dir": settings.home / "rounds",
+        "promote": False,
+    }
+    first = run_round(config=config, on_progress=crash, **kwargs)
+    assert first.status == "failed" and "power cut" in first.reasons[0]
+    folder = settings.home / "rounds" / first.id
+    assert (folder / "sft" / "checkpoints" / "checkpoint-3").is_dir()  # evaluated and saved
+    again = run_round(config=config, resume=True, **kwargs)
+    assert again.id == first.id and again.status != "failed", again.reasons
+    sft = again.training["sft"]
+    assert sft["off"] is None and sft["validation_rows"] == 4
+    assert sft["steps_run"] == sft["planned_steps"] == 6 and sft["best_step"] in range(1, 7)
+    logged = _logged(folder)
+    steps = [m["step"] for m in logged if m["stage"] == "sft" and "loss" in m]
+    assert steps == [1, 2, 3, 4, 4, 5, 6]  # step 4 again: it went on from checkpoint-3
+    evals = [m["step"] for m in logged if m["stage"] == "sft" and "eval_loss" in m]
+    assert evals == [1, 2, 3, 4, 5, 6]  # the crash came before step 4's evaluation
