@@ -42,7 +42,7 @@ def register_core(app: typer.Typer) -> None:
         rest and alone prints the result."""
         from app.cli_eval import judge
         from app.modelfiles import resolve_model_dir
-        from training import ranks
+        from training import early_stopping, ranks
         from training.continuation import describe
         from training.registry import Registry
         from training.round import RoundConfig, run_round
@@ -92,6 +92,8 @@ def register_core(app: typer.Typer) -> None:
         )
         if result.continuation:
             text += f"\n  mode: {describe(result.continuation)}"
+        for stage, summary in result.training.items():
+            text += f"\n  {stage} training: {early_stopping.describe(summary)}"
         for stage, decision in result.gate.items():
             text += f"\n  {stage}: {decision['decision']}"
             for comp in decision["comparisons"]:

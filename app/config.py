@@ -157,6 +157,21 @@ class Settings(BaseSettings):
     train_max_length: int = Field(default=512, ge=32, le=131072, description="Tokens per row.")
     train_save_steps: int = Field(default=20, ge=1, description="Checkpoint every N steps.")
     train_seed: int = Field(default=42)
+    train_validation_share: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=0.5,
+        description="Share of a stage's train rows held out to stop it early (4 to 64 rows).",
+    )
+    train_early_stopping_patience: int = Field(
+        default=2,
+        ge=0,
+        description="Stop a stage after this many evaluations without a lower validation "
+        "loss; 0: no validation split, no early stopping.",
+    )
+    train_early_stopping_min_rows: int = Field(
+        default=40, ge=8, description="Train rows a stage needs for a validation split."
+    )
     # GPU memory and speed; "auto" (unset) decides per machine (training/stages.py).
     gradient_checkpointing: bool | None = Field(
         default=None, description="Trade speed for memory; auto: only with a 4-bit base."

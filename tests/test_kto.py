@@ -185,6 +185,12 @@ def test_a_round_with_only_thumbs_trains_a_kto_stage_the_gate_decides_on(
     assert kto_rows[0]["prompt"][0]["role"] == "system"
     logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert ("kto", 3) in {(m["stage"], m["step"]) for m in logged}
+    # the KTO stage validated on its own train rows, both labels among them
+    kto_run = result["training"]["kto"]
+    assert kto_run["validation_rows"] >= 4 and kto_run["off"] is None, kto_run
+    assert kto_run["steps_run"] == 3 and ("kto", 3) in {
+        (m["stage"], m["step"]) for m in logged if "eval_loss" in m
+    }
 
     # KTO continued the SFT adapter and moved its LoRA weights; only LoRA tensors saved.
     sft = load_file(str(folder / "sft" / "adapter" / "adapter_model.safetensors"))

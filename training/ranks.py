@@ -46,12 +46,15 @@ def deepspeed_zero3() -> bool:
     return launched() and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
 
 
+def fsdp() -> bool:
+    """Whether `accelerate launch` started this process under FSDP."""
+    return launched() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
 def sharded() -> bool:
     """Whether the launcher shards the model itself (FSDP, DeepSpeed ZeRO-3): the model is
     then loaded without a device map and every parameter must share one storage dtype."""
-    return deepspeed_zero3() or (
-        launched() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    )
+    return deepspeed_zero3() or fsdp()
 
 
 def load_alone() -> None:

@@ -1,7 +1,8 @@
 """A round's report: report.json (everything), report.md (a summary) and PNG plots.
 
 Plots (matplotlib, Agg backend, no display needed):
-  loss.png     training loss per step, one line per stage, from metrics.jsonl
+  loss.png     training loss per step, one line per stage, from metrics.jsonl, and the loss
+               on each stage's validation split where it had one (dashed)
   history.png  held-out preference accuracy, loss and rubric pass rate of every finished
                round's candidate so far (this one included), against its serving version
 """
@@ -64,6 +65,7 @@ def not_run(config: dict[str, Any], snapshot: dict[str, Any]) -> list[str]:
 
 
 def _markdown(report: dict[str, Any]) -> str:
+    from training import early_stopping
     from training.continuation import describe
 
     result = report["result"]
@@ -83,6 +85,11 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     if result.get("decision"):
         lines.insert(3, f"- gate decision on that stage: **{result['decision']}**")
+    if result.get("training"):
+        lines += ["", "## Training stages", ""] + [
+            f"- {stage}: {early_stopping.describe(summary)}"
+            for stage, summary in result["training"].items()
+        ]
     if report.get("not_run"):
         lines += ["", "## Checks not run", ""] + [f"- {line}" for line in report["not_run"]]
     if result.get("reasons"):
@@ -146,12 +153,16 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
             row = json.loads(line)
             if "loss" in row:
                 series.setdefault(row["stage"], []).append((row["step"], row["loss"]))
+            if "eval_loss" in row:
+                name = f"{row['stage']} validation"
+                series.setdefault(name, []).append((row["step"], row["eval_loss"]))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for stage, points in series.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=stage, marker=".")
+        style = "--" if stage.endswith(" validation") else "-"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=stage, marker=".")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
+    ax.set_ylabel("loss")
+    ax.set_title("Training and validation loss")
     if series:
         ax.legend()
     fig.tight_layout()

@@ -73,6 +73,9 @@ class RoundResult:
     report: str | None = None
     # fresh or continue (from which version), and the rows new vs replayed older
     continuation: dict[str, Any] = field(default_factory=dict)
+    # per stage: steps planned and run, whether it stopped early, its best step and that
+    # step's validation loss, or why it had no validation split (training/early_stopping.py)
+    training: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -418,9 +421,10 @@ def _train_and_gate(
                 rnd.log,
             )
         )
-
     if not ranks.is_main():  # the main process evaluates, gates and registers: run_round
         return RoundResult(id=folder.name, status="trained")  # returns its result here too
+    training = _training_summaries(folder, list(stages))
+    rnd.update(training=training)
     ranks.load_alone()
     rnd.update(stage="evaluate", step=0)
     serving_dir = registry.verify(serving) if serving else None
@@ -490,12 +494,22 @@ def _train_and_gate(
         gate={name: d.as_dict() for name, d in decisions.items()},
         report=str(folder / "report.md"),
         continuation=snap.info.get("continuation") or {},
+        training=training,
     )
     write_report(
         folder, result=result.to_dict(), snapshot=snap.info, config=_hyperparameters(config)
     )
     rnd.update(stage="done", status=status, reason="; ".join(reasons) or None, finished_at=_now())
     return result
+
+
+def _training_summaries(folder: Path, stages: list[str]) -> dict[str, Any]:
+    """What early stopping did in each trained stage, from the stage folders (a resumed
+    round reads those of stages it trained before)."""
+    from training import early_stopping
+
+    found = {stage: early_stopping.read(folder / stage) for stage in stages}
+    return {stage: summary for stage, summary in found.items() if summary is not None}
 
 
 def kto_ready(rows: list[dict[str, Any]], min_rows: int) -> bool:

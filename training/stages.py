@@ -26,10 +26,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from training import ranks
+from training import early_stopping, ranks
 from training.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.lora import lora_config
+from training.sampling import seeded_sample
 
 Row = dict[str, Any]
 LogFn = Callable[[str, int, int, dict[str, float]], None]
@@ -74,6 +75,12 @@ class RoundConfig:
     warmup_steps: int = 0
     save_steps: int = 20
     seed: int = 42
+    # Early stopping (training/early_stopping.py): a stage with at least this many train
+    # rows holds this share of them out and stops when their loss has not improved for
+    # `early_stopping_patience` evaluations; patience 0 turns it off.
+    validation_share: float = 0.1
+    early_stopping_patience: int = 2
+    early_stopping_min_rows: int = 40
     gradient_checkpointing: bool | None = None  # None: only with a 4-bit base (resolved())
     precompute_ref_log_probs: bool = True
     qlora: bool | None = None  # 4-bit base on CUDA; None: where it saves memory (resolved())
@@ -241,23 +248,15 @@ def rows_seen(
     the first step; a `--max-steps 2` round on 200 pairs spent ~10 minutes on rows that
     were never trained on. `group` (KTO's label) keeps each group's share in the sample, at
     least one row of each. The same seed picks the same rows when a round resumes."""
-    import random
-
     need = steps * config.batch_size * config.grad_accum * ranks.world_size()
     if need >= len(rows):
         return rows
-    groups: dict[Any, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(group(row) if group else None, []).append(i)
-    quotas = {g: max(1, round(need * len(idx) / len(rows))) for g, idx in groups.items()}
-    largest = max(groups, key=lambda g: len(groups[g]))
-    quotas[largest] = max(1, need - sum(q for g, q in quotas.items() if g != largest))
-    rng = random.Random(config.seed)
-    keep = [i for g, idx in groups.items() for i in rng.sample(idx, min(quotas[g], len(idx)))]
-    return [rows[i] for i in sorted(keep)]
+    return [rows[i] for i in seeded_sample(rows, need, config.seed, group)]
 
 
-def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir: Path) -> dict:
+def _common(
+    config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir: Path, validate: bool
+) -> dict:
     cuda = on_cuda()
     kwargs: dict[str, Any] = {
         "output_dir": str(out_dir),
@@ -281,6 +280,8 @@ def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir:
         # no gradients), so DDP need not search the graph for unused ones on each step
         "ddp_find_unused_parameters": False,
     }
+    if validate:  # evaluate on the stage's validation split, keep its best checkpoint
+        kwargs.update(early_stopping.trainer_args(steps, config.batch_size))
     if config.liger_kernel:
         kwargs["use_liger_kernel"] = True
     if config.tracker != "none":
@@ -294,12 +295,14 @@ def _common(config: RoundConfig, out_dir: Path, steps: int, stage: str, run_dir:
     return kwargs
 
 
-def sft_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) -> Any:
-    """The `SFTConfig` for a round's SFT stage."""
+def sft_config(
+    config: RoundConfig, out_dir: Path, steps: int, run_dir: Path, validate: bool = False
+) -> Any:
+    """The `SFTConfig` for a round's SFT stage (`validate`: it has a validation split)."""
     from trl import SFTConfig
 
     return SFTConfig(
-        **_common(config, out_dir, steps, "sft", run_dir),
+        **_common(config, out_dir, steps, "sft", run_dir, validate),
         learning_rate=config.sft_learning_rate,
         # Rows are prompt/completion: the loss covers the final reply only (what an expert
         # wrote or vetted), never earlier model turns that are there as context.
@@ -317,12 +320,14 @@ def _precompute_ref(config: RoundConfig) -> bool:
     return config.precompute_ref_log_probs and not ranks.deepspeed_zero3()
 
 
-def dpo_config(config: RoundConfig, out_dir: Path, steps: int, run_dir: Path) -> Any:
-    """The `DPOConfig` for a round's DPO stage."""
+def dpo_config(
+    config: RoundConfig, out_dir: Path, steps: int, run_dir: Path, validate: bool = False
+) -> Any:
+    """The `DPOConfig` for a round's DPO stage (`validate`: it has a validation split)."""
     from trl import DPOConfig
 
     return DPOConfig(
-        **_common(config, out_dir, steps, "dpo", run_dir),
+        **_common(config, out_dir, steps, "dpo", run_dir, validate),
         learning_rate=config.dpo_learning_rate,
         beta=config.dpo_beta,
         precompute_ref_log_probs=_precompute_ref(config),
@@ -351,15 +356,21 @@ def kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
 
 
 def kto_config(
-    config: RoundConfig, out_dir: Path, steps: int, run_dir: Path, rows: list[Row]
+    config: RoundConfig,
+    out_dir: Path,
+    steps: int,
+    run_dir: Path,
+    rows: list[Row],
+    validate: bool = False,
 ) -> Any:
-    """The `KTOConfig` for a round's KTO stage, its class weights from `rows`' labels."""
+    """The `KTOConfig` for a round's KTO stage, its class weights from `rows`' labels
+    (`validate`: it has a validation split)."""
     from trl import KTOConfig
 
     n_desirable = sum(1 for r in rows if r["label"])
     desirable, undesirable = kto_weights(n_desirable, len(rows) - n_desirable)
     return KTOConfig(
-        **_common(config, out_dir, steps, "kto", run_dir),
+        **_common(config, out_dir, steps, "kto", run_dir, validate),
         learning_rate=config.kto_learning_rate,
         beta=config.kto_beta,
         desirable_weight=desirable,
@@ -440,7 +451,7 @@ def progress_callback(stage: str, log: LogFn) -> Any:
     return RoundProgress()
 
 
-def _dataset(rows: list[Row], stage_dir: Path) -> Any:
+def _dataset(rows: list[Row], stage_dir: Path, name: str = "rows") -> Any:
     """The rows as a `datasets.Dataset`. In a launched round it is saved in the stage folder
     and loaded from there by every process: TRL caches what it computes once (DPO's
     reference log-probs) beside a dataset's files, and an in-memory dataset's cache would
@@ -452,7 +463,7 @@ def _dataset(rows: list[Row], stage_dir: Path) -> Any:
     data = Dataset.from_list(rows)
     if not ranks.launched():
         return data
-    folder = stage_dir / "rows"
+    folder = stage_dir / name
     if ranks.is_main():
         shutil.rmtree(folder, ignore_errors=True)
         data.save_to_disk(str(folder))
@@ -476,25 +487,29 @@ def train_sft(
 ) -> Path:
     """Train a LoRA adapter with SFT: a fresh one, or `init_adapter`'s weights trained on
     (a round that continues the promoted version). Returns `stage_dir/adapter`. Resumes
-    from the last checkpoint in `stage_dir/checkpoints` when there is one."""
+    from the last checkpoint in `stage_dir/checkpoints` when there is one. With enough
+    rows a validation split of them stops the stage early (training/early_stopping.py)."""
     from trl import SFTTrainer
 
     from training.datasets import final_turn_rows
 
     config = resolved(config, model_dir)
-    checkpoints = stage_dir / "checkpoints"
-    args = sft_config(config, checkpoints, stage_steps(len(rows), config, "sft"), stage_dir.parent)
+    split = early_stopping.split_rows(rows, config)
+    steps = stage_steps(len(split.train), config, "sft")
+    args = sft_config(
+        config, stage_dir / "checkpoints", steps, stage_dir.parent, bool(split.validation)
+    )
     model, peft_config = _trainable(model_dir, config, init_adapter)
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=_dataset(final_turn_rows(rows), stage_dir),
+        train_dataset=_dataset(final_turn_rows(split.train), stage_dir),
+        eval_dataset=_validation(final_turn_rows(split.validation), stage_dir),
         processing_class=load_tokenizer(model_dir),
         peft_config=peft_config,
-        callbacks=[progress_callback("sft", log)],
+        callbacks=[progress_callback("sft", log), *early_stopping.callbacks(config, split)],
     )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
-    return save_adapter(trainer, stage_dir / "adapter")
+    return _fit(trainer, stage_dir, split, len(split.train))
 
 
 def train_dpo(
@@ -506,16 +521,19 @@ def train_dpo(
     log: LogFn,
 ) -> Path:
     """Continue the SFT adapter with DPO (reference = the SFT adapter); with no SFT adapter,
-    a fresh one against the bare base. Returns `stage_dir/adapter`."""
+    a fresh one against the bare base. Returns `stage_dir/adapter`. The validation split
+    is taken before a short stage samples what it trains on (rows_seen)."""
     from trl import DPOTrainer
 
     config = resolved(config, model_dir)
-    checkpoints = stage_dir / "checkpoints"
-    steps = stage_steps(len(pairs), config, "dpo")
-    args = dpo_config(config, checkpoints, steps, stage_dir.parent)
-    pairs = rows_seen(pairs, steps, config)
+    split = early_stopping.split_rows(pairs, config)
+    steps = stage_steps(len(split.train), config, "dpo")
+    args = dpo_config(
+        config, stage_dir / "checkpoints", steps, stage_dir.parent, bool(split.validation)
+    )
+    train = rows_seen(split.train, steps, config)
     return _continue_and_train(
-        DPOTrainer, model_dir, pairs, sft_adapter, stage_dir, config, args, "dpo", log
+        DPOTrainer, model_dir, train, split, sft_adapter, stage_dir, config, args, "dpo", log
     )
 
 
@@ -542,7 +560,8 @@ def train_kto(
     """Continue the SFT adapter with KTO on unpaired 👍/👎 rows (reference = the SFT
     adapter); with no SFT adapter, a fresh one against the bare base. A KTO step needs at
     least 2 rows (the KL term compares a reply with the others of its batch), so the batch
-    size is raised to 2 when set lower. Returns `stage_dir/adapter`."""
+    size is raised to 2 when set lower. The validation split keeps both labels, both
+    sides interleaved like the training rows. Returns `stage_dir/adapter`."""
     import dataclasses
 
     from trl import KTOTrainer
@@ -550,13 +569,17 @@ def train_kto(
     config = resolved(config, model_dir)
     if config.batch_size < 2:
         config = dataclasses.replace(config, batch_size=2)
-    checkpoints = stage_dir / "checkpoints"
-    steps = stage_steps(len(rows), config, "kto")
     rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in rows]
-    rows = mixed_labels(rows_seen(rows, steps, config, group=lambda r: bool(r["label"])))
-    args = kto_config(config, checkpoints, steps, stage_dir.parent, rows)
+    label = lambda r: bool(r["label"])  # noqa: E731
+    split = early_stopping.split_rows(rows, config, group=label)
+    split.validation = mixed_labels(split.validation)
+    steps = stage_steps(len(split.train), config, "kto")
+    train = mixed_labels(rows_seen(split.train, steps, config, group=label))
+    args = kto_config(
+        config, stage_dir / "checkpoints", steps, stage_dir.parent, train, bool(split.validation)
+    )
     return _continue_and_train(
-        KTOTrainer, model_dir, rows, sft_adapter, stage_dir, config, args, "kto", log
+        KTOTrainer, model_dir, train, split, sft_adapter, stage_dir, config, args, "kto", log
     )
 
 
@@ -564,6 +587,7 @@ def _continue_and_train(
     trainer_class: Any,
     model_dir: Path,
     rows: list[Row],
+    split: early_stopping.Split,
     sft_adapter: Path | None,
     stage_dir: Path,
     config: RoundConfig,
@@ -571,21 +595,41 @@ def _continue_and_train(
     stage: str,
     log: LogFn,
 ) -> Path:
-    """A preference stage (DPO, KTO): continue the SFT adapter, whose frozen copy TRL makes
-    the reference (`ref_model=None`), or train a fresh adapter against the bare base."""
+    """A preference stage (DPO, KTO) on `rows` (validating on `split.validation`): continue
+    the SFT adapter, whose frozen copy TRL makes the reference (`ref_model=None`), or train
+    a fresh adapter against the bare base."""
     # what the stage trains on, in metrics.jsonl (a short round takes a sample: rows_seen)
-    log(stage, 0, int(args.max_steps), {"train_rows": float(len(rows))})
+    log(
+        stage,
+        0,
+        int(args.max_steps),
+        {"train_rows": float(len(rows)), "validation_rows": float(len(split.validation))},
+    )
     model, peft_config = _trainable(model_dir, config, sft_adapter)
     trainer = trainer_class(
         model=model,
         ref_model=None,
         args=args,
         train_dataset=_dataset(rows, stage_dir),
+        eval_dataset=_validation(split.validation, stage_dir),
         processing_class=load_tokenizer(model_dir),
         peft_config=peft_config,
-        callbacks=[progress_callback(stage, log)],
+        callbacks=[progress_callback(stage, log), *early_stopping.callbacks(config, split)],
     )
+    return _fit(trainer, stage_dir, split, len(rows))
+
+
+def _validation(rows: list[Row], stage_dir: Path) -> Any:
+    """The validation rows as a dataset, or None when the stage has none."""
+    return _dataset(rows, stage_dir, "validation") if rows else None
+
+
+def _fit(trainer: Any, stage_dir: Path, split: early_stopping.Split, train_rows: int) -> Path:
+    """Train (from the stage's last checkpoint, if any), record what early stopping did,
+    and save the adapter: with a validation split, the best checkpoint's weights, which
+    the trainer loaded back at the end (load_best_model_at_end)."""
     trainer.train(resume_from_checkpoint=_last_checkpoint(stage_dir / "checkpoints"))
+    early_stopping.record(stage_dir, trainer.state, split, train_rows)
     return save_adapter(trainer, stage_dir / "adapter")
 
 
