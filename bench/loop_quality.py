@@ -22,6 +22,8 @@ Two benchmarks, one command:
     .venv/bin/python -m bench.loop_quality --variants full,sft # fewer variants
     .venv/bin/python -m bench.loop_quality --variants none --sabotage-runs 5   # the gate's
                                                    # check: an honest round, 5 sabotaged ones
+    .venv/bin/python -m bench.loop_quality --variants none --skip-honest \
+        --sabotage-first 2 --sabotage-runs 4      # the rest of a check that stopped after one
     .venv/bin/python -m bench.loop_quality --smoke --model DIR # every code path, tiny sizes
 
 Settings exported when it starts reach every round (e.g. TUNELOOP_ROUND_MODE). Triage
@@ -102,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--house", action="store_true", help="the house-style demo's honest round and its "
         "sabotage runs instead of triage's")  # fmt: skip
     add("--skip-honest", action="store_true", help="only the sabotage runs")
+    add("--sabotage-first", type=int, default=1, help="the first sabotage run's number (its "
+        "seed is --seed plus it): go on with a check an earlier run stopped")  # fmt: skip
     add(
         "--sample-seed",
         type=int,

@@ -362,7 +362,8 @@ def run_sabotage(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
     if not args.skip_honest:
         summary["runs"] += run_variant("full", args, model_dir, root, test, base_hits, cache,
                                        name="honest", seed=args.seed, **common)  # fmt: skip
-    for k in range(1, args.sabotage_runs + 1):
+    first = args.sabotage_first
+    for k in range(first, first + args.sabotage_runs):
         summary["runs"] += run_variant(
             "full", args, model_dir, root, test, base_hits, cache, name=f"sabotage-{k}",
             seed=args.seed + k, sabotage=True, **common,
