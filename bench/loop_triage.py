@@ -318,6 +318,16 @@ def round_env(args: Any, root: Path) -> dict[str, str]:
     return {**env, **args.extra_env}
 
 
+def _baseline(args: Any, model_dir: Path, root: Path) -> tuple[Path, list[dict], dict, list]:
+    """A benchmark's folder `root` (created), its held-out items, the reply cache its
+    correctness checks share, and the bare base's hits on those items."""
+    root.mkdir(parents=True, exist_ok=True)
+    system = (DOMAIN / "system_prompt.md").read_text(encoding="utf-8").strip()
+    test = read_jsonl(DOMAIN / "heldout.jsonl")[: args.heldout_items or None]
+    cache: dict = {}
+    return root, test, cache, correctness(model_dir, None, test, system, args.eval_tokens, cache)
+
+
 def sabotage_env(args: Any, root: Path) -> dict[str, str]:
     """The sabotage check's settings, the same for its honest run and its sabotaged ones.
 
@@ -348,12 +358,7 @@ def run_sabotage(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
     """One honest round and `args.sabotage_runs` rounds with every label flipped (a seed
     each), from the base; none of the sabotaged rounds may be promoted, the honest one
     should be. The summary printed, saved and returned."""
-    root = root / "sabotage"
-    root.mkdir(parents=True, exist_ok=True)
-    system = (DOMAIN / "system_prompt.md").read_text(encoding="utf-8").strip()
-    test = read_jsonl(DOMAIN / "heldout.jsonl")[: args.heldout_items or None]
-    cache: dict = {}
-    base_hits = correctness(model_dir, None, test, system, args.eval_tokens, cache)
+    root, test, cache, base_hits = _baseline(args, model_dir, root / "sabotage")
     env = sabotage_env(args, root)
     summary: dict[str, Any] = {"env": env, "train_args": args.train_args,
                                "base": share(base_hits), "runs": []}  # fmt: skip
@@ -386,12 +391,7 @@ def fmt_share(s: dict[str, float]) -> str:
 
 def run_triage(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
     """Every selected variant's rounds; the summary printed, saved and returned."""
-    root = root / "triage"
-    root.mkdir(parents=True, exist_ok=True)
-    system = (DOMAIN / "system_prompt.md").read_text(encoding="utf-8").strip()
-    test = read_jsonl(DOMAIN / "heldout.jsonl")[: args.heldout_items or None]
-    cache: dict = {}
-    base_hits = correctness(model_dir, None, test, system, args.eval_tokens, cache)
+    root, test, cache, base_hits = _baseline(args, model_dir, root / "triage")
     summary: dict[str, Any] = {
         "env": round_env(args, root), "train_args": args.train_args,
         "prompts_per_round": args.prompts_per_round, "base": share(base_hits), "runs": [],
