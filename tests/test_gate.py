@@ -109,3 +109,30 @@ def test_no_gated_metric_measured_is_inconclusive() -> None:
     missing = compare(HELDOUT, "pref_acc", None, ItemScores([1.0]), 0.0)
     assert missing.verdict == "missing"
     assert decide("sft", [missing]).decision == "inconclusive"
+
+
+def test_feedback_graded_metrics_cannot_promote_past_an_eval_set() -> None:
+    # A candidate trained on backwards labels: "better" on held-out rows split off the same
+    # feedback, no change on the operator's eval set.
+    serving = ItemScores([2.0] * 10, [5.0] * 10)
+    lower = ItemScores([1.5 + 0.01 * i for i in range(10)], [5.0] * 10)
+    higher = ItemScores([2.5 + 0.01 * i for i in range(10)], [5.0] * 10)
+    flipped_loss = compare(HELDOUT, "heldout_loss", serving, lower, -0.05)
+    flipped_acc = compare(HELDOUT, "pref_acc", *_binary(12, 0, 0), 0.0)
+    assert flipped_loss.verdict == flipped_acc.verdict == "better"
+    tie = compare("evalset", "correct", *_binary(0, 0, 80), 0.0)
+    win = compare("evalset", "correct", *_binary(15, 0, 65), 0.0)
+
+    # Without an eval set the feedback is all there is to go by.
+    assert decide("dpo", [flipped_loss, flipped_acc]).decision == "promote"
+    held = decide("dpo", [flipped_loss, flipped_acc, tie])
+    assert held.decision == "inconclusive"
+    assert "no metric the feedback cannot bend is shown better" in held.reasons[0]
+    assert "evalset:correct +0.000" in held.reasons[0]
+    assert decide("dpo", [flipped_loss, win]).decision == "promote"
+    # They still guard: shown worse, they reject whatever the eval set says.
+    broken = compare(HELDOUT, "heldout_loss", serving, higher, -0.05)
+    assert decide("dpo", [broken, win]).decision == "reject"
+    # The held-out rubric is the operator's rule, not the feedback's: it may promote.
+    rubric = compare(HELDOUT, "rubric_pass", *_binary(12, 0, 0), 0.0)
+    assert decide("dpo", [rubric, tie]).decision == "promote"

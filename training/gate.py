@@ -18,6 +18,12 @@ objective that could be measured is `better` (with no objective measured, at lea
 gated metric must be `better`), and none is `worse`; otherwise `inconclusive`, which never
 promotes by itself (an operator can force it with `tuneloop promote --force`).
 
+The held-out preference accuracy, KTO accuracy and loss are measured against the feedback's
+own labels, split off the same feedback the candidate trained on: if the labels are
+backwards, a candidate trained on them looks *better* there too. So when the round also
+measured an eval set, those three still guard (a `worse` rejects) but cannot promote on
+their own: with no objective, the `better` metric must be one the feedback cannot bend.
+
 The interval is a paired percentile bootstrap over items (2,000 resamples, fixed seed so a
 decision is reproducible). One method serves every kind of metric we gate (pass/fail
 shares, preference outcomes that count ties half, per-item losses weighted by tokens, any
@@ -38,6 +44,8 @@ from typing import Any
 # held-out rubric pass rate is the objective; the rest are regression guards.
 DEFAULT_MARGINS = "rubric_pass=0.05,pref_acc=0,heldout_loss=-0.05,general_loss=-0.25,general_pass=0"
 HELDOUT = "heldout"
+# Held-out metrics graded by the feedback's own labels (see the module docstring).
+FEEDBACK_LABEL_METRICS = frozenset({"pref_acc", "kto_acc", "heldout_loss"})
 RESAMPLES = 2000
 # Below this many paired items a metric's verdict is "unsure" whatever its interval says: a
 # bootstrap on a handful of items understates its own uncertainty.
@@ -274,12 +282,20 @@ def decide(stage: str, comparisons: list[Comparison]) -> StageDecision:
             return StageDecision(stage, "promote", [], comparisons)
         reasons = [c.describe() for c in short]
     else:
-        if any(c.verdict == "better" for c in gated):
+        promoters = gated
+        if any(c.source != HELDOUT for c in gated):  # an eval set was measured
+            promoters = [c for c in gated if not _graded_by_feedback(c)]
+        if any(c.verdict == "better" for c in promoters):
             return StageDecision(stage, "promote", [], comparisons)
-        reasons = ["no gated metric is shown better than the serving version: " + "; ".join(
-            c.describe() for c in gated
+        what = "gated metric" if promoters is gated else "metric the feedback cannot bend"
+        reasons = [f"no {what} is shown better than the serving version: " + "; ".join(
+            c.describe() for c in (promoters or gated)
         )]  # fmt: skip
     return StageDecision(stage, "inconclusive", reasons, comparisons)
+
+
+def _graded_by_feedback(comp: Comparison) -> bool:
+    return comp.source == HELDOUT and comp.metric in FEEDBACK_LABEL_METRICS
 
 
 def _gain_interval(comp: Comparison) -> tuple[float, float]:
