@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     sft_learning_rate: float = Field(default=6e-4, gt=0.0, le=1.0)
     dpo_learning_rate: float = Field(default=2e-5, gt=0.0, le=1.0)
     dpo_beta: float = Field(default=0.1, gt=0.0, le=10.0, description="DPO KL strength.")
+    # TRL's DPO losses: sigmoid (the DPO paper), ipo (bounded, for pairs a model already
+    # separates), robust (expects a share of flipped picks: dpo_label_smoothing), hinge.
+    dpo_loss_type: str = Field(default="sigmoid", pattern="^(sigmoid|ipo|robust|hinge)$")
+    dpo_label_smoothing: float = Field(
+        default=0.0, ge=0.0, lt=0.5, description="robust DPO: the share of picks assumed flipped."
+    )
     kto_min_rows: int = Field(
         default=8, ge=1, description="Unpaired 👍/👎 train rows (both kinds) a KTO stage needs."
     )

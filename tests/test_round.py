@@ -342,11 +342,18 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(
     monkeypatch.setenv("TUNELOOP_GATE_MARGINS", "a:exact=0.1")
     monkeypatch.setenv("TUNELOOP_TRAIN_SEED", "7")
     monkeypatch.setenv("TUNELOOP_DPO_BETA", "0.3")
+    monkeypatch.setenv("TUNELOOP_DPO_LOSS_TYPE", "robust")
+    monkeypatch.setenv("TUNELOOP_DPO_LABEL_SMOOTHING", "0.1")
     config = RoundConfig.from_settings(Settings(), max_steps=3, sft_steps=None)
     assert config.eval.rubric_file == rubric and config.gate.rubric_file == rubric
     assert config.gate.eval_sets == (tmp_path / "a.jsonl", tmp_path / "b.jsonl")
     assert config.gate.margins == {"a:exact": 0.1}
     assert (config.seed, config.dpo_beta, config.max_steps, config.sft_steps) == (7, 0.3, 3, 0)
+    dpo = dpo_config(config, tmp_path / "dpo", 10, tmp_path)
+    assert dpo.loss_type == ["robust"] and dpo.label_smoothing == 0.1
+    monkeypatch.setenv("TUNELOOP_DPO_LOSS_TYPE", "kto")  # not a DPO loss we offer
+    with pytest.raises(ValueError, match="dpo_loss_type"):
+        Settings()
 
 
 def test_sft_trains_only_the_final_reply_of_a_conversation(

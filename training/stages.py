@@ -61,6 +61,8 @@ class RoundConfig:
     sft_learning_rate: float = 6e-4
     dpo_learning_rate: float = 2e-5
     dpo_beta: float = 0.1
+    dpo_loss_type: str = "sigmoid"  # TRL's loss_type: sigmoid, ipo, robust, hinge
+    dpo_label_smoothing: float = 0.0  # robust DPO: the share of picks assumed flipped
     # KTO runs only with at least this many train rows, both labels among them: a handful
     # of thumbs of one kind gives the KL estimate and the class weights nothing to stand on.
     kto_min_rows: int = 8
@@ -330,6 +332,8 @@ def dpo_config(
         **_common(config, out_dir, steps, "dpo", run_dir, validate),
         learning_rate=config.dpo_learning_rate,
         beta=config.dpo_beta,
+        loss_type=[config.dpo_loss_type],
+        label_smoothing=config.dpo_label_smoothing,
         precompute_ref_log_probs=_precompute_ref(config),
     )
 
