@@ -1,7 +1,9 @@
 """CPU environment for serving: OpenMP and Gradio settings applied before either loads.
 
 `tuneloop serve` calls `tune_cpu_threads()` first thing; the training rounds it starts get
-`untuned_environ()`, since the serving setting was not measured for training.
+`untuned_environ()`, since the serving setting was not measured for training. The threads
+that run the model (serve's decoding, a round) lower their own CPU priority
+(`lower_thread_priority`).
 """
 
 from __future__ import annotations
