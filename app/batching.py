@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.cpu_env import lower_thread_priority
 from app.replies import Reply, SamplingParams
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class BatchDecoder:
         # The engine's per-step hook activates no adapter for this thread: every row names
         # its own adapter through `adapter_names`.
         self.engine._local.key = None
+        lower_thread_priority(self.engine.model_nice)
         rows: list[_Row] = []
         state: dict[str, Any] = {"cache": None, "mask": None}
         stopping = False

@@ -125,6 +125,7 @@ def serve(
             registry,
             load_in_4bit=settings.load_in_4bit,
             max_batch=settings.max_batch,
+            model_nice=settings.model_nice,
             **common,
         )
     engine.start()

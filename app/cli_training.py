@@ -41,6 +41,7 @@ def register_core(app: typer.Typer) -> None:
         Under `torchrun` / `accelerate launch` every process trains; the main one does the
         rest and alone prints the result."""
         from app.cli_eval import judge
+        from app.cpu_env import lower_thread_priority
         from app.modelfiles import resolve_model_dir
         from training import early_stopping, ranks
         from training.continuation import describe
@@ -48,6 +49,9 @@ def register_core(app: typer.Typer) -> None:
         from training.round import RoundConfig, run_round
 
         settings = open_settings()
+        # Before torch starts its threads, which inherit it: a round yields the CPU to the
+        # server's clicks and saves, and shares it with replies as before.
+        lower_thread_priority(settings.model_nice)
         main = ranks.is_main()
         store = open_store(settings) if main else None  # the main process takes the snapshot
         with ranks.main_first():  # a model file is converted once, by the main process

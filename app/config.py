@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # Replies decoded together in one forward step (page and API alike); 0: each reply
     # runs its own generate loop, one forward step at a time.
     max_batch: int = Field(default=8, ge=0, le=256)
+    # Nice steps for the work that runs the model (serve's decoding threads, training
+    # rounds) below the rest: when the CPU is short, clicks, saves, imports and syncs go
+    # first and replies stream slower; with idle CPU it changes nothing. 0 turns it off.
+    model_nice: int = Field(default=5, ge=0, le=19)
     # The OpenAI-compatible API: completions answered at once; more get 429 (retry).
     api_max_active: int = Field(default=16, ge=1, le=1024)
 

@@ -1,13 +1,19 @@
 """CPU environment for serving: OpenMP and Gradio settings applied before either loads.
 
 `tuneloop serve` calls `tune_cpu_threads()` first thing; the training rounds it starts get
-`untuned_environ()`, since the serving setting was not measured for training.
+`untuned_environ()`, since the serving setting was not measured for training. The threads
+that run the model (serve's decoding, a round) lower their own CPU priority
+(`lower_thread_priority`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # How long an idle OpenMP worker of torch's CPU kernels busy-waits for the next parallel
 # region before it sleeps. libgomp's default (300,000 spins, milliseconds) keeps the
@@ -42,3 +48,24 @@ def untuned_environ() -> dict[str, str]:
     """This process's environment without what `tune_cpu_threads` set in it: for the
     training rounds the server starts, which the serving setting was not measured for."""
     return {k: v for k, v in os.environ.items() if _TUNED.get(k) != v}
+
+
+def lower_thread_priority(steps: int) -> int:
+    """Run the calling thread `steps` nice levels below the process's main thread (Linux
+    nice is per thread; threads it starts later, such as OpenMP's workers, inherit it).
+
+    For the threads that run the model: with idle CPU nothing changes, and when the CPU is
+    short, the store's work (clicks, imports, syncs) goes first. Returns the thread's nice
+    value; 0 steps, no support, or no permission change nothing."""
+    if steps <= 0 or not hasattr(os, "setpriority"):
+        return 0
+    tid = threading.get_native_id()
+    try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + steps)
+        if target > os.getpriority(os.PRIO_PROCESS, tid):
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError as err:  # a container may refuse; the server works the same without
+        name = threading.current_thread().name
+        log.warning("could not lower the CPU priority of %s: %s", name, err)
+        return 0

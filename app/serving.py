@@ -29,6 +29,7 @@ from typing import Any
 
 from app.adapters import AdapterError, AdapterPool
 from app.batching import BatchDecoder
+from app.cpu_env import lower_thread_priority
 from app.engine_base import CURRENT, EngineBase, label
 from app.replies import (
     ContextTooLong,
@@ -75,8 +76,10 @@ class ChatEngine(EngineBase):
         model_name: str | None = None,
         max_adapters: int = 3,
         max_batch: int = 8,
+        model_nice: int = 0,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.model_nice = model_nice  # nice steps for the threads that decode
         self.tokenizer, self.model = _load_model(self.model_dir, load_in_4bit)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         super().__init__(
@@ -205,6 +208,7 @@ class ChatEngine(EngineBase):
         import torch
 
         self._local.key = key
+        lower_thread_priority(self.model_nice)
         try:
             input_ids = torch.tensor([ids], device=self.model.device)
             kwargs: dict[str, Any] = {

@@ -18,6 +18,8 @@ Both on SQLite and on a throwaway PostgreSQL cluster (Debian's binaries).
     .venv/bin/python -m bench.store_load                          # 200k rows, both databases
     .venv/bin/python -m bench.store_load --rows 50000 --db sqlite --no-storm
     .venv/bin/python -m bench.store_load --no-argilla   # without the Argilla stack (faster)
+    .venv/bin/python -m bench.store_load --db sqlite --no-storm --model DIR  # a real model's
+                                                        # decoding competes for the CPU too
 """
 
 from __future__ import annotations
@@ -388,11 +390,20 @@ def main() -> None:
     parser.add_argument(
         "--no-argilla", action="store_true", help="no Argilla stack, no sync (saves ~1 min)"
     )
+    parser.add_argument(
+        "--model",
+        help="a local model dir for serve (default: a tiny random model, so that the store is "
+        "what is measured; a real one adds its decoding to the load)",
+    )
     args = parser.parse_args()
     sync_seconds = 0.0 if args.no_argilla else args.sync_seconds
     from tests.tiny import build_tiny_model
 
-    model_dir = build_tiny_model(Path(tempfile.mkdtemp(prefix="tuneloop-tiny-")) / "model")
+    model_dir = (
+        Path(args.model)
+        if args.model
+        else build_tiny_model(Path(tempfile.mkdtemp(prefix="tuneloop-tiny-")) / "model")
+    )
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     with ExitStack() as stack:
         for db in dbs:

@@ -246,3 +246,15 @@ def test_admission_refuses_beyond_the_limit_and_frees_slots() -> None:
     assert busy.value.response().headers["retry-after"] == "1"
     api.release()
     api.admit()
+
+
+def test_replies_are_decoded_below_the_servers_priority(server: dict[str, Any]) -> None:
+    """TUNELOOP_MODEL_NICE (5 by default): the threads that decode run 5 nice steps below
+    the server's others, so clicks and saves go first when the CPU is short."""
+    client(server).chat.completions.create(model="v1", messages=ASK, temperature=0, max_tokens=4)
+    pid = server["proc"].pid
+    nices = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        nices[task.name] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    assert nices.pop(str(pid)) == 0  # the web server's own threads stay at normal
+    assert 5 in nices.values() and set(nices.values()) <= {0, 5}, nices

@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -139,7 +141,8 @@ def test_path_errors_are_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> 
 
 
 def test_a_training_round_keeps_stdout_for_its_json(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The trainer prints its metric dicts; as its own process, stdout still holds one object."""
+    """The trainer prints its metric dicts; as its own process, stdout still holds one object.
+    The round runs TUNELOOP_MODEL_NICE below normal, every thread of it."""
     from app.config import Settings
     from feedback.store import Store
     from tests.tiny import add_pairs
@@ -147,19 +150,42 @@ def test_a_training_round_keeps_stdout_for_its_json(tmp_path: Path, tiny_model_d
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     add_pairs(Store.open(settings.database), 8, prompt="Hi?", chosen="Hello!", rejected="No.")
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "train", "--json", "--no-promote", "--max-steps", "1"],
         env={
             **os.environ,
             "TUNELOOP_MODEL": str(tiny_model_dir),
             "TUNELOOP_TRACKER": "none",
             "TUNELOOP_EVAL_GENERATE": "false",
+            "TUNELOOP_MODEL_NICE": "7",
         },
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert one_object(done.stdout)["status"] in ("rejected", "registered", "promoted", "done")
-    assert "'loss'" in done.stderr or "train_runtime" in done.stderr  # the trainer's own prints
+    seen: set[int] = set()
+    watcher = threading.Thread(target=_thread_nices, args=(proc, seen), daemon=True)
+    watcher.start()
+    stdout, stderr = proc.communicate(timeout=600)
+    watcher.join(timeout=10)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert one_object(stdout)["status"] in ("rejected", "registered", "promoted", "done")
+    assert "'loss'" in stderr or "train_runtime" in stderr  # the trainer's own prints
+    # Once the round has lowered itself, every thread of it (torch's workers too) runs at 7.
+    assert seen == {7}, seen
+
+
+def _thread_nices(proc: subprocess.Popen, seen: set[int]) -> None:
+    """The nice value of every thread of `proc` once it has lowered its main thread."""
+    lowered = False
+    while proc.poll() is None:
+        for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+            try:
+                nice = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            except (OSError, IndexError, ValueError):
+                continue  # the thread (or the process) ended meanwhile
+            if task.name == str(proc.pid) and nice:
+                lowered = True
+            if lowered:
+                seen.add(nice)
+        time.sleep(0.05)
