@@ -11,9 +11,10 @@ folder: `sft/adapter` and `data/dpo_train.jsonl`. Each setting trains DPO as the
 what the setting changes: `lr` (TUNELOOP_DPO_LEARNING_RATE), `beta`, `loss`
 (TUNELOOP_DPO_LOSS_TYPE), `smoothing` (TUNELOOP_DPO_LABEL_SMOOTHING), `epochs`. It reports
 held-out correctness on the triage benchmark's 80 unseen items (`heldout.jsonl`, the
-domain's checker, a 95% Wilson interval), the paired gain over the SFT stage alone (the
-gate's bootstrap), the last logged reward margin and accuracy, and the stage's seconds.
-One round's pairs and one seed: a first measurement, not a law.
+domain's checker, a 95% Wilson interval), the paired gains over the SFT stage alone and
+over the first setting (the gate's bootstrap; put the current default first), the last
+logged reward margin and accuracy, and the stage's seconds. One round's pairs and one
+seed: a first measurement, not a law.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def round_config(round_dir: Path) -> Any:
     return RoundConfig(**scalar)
 
 
+def fmt(g: dict[str, float]) -> str:
+    return f"{g['diff']:+.0%} [{g['low']:+.0%}, {g['high']:+.0%}]"
+
+
 def label(setting: dict[str, Any]) -> str:
     short = {v[0]: k for k, v in KEYS.items()}
     return ",".join(f"{short[k]}={v}" for k, v in setting.items())
@@ -100,7 +105,8 @@ def main() -> None:
     cache: dict = {}
     sft_hits = correctness(args.model, sft, items, system, args.eval_tokens, cache)
     print(f"{len(pairs)} pairs; SFT stage alone: {share(sft_hits)['correct']:.0%} correct")
-    work = round_dir.parent.parent / "dpo-sweep" / round_dir.name
+    # a folder per run: a stage resumes from checkpoints it finds in its folder
+    work = round_dir.parent.parent / "dpo-sweep" / f"{round_dir.name}-{time.strftime('%H%M%S')}"
     results = []
     for i, setting in enumerate(parse_settings(args.settings)):
         config = dataclasses.replace(base, **setting)
@@ -121,13 +127,18 @@ def main() -> None:
             "last_reward_margin": logged.get("rewards/margins"),
             "last_reward_accuracy": logged.get("rewards/accuracies"),
             "seconds": round(seconds, 1),
+            "hits": hits,
         }
-        results.append(row)
+        if results:  # against the first setting (put the current default first)
+            row["gain_over_first"] = gain(hits, results[0]["hits"])
         g = row["gain_over_sft"]
         print(f"{row['setting']:<40} {row['heldout']['correct']:>4.0%} "
               f"[{row['heldout']['low']:.0%}, {row['heldout']['high']:.0%}]  vs SFT "
-              f"{g['diff']:+.0%} [{g['low']:+.0%}, {g['high']:+.0%}]  margin "
-              f"{row['last_reward_margin']}  {seconds:.0f} s", flush=True)  # fmt: skip
+              f"{fmt(g)}  margin "
+              f"{row['last_reward_margin']:.3g}  {seconds:.0f} s"
+              + (f"  vs first {fmt(row['gain_over_first'])}" if results else ""),
+              flush=True)  # fmt: skip
+        results.append(row)
     out = args.out or work / "sweep.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"round": str(round_dir), "pairs": len(pairs), "sft": share(sft_hits),
