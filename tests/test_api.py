@@ -256,5 +256,6 @@ def test_replies_are_decoded_below_the_servers_priority(server: dict[str, Any]) 
     nices = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         nices[task.name] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
-    assert nices.pop(str(pid)) == 0  # the web server's own threads stay at normal
-    assert 5 in nices.values() and set(nices.values()) <= {0, 5}, nices
+    normal = nices.pop(str(pid))  # the web server's own threads: where serve started
+    lowered = min(19, normal + 5)
+    assert lowered in nices.values() and set(nices.values()) <= {normal, lowered}, nices
