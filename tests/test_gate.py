@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from training.gate import (
@@ -136,3 +138,26 @@ def test_feedback_graded_metrics_cannot_promote_past_an_eval_set() -> None:
     # The held-out rubric is the operator's rule, not the feedback's: it may promote.
     rubric = compare(HELDOUT, "rubric_pass", *_binary(12, 0, 0), 0.0)
     assert decide("dpo", [rubric, tie]).decision == "promote"
+
+
+def test_the_clearest_stage_is_judged_on_what_may_promote_it() -> None:
+    """A triage round's SFT and DPO stages (figures from a real one): both pass on the eval
+    set, DPO more clearly; SFT's held-out loss on 7 feedback rows is far surer. Picking by
+    that loss (in nats, beside shares) chose SFT; with an eval set it may not decide."""
+    from training.gate import Comparison, StageDecision
+
+    def comp(source: str, metric: str, low: float, high: float, margin: float) -> Comparison:
+        return Comparison(source, metric, 40, 0.0, (low + high) / 2, (low + high) / 2,
+                          low, high, margin, "better")  # fmt: skip
+
+    def stage(name: str, loss: tuple[float, float], evals: list[tuple[float, float]]) -> Any:
+        comps = [comp(HELDOUT, "heldout_loss", *loss, -0.05)]
+        comps += [comp("tickets_eval", m, *iv, 0.0) for m, iv in zip("abcd", evals, strict=True)]
+        return StageDecision(name, "promote", [], comps)
+
+    sft = stage("sft", (-1.812, -0.269), [(0.31, 0.64), (0.21, 0.55), (0.55, 0.86), (0.76, 0.98)])
+    dpo = stage("dpo", (-1.820, 0.828), [(0.26, 0.60), (0.26, 0.60), (0.74, 0.98), (0.86, 1.0)])
+    assert dpo.strength() > sft.strength()
+    # Without an eval set the held-out loss is all there is, and it counts.
+    alone = [StageDecision(s.stage, "promote", [], s.comparisons[:1]) for s in (sft, dpo)]
+    assert alone[0].strength() > alone[1].strength()

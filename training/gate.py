@@ -181,10 +181,11 @@ class StageDecision:
         return out
 
     def strength(self) -> float:
-        """How clearly the stage wins: the mean lower interval end of the gains it was
-        judged on (objectives, else every gated metric); for picking among passing stages."""
+        """How clearly the stage wins: the mean lower interval end of the gains it may be
+        promoted on (objectives, else the gated metrics that may promote: see `decide`);
+        for picking among passing stages."""
         judged = [c for c in self.comparisons if c.margin is not None and c.low is not None]
-        objectives = [c for c in judged if (c.margin or 0) > 0] or judged
+        objectives = [c for c in judged if (c.margin or 0) > 0] or _may_promote(judged) or judged
         gains = [_gain_interval(c)[0] for c in objectives]
         return sum(gains) / len(gains) if gains else -math.inf
 
@@ -282,9 +283,7 @@ def decide(stage: str, comparisons: list[Comparison]) -> StageDecision:
             return StageDecision(stage, "promote", [], comparisons)
         reasons = [c.describe() for c in short]
     else:
-        promoters = gated
-        if any(c.source != HELDOUT for c in gated):  # an eval set was measured
-            promoters = [c for c in gated if not _graded_by_feedback(c)]
+        promoters = _may_promote(gated)
         if any(c.verdict == "better" for c in promoters):
             return StageDecision(stage, "promote", [], comparisons)
         what = "gated metric" if promoters is gated else "metric the feedback cannot bend"
@@ -296,6 +295,14 @@ def decide(stage: str, comparisons: list[Comparison]) -> StageDecision:
 
 def _graded_by_feedback(comp: Comparison) -> bool:
     return comp.source == HELDOUT and comp.metric in FEEDBACK_LABEL_METRICS
+
+
+def _may_promote(gated: list[Comparison]) -> list[Comparison]:
+    """With no objective, the gated metrics whose `better` promotes: all of them, except the
+    ones graded by the feedback's own labels once an eval set was measured."""
+    if any(c.source != HELDOUT for c in gated):
+        return [c for c in gated if not _graded_by_feedback(c)]
+    return gated
 
 
 def _gain_interval(comp: Comparison) -> tuple[float, float]:
