@@ -185,7 +185,7 @@ class StageDecision:
         promoted on (objectives, else the gated metrics that may promote: see `decide`);
         for picking among passing stages."""
         judged = [c for c in self.comparisons if c.margin is not None and c.low is not None]
-        objectives = [c for c in judged if (c.margin or 0) > 0] or _may_promote(judged) or judged
+        objectives = [c for c in judged if (c.margin or 0) > 0] or _may_promote(judged)
         gains = [_gain_interval(c)[0] for c in objectives]
         return sum(gains) / len(gains) if gains else -math.inf
 
@@ -288,7 +288,7 @@ def decide(stage: str, comparisons: list[Comparison]) -> StageDecision:
             return StageDecision(stage, "promote", [], comparisons)
         what = "gated metric" if promoters is gated else "metric the feedback cannot bend"
         reasons = [f"no {what} is shown better than the serving version: " + "; ".join(
-            c.describe() for c in (promoters or gated)
+            c.describe() for c in promoters
         )]  # fmt: skip
     return StageDecision(stage, "inconclusive", reasons, comparisons)
 
