@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # 1,000 events keeps the summary and frees that CPU for the store and the other chats.
 SERVING_THREAD_ENV = {"GOMP_SPINCOUNT": "2000", "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000"}
 _TUNED: dict[str, str] = {}  # what tune_cpu_threads set in os.environ
+# Where this process started: lowering is relative to it, so a command called twice in one
+# process (tests, an embedding program) does not sink a step further each time.
+_START_NICE = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
 
 
 def tune_cpu_threads(environ: Any = None) -> dict[str, str]:
@@ -51,7 +54,7 @@ def untuned_environ() -> dict[str, str]:
 
 
 def lower_thread_priority(steps: int) -> int:
-    """Run the calling thread `steps` nice levels below the process's main thread (Linux
+    """Run the calling thread `steps` nice levels below where the process started (Linux
     nice is per thread; threads it starts later, such as OpenMP's workers, inherit it).
 
     For the threads that run the model: with idle CPU nothing changes, and when the CPU is
@@ -61,7 +64,7 @@ def lower_thread_priority(steps: int) -> int:
         return 0
     tid = threading.get_native_id()
     try:
-        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + steps)
+        target = min(19, _START_NICE + steps)
         if target > os.getpriority(os.PRIO_PROCESS, tid):
             os.setpriority(os.PRIO_PROCESS, tid, target)
         return os.getpriority(os.PRIO_PROCESS, tid)
