@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     )
     liger_kernel: bool = Field(default=False, description="TRL's Liger kernels (CUDA only).")
     padding_free: bool = Field(default=False, description="SFT rows packed without padding.")
+    share_prefix: bool = Field(
+        default=True,
+        description="Training: the start a batch's rows share (a system prompt) runs once.",
+    )
     heldout_min_items: int = Field(
         default=HELDOUT_MIN_ITEMS,
         ge=0,

@@ -15,6 +15,8 @@ prompt + rejected), divided by that stage's wall time including DPO's reference 
     .venv/bin/python -m bench.train_throughput                 # embedded SmolLM2, CPU
     .venv/bin/python -m bench.train_throughput --rows 16 --model PATH
     .venv/bin/python -m bench.train_throughput --processes 2   # + ours on 2 ranks (torchrun)
+    .venv/bin/python -m bench.train_throughput --long-rows --unshared --ours-only
+                                                   # + ours running every row whole
     .venv/bin/python -m bench.train_throughput --qlora-8b      # GPU: QLoRA step, Llama-3.1-8B shape
 
 `--processes N` adds a third variant: our stages on N processes started by torchrun (gloo
@@ -290,6 +292,11 @@ def main() -> None:
         help="Also ours at batch 4 and with gradient checkpointing (padding-free is left out: "
         "TRL keeps rows apart in a padding-free batch only with flash-attention kernels).",
     )
+    parser.add_argument(
+        "--unshared",
+        action="store_true",
+        help="Also ours with TUNELOOP_SHARE_PREFIX=false: every row run whole, as before.",
+    )
     args = parser.parse_args()
 
     if args.qlora_8b:
@@ -334,6 +341,8 @@ def main() -> None:
     if args.sweep:
         launch["ours b4"] = (one, "ours", 4, {})
         launch["ours gc"] = (one, "ours", args.batch, {"TUNELOOP_GRADIENT_CHECKPOINTING": "true"})
+    if args.unshared:
+        launch["ours unshared"] = (one, "ours", args.batch, {"TUNELOOP_SHARE_PREFIX": "false"})
     if args.processes > 1:
         label = f"ours x{args.processes}"
         launch[label] = (
@@ -368,9 +377,17 @@ def main() -> None:
             f"DPO {dpo_tokens / max(r['dpo_s'], 1e-9):.1f} tok/s ({r['dpo_s']:.1f} s), "
             f"round {total / (r['sft_s'] + r['dpo_s']):.1f} tok/s, peak {r['peak_gib']:.2f} GiB"
         )
+    o = results["ours"]
+    for name, r in results.items():  # the default against each setting it was run beside
+        if name.startswith("ours ") and not name.startswith("ours x"):
+            print(
+                f"ratio ours/{name[5:]}: SFT {r['sft_s'] / o['sft_s']:.2f}x, "
+                f"DPO {r['dpo_s'] / max(o['dpo_s'], 1e-9):.2f}x, "
+                f"round {(r['sft_s'] + r['dpo_s']) / (o['sft_s'] + o['dpo_s']):.2f}x tokens/s"
+            )
     if args.ours_only:
         return
-    p, o = results["plain"], results["ours"]
+    p = results["plain"]
     print(
         f"ratio ours/plain: SFT {p['sft_s'] / o['sft_s']:.2f}x, "
         f"DPO {p['dpo_s'] / max(o['dpo_s'], 1e-9):.2f}x, "

@@ -31,6 +31,7 @@ from training.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.lora import lora_config
 from training.sampling import seeded_sample
+from training.shared_prefix import share_prefix
 
 Row = dict[str, Any]
 LogFn = Callable[[str, int, int, dict[str, float]], None]
@@ -88,6 +89,7 @@ class RoundConfig:
     qlora: bool | None = None  # 4-bit base on CUDA; None: where it saves memory (resolved())
     liger_kernel: bool = False  # TRL's use_liger_kernel (CUDA, the liger-kernel package)
     padding_free: bool = False  # SFT rows concatenated without padding (TRL padding_free)
+    share_prefix: bool = True  # a batch's common start runs once (training/shared_prefix.py)
     serve_in_4bit: bool = False  # how `serve` loads the base: the gate evaluates the same way
     system_prompt: str = ""
     seed_file: Path | None = None
@@ -641,6 +643,8 @@ def _trainable(model_dir: Path, config: RoundConfig, adapter: Path | None) -> tu
     """(model, peft_config) for a trainer: the base with `adapter` loaded trainable (its own
     LoRA shape), or the bare base and a fresh LoRA config from the settings."""
     base = load_base(model_dir, config)
+    if config.share_prefix and not ranks.sharded():  # sharded weights: the plain forward
+        share_prefix(base)
     if adapter is not None:
         from peft import PeftModel
 
