@@ -3,7 +3,7 @@ under each setting from that round's own SFT adapter and pairs, scored on held-o
 
     .venv/bin/python -m bench.dpo_sweep --round HOME/rounds/ROUND_ID --model DIR
     .venv/bin/python -m bench.dpo_sweep --round ... --model DIR \\
-        --settings "lr=2e-5; lr=1e-4; lr=5e-4; lr=1e-4,loss=ipo; lr=1e-4,loss=robust,smoothing=0.1"
+        --settings "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1"
 
 A round of `bench.loop_quality` (the ticket-triage domain) leaves what this needs in its
 folder: `sft/adapter` and `data/dpo_train.jsonl`. Each setting trains DPO as the round did
@@ -40,7 +40,7 @@ KEYS = {
     "smoothing": ("dpo_label_smoothing", float),
     "epochs": ("dpo_epochs", float),
 }
-DEFAULT_SETTINGS = "lr=2e-5; lr=1e-4; lr=5e-4; lr=1e-4,loss=ipo; lr=1e-4,loss=robust,smoothing=0.1"
+DEFAULT_SETTINGS = "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1"
 
 
 def parse_settings(text: str) -> list[dict[str, Any]]:

@@ -60,7 +60,7 @@ class RoundConfig:
     batch_size: int = CPU_TRAIN_BATCH_SIZE
     grad_accum: int = 1
     sft_learning_rate: float = 6e-4
-    dpo_learning_rate: float = 5e-4  # with IPO, by measurement (app/config.py)
+    dpo_learning_rate: float = 1e-4  # with IPO, by measurement (app/config.py)
     dpo_beta: float = 0.1
     dpo_loss_type: str = "ipo"  # TRL's loss_type: sigmoid, ipo, robust, hinge
     dpo_label_smoothing: float = 0.0  # robust DPO: the share of picks assumed flipped
