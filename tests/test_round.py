@@ -443,6 +443,36 @@ def test_train_resume_with_nothing_to_resume_says_so(settings: Settings, store: 
     assert "no failed or interrupted round to resume" in str(out.exception)
 
 
+def test_rows_too_long_to_train_fail_the_round_clearly(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training length the prompts alone fill: TRL would cut every reply away and fail
+    without a reason; the round says what to change and serves what it served."""
+    monkeypatch.setenv("TUNELOOP_TRAIN_MAX_LENGTH", "32")
+    out = runner.invoke(app, ["train", "--json"])
+    assert out.exit_code == 1, out.output
+    result = json.loads(out.stdout)
+    assert result["status"] == "failed" and result["serving_after"] is None, result
+    (reason,) = result["reasons"]
+    assert reason.startswith("RowsTooLongError: sft: the prompt of every one of its"), reason
+    assert "TUNELOOP_TRAIN_MAX_LENGTH" in reason
+    assert Registry(settings.adapters_dir).current() is None
+
+
+def test_rows_whose_prompt_fills_the_length_are_left_out(tiny_model_dir: Path, caplog) -> None:
+    from training.stages import RowsTooLongError, fitting_rows, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    short = {"prompt": [{"role": "user", "content": "Any quick tips on soup?"}]}
+    long = {"prompt": [{"role": "user", "content": "Tell me about bread, please. " * 20}]}
+    with caplog.at_level("WARNING", logger="training.stages"):
+        kept = fitting_rows([short, long, short], tok, 128, "dpo", lambda r: r["prompt"])
+    assert kept == [short, short]
+    assert "dpo: 1 of 3 rows left out" in caplog.text
+    with pytest.raises(RowsTooLongError, match="dpo: the prompt of every one of its 1 rows"):
+        fitting_rows([long], tok, 128, "dpo", lambda r: r["prompt"])
+
+
 @pytest.fixture
 def ending_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
     """The tiny model with every third token id ending a turn, so its greedy replies end

@@ -19,6 +19,7 @@ unfinished round from its snapshot and last checkpoints.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -44,6 +45,7 @@ __all__ = [
     "run_round",
 ]
 
+log = logging.getLogger(__name__)
 _ROUND_RE = re.compile(r"r(\d{4,})-\d{8}T\d{4,6}")
 FINISHED = ("done", "rejected", "inconclusive", "promoted")
 
@@ -340,6 +342,8 @@ def _run_round(
             ):  # this process alone failed: end it, and its launcher ends the others
                 raise
             rnd.update(status="failed", reason=reason, finished_at=_now(), quiet=True)
+            if isinstance(err, Exception):  # where it failed, for whoever reads the log
+                log.error("round %s failed: %s", round_id, reason, exc_info=err)
             if ranks.is_main() and rnd.state.get("version"):
                 registry.update_info(rnd.state["version"], status="failed", reasons=[reason])
             if not isinstance(err, Exception) or _others_mid_training(rnd, err):

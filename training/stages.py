@@ -19,6 +19,7 @@ where it saves memory that matters (resolved()); the CUDA choices await a GPU me
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from training.sampling import seeded_sample
 from training.shared_prefix import share_prefix
 
 Row = dict[str, Any]
+logger = logging.getLogger(__name__)
 LogFn = Callable[[str, int, int, dict[str, float]], None]
 
 
@@ -46,6 +48,42 @@ GPU_TRAIN_BATCH_SIZE = 8
 
 class NonFiniteLossError(Exception):
     """Training produced a NaN or infinite loss; the round stops and promotes nothing."""
+
+
+class RowsTooLongError(Exception):
+    """No row of a stage leaves room for its reply within the training length."""
+
+
+def fitting_rows(
+    rows: list[Row], tokenizer: Any, max_length: int, stage: str, prompt: Callable[[Row], Any]
+) -> list[Row]:
+    """The rows whose prompt leaves room for a reply within `max_length` tokens. TRL cuts
+    the others down to no reply at all, which trains nothing, and with none left it fails
+    without saying why. A stage with no such row raises RowsTooLongError."""
+
+    def tokens(row: Row) -> int:
+        text = prompt(row)
+        if isinstance(text, str):
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        out = tokenizer.apply_chat_template(
+            text, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return len(out["input_ids"])
+
+    keep = [row for row in rows if tokens(row) < max_length]
+    if rows and not keep:
+        raise RowsTooLongError(
+            f"{stage}: the prompt of every one of its {len(rows)} rows fills the training "
+            f"length ({max_length} tokens), leaving no room for the reply: raise "
+            "TUNELOOP_TRAIN_MAX_LENGTH or shorten the system prompt"
+        )
+    if len(keep) < len(rows):
+        logger.warning(
+            "%s: %d of %d rows left out: their prompt fills the training length "
+            "(TUNELOOP_TRAIN_MAX_LENGTH=%d tokens)",
+            stage, len(rows) - len(keep), len(rows), max_length,
+        )  # fmt: skip
+    return keep
 
 
 @dataclass
@@ -500,6 +538,8 @@ def train_sft(
     from training.datasets import final_turn_rows
 
     config = resolved(config, model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    rows = fitting_rows(rows, tokenizer, config.max_length, "sft", lambda r: r["messages"][:-1])
     split = early_stopping.split_rows(rows, config)
     steps = stage_steps(len(split.train), config, "sft")
     args = sft_config(
@@ -511,7 +551,7 @@ def train_sft(
         args=args,
         train_dataset=_dataset(final_turn_rows(split.train), stage_dir),
         eval_dataset=_validation(final_turn_rows(split.validation), stage_dir),
-        processing_class=load_tokenizer(model_dir),
+        processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[progress_callback("sft", log), *early_stopping.callbacks(config, split)],
     )
@@ -532,6 +572,9 @@ def train_dpo(
     from trl import DPOTrainer
 
     config = resolved(config, model_dir)
+    pairs = fitting_rows(
+        pairs, load_tokenizer(model_dir), config.max_length, "dpo", lambda r: r["prompt"]
+    )
     split = early_stopping.split_rows(pairs, config)
     steps = stage_steps(len(split.train), config, "dpo")
     args = dpo_config(
@@ -576,6 +619,9 @@ def train_kto(
     if config.batch_size < 2:
         config = dataclasses.replace(config, batch_size=2)
     rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in rows]
+    rows = fitting_rows(
+        rows, load_tokenizer(model_dir), config.max_length, "kto", lambda r: r["prompt"]
+    )
     label = lambda r: bool(r["label"])  # noqa: E731
     split = early_stopping.split_rows(rows, config, group=label)
     split.validation = mixed_labels(split.validation)

@@ -1,0 +1,123 @@
+"""A whole round's time on rows like a real deployment's, and where it goes.
+
+Imports N SFT conversations and N preference pairs of ~370 tokens (a ~270-token system
+prompt, a ticket, a short reply: `bench.train_throughput`'s long rows, each reply made its
+own) into a fresh home with `tuneloop import`, then times `tuneloop train --json
+--no-promote` as an operator runs it, with the settings' defaults and the demo domain
+(replay, rubric and general checks on). The breakdown comes from the round's own records:
+snapshot and replay (start to the first SFT step), each training stage, and evaluation
+with the gate (the last training step to the end). `--unshared` runs a second round in
+another home with TUNELOOP_SHARE_PREFIX=false and prints the ratio.
+
+    .venv/bin/python -m bench.round_time --model DIR               # 120 + 120 rows
+    .venv/bin/python -m bench.round_time --model DIR --rows 40 --unshared
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench.train_throughput import REPO, count_tokens, demo_rows
+
+
+def unique_rows(n: int) -> tuple[list[dict], list[dict]]:
+    """The long rows with every reply its own: the round leaves out a train reply that
+    repeats a held-out one word for word, and the seed replies repeat every few rows."""
+    sft, dpo = demo_rows(n, long_rows=True)
+    for i, (row, pair) in enumerate(zip(sft, dpo, strict=True)):
+        tail = f" Your ticket #{4100 + i} stays open until this is solved."
+        row["messages"][-1]["content"] += tail
+        pair["chosen"][0]["content"] += tail
+    return sft, dpo
+
+
+def _stamp(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def breakdown(folder: Path) -> dict[str, float]:
+    """Seconds per phase of a finished round, from its state.json and metrics.jsonl."""
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    start, end = _stamp(state["started_at"]), _stamp(state["finished_at"])
+    spans: dict[str, list[float]] = {}
+    for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("time"):
+            spans.setdefault(row["stage"], []).append(_stamp(row["time"]))
+    phases: dict[str, float] = {}
+    first = min(t for ts in spans.values() for t in ts) if spans else end
+    phases["snapshot and replay"] = first - start
+    last = start
+    for stage, times in spans.items():  # a stage's span: its first record to its last
+        phases[stage] = max(times) - min(times)
+        last = max(last, max(times))
+    phases["evaluation and gate"] = end - last
+    phases["total"] = end - start
+    return phases
+
+
+def run_round(model_dir: Path, home: Path, rows: int, env_extra: dict[str, str]) -> dict:
+    """Import the rows into `home`, run the round, return its result and breakdown."""
+    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_MODEL": str(model_dir),
+           "TUNELOOP_TRACKER": "none", **env_extra}  # fmt: skip
+    sft, dpo = unique_rows(rows)
+    cli = [sys.executable, "-m", "app.cli"]
+    for name, data, fmt in (("sft.jsonl", sft, "messages"), ("pairs.jsonl", dpo, "trl")):
+        path = home / name
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+        subprocess.run([*cli, "import", str(path), "--format", fmt], env=env, check=True,
+                       cwd=REPO, capture_output=True)  # fmt: skip
+    t = time.perf_counter()
+    proc = subprocess.run([*cli, "train", "--json", "--no-promote"], env=env, cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - t
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        sys.exit(f"the round failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout)
+    folder = home / "rounds" / result["id"]
+    return {"result": result, "wall_s": wall, "phases": breakdown(folder),
+            "rows": json.loads((folder / "snapshot.json").read_text())["counts"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a local model dir")
+    parser.add_argument("--rows", type=int, default=120, help="SFT rows and pairs")
+    parser.add_argument("--home", help="where the homes go (default: a temp dir)")
+    parser.add_argument("--unshared", action="store_true",
+                        help="also a round with TUNELOOP_SHARE_PREFIX=false")  # fmt: skip
+    args = parser.parse_args()
+    model_dir = Path(args.model)
+    root = Path(args.home or tempfile.mkdtemp(prefix="round-time-"))
+    sft, dpo = unique_rows(args.rows)
+    sft_tokens, dpo_tokens = count_tokens(model_dir, sft, dpo)
+    print(f"{args.rows} SFT rows ({sft_tokens // args.rows} tokens each on average) and "
+          f"{args.rows} pairs ({dpo_tokens // (2 * args.rows)} tokens a side); root {root}")  # fmt: skip
+    ways = {"shared": {}} | ({"unshared": {"TUNELOOP_SHARE_PREFIX": "false"}}
+                             if args.unshared else {})  # fmt: skip
+    runs = {}
+    for way, env in ways.items():
+        runs[way] = run_round(model_dir, root / way, args.rows, env)
+        r = runs[way]
+        print(f"{way}: {r['result']['status']} in {r['wall_s'] / 60:.1f} min; snapshot rows "
+              f"{r['rows']}")  # fmt: skip
+        for phase, seconds in r["phases"].items():
+            print(f"  {phase:<22}{seconds / 60:6.1f} min")
+    if "unshared" in runs:
+        a, b = runs["shared"]["phases"], runs["unshared"]["phases"]
+        print("unshared/shared: " + ", ".join(
+            f"{k} {b[k] / a[k]:.2f}x" for k in a if k in b and a[k] > 0))  # fmt: skip
+    (root / "round_time.json").write_text(json.dumps(runs, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
