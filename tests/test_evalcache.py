@@ -113,6 +113,7 @@ def test_a_round_after_a_round_evaluates_only_its_new_stages(
     monkeypatch.setenv("TUNELOOP_TRAIN_MAX_STEPS", "1")
     monkeypatch.setenv("TUNELOOP_EVAL_MAX_PROMPTS", "2")
     monkeypatch.setenv("TUNELOOP_EVAL_MAX_NEW_TOKENS", "4")
+    monkeypatch.setenv("TUNELOOP_ROUND_MODE", "fresh")  # the same rows again
     Settings().home.mkdir(parents=True)
     add_pairs(Store.open(Settings().database), 12, prompt="How do I bake bread number {i}?")
     computed = _spy(monkeypatch)

@@ -86,6 +86,8 @@ def gate_env(
         "TUNELOOP_EVAL_SCORER": f"{scorer}:agrees",
         "TUNELOOP_GATE_MARGINS": "demo_set:agrees=0",
         "TUNELOOP_ROUND_MIN_NEW": "5",
+        # the rounds here retrain the same rows against a changed eval set
+        "TUNELOOP_ROUND_MODE": "fresh",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

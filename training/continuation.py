@@ -1,7 +1,7 @@
 """Rounds that build on each other: which rows a round trains on, and from which adapter.
 
-`TUNELOOP_ROUND_MODE=fresh` (the default) trains a new adapter on every train row of the
-snapshot, as every round always did. `continue` starts the SFT stage from the promoted
+`TUNELOOP_ROUND_MODE=fresh` trains a new adapter on every train row of the snapshot.
+`continue` (the default, by measurement) starts the SFT stage from the promoted
 version's weights (the registry's CURRENT) and trains on the rows that are new since that
 version's round plus a sampled share (`TUNELOOP_ROUND_REPLAY_SHARE`) of the older rows:
 the adapter already learned those, and replaying a share of them keeps it from forgetting

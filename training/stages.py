@@ -138,6 +138,8 @@ class RoundConfig:
     replay_cache_dir: Path | None = None  # None: replay answers are generated every round
     # fresh: a new adapter on every train row; continue: go on from the promoted adapter on
     # the rows new since its round plus this share of the older ones (training/continuation.py).
+    # Every entry point takes the mode from the settings (default continue, by measurement);
+    # a config built by hand trains fresh unless told.
     round_mode: str = "fresh"
     round_replay_share: float = 0.25
     dedup_threshold: float = 0.85
