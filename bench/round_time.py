@@ -100,8 +100,9 @@ def main() -> None:
     root = Path(args.home or tempfile.mkdtemp(prefix="round-time-"))
     sft, dpo = unique_rows(args.rows)
     sft_tokens, dpo_tokens = count_tokens(model_dir, sft, dpo)
+    side = dpo_tokens // (2 * args.rows)
     print(f"{args.rows} SFT rows ({sft_tokens // args.rows} tokens each on average) and "
-          f"{args.rows} pairs ({dpo_tokens // (2 * args.rows)} tokens a side); root {root}")  # fmt: skip
+          f"{args.rows} pairs ({side} tokens a side); root {root}")  # fmt: skip
     ways = {"shared": {}} | ({"unshared": {"TUNELOOP_SHARE_PREFIX": "false"}}
                              if args.unshared else {})  # fmt: skip
     runs = {}
