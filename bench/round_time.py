@@ -21,10 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
+from bench.loop_common import run_round
 from bench.train_throughput import REPO, count_tokens, demo_rows
 
 
@@ -64,27 +64,20 @@ def breakdown(folder: Path) -> dict[str, float]:
     return phases
 
 
-def run_round(model_dir: Path, home: Path, rows: int, env_extra: dict[str, str]) -> dict:
+def timed_round(model_dir: Path, home: Path, rows: int, env_extra: dict[str, str]) -> dict:
     """Import the rows into `home`, run the round, return its result and breakdown."""
     env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_MODEL": str(model_dir),
            "TUNELOOP_TRACKER": "none", **env_extra}  # fmt: skip
     sft, dpo = unique_rows(rows)
-    cli = [sys.executable, "-m", "app.cli"]
+    home.mkdir(parents=True, exist_ok=True)
     for name, data, fmt in (("sft.jsonl", sft, "messages"), ("pairs.jsonl", dpo, "trl")):
         path = home / name
-        home.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
-        subprocess.run([*cli, "import", str(path), "--format", fmt], env=env, check=True,
-                       cwd=REPO, capture_output=True)  # fmt: skip
-    t = time.perf_counter()
-    proc = subprocess.run([*cli, "train", "--json", "--no-promote"], env=env, cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
-    wall = time.perf_counter() - t
-    if proc.returncode not in (0, 1) or not proc.stdout.strip():
-        sys.exit(f"the round failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout)
+        subprocess.run([sys.executable, "-m", "app.cli", "import", str(path), "--format", fmt],
+                       env=env, check=True, cwd=REPO, capture_output=True)  # fmt: skip
+    result, minutes = run_round(home, model_dir, "--no-promote", env_extra)
     folder = home / "rounds" / result["id"]
-    return {"result": result, "wall_s": wall, "phases": breakdown(folder),
+    return {"result": result, "wall_s": minutes * 60, "phases": breakdown(folder),
             "rows": json.loads((folder / "snapshot.json").read_text())["counts"]}  # fmt: skip
 
 
@@ -107,7 +100,7 @@ def main() -> None:
                              if args.unshared else {})  # fmt: skip
     runs = {}
     for way, env in ways.items():
-        runs[way] = run_round(model_dir, root / way, args.rows, env)
+        runs[way] = timed_round(model_dir, root / way, args.rows, env)
         r = runs[way]
         print(f"{way}: {r['result']['status']} in {r['wall_s'] / 60:.1f} min; snapshot rows "
               f"{r['rows']}")  # fmt: skip

@@ -60,6 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from peft import get_peft_model
     from transformers import AutoTokenizer
 
     from bench.train_throughput import demo_rows
@@ -73,8 +74,6 @@ def main() -> None:
     config = RoundConfig()
     models = {}
     for way in ("whole", "shared"):
-        from peft import get_peft_model
-
         torch.manual_seed(0)
         base = load_base(model_dir, config)
         if way == "shared":

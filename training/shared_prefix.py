@@ -25,11 +25,13 @@ import inspect
 import logging
 from typing import Any
 
+from training.generate import SHARED_PREFIX_MIN_TOKENS
+
 log = logging.getLogger(__name__)
 
-# Below this, repeating the cache costs about what it saves (measured for generation, where
-# the same trick runs: training/generate.py).
-MIN_TOKENS = 32
+# Below this, repeating the cache costs about what it saves: the threshold generation's
+# same trick was measured with (training/generate.py).
+MIN_TOKENS = SHARED_PREFIX_MIN_TOKENS
 _PLAIN_ONLY = ("position_ids", "inputs_embeds", "cache", "past_key_values", "cache_position")
 _ASKS_MORE = ("output_hidden_states", "output_attentions", "output_router_logits")
 

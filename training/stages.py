@@ -574,9 +574,8 @@ def train_dpo(
     from trl import DPOTrainer
 
     config = resolved(config, model_dir)
-    pairs = fitting_rows(
-        pairs, load_tokenizer(model_dir), config.max_length, "dpo", lambda r: r["prompt"]
-    )
+    tokenizer = load_tokenizer(model_dir)
+    pairs = fitting_rows(pairs, tokenizer, config.max_length, "dpo", lambda r: r["prompt"])
     split = early_stopping.split_rows(pairs, config)
     steps = stage_steps(len(split.train), config, "dpo")
     args = dpo_config(
@@ -584,8 +583,9 @@ def train_dpo(
     )
     train = rows_seen(split.train, steps, config)
     return _continue_and_train(
-        DPOTrainer, model_dir, train, split, sft_adapter, stage_dir, config, args, "dpo", log
-    )
+        DPOTrainer, model_dir, tokenizer, train, split, sft_adapter, stage_dir, config, args,
+        "dpo", log,
+    )  # fmt: skip
 
 
 def mixed_labels(rows: list[Row]) -> list[Row]:
@@ -621,9 +621,8 @@ def train_kto(
     if config.batch_size < 2:
         config = dataclasses.replace(config, batch_size=2)
     rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in rows]
-    rows = fitting_rows(
-        rows, load_tokenizer(model_dir), config.max_length, "kto", lambda r: r["prompt"]
-    )
+    tokenizer = load_tokenizer(model_dir)
+    rows = fitting_rows(rows, tokenizer, config.max_length, "kto", lambda r: r["prompt"])
     label = lambda r: bool(r["label"])  # noqa: E731
     split = early_stopping.split_rows(rows, config, group=label)
     split.validation = mixed_labels(split.validation)
@@ -633,13 +632,15 @@ def train_kto(
         config, stage_dir / "checkpoints", steps, stage_dir.parent, train, bool(split.validation)
     )
     return _continue_and_train(
-        KTOTrainer, model_dir, train, split, sft_adapter, stage_dir, config, args, "kto", log
-    )
+        KTOTrainer, model_dir, tokenizer, train, split, sft_adapter, stage_dir, config, args,
+        "kto", log,
+    )  # fmt: skip
 
 
 def _continue_and_train(
     trainer_class: Any,
     model_dir: Path,
+    tokenizer: Any,
     rows: list[Row],
     split: early_stopping.Split,
     sft_adapter: Path | None,
@@ -666,7 +667,7 @@ def _continue_and_train(
         args=args,
         train_dataset=_dataset(rows, stage_dir),
         eval_dataset=_validation(split.validation, stage_dir),
-        processing_class=load_tokenizer(model_dir),
+        processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[progress_callback(stage, log), *early_stopping.callbacks(config, split)],
     )
