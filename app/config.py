@@ -163,7 +163,9 @@ class Settings(BaseSettings):
     kto_beta: float = Field(default=0.1, gt=0.0, le=10.0, description="KTO KL strength.")
     lora_r: int = Field(default=16, ge=1, le=1024)
     lora_alpha: int = Field(default=32, ge=1, le=4096)
-    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # No dropout by default: on a CPU drawing its random masks took a third of a training
+    # step (bench/shared_prefix.py), and a round's few epochs give it little to regularise.
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     lora_targets: str = Field(
         default="all-linear", description='"all-linear" or comma-separated module names.'
     )
@@ -188,6 +190,11 @@ class Settings(BaseSettings):
     # GPU memory and speed; "auto" (unset) decides per machine (training/stages.py).
     gradient_checkpointing: bool | None = Field(
         default=None, description="Trade speed for memory; auto: only with a 4-bit base."
+    )
+    train_bf16: bool | None = Field(
+        default=None,
+        description="CPU training: matmuls in bf16; auto: where the CPU has bf16 instructions "
+        "(AVX512-BF16, AMX). A GPU always trains in bf16.",
     )
     precompute_ref_log_probs: bool = Field(
         default=True, description="DPO: reference log-probs once, before training."

@@ -24,18 +24,52 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from bench.loop_common import run_round
-from bench.train_throughput import REPO, count_tokens, demo_rows
+from bench.loop_common import read_jsonl, run_round
+from bench.train_throughput import NAMES, REPO, count_tokens, long_system_prompt
+
+NEXT_STEP = {
+    "billing": "I have asked billing to check the charge; any refund shows within 5 working days.",
+    "shipping": "I have asked the courier to trace the parcel and will update you within 2 days.",
+    "returns": "A prepaid return label is on its way by email; the refund follows its scan.",
+    "damaged": "Please send a photo of the damage; a replacement ships as soon as it arrives.",
+    "account": "I have passed this to our account team, who reply within one working day.",
+}
 
 
 def unique_rows(n: int) -> tuple[list[dict], list[dict]]:
-    """The long rows with every reply its own: the round leaves out a train reply that
-    repeats a held-out one word for word, and the seed replies repeat every few rows."""
-    sft, dpo = demo_rows(n, long_rows=True)
-    for i, (row, pair) in enumerate(zip(sft, dpo, strict=True)):
-        tail = f" Your ticket #{4100 + i} stays open until this is solved."
-        row["messages"][-1]["content"] += tail
-        pair["chosen"][0]["content"] += tail
+    """`n` SFT rows and `n` pairs like a real deployment's (~370 tokens): the ~270-token
+    system prompt of `bench.train_throughput`'s long rows, a ticket and a short reply. The
+    tickets are the triage domain's pool (`data/domains/tickets/prompts.jsonl`), each row
+    its own: the round drops near-duplicate rows, and rows made from a handful of seeds
+    would leave only a few dozen of each kind."""
+    system = long_system_prompt()
+    pool = read_jsonl(REPO / "data" / "domains" / "tickets" / "prompts.jsonl")
+    if len(pool) < 2 * n:
+        raise SystemExit(f"--rows {n}: the ticket pool has {len(pool)} tickets, not {2 * n}")
+    rows = []
+    for i, item in enumerate(pool[: 2 * n]):
+        name = NAMES[i % len(NAMES)]
+        user = (
+            f"Ticket #{4100 + i} from {name} (account {52000 + 17 * i}, plan Fibre "
+            f"{100 * (1 + i % 5)}, customer since {2015 + i % 9}). Channel: web chat.\n"
+            f"Message: {item['prompt']} Please tell me what happens next."
+        )
+        order = "" if item["order"] == "none" else f" for order {item['order']}"
+        reply = (
+            f"Thanks, {name}. I have filed ticket #{4100 + i} under {item['category']}{order}. "
+            f"{NEXT_STEP[item['category']]}"
+        )
+        prompt = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        rows.append((prompt, reply))
+    sft = [{"messages": [*p, {"role": "assistant", "content": r}]} for p, r in rows[:n]]
+    dpo = [
+        {
+            "prompt": p,
+            "chosen": [{"role": "assistant", "content": r}],
+            "rejected": [{"role": "assistant", "content": "Please call our hotline."}],
+        }
+        for p, r in rows[n:]
+    ]
     return sft, dpo
 
 

@@ -10,6 +10,7 @@ ratio are printed, with the largest difference in the loss.
 
     .venv/bin/python -m bench.shared_prefix --model DIR
     .venv/bin/python -m bench.shared_prefix --model DIR --batch 4 --steps 8
+    .venv/bin/python -m bench.shared_prefix --model DIR --ways shared,shared-bf16
 """
 
 from __future__ import annotations
@@ -57,7 +58,17 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a local model dir")
     parser.add_argument("--batch", type=int, default=2, help="rows (SFT) or pairs (DPO) a step")
     parser.add_argument("--steps", type=int, default=6, help="measured steps of each way")
+    parser.add_argument(
+        "--ways",
+        default="whole,shared",
+        help="what to compare, the first the baseline: whole, shared, and either with -bf16 "
+        "(matmuls in bf16 under autocast, as a round on a CPU with bf16 instructions trains)",
+    )
     args = parser.parse_args()
+    ways = [w.strip() for w in args.ways.split(",") if w.strip()]
+    unknown = set(ways) - {"whole", "shared", "whole-bf16", "shared-bf16"}
+    if unknown or len(ways) < 2:
+        parser.error(f"--ways: two or more of whole, shared, whole-bf16, shared-bf16 ({args.ways})")
 
     import torch
     from peft import get_peft_model
@@ -73,10 +84,10 @@ def main() -> None:
     sft, dpo = demo_rows(args.batch * (args.steps + 1), long_rows=True)
     config = RoundConfig()
     models = {}
-    for way in ("whole", "shared"):
+    for way in ways:
         torch.manual_seed(0)
         base = load_base(model_dir, config)
-        if way == "shared":
+        if way.startswith("shared"):
             shared_prefix.share_prefix(base)
         lora = lora_config(r=config.lora_r, alpha=config.lora_alpha, dropout=0.0)
         models[way] = get_peft_model(base, lora).train()
@@ -95,26 +106,33 @@ def main() -> None:
         f"measured steps each way, alternating; threads {torch.get_num_threads()}"
     )
     for kind, batches in kinds.items():
-        times: dict[str, list[float]] = {"whole": [], "shared": []}
-        losses: dict[str, list[float]] = {"whole": [], "shared": []}
+        times: dict[str, list[float]] = {way: [] for way in ways}
+        losses: dict[str, list[float]] = {way: [] for way in ways}
         shared = shared_prefix.shared_length(batches[0][0], batches[0][1])
         for step, (ids, mask, labels) in enumerate(batches):
             for way, model in models.items():
                 model.zero_grad(set_to_none=True)
                 t = time.perf_counter()
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                with torch.autocast("cpu", torch.bfloat16, enabled=way.endswith("-bf16")):
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 loss.backward()
                 if step:  # the first step of each way warms up
                     times[way].append(time.perf_counter() - t)
                     losses[way].append(loss.item())
-        whole, once = statistics.median(times["whole"]), statistics.median(times["shared"])
         tokens = int(batches[0][1].sum())
-        gap = max(abs(a - b) for a, b in zip(losses["whole"], losses["shared"], strict=True))
         print(
             f"{kind}: {batches[0][0].shape[0]} rows of ~{tokens // batches[0][0].shape[0]} "
-            f"tokens, {shared} shared; step {whole:.2f} s whole, {once:.2f} s shared start "
-            f"once: {whole / once:.2f}x; largest loss difference {gap:.1e}"
+            f"tokens, {shared} shared"
         )
+        first = ways[0]
+        base_time = statistics.median(times[first])
+        for way in ways:
+            step_time = statistics.median(times[way])
+            gap = max(abs(a - b) for a, b in zip(losses[first], losses[way], strict=True))
+            print(
+                f"  {way:<12} step {step_time:.2f} s: {base_time / step_time:.2f}x {first}; "
+                f"largest loss difference {gap:.1e}"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from training.precision import BF16_CPU_FLAGS, cpu_flags, cpu_has_bf16, train_in_bf16
 from training.stages import (
     RoundConfig,
     base_load_kwargs,
@@ -45,7 +46,30 @@ def test_on_a_cpu_nothing_is_quantised_or_checkpointed(tiny_model_dir: Path) -> 
         assert config.qlora is False and config.gradient_checkpointing is False
     config = resolved(RoundConfig(gradient_checkpointing=True), tiny_model_dir)
     assert config.gradient_checkpointing is True  # an explicit setting wins
-    assert base_load_kwargs(config, cuda=False) == {"dtype": __import__("torch").float32}
+
+
+def test_a_cpu_trains_in_bf16_only_with_bf16_instructions_unless_told(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512vl\n"
+    older = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512vl\n"
+    assert "avx512_bf16" in cpu_flags(zen4) and not cpu_flags(older) & BF16_CPU_FLAGS
+    for text, native in ((zen4, True), (older, False), ("", False)):
+        info = tmp_path / f"cpuinfo-{native}-{len(text)}"
+        info.write_text(text, encoding="utf-8")
+        assert cpu_has_bf16(info) is native
+    assert cpu_has_bf16(tmp_path / "absent") is False
+    assert train_in_bf16(None, cuda=True) and train_in_bf16(True, cuda=False)
+    assert not train_in_bf16(False, cuda=False)
+    # auto follows this machine's CPU; a setting wins; bf16 training loads a bf16 base
+    assert resolved(RoundConfig(), tiny_model_dir).bf16 is cpu_has_bf16()
+    for asked, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        config = resolved(RoundConfig(bf16=asked), tiny_model_dir)
+        assert config.bf16 is asked
+        assert base_load_kwargs(config, cuda=False) == {"dtype": dtype}
+        assert sft_config(config, tmp_path / "sft", 2, tmp_path).bf16 is asked
 
 
 def test_each_process_loads_its_base_on_its_own_gpu_unless_the_launcher_shards_it(
@@ -111,3 +135,38 @@ def test_the_gate_evaluates_at_the_precision_serve_runs(
     code, out, err = run_cli(monkeypatch, capsys, "train", "--no-promote", "--json")
     assert code == 0, err[-2000:]
     assert asked == [True]
+
+
+@pytest.mark.parametrize("bf16", ["true", "false"])
+def test_tuneloop_train_on_a_cpu_in_the_precision_asked(
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    bf16: str,
+) -> None:
+    """`tuneloop train` with TUNELOOP_TRAIN_BF16: the round says how it trains, trains, and
+    saves fp32 LoRA weights either way (bf16 is for the matmuls, not for what is learned)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from feedback.store import Store
+    from tests.cli import run_cli
+    from tests.tiny import add_pairs
+
+    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TUNELOOP_TRACKER", "none")
+    monkeypatch.setenv("TUNELOOP_EVAL_GENERATE", "false")
+    monkeypatch.setenv("TUNELOOP_TRAIN_MAX_STEPS", "2")
+    monkeypatch.setenv("TUNELOOP_TRAIN_BF16", bf16)
+    monkeypatch.setenv("TUNELOOP_HELDOUT_MIN_ITEMS", "0")  # the plain 10%: pairs left to train
+    Settings().home.mkdir(parents=True)
+    add_pairs(Store.open(Settings().database), 12, prompt="How do I bake bread number {i}?")
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--no-promote", "--json")
+    assert code == 0, err[-2000:]
+    said = {line for line in err.splitlines() if "training on the CPU" in line}
+    assert said and all(("bf16" in m) == (bf16 == "true") for m in said), said
+    rounds = sorted((Settings().home / "rounds").iterdir())
+    for stage in ("sft", "dpo"):
+        weights = load_file(rounds[-1] / stage / "adapter" / "adapter_model.safetensors")
+        assert weights and {w.dtype for w in weights.values()} == {torch.float32}
+        assert all(torch.isfinite(w).all() for w in weights.values())

@@ -31,6 +31,7 @@ from training import early_stopping, ranks
 from training.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.lora import lora_config
+from training.precision import train_in_bf16
 from training.sampling import seeded_sample
 from training.shared_prefix import share_prefix
 
@@ -110,7 +111,7 @@ class RoundConfig:
     kto_beta: float = 0.1
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # by measurement: app/config.py
     lora_targets: str = "all-linear"
     max_length: int = 512
     warmup_steps: int = 0
@@ -125,6 +126,9 @@ class RoundConfig:
     gradient_checkpointing: bool | None = None  # None: only with a 4-bit base (resolved())
     precompute_ref_log_probs: bool = True
     qlora: bool | None = None  # 4-bit base on CUDA; None: where it saves memory (resolved())
+    # On a CPU: matmuls in bf16 (autocast); None: where the CPU has bf16 instructions
+    # (training/precision.py, resolved()). A GPU always trains in bf16.
+    bf16: bool | None = None
     liger_kernel: bool = False  # TRL's use_liger_kernel (CUDA, the liger-kernel package)
     padding_free: bool = False  # SFT rows concatenated without padding (TRL padding_free)
     share_prefix: bool = True  # a batch's common start runs once (training/shared_prefix.py)
@@ -240,7 +244,8 @@ def count_parameters(model_dir: Path) -> int:
 def resolved(config: RoundConfig, model_dir: Path) -> RoundConfig:
     """`config` with its automatic choices made for this machine: QLoRA only on CUDA (and,
     unless set, where it saves memory that matters), gradient checkpointing (unless set)
-    only with a 4-bit base, where memory is what is short."""
+    only with a 4-bit base, where memory is what is short, bf16 on a GPU and (unless set)
+    on a CPU with bf16 instructions."""
     import dataclasses
 
     qlora = False
@@ -256,7 +261,8 @@ def resolved(config: RoundConfig, model_dir: Path) -> RoundConfig:
     checkpointing = (
         qlora if config.gradient_checkpointing is None else config.gradient_checkpointing
     )
-    return dataclasses.replace(config, qlora=qlora, gradient_checkpointing=checkpointing)
+    bf16 = on_cuda() or train_in_bf16(config.bf16, cuda=False)
+    return dataclasses.replace(config, qlora=qlora, gradient_checkpointing=checkpointing, bf16=bf16)
 
 
 def on_cuda() -> bool:
@@ -316,7 +322,7 @@ def _common(
         "seed": config.seed,
         "gradient_checkpointing": bool(config.gradient_checkpointing),
         "max_length": config.max_length,
-        "bf16": cuda,
+        "bf16": cuda or bool(config.bf16),
         "use_cpu": not cuda,
         "disable_tqdm": True,
         "report_to": [],
@@ -426,13 +432,15 @@ def kto_config(
 
 
 def base_load_kwargs(config: RoundConfig, *, cuda: bool) -> dict[str, Any]:
-    """`from_pretrained` arguments for the training base: fp32 on CPU; on CUDA bf16, each
-    process on its own GPU, 4-bit NF4 with QLoRA. Under FSDP / ZeRO-3 the launcher places
-    the weights, and the 4-bit ones are stored as bf16 so that they can be sharded."""
+    """`from_pretrained` arguments for the training base: on CPU fp32, or bf16 where the
+    round trains in bf16 (autocast would otherwise cast every frozen weight again on every
+    forward pass; the LoRA weights stay fp32); on CUDA bf16, each process on its own GPU,
+    4-bit NF4 with QLoRA. Under FSDP / ZeRO-3 the launcher places the weights, and the 4-bit
+    ones are stored as bf16 so that they can be sharded."""
     import torch
 
     if not cuda:
-        return {"dtype": torch.float32}
+        return {"dtype": torch.bfloat16 if config.bf16 else torch.float32}
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
     sharded = ranks.sharded()
     if not sharded:
@@ -459,6 +467,10 @@ def load_base(model_dir: Path, config: RoundConfig) -> Any:
         deepspeed_on_cpu()
     model = AutoModelForCausalLM.from_pretrained(model_dir, **base_load_kwargs(config, cuda=cuda))
     if not cuda:
+        logger.info(
+            "training on the CPU in %s",
+            "bf16 (TUNELOOP_TRAIN_BF16; the LoRA weights in fp32)" if config.bf16 else "fp32",
+        )
         return model
     if config.qlora:
         from peft import prepare_model_for_kbit_training
@@ -695,9 +707,13 @@ def _trainable(model_dir: Path, config: RoundConfig, adapter: Path | None) -> tu
     if config.share_prefix and not ranks.sharded():  # sharded weights: the plain forward
         share_prefix(base)
     if adapter is not None:
-        from peft import PeftModel
+        from peft import LoraConfig, PeftModel
 
-        return PeftModel.from_pretrained(base, str(adapter), is_trainable=True), None
+        # The adapter keeps its own shape; dropout is a training choice, this round's.
+        saved = LoraConfig.from_pretrained(str(adapter))
+        saved.lora_dropout = config.lora_dropout
+        model = PeftModel.from_pretrained(base, str(adapter), config=saved, is_trainable=True)
+        return model, None
     return base, lora_config(
         r=config.lora_r,
         alpha=config.lora_alpha,

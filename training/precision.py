@@ -1,0 +1,42 @@
+"""Which number format a round trains in.
+
+A GPU trains in bf16. A CPU trains in bf16 only where it has bf16 instructions
+(AVX512-BF16 or AMX); without them every bf16 matmul is emulated and training slows
+instead. With them, autocast runs the matmuls in bf16 and keeps the LoRA weights, the
+optimizer and the loss in fp32.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+# Linux /proc/cpuinfo flags of the x86 instructions that multiply bf16 natively.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The instruction-set flags named on /proc/cpuinfo's `flags` lines."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return flags
+
+
+@cache
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bf16 natively (False where it cannot be told)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return bool(cpu_flags(text) & BF16_CPU_FLAGS)
+
+
+def train_in_bf16(setting: bool | None, cuda: bool) -> bool:
+    """The setting where given; unset: on a GPU, and on a CPU with bf16 instructions."""
+    if setting is not None:
+        return setting
+    return cuda or cpu_has_bf16()
