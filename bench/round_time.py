@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,12 +99,22 @@ def breakdown(folder: Path) -> dict[str, float]:
     return phases
 
 
+def deployment_data(folder: Path) -> Path:
+    """The demo domain's data folder with the rows' long system prompt as the deployment's:
+    the round gives it to the seed and replay rows too, as a real deployment's round does,
+    so every row of a batch starts alike."""
+    shutil.copytree(REPO / "data", folder, dirs_exist_ok=True)
+    (folder / "system_prompt.md").write_text(long_system_prompt() + "\n", encoding="utf-8")
+    return folder
+
+
 def timed_round(model_dir: Path, home: Path, rows: int, env_extra: dict[str, str]) -> dict:
     """Import the rows into `home`, run the round, return its result and breakdown."""
+    home.mkdir(parents=True, exist_ok=True)
+    env_extra = {"TUNELOOP_DATA_DIR": str(deployment_data(home / "data")), **env_extra}
     env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_MODEL": str(model_dir),
            "TUNELOOP_TRACKER": "none", **env_extra}  # fmt: skip
     sft, dpo = unique_rows(rows)
-    home.mkdir(parents=True, exist_ok=True)
     for name, data, fmt in (("sft.jsonl", sft, "messages"), ("pairs.jsonl", dpo, "trl")):
         path = home / name
         path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")

@@ -29,6 +29,7 @@ from typing import Any
 
 from training import early_stopping, ranks
 from training.evaluate import EvalSettings
+from training.fused_head import score_only_labels
 from training.gate import GateConfig, parse_margins
 from training.lora import lora_config
 from training.precision import train_in_bf16
@@ -706,6 +707,7 @@ def _trainable(model_dir: Path, config: RoundConfig, adapter: Path | None) -> tu
     base = load_base(model_dir, config)
     if config.share_prefix and not ranks.sharded():  # sharded weights: the plain forward
         share_prefix(base)
+    score_only_labels()  # a CPU projects only the trained positions, as a GPU does
     if adapter is not None:
         from peft import LoraConfig, PeftModel
 
