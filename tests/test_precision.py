@@ -63,6 +63,8 @@ def test_a_cpu_trains_in_bf16_only_with_bf16_instructions_unless_told(
     assert cpu_has_bf16(tmp_path / "absent") is False
     assert train_in_bf16(None, cuda=True) and train_in_bf16(True, cuda=False)
     assert not train_in_bf16(False, cuda=False)
+    assert not train_in_bf16(None, cuda=False, launched=True)  # several CPU processes: fp32
+    assert train_in_bf16(None, cuda=True, launched=True)
     # auto follows this machine's CPU; a setting wins; bf16 training loads a bf16 base
     assert resolved(RoundConfig(), tiny_model_dir).bf16 is cpu_has_bf16()
     for asked, dtype in ((False, torch.float32), (True, torch.bfloat16)):

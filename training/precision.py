@@ -35,8 +35,11 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(cpu_flags(text) & BF16_CPU_FLAGS)
 
 
-def train_in_bf16(setting: bool | None, cuda: bool) -> bool:
-    """The setting where given; unset: on a GPU, and on a CPU with bf16 instructions."""
+def train_in_bf16(setting: bool | None, cuda: bool, launched: bool = False) -> bool:
+    """The setting where given; unset: on a GPU, and on a CPU with bf16 instructions in a
+    round of one process. Several CPU processes (gloo, DeepSpeed on the CPU) stay in fp32:
+    a DeepSpeed ZeRO-2 round on two CPU processes aborted at its end in bf16, and the
+    launchers' CPU configs say `--mixed_precision no`."""
     if setting is not None:
         return setting
-    return cuda or cpu_has_bf16()
+    return cuda or (not launched and cpu_has_bf16())

@@ -262,7 +262,7 @@ def resolved(config: RoundConfig, model_dir: Path) -> RoundConfig:
     checkpointing = (
         qlora if config.gradient_checkpointing is None else config.gradient_checkpointing
     )
-    bf16 = on_cuda() or train_in_bf16(config.bf16, cuda=False)
+    bf16 = on_cuda() or train_in_bf16(config.bf16, cuda=False, launched=ranks.launched())
     return dataclasses.replace(config, qlora=qlora, gradient_checkpointing=checkpointing, bf16=bf16)
 
 
