@@ -24,6 +24,7 @@ def _prompt_masked_labels(input_ids: torch.Tensor, mask: torch.Tensor, start: in
 def test_labels_only_gives_the_loss_and_gradients_of_every_position(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from trl.kernels import chunked_logprob
     from trl.trainer import utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
@@ -37,7 +38,8 @@ def test_labels_only_gives_the_loss_and_gradients_of_every_position(
         return real_apply(hidden, *args)
 
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # undone after
+    # TRL's own choice, also where a round earlier in this process switched it
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
     results = []
     for labels_only in (False, True):
         if labels_only:
@@ -65,6 +67,7 @@ def test_labels_only_gives_the_loss_and_gradients_of_every_position(
 def test_tuneloop_train_scores_only_labelled_positions(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
+    from trl.kernels import chunked_logprob
     from trl.trainer import utils as trl_utils
 
     from app.config import Settings
@@ -72,8 +75,8 @@ def test_tuneloop_train_scores_only_labelled_positions(
     from tests.cli import run_cli
     from tests.tiny import add_pairs
 
-    real_choice = trl_utils._use_triton
-    monkeypatch.setattr(trl_utils, "_use_triton", real_choice)  # undone after the test
+    real_choice = chunked_logprob._use_triton  # TRL's own, whatever ran before in this process
+    monkeypatch.setattr(trl_utils, "_use_triton", real_choice)
     scored: list[int] = []
     real_apply = trl_utils._ChunkedLogProbFunction.apply
 
