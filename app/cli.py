@@ -124,6 +124,7 @@ def serve(
             model_dir,
             registry,
             load_in_4bit=settings.load_in_4bit,
+            bf16=settings.infer_bf16,
             max_batch=settings.max_batch,
             model_nice=settings.model_nice,
             **common,

@@ -181,6 +181,7 @@ def _engine(settings: Settings) -> Any:
         system_prompt=settings.system_prompt(),
         context_tokens=settings.context_tokens,
         load_in_4bit=settings.load_in_4bit,
+        bf16=settings.infer_bf16,
         poll_seconds=settings.adapter_poll_seconds,
     )
     engine.start()

@@ -63,7 +63,10 @@ def generate(
 
     def load() -> tuple[Any, Any]:
         return load_for_generation(
-            _model_dir(settings), target.adapter_dir, load_in_4bit=settings.load_in_4bit
+            _model_dir(settings),
+            target.adapter_dir,
+            load_in_4bit=settings.load_in_4bit,
+            bf16=settings.infer_bf16,
         )
 
     summary = generate_file(
@@ -137,6 +140,7 @@ def eval_(
         cache_dir=settings.evals_dir / "cache",
         params=_params(settings, max_new_tokens, batch_size),
         load_in_4bit=settings.load_in_4bit,
+        bf16=settings.infer_bf16,
         progress=not as_json or sys.stderr.isatty(),
     )
     record(result, registry, settings.evals_dir)
@@ -164,6 +168,7 @@ def judge(settings: Settings) -> Any:
         model_dir=model_dir,
         system_prompt=settings.system_prompt(),
         batch_size=settings.generate_batch_size or 8,
+        bf16=settings.infer_bf16,
     )
 
 

@@ -72,6 +72,7 @@ def best_of_pairs(
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.generate_batch_size,
         load_in_4bit=settings.load_in_4bit,
+        bf16=settings.infer_bf16,
     )
     picks = best_of.pick_pairs(rows, conversations, samples, scorers)
     queued = best_of.queue(store, picks, adapter=target.label, model=model_dir.name, n=n)

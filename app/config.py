@@ -196,6 +196,11 @@ class Settings(BaseSettings):
         description="CPU training: matmuls in bf16; auto: where the CPU has bf16 instructions "
         "(AVX512-BF16, AMX). A GPU always trains in bf16.",
     )
+    infer_bf16: bool | None = Field(
+        default=None,
+        description="Answering (chat, generate, eval, a round's replay and evaluation) in bf16; "
+        "auto: on a CPU with bf16 instructions, and on a GPU the checkpoint's dtype.",
+    )
     precompute_ref_log_probs: bool = Field(
         default=True, description="DPO: reference log-probs once, before training."
     )

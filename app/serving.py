@@ -72,6 +72,7 @@ class ChatEngine(EngineBase):
         system_prompt: str = "",
         context_tokens: int = 2048,
         load_in_4bit: bool = False,
+        bf16: bool | None = None,
         poll_seconds: float = 1.0,
         model_name: str | None = None,
         max_adapters: int = 3,
@@ -80,7 +81,7 @@ class ChatEngine(EngineBase):
     ) -> None:
         self.model_dir = Path(model_dir)
         self.model_nice = model_nice  # nice steps for the threads that decode
-        self.tokenizer, self.model = _load_model(self.model_dir, load_in_4bit)
+        self.tokenizer, self.model = _load_model(self.model_dir, load_in_4bit, bf16)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         super().__init__(
             registry,
@@ -299,13 +300,13 @@ class ChatEngine(EngineBase):
 
 
 # -- helpers ---------------------------------------------------------------------------
-def _load_model(model_dir: Path, load_in_4bit: bool) -> tuple[Any, Any]:
+def _load_model(model_dir: Path, load_in_4bit: bool, bf16: bool | None) -> tuple[Any, Any]:
     """Tokenizer and causal LM from a local dir, loaded as `tuneloop generate` loads them
-    (fp32 on CPU, the checkpoint dtype on GPU), so a chat reply and a batch reply match."""
+    (training/precision.py inference_dtype), so a chat reply and a batch reply match."""
     from training.generate import GenerationError, load_for_generation
 
     try:
-        model, tokenizer = load_for_generation(model_dir, load_in_4bit=load_in_4bit)
+        model, tokenizer = load_for_generation(model_dir, load_in_4bit=load_in_4bit, bf16=bf16)
     except GenerationError as err:
         raise ServingError(str(err)) from err
     return tokenizer, model

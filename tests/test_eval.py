@@ -51,7 +51,7 @@ def env(
 def base_replies(tiny_model_dir: Path) -> list[str]:
     """The bare base model's greedy replies to QUESTIONS with the deployment's system prompt."""
     system = Settings(model=str(tiny_model_dir)).system_prompt()
-    model, tok = load_for_generation(tiny_model_dir)
+    model, tok = load_for_generation(tiny_model_dir, bf16=False)  # as the CLI answers
     rows = [{"prompt": q} for q in QUESTIONS]
     return generate_replies(
         model, tok, [row_conversation(r, system) for r in rows], max_new_tokens=MAX_NEW

@@ -43,7 +43,7 @@ def base_replies(tiny_model_dir: Path) -> list[str]:
     from training.generate import generate_replies, load_for_generation, row_conversation
 
     system = Settings(model=str(tiny_model_dir)).system_prompt()
-    model, tok = load_for_generation(tiny_model_dir)
+    model, tok = load_for_generation(tiny_model_dir, bf16=False)  # as the round answers
     conversations = [row_conversation({"prompt": q}, system) for q in QUESTIONS]
     return generate_replies(model, tok, conversations, max_new_tokens=MAX_NEW)
 

@@ -69,12 +69,12 @@ def env(
 
 @pytest.fixture(scope="module")
 def base(tiny_model_dir: Path) -> tuple[Any, Any]:
-    return load_for_generation(tiny_model_dir)
+    return load_for_generation(tiny_model_dir, bf16=False)
 
 
 @pytest.fixture(scope="module")
 def v1(tiny_model_dir: Path, tiny_adapters: dict[str, Path]) -> tuple[Any, Any]:
-    return load_for_generation(tiny_model_dir, tiny_adapters["v1"])
+    return load_for_generation(tiny_model_dir, tiny_adapters["v1"], bf16=False)
 
 
 def convs(system: str = "") -> list[list[dict[str, str]]]:
@@ -100,7 +100,7 @@ def test_batched_replies_equal_one_at_a_time_and_the_chat_engine(
 
     registry = Registry(tmp_path / "adapters")
     registry.register("v1", tiny_adapters["v1"])
-    with ChatEngine(tiny_model_dir, registry, context_tokens=512) as engine:
+    with ChatEngine(tiny_model_dir, registry, context_tokens=512, bf16=False) as engine:
         params = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0)
         chat = [engine.generate(c, params, adapter="v1").text for c in convs()[:3]]
         chat_base = [engine.generate(c, params, adapter=None).text for c in convs()[:3]]

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from training.precision import BF16_CPU_FLAGS, cpu_flags, cpu_has_bf16, train_in_bf16
+from training.precision import (
+    BF16_CPU_FLAGS,
+    cpu_flags,
+    cpu_has_bf16,
+    inference_dtype,
+    train_in_bf16,
+)
 from training.stages import (
     RoundConfig,
     base_load_kwargs,
@@ -112,17 +118,18 @@ def test_the_gate_evaluates_at_the_precision_serve_runs(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """`tuneloop train` with TUNELOOP_LOAD_IN_4BIT=true (how serve loads the base) and
-    QLoRA off: the evaluation loads the base 4-bit, as served, not as trained."""
+    QLoRA off: the evaluation loads the base 4-bit, as served, not as trained; and in the
+    dtype serve answers in (TUNELOOP_INFER_BF16)."""
     import training.evaluate
     from feedback.store import Store
     from tests.cli import run_cli
     from tests.tiny import add_pairs
 
     real = training.evaluate.evaluate_models
-    asked: list[bool] = []
+    asked: list[tuple] = []
 
     def spy(*args: object, load_in_4bit: bool = False, **kwargs: object) -> object:
-        asked.append(load_in_4bit)
+        asked.append((load_in_4bit, kwargs.get("bf16")))
         return real(*args, **kwargs)  # no bitsandbytes on this CPU: evaluate unquantised
 
     monkeypatch.setattr(training.evaluate, "evaluate_models", spy)
@@ -132,11 +139,76 @@ def test_the_gate_evaluates_at_the_precision_serve_runs(
     monkeypatch.setenv("TUNELOOP_TRAIN_MAX_STEPS", "1")
     monkeypatch.setenv("TUNELOOP_QLORA", "false")  # trained unquantised...
     monkeypatch.setenv("TUNELOOP_LOAD_IN_4BIT", "true")  # ...but served 4-bit
+    monkeypatch.setenv("TUNELOOP_INFER_BF16", "true")
     Settings().home.mkdir(parents=True)
     add_pairs(Store.open(Settings().database), 6, prompt="How do I bake bread number {i}?")
     code, out, err = run_cli(monkeypatch, capsys, "train", "--no-promote", "--json")
     assert code == 0, err[-2000:]
-    assert asked == [True]
+    assert asked == [(True, True)]
+
+
+def test_answering_is_bf16_on_a_cpu_with_bf16_instructions_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import training.precision
+
+    assert inference_dtype(True, cuda=False) == "bfloat16"
+    assert inference_dtype(False, cuda=True) == "float32"
+    assert inference_dtype(None, cuda=True) == "auto"  # a GPU: the checkpoint's dtype
+    assert inference_dtype(None, cuda=False) == ("bfloat16" if cpu_has_bf16() else "float32")
+    monkeypatch.setattr(training.precision, "cpu_has_bf16", lambda: False)
+    assert inference_dtype(None, cuda=False) == "float32"  # emulated bf16 would be slower
+    assert inference_dtype(True, cuda=False) == "bfloat16"
+
+
+def test_generate_and_the_chat_engine_answer_in_bf16_when_asked(
+    tiny_model_dir: Path,
+    tiny_adapters: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """TUNELOOP_INFER_BF16=true: `tuneloop generate` answers with a bf16 base (the adapter's
+    weights stay fp32) and gives exactly the replies of that model at the same batch size;
+    the chat engine loads the same way."""
+    import json
+
+    import torch
+
+    from app.serving import ChatEngine, SamplingParams
+    from tests.cli import run_cli
+    from tests.tiny import tiny_registry
+    from training.generate import generate_replies, load_for_generation, row_conversation
+
+    registry = tiny_registry(
+        monkeypatch, Settings().home, tiny_model_dir, tiny_adapters, max_new_tokens=24
+    )
+    registry.set_current("v1")
+    monkeypatch.setenv("TUNELOOP_INFER_BF16", "true")
+    questions = ["How do I water tomatoes?", "Hi", "Which month comes after June?"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in questions))
+    out = tmp_path / "out.jsonl"
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--in", str(src), "--out", str(out))
+    assert code == 0, err[-2000:]
+    replies = [json.loads(line)["reply"] for line in out.read_text().splitlines()]
+
+    model, tok = load_for_generation(tiny_model_dir, tiny_adapters["v1"], bf16=True)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    system = Settings().system_prompt()
+    conversations = [row_conversation({"prompt": q}, system) for q in questions]
+    assert replies == generate_replies(model, tok, conversations, max_new_tokens=24)
+    fp32 = load_for_generation(tiny_model_dir, tiny_adapters["v1"], bf16=False)
+    assert next(fp32[0].parameters()).dtype == torch.float32
+
+    with ChatEngine(tiny_model_dir, registry, context_tokens=512, bf16=True) as engine:
+        assert next(engine.model.parameters()).dtype == torch.bfloat16
+        chat = engine.generate(
+            conversations[0][1:], SamplingParams(max_new_tokens=8, temperature=0.0), adapter="v1"
+        )
+    assert chat.text
 
 
 @pytest.mark.parametrize("bf16", ["true", "false"])

@@ -499,7 +499,9 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
 
     replay_file = REPO_DATA_DIR / "replay_prompts.jsonl"
     system = "You help with gardens and kitchens."
-    config = _config(replay_file=replay_file, dpo_steps=1, replay_max_new_tokens=2)
+    config = _config(
+        replay_file=replay_file, dpo_steps=1, replay_max_new_tokens=2, infer_bf16=False
+    )
     result = _run(settings, store, ending_model_dir, config=config, promote=False)
     assert result.status in ("done", "rejected", "inconclusive"), result.reasons
     snap = load_snapshot(settings.home / "rounds" / result.id)
@@ -514,7 +516,7 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
     # The answers are the base model's own greedy replies to exactly those conversations;
     # those the 2-token budget cut off were generated again with 4x the budget, and any
     # still cut off were dropped: every replayed answer is one the model ended itself.
-    model, tok = load_for_generation(ending_model_dir)
+    model, tok = load_for_generation(ending_model_dir, bf16=False)  # as the round answers
     convs = [row_conversation({"prompt": p}, system) for p in prompts]
     cut: set[int] = set()
     short = generate_replies(model, tok, convs, max_new_tokens=2, cut_off=cut)
@@ -539,17 +541,20 @@ def test_replay_is_cached_per_model_prompts_and_system_prompt_and_drops_cut_answ
     replay_file.write_text("".join(json.dumps({"prompt": f"Tips on soup {i}?"}) + "\n"
                                    for i in range(3)))  # fmt: skip
     cache = tmp_path / "cache"
-    first = replay_rows(ending_model_dir, replay_file, system_prompt="Be kind.", cache_dir=cache)
+    kind = {"system_prompt": "Be kind.", "cache_dir": cache, "bf16": False}
+    first = replay_rows(ending_model_dir, replay_file, **kind)
     assert first and len(list(cache.glob("*.json"))) == 1
 
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the replay answers should have come from the cache")
 
     monkeypatch.setattr(generate, "load_for_generation", no_model)
-    again = replay_rows(ending_model_dir, replay_file, system_prompt="Be kind.", cache_dir=cache)
+    again = replay_rows(ending_model_dir, replay_file, **kind)
     assert again == first
+    with pytest.raises(AssertionError, match="from the cache"):  # answered in another dtype
+        replay_rows(ending_model_dir, replay_file, **{**kind, "bf16": True})
     with pytest.raises(AssertionError, match="from the cache"):  # another system prompt
-        replay_rows(ending_model_dir, replay_file, system_prompt="Be brief.", cache_dir=cache)
+        replay_rows(ending_model_dir, replay_file, **{**kind, "system_prompt": "Be brief."})
     monkeypatch.undo()
 
     # The tiny model rarely ends a reply by itself: an answer cut off at the budget is

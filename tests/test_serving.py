@@ -45,6 +45,7 @@ def make_engine(tiny_model_dir: Path, registry: Registry) -> Iterator[Callable[.
 
     def make(**kwargs: Any) -> ChatEngine:
         kwargs.setdefault("context_tokens", 512)
+        kwargs.setdefault("bf16", False)  # exact replies: see tests/conftest.py
         engine = ChatEngine(tiny_model_dir, registry, **kwargs)
         engines.append(engine)
         return engine
@@ -63,7 +64,7 @@ def reference(
     for version, path in tiny_adapters.items():
         registry.register(version, path)
     # One plain `model.generate` per reply: the reference the batched engine must match.
-    engine = ChatEngine(tiny_model_dir, registry, context_tokens=512, max_batch=0)
+    engine = ChatEngine(tiny_model_dir, registry, context_tokens=512, max_batch=0, bf16=False)
     cache: dict[tuple[str, str | None, int], str] = {}
 
     def text(history: list[dict[str, str]], version: str | None, params: SamplingParams) -> str:

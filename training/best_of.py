@@ -107,11 +107,14 @@ def sample(
     max_new_tokens: int,
     batch_size: int | None = None,
     load_in_4bit: bool = False,
+    bf16: bool | None = None,
 ) -> list[list[str]]:
     """`n` sampled replies to each conversation from the base plus `adapter_dir`, batched."""
     from training.generate import generate_replies, load_for_generation
 
-    model, tokenizer = load_for_generation(model_dir, adapter_dir, load_in_4bit=load_in_4bit)
+    model, tokenizer = load_for_generation(
+        model_dir, adapter_dir, load_in_4bit=load_in_4bit, bf16=bf16
+    )
     try:
         flat = generate_replies(
             model,

@@ -84,6 +84,7 @@ def replay_rows(
     system_prompt: str,
     max_new_tokens: int = 128,
     cache_dir: Path | None = None,
+    bf16: bool | None = None,
 ) -> list[Row]:
     """The bare base model's own greedy answers to the general prompts in `path`.
 
@@ -96,7 +97,8 @@ def replay_rows(
     larger budget, and dropped if it still does not end (trained on, a cut-off answer
     teaches the model to stop mid-sentence). Greedy answers depend only on the base model's
     files, the prompts and the system prompt, so with `cache_dir` they are generated once
-    per combination and reused by every later round.
+    per combination (and answering precision, `bf16`: training/precision.py) and reused
+    by every later round.
     """
     if path is None or not Path(path).is_file():
         return []
@@ -106,7 +108,7 @@ def replay_rows(
     if not rows:
         return []
     conversations = [row_conversation(r, system_prompt) for r in rows]
-    cache = _replay_cache_file(cache_dir, model_dir, conversations, max_new_tokens)
+    cache = _replay_cache_file(cache_dir, model_dir, conversations, max_new_tokens, bf16)
     if cache is not None and cache.is_file():
         try:
             cached = json.loads(cache.read_text(encoding="utf-8"))["rows"]
@@ -114,7 +116,7 @@ def replay_rows(
                 return cached
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: generate again and replace it
-    model, tokenizer = load_for_generation(Path(model_dir))
+    model, tokenizer = load_for_generation(Path(model_dir), bf16=bf16)
     try:
         cut: set[int] = set()
         replies = generate_replies(
@@ -164,17 +166,23 @@ def _retry_budget(model: Any, tokenizer: Any, conversations: list[Any], first: i
 
 
 def _replay_cache_file(
-    cache_dir: Path | None, model_dir: Path, conversations: list[Any], max_new_tokens: int
+    cache_dir: Path | None,
+    model_dir: Path,
+    conversations: list[Any],
+    max_new_tokens: int,
+    bf16: bool | None,
 ) -> Path | None:
     """Where replay answers for exactly these inputs are kept (None: no cache)."""
     if cache_dir is None:
         return None
     from training.evalsets import model_identity
+    from training.precision import inference_dtype
 
-    key = json.dumps(
-        [model_identity(Path(model_dir)), conversations, max_new_tokens, REPLAY_RETRY_TOKENS],
-        sort_keys=True,
-    )
+    identity = [model_identity(Path(model_dir)), conversations, max_new_tokens, REPLAY_RETRY_TOKENS]
+    dtype = inference_dtype(bf16)
+    if dtype != "float32":  # fp32 keeps the key replies cached before bf16 answering had
+        identity.append(dtype)
+    key = json.dumps(identity, sort_keys=True)
     return Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 

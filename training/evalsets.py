@@ -197,6 +197,7 @@ def run_eval(
     cache_dir: Path,
     params: GenParams | None = None,
     load_in_4bit: bool = False,
+    bf16: bool | None = None,
     progress: bool = False,
 ) -> EvalRun:
     """Answer the set with each target (cached replies reused), then score every target.
@@ -224,12 +225,14 @@ def run_eval(
         model=model,
     )
     for target in targets:
-        key = _cache_key(model, target, conversations, params, load_in_4bit)
+        key = _cache_key(model, target, conversations, params, load_in_4bit, bf16)
         cache_file = Path(cache_dir) / f"{key}.json"
         replies = _read_cache(cache_file, len(conversations))
         run.cached[target.label] = replies is not None
         if replies is None:
-            replies = _generate(model_dir, target, conversations, params, load_in_4bit, progress)
+            replies = _generate(
+                model_dir, target, conversations, params, (load_in_4bit, bf16), progress
+            )
             _write_json(
                 cache_file, {"adapter": target.label, "set": evalset.name, "replies": replies}
             )
@@ -401,6 +404,7 @@ def gate_runs(
                 cache_dir=cache_dir,
                 params=params,
                 load_in_4bit=gate.load_in_4bit,
+                bf16=gate.bf16,
             )
         )
     return runs
@@ -412,10 +416,13 @@ def _generate(
     target: Target,
     conversations: list[list[dict[str, str]]],
     params: GenParams,
-    load_in_4bit: bool,
+    precision: tuple[bool, bool | None],
     progress: bool,
 ) -> list[str]:
-    model, tokenizer = load_for_generation(model_dir, target.adapter_dir, load_in_4bit=load_in_4bit)
+    load_in_4bit, bf16 = precision
+    model, tokenizer = load_for_generation(
+        model_dir, target.adapter_dir, load_in_4bit=load_in_4bit, bf16=bf16
+    )
     try:
         return generate_replies(
             model,
@@ -437,7 +444,10 @@ def _cache_key(
     conversations: list[list[dict[str, str]]],
     params: GenParams,
     load_in_4bit: bool,
+    bf16: bool | None,
 ) -> str:
+    from training.precision import inference_dtype
+
     decided_by = {
         "model": model,
         "adapter": target.identity,
@@ -445,6 +455,7 @@ def _cache_key(
         "max_new_tokens": params.max_new_tokens,
         "temperature": params.temperature,
         "load_in_4bit": load_in_4bit,
+        "dtype": inference_dtype(bf16),
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()
 

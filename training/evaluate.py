@@ -150,11 +150,13 @@ def evaluate_models(
     settings: EvalSettings,
     kto_rows: list[Row] | None = None,
     load_in_4bit: bool = False,
+    bf16: bool | None = None,
     on_model: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics for each named adapter (None = the bare base) on the same held-out rows
     (`kto_rows`: held-out unpaired 👍/👎 replies, for `kto_acc`). Per-item results are
-    reused from `settings.cache_dir` when the same model met the same item before."""
+    reused from `settings.cache_dir` when the same model met the same item before. The
+    base loads as `serve` loads it (`load_in_4bit`, `bf16`: training/precision.py)."""
     from peft import PeftModel
 
     from training.datasets import with_system
@@ -162,7 +164,8 @@ def evaluate_models(
     from training.evalsets import model_identity
     from training.generate import generate_replies, load_for_generation
 
-    model, tokenizer = load_for_generation(model_dir, None, load_in_4bit=load_in_4bit)
+    model, tokenizer = load_for_generation(model_dir, None, load_in_4bit=load_in_4bit, bf16=bf16)
+    dtype = str(next(model.parameters()).dtype)
     general = [
         {**r, "messages": with_system(r["messages"], settings.system_prompt)}
         for r in read_general_checks(settings.general_file)
@@ -199,6 +202,7 @@ def evaluate_models(
             "adapter": adapter_identity(adapter),
             "load_in_4bit": load_in_4bit,
             "max_length": settings.max_length,
+            "dtype": dtype,
         }
         return ItemCache(settings.cache_dir, identity)
 

@@ -181,7 +181,7 @@ def pairwise_metrics(scores: list[float]) -> dict[str, float]:
 
 
 def pairwise_scorer(
-    judge_dir: Path, *, system_prompt: str = "", batch_size: int = 8
+    judge_dir: Path, *, system_prompt: str = "", batch_size: int = 8, bf16: bool | None = None
 ) -> Callable[[list[dict[str, Any]], list[str], list[str]], dict[str, float]]:
     """A scorer `(rows, replies, reference) -> metrics` judged by the model in `judge_dir`.
 
@@ -198,7 +198,7 @@ def pairwise_scorer(
         if not loaded and replies != reference:
             from training.generate import load_for_generation
 
-            loaded.extend(load_for_generation(Path(judge_dir)))
+            loaded.extend(load_for_generation(Path(judge_dir), bf16=bf16))
         conversations = [row_conversation(row, system_prompt) for row in rows]
         model, tokenizer = loaded if loaded else (None, None)
         scores = pairwise_scores(

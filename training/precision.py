@@ -1,9 +1,11 @@
-"""Which number format a round trains in.
+"""Which number format a round trains in, and a model answers in.
 
 A GPU trains in bf16. A CPU trains in bf16 only where it has bf16 instructions
 (AVX512-BF16 or AMX); without them every bf16 matmul is emulated and training slows
 instead. With them, autocast runs the matmuls in bf16 and keeps the LoRA weights, the
-optimizer and the loss in fp32.
+optimizer and the loss in fp32. Answering (the chat, batch generation, a round's replay
+and evaluation) follows the same CPU rule with its own setting, so a chat reply and the
+gate's reply to the same prompt come from the same numbers.
 """
 
 from __future__ import annotations
@@ -43,3 +45,20 @@ def train_in_bf16(setting: bool | None, cuda: bool, launched: bool = False) -> b
     if setting is not None:
         return setting
     return cuda or (not launched and cpu_has_bf16())
+
+
+def inference_dtype(setting: bool | None, cuda: bool | None = None) -> str:
+    """The dtype a model is loaded in to answer (chat, batch generation, a round's replay
+    and evaluation): "bfloat16" or "float32" where the setting says; unset: on a CPU,
+    bf16 where it has bf16 instructions (greedy replies then take about half the time,
+    measured with bench/generate.py) and fp32 elsewhere, on a GPU the checkpoint's own
+    dtype ("auto"). `cuda` None: whether torch sees a GPU here."""
+    if setting is not None:
+        return "bfloat16" if setting else "float32"
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return "auto"
+    return "bfloat16" if cpu_has_bf16() else "float32"

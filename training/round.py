@@ -301,6 +301,7 @@ def _run_round(
                 system_prompt=config.system_prompt,
                 max_new_tokens=config.replay_max_new_tokens,
                 cache_dir=config.replay_cache_dir,
+                bf16=config.infer_bf16,
             )
             snap = take_snapshot(
                 store,
@@ -440,6 +441,7 @@ def _train_and_gate(
         kto_rows=snap.kto_heldout,
         settings=config.eval,
         load_in_4bit=config.serve_in_4bit,  # the precision `serve` runs, not training's
+        bf16=config.infer_bf16,
     )
     runs, eval_error = _eval_set_runs(config, registry, model_dir, serving, stages)
     rnd.update(stage="gate")

@@ -100,6 +100,7 @@ class Judge:
     model_dir: Callable[[], Path]
     system_prompt: str = ""
     batch_size: int = 8
+    bf16: bool | None = None  # the judge answers in the precision the models do
 
 
 def load_scorers(
@@ -255,7 +256,10 @@ def _pairwise(judge: Judge | None) -> ScoreFn:
             "for the built-in SmolLM2 (plumbing only: its verdicts are near chance)"
         )
     fn = pairwise_scorer(
-        judge.model_dir(), system_prompt=judge.system_prompt, batch_size=judge.batch_size
+        judge.model_dir(),
+        system_prompt=judge.system_prompt,
+        batch_size=judge.batch_size,
+        bf16=judge.bf16,
     )
 
     def score(rows: list[dict[str, Any]], replies: list[str], reference: list[str]) -> dict:

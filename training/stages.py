@@ -134,6 +134,7 @@ class RoundConfig:
     padding_free: bool = False  # SFT rows concatenated without padding (TRL padding_free)
     share_prefix: bool = True  # a batch's common start runs once (training/shared_prefix.py)
     serve_in_4bit: bool = False  # how `serve` loads the base: the gate evaluates the same way
+    infer_bf16: bool | None = None  # and in what dtype it answers (precision.inference_dtype)
     system_prompt: str = ""
     seed_file: Path | None = None
     # General prompts the bare base answers at snapshot time; its answers join SFT so the
@@ -200,6 +201,7 @@ class RoundConfig:
                 eval_temperature=settings.generate_temperature,
                 eval_batch_size=settings.generate_batch_size,
                 load_in_4bit=settings.load_in_4bit,
+                bf16=settings.infer_bf16,
                 evals_dir=settings.evals_dir,
                 min_items=settings.gate_min_items,
                 judge=judge,
