@@ -234,7 +234,7 @@ def test_validating_configs_are_valid_for_installed_trl(tmp_path: Path) -> None:
     about six times a stage, the lowest validation loss kept (transformers checks that
     saves line up with evaluations when it loads the best checkpoint)."""
     from app.config import Settings
-    from training.stages import dpo_config, kto_config, sft_config
+    from training.stages import NO_GRAD_BATCH_SIZE, dpo_config, kto_config, on_cuda, sft_config
 
     config = RoundConfig.from_settings(Settings())
     assert (config.validation_share, config.early_stopping_patience) == (0.1, 2)
@@ -248,7 +248,11 @@ def test_validating_configs_are_valid_for_installed_trl(tmp_path: Path) -> None:
         assert args.eval_strategy == "steps" and args.eval_steps == args.save_steps == 5
         assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
         assert not args.greater_is_better
-        assert args.per_device_eval_batch_size == config.batch_size
+        # no gradients, no activations kept: validation takes more rows a batch than training
+        no_grad = max(config.batch_size, NO_GRAD_BATCH_SIZE)  # a CPU trains 2 rows a step
+        assert args.per_device_eval_batch_size == no_grad > config.batch_size or on_cuda()
+        if hasattr(args, "precompute_ref_batch_size"):  # DPO and KTO: the reference pass too
+            assert args.precompute_ref_batch_size == no_grad
     plain = sft_config(config, tmp_path, 30, tmp_path)
     assert plain.eval_strategy == "no" and plain.save_steps == config.save_steps
     assert sft_config(config, tmp_path, 3, tmp_path, validate=True).eval_steps == 1

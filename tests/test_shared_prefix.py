@@ -174,3 +174,34 @@ def test_a_round_trains_the_same_adapter_with_the_setting_on_or_off(
         assert tensors.keys() == plain.keys()
         for name, value in tensors.items():
             torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_held_out_log_probs_compute_the_shared_start_once_and_agree(
+    tiny_model_dir: Path, tiny_adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluation's reply log-probabilities (every held-out item under every model)
+    run a batch's common system prompt once: the same numbers as row by row, and the
+    model sees the prompt's tokens once per batch, not once per row."""
+    from training.evaluate import _encode, reply_logps
+    from training.generate import load_for_generation
+
+    model, tok = load_for_generation(tiny_model_dir, tiny_adapters["v1"], bf16=False)
+    items = [
+        ([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+         [{"role": "assistant", "content": a}])
+        for q, a in zip(QUESTIONS, ANSWERS, strict=False)
+    ]  # fmt: skip
+    alone = reply_logps(model, tok, items, batch_size=1)
+    seen: list[int] = []
+    body = shared_prefix.decoder_body(model)
+    hook = body.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    try:
+        batched = reply_logps(model, tok, items, batch_size=len(items))
+    finally:
+        hook.remove()
+    assert [n for _, n in batched] == [n for _, n in alone]
+    assert [s for s, _ in batched] == pytest.approx([s for s, _ in alone], abs=1e-3)
+    full = sum(len(_encode(tok, p, r, 4096)[0]) for p, r in items)
+    assert len(seen) == 2 and sum(seen) < full * 0.6  # the prefix once, then each row's own

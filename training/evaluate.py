@@ -101,21 +101,34 @@ def reply_logps(
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
-            width = max(len(ids) for ids, _ in batch)
+            prefix = _shared_start(batch)
+            own = [ids[prefix:] for ids, _ in batch]
+            width = prefix + max(len(ids) for ids in own)
             keep = max(len(ids) - first for ids, first in batch) + 1
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for i, (ids, first) in enumerate(batch):
-                input_ids[i, width - len(ids) :] = torch.tensor(ids)
-                attention[i, width - len(ids) :] = 1
+            input_ids[:, :prefix] = torch.tensor(batch[0][0][:prefix], dtype=torch.long)
+            attention[:, :prefix] = 1
+            for i, ((ids, first), tail) in enumerate(zip(batch, own, strict=True)):
+                input_ids[i, width - len(tail) :] = torch.tensor(tail)
+                attention[i, width - len(tail) :] = 1
                 mask[i, width - len(ids) + first :] = True
             positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+            extra: dict[str, Any] = {}
+            if prefix:  # [prefix][padding][own tokens]: the prefix runs once, its cache is shared
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=model.config)
+                model(input_ids=input_ids[:1, :prefix].to(device), cache=cache, use_cache=True)
+                cache.batch_repeat_interleave(len(batch))
+                extra = {"cache": cache, "use_cache": True}
             logits = model(
-                input_ids=input_ids.to(device),
+                input_ids=input_ids[:, prefix:].to(device),
                 attention_mask=attention.to(device),
-                position_ids=positions.to(device),
+                position_ids=positions[:, prefix:].to(device),
                 logits_to_keep=keep,
+                **extra,
             ).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             target = input_ids[:, width - keep + 1 :].to(device)
@@ -125,6 +138,18 @@ def reply_logps(
             counts = in_reply.sum(dim=1)
             out.extend((float(s), int(n)) for s, n in zip(sums, counts, strict=True))
     return out
+
+
+def _shared_start(batch: list[tuple[list[int], int]]) -> int:
+    """How many leading tokens a batch's rows share and compute once (a deployment's system
+    prompt, a pair's prompt): none below generation's threshold, and never a token whose
+    output scores a reply (each row keeps the position before its reply as its own)."""
+    from training.generate import SHARED_PREFIX_MIN_TOKENS, shared_prefix
+
+    if len(batch) < 2:
+        return 0
+    n = min(shared_prefix([ids for ids, _ in batch]), min(first for _, first in batch) - 1)
+    return n if n >= SHARED_PREFIX_MIN_TOKENS else 0
 
 
 def _mean_nll(scores: list[tuple[float, int]]) -> float | None:

@@ -211,6 +211,17 @@ class RoundConfig:
         return cls(**values)
 
 
+# Passes without gradients (the validation split, DPO's and KTO's reference log-probs before
+# the first step) keep no activations for a backward pass, so they take more rows a batch
+# than training does: at least this many, whose shared system prompt then runs once for all.
+NO_GRAD_BATCH_SIZE = 8
+
+
+def no_grad_batch_size(config: RoundConfig) -> int:
+    """Rows a batch for a stage's passes without gradients (NO_GRAD_BATCH_SIZE)."""
+    return max(config.batch_size, NO_GRAD_BATCH_SIZE)
+
+
 def default_train_batch_size() -> int:
     """Rows per training step when the settings name none: small on a CPU, larger on a GPU."""
     return GPU_TRAIN_BATCH_SIZE if on_cuda() else CPU_TRAIN_BATCH_SIZE
@@ -334,7 +345,7 @@ def _common(
         "ddp_find_unused_parameters": False,
     }
     if validate:  # evaluate on the stage's validation split, keep its best checkpoint
-        kwargs.update(early_stopping.trainer_args(steps, config.batch_size))
+        kwargs.update(early_stopping.trainer_args(steps, no_grad_batch_size(config)))
     if config.liger_kernel:
         kwargs["use_liger_kernel"] = True
     if config.tracker != "none":
@@ -386,6 +397,7 @@ def dpo_config(
         loss_type=[config.dpo_loss_type],
         label_smoothing=config.dpo_label_smoothing,
         precompute_ref_log_probs=_precompute_ref(config),
+        precompute_ref_batch_size=no_grad_batch_size(config),
     )
 
 
@@ -431,6 +443,7 @@ def kto_config(
         desirable_weight=desirable,
         undesirable_weight=undesirable,
         precompute_ref_log_probs=_precompute_ref(config),
+        precompute_ref_batch_size=no_grad_batch_size(config),
     )
 
 
