@@ -11,6 +11,11 @@ greedy replies are identical (padding can shift floating-point sums).
     .venv/bin/python -m bench.generate --batch-sizes 4,8,16 --prompts 24 --max-new-tokens 64
     .venv/bin/python -m bench.generate --model PATH --json
     .venv/bin/python -m bench.generate --evaluate --prompts 8 --max-new-tokens 48
+    .venv/bin/python -m bench.generate --precisions fp32,bf16 --batch-sizes 8,24 --prompts 48
+
+`--precisions` runs the batched side once per dtype the model answers in (TUNELOOP_INFER_BF16
+false / true); the baseline is always fp32 one at a time, and "identical" counts replies equal
+to it (bf16 rounding changes some greedy replies by design).
 
 `--evaluate` times a round's held-out evaluation instead (`training.evaluate.evaluate_models`
 on the demo domain: held-out SFT rows, pairs, general checks, rubric replies) of three
@@ -135,6 +140,9 @@ def main() -> None:
     parser.add_argument(
         "--batch-sizes", default=None, help="comma-separated (default: the machine's default)"
     )
+    parser.add_argument(
+        "--precisions", default=None, help="fp32,bf16 (default: what this machine answers in)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--evaluate", action="store_true", help="time a round's evaluation")
     parser.add_argument("--long-rows", action="store_true", help="--evaluate on ~370-token rows")
@@ -155,7 +163,6 @@ def main() -> None:
     from app.modelfiles import resolve_model_dir
     from training.generate import (
         default_batch_size,
-        generate_file,
         load_for_generation,
         row_conversation,
     )
@@ -163,8 +170,12 @@ def main() -> None:
     settings = Settings()
     model_dir = resolve_model_dir(args.model, settings.models_dir, progress=True)
     system = settings.system_prompt()
-    model, tok = load_for_generation(model_dir)
+    model, tok = load_for_generation(model_dir, bf16=False)
     sizes = [int(s) for s in (args.batch_sizes or str(default_batch_size(model))).split(",")]
+    answering = {"fp32": False, "bf16": True}
+    precisions = (args.precisions or "").split(",") if args.precisions else [None]
+    if any(p is not None and p not in answering for p in precisions):
+        parser.error("--precisions takes fp32 and/or bf16")
     rows = demo_rows(args.prompts)
     convs = [row_conversation(r, system) for r in rows]
 
@@ -177,30 +188,15 @@ def main() -> None:
     src = tmp / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     results = []
-    for size in sizes:
-        out = tmp / f"out-{size}.jsonl"
-        start = time.perf_counter()
-        generate_file(
-            lambda: (model, tok),
-            src,
-            out,
-            adapter="base",
-            system_prompt=system,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=size,
-        )
-        seconds = time.perf_counter() - start
-        replies = [json.loads(line)["reply"] for line in out.open()]
-        same = sum(a == b for a, b in zip(replies, baseline, strict=True))
-        results.append(
-            {
-                "batch_size": size,
-                "seconds": seconds,
-                "replies_per_s": len(rows) / seconds,
-                "speedup": base_s / seconds,
-                "identical": same / len(rows),
-            }
-        )
+    for precision in precisions:
+        bf16 = None if precision is None else answering[precision]
+        loaded = load_for_generation(model_dir, bf16=bf16)
+        name = str(next(loaded[0].parameters()).dtype).removeprefix("torch.")
+        for size in sizes:
+            results.append(
+                _batched(loaded, name, size, rows, src, tmp, system, args, base_s, baseline)
+            )
+        del loaded
 
     report = {
         "model": str(model_dir),
@@ -218,13 +214,52 @@ def main() -> None:
         f"model: {model_dir}  device {report['device']}, {report['threads']} threads; "
         f"{len(rows)} prompts, {args.max_new_tokens} new tokens, greedy"
     )
-    print(f"one at a time : {len(rows) / base_s:6.3f} replies/s   ({base_s:.1f} s)")
+    print(f"one at a time (float32): {len(rows) / base_s:6.3f} replies/s   ({base_s:.1f} s)")
     for r in results:
         print(
-            f"batch {r['batch_size']:>3}     : {r['replies_per_s']:6.3f} replies/s   "
+            f"batch {r['batch_size']:>3} {r['dtype']:<8}: {r['replies_per_s']:6.3f} replies/s   "
             f"({r['seconds']:.1f} s)  = {r['speedup']:.2f}x one-at-a-time (goal >= 2.5); "
-            f"identical replies {r['identical']:.0%} (goal >= 95%)"
+            f"identical replies {r['identical']:.0%}"
         )
+
+
+def _batched(
+    loaded: tuple[Any, Any],
+    dtype: str,
+    size: int,
+    rows: list[dict],
+    src: Path,
+    tmp: Path,
+    system: str,
+    args: Any,
+    base_s: float,
+    baseline: list[str],
+) -> dict[str, Any]:
+    """`tuneloop generate`'s path at one batch size with a loaded model, timed."""
+    from training.generate import generate_file
+
+    out = tmp / f"out-{dtype}-{size}.jsonl"
+    start = time.perf_counter()
+    generate_file(
+        lambda: loaded,
+        src,
+        out,
+        adapter="base",
+        system_prompt=system,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=size,
+    )
+    seconds = time.perf_counter() - start
+    replies = [json.loads(line)["reply"] for line in out.open()]
+    same = sum(a == b for a, b in zip(replies, baseline, strict=True))
+    return {
+        "batch_size": size,
+        "dtype": dtype,
+        "seconds": seconds,
+        "replies_per_s": len(rows) / seconds,
+        "speedup": base_s / seconds,
+        "identical": same / len(rows),
+    }
 
 
 if __name__ == "__main__":
