@@ -50,8 +50,9 @@ def train_in_bf16(setting: bool | None, cuda: bool, launched: bool = False) -> b
 def inference_dtype(setting: bool | None, cuda: bool | None = None) -> str:
     """The dtype a model is loaded in to answer (chat, batch generation, a round's replay
     and evaluation): "bfloat16" or "float32" where the setting says; unset: on a CPU,
-    bf16 where it has bf16 instructions (greedy replies then take about half the time,
-    measured with bench/generate.py) and fp32 elsewhere, on a GPU the checkpoint's own
+    bf16 where it has bf16 instructions (greedy replies to ~370-token prompts took half
+    the time on SmolLM2, measured by hand; `bench.generate --precisions fp32,bf16` times
+    it) and fp32 elsewhere, on a GPU the checkpoint's own
     dtype ("auto"). `cuda` None: whether torch sees a GPU here."""
     if setting is not None:
         return "bfloat16" if setting else "float32"
