@@ -185,7 +185,9 @@ class Settings(BaseSettings):
         "loss; 0: no validation split, no early stopping.",
     )
     train_early_stopping_min_rows: int = Field(
-        default=40, ge=8, description="Train rows a stage needs for a validation split."
+        default=160,
+        ge=8,
+        description="Train rows a stage needs for a validation split (160: 16 rows at 10%).",
     )
     # GPU memory and speed; "auto" (unset) decides per machine (training/stages.py).
     gradient_checkpointing: bool | None = Field(

@@ -201,8 +201,9 @@ def test_the_validation_split_is_seeded_sized_and_keeps_both_kto_labels() -> Non
     # sizes: the share, at least 4, at most 64, never more than half the rows
     assert [validation_size(n, 0.1) for n in (40, 41, 100, 900)] == [4, 4, 10, 64]
     assert validation_size(6, 0.1) == 3 and validation_size(400, 0.5) == 64
-    assert len(split_rows(rows[:39], config).validation) == 0
-    assert split_rows(rows[:39], config).off == "no validation split: 39 rows < 40"
+    assert len(split_rows(rows[:159], config).validation) == 0
+    assert split_rows(rows[:159], config).off == "no validation split: 159 rows < 160"
+    assert len(split_rows(rows[:160], config).validation) == 16
     assert split_rows(rows, RoundConfig(early_stopping_patience=0)).validation == []
 
     # KTO: both labels in the validation rows, in the training rows' proportion
@@ -210,7 +211,7 @@ def test_the_validation_split_is_seeded_sized_and_keeps_both_kto_labels() -> Non
     kto = split_rows(rows, config, group=label)
     assert sum(r["label"] for r in kto.validation) == 4 and len(kto.validation) == 20
     few_up = [{"i": i, "label": i == 0} for i in range(40)] + [{"i": 40, "label": True}]
-    kto = split_rows(few_up, config, group=label)
+    kto = split_rows(few_up, RoundConfig(early_stopping_min_rows=40), group=label)
     both = {True, False}
     assert {r["label"] for r in kto.validation} == {r["label"] for r in kto.train} == both
     # a short stage then samples what it trains on from the train rows only
@@ -220,13 +221,13 @@ def test_the_validation_split_is_seeded_sized_and_keeps_both_kto_labels() -> Non
 
 def test_early_stopping_is_off_under_fsdp_and_zero3(monkeypatch: pytest.MonkeyPatch) -> None:
     config = RoundConfig()
-    assert why_off(100, config) is None
+    assert why_off(200, config) is None
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert "off under FSDP" in str(why_off(100, config))
+    assert "off under FSDP" in str(why_off(200, config))
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
-    assert "off under DeepSpeed ZeRO-3" in str(why_off(100, config))
+    assert "off under DeepSpeed ZeRO-3" in str(why_off(200, config))
 
 
 def test_validating_configs_are_valid_for_installed_trl(tmp_path: Path) -> None:
@@ -238,7 +239,7 @@ def test_validating_configs_are_valid_for_installed_trl(tmp_path: Path) -> None:
 
     config = RoundConfig.from_settings(Settings())
     assert (config.validation_share, config.early_stopping_patience) == (0.1, 2)
-    assert config.early_stopping_min_rows == 40
+    assert config.early_stopping_min_rows == 160
     rows = [{"label": i % 2 == 0} for i in range(8)]
     for args in (
         sft_config(config, tmp_path, 30, tmp_path, validate=True),

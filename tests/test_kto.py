@@ -146,6 +146,7 @@ def test_a_round_with_only_thumbs_trains_a_kto_stage_the_gate_decides_on(
         "TUNELOOP_SFT_LEARNING_RATE": "5e-3",
         "TUNELOOP_KTO_LEARNING_RATE": "5e-3",
         "TUNELOOP_TRAIN_SAVE_STEPS": "100",
+        "TUNELOOP_TRAIN_EARLY_STOPPING_MIN_ROWS": "40",  # a validation split of these rows
     }.items():
         monkeypatch.setenv(key, value)
     settings = Settings()
