@@ -91,6 +91,8 @@ def reply_logps(
     """(sum of log p, token count) of each reply given its prompt, under `model` as it is."""
     import torch
 
+    from training.generate import pack_rows, prefix_cache
+
     encoded = [_encode(tokenizer, p, r, max_length) for p, r in items]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
@@ -102,27 +104,15 @@ def reply_logps(
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
             prefix = _shared_start(batch)
-            own = [ids[prefix:] for ids, _ in batch]
-            width = prefix + max(len(ids) for ids in own)
+            input_ids, attention = pack_rows([ids for ids, _ in batch], prefix, pad)
+            width = input_ids.shape[1]
             keep = max(len(ids) - first for ids, first in batch) + 1
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            input_ids[:, :prefix] = torch.tensor(batch[0][0][:prefix], dtype=torch.long)
-            attention[:, :prefix] = 1
-            for i, ((ids, first), tail) in enumerate(zip(batch, own, strict=True)):
-                input_ids[i, width - len(tail) :] = torch.tensor(tail)
-                attention[i, width - len(tail) :] = 1
+            for i, (ids, first) in enumerate(batch):
                 mask[i, width - len(ids) + first :] = True
             positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-            extra: dict[str, Any] = {}
-            if prefix:  # [prefix][padding][own tokens]: the prefix runs once, its cache is shared
-                from transformers import DynamicCache
-
-                cache = DynamicCache(config=model.config)
-                model(input_ids=input_ids[:1, :prefix].to(device), cache=cache, use_cache=True)
-                cache.batch_repeat_interleave(len(batch))
-                extra = {"cache": cache, "use_cache": True}
+            cache = prefix_cache(model, input_ids, prefix, device)
+            extra = {} if cache is None else {"cache": cache, "use_cache": True}
             logits = model(
                 input_ids=input_ids[:, prefix:].to(device),
                 attention_mask=attention.to(device),

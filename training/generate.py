@@ -199,39 +199,55 @@ def shared_prefix(prompts: list[list[int]]) -> int:
     return n
 
 
+def pack_rows(rows: list[list[int]], prefix: int, pad_id: int) -> tuple[Any, Any]:
+    """Token rows as one batch (input ids, attention mask), laid out
+    [prefix][padding][own tokens]: the first `prefix` tokens, which every row shares, stay in
+    front, and each row's own tokens are right-aligned. The mask hides the padding, so with
+    position ids that follow the mask each row sees exactly its own tokens."""
+    import torch
+
+    own = [ids[prefix:] for ids in rows]
+    width = prefix + max(len(ids) for ids in own)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    input_ids[:, :prefix] = torch.tensor(rows[0][:prefix], dtype=torch.long)
+    attention[:, :prefix] = 1
+    for row, ids in enumerate(own):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
+def prefix_cache(model: Any, input_ids: Any, prefix: int, device: Any) -> Any:
+    """The attention cache of the shared first `prefix` tokens of a `pack_rows` batch: run
+    once, for one row, then repeated for every row. None when there is no shared prefix."""
+    if not prefix:
+        return None
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model(input_ids=input_ids[:1, :prefix].to(device), cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    return cache
+
+
 def _generate_batch(
     model: Any, tokenizer: Any, prompts: list[list[int]], pad_id: int, kwargs: dict[str, Any]
 ) -> tuple[list[str], list[bool]]:
-    """Pad `prompts` into one tensor, generate, and decode each row's new tokens; with, per
-    row, whether the model ended it (an end token) rather than the token budget.
-
-    Rows are left-padded, except that a shared prefix stays in front and is computed once:
-    [prefix][padding][own tokens]. The attention mask hides the padding and position ids
-    follow the mask, so each row sees exactly its own prompt, as when left-padded."""
+    """Pad `prompts` into one tensor (`pack_rows`), generate, and decode each row's new
+    tokens; with, per row, whether the model ended it (an end token) rather than the token
+    budget. A shared prefix is computed once (`prefix_cache`)."""
     import torch
 
     prefix = shared_prefix(prompts) if len(prompts) > 1 else 0
     if prefix < SHARED_PREFIX_MIN_TOKENS:
         prefix = 0
-    own = [ids[prefix:] for ids in prompts]
-    width = prefix + max(len(ids) for ids in own)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    input_ids[:, :prefix] = torch.tensor(prompts[0][:prefix], dtype=torch.long)
-    attention[:, :prefix] = 1
-    for row, ids in enumerate(own):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention[row, width - len(ids) :] = 1
+    input_ids, attention = pack_rows(prompts, prefix, pad_id)
+    width = input_ids.shape[1]
     device = model.device
-    extra: dict[str, Any] = {}
     with torch.inference_mode():
-        if prefix:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.config)
-            model(input_ids=input_ids[:1, :prefix].to(device), cache=cache, use_cache=True)
-            cache.batch_repeat_interleave(len(prompts))
-            extra["cache"] = cache
+        cache = prefix_cache(model, input_ids, prefix, device)
+        extra = {} if cache is None else {"cache": cache}
         out = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs, **extra
         )
