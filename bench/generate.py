@@ -166,6 +166,7 @@ def main() -> None:
         load_for_generation,
         row_conversation,
     )
+    from training.precision import inference_dtype
 
     settings = Settings()
     model_dir = resolve_model_dir(args.model, settings.models_dir, progress=True)
@@ -190,7 +191,9 @@ def main() -> None:
     results = []
     for precision in precisions:
         bf16 = None if precision is None else answering[precision]
-        loaded = load_for_generation(model_dir, bf16=bf16)
+        # the baseline's fp32 model serves the fp32 batched side too: one load, same weights
+        fp32 = inference_dtype(bf16) == "float32"
+        loaded = (model, tok) if fp32 else load_for_generation(model_dir, bf16=bf16)
         name = str(next(loaded[0].parameters()).dtype).removeprefix("torch.")
         for size in sizes:
             results.append(

@@ -482,7 +482,9 @@ def test_annotator_ranks_a_pair_in_the_real_argilla_ui(stack: LocalStack, tmp_pa
     assert row.corrected is None
 
 
-def test_faults_stopped_then_sigkill_mid_sync(stack: LocalStack, tmp_path: Path) -> None:
+def test_faults_stopped_then_sigkill_mid_sync(
+    stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = _store(tmp_path)
     target = _target(stack, "t-faults")
     _queue(store, 20, "early")
@@ -500,8 +502,21 @@ def test_faults_stopped_then_sigkill_mid_sync(stack: LocalStack, tmp_path: Path)
     stack.up()  # restart: same database, the search index rebuilt
     assert len(Annotator(stack.url, "fa1").records(dataset.id, "submitted")) == 10
 
-    # SIGKILL the server in the middle of a push, then bring it back and sync again.
+    # SIGKILL the server in the middle of a push, then bring it back and sync again. The
+    # kill follows the last of the 200 records being built for the push (the real
+    # `to_record`, watched): a fixed sleep lost the race when the push happened to be fast.
     errors: list[BaseException] = []
+    built = threading.Event()
+    to_record, seen = S.to_record, [0]
+
+    def watched(pair: Any, pii_region: str = "US") -> Any:
+        record = to_record(pair, pii_region)
+        seen[0] += 1
+        if seen[0] == 200:
+            built.set()
+        return record
+
+    monkeypatch.setattr(S, "to_record", watched)
 
     def run() -> None:
         try:
@@ -511,7 +526,7 @@ def test_faults_stopped_then_sigkill_mid_sync(stack: LocalStack, tmp_path: Path)
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(1.5)
+    assert built.wait(timeout=120), "the sync never built the queued records"
     server = json.loads(stack.state_file.read_text())["processes"]["server"]["pid"]
     os.killpg(server, signal.SIGKILL)
     thread.join(timeout=120)

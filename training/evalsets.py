@@ -231,7 +231,13 @@ def run_eval(
         run.cached[target.label] = replies is not None
         if replies is None:
             replies = _generate(
-                model_dir, target, conversations, params, (load_in_4bit, bf16), progress
+                model_dir,
+                target,
+                conversations,
+                params,
+                progress,
+                load_in_4bit=load_in_4bit,
+                bf16=bf16,
             )
             _write_json(
                 cache_file, {"adapter": target.label, "set": evalset.name, "replies": replies}
@@ -416,10 +422,11 @@ def _generate(
     target: Target,
     conversations: list[list[dict[str, str]]],
     params: GenParams,
-    precision: tuple[bool, bool | None],
     progress: bool,
+    *,
+    load_in_4bit: bool,
+    bf16: bool | None,
 ) -> list[str]:
-    load_in_4bit, bf16 = precision
     model, tokenizer = load_for_generation(
         model_dir, target.adapter_dir, load_in_4bit=load_in_4bit, bf16=bf16
     )
