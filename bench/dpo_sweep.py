@@ -9,7 +9,8 @@ A round of `bench.loop_quality` (the ticket-triage domain) leaves what this need
 folder: `sft/adapter` and `data/dpo_train.jsonl`. Each setting trains DPO as the round did
 (`training.stages.train_dpo`, the round's own hyperparameters from `report.json`) except
 what the setting changes: `lr` (TUNELOOP_DPO_LEARNING_RATE), `beta`, `loss`
-(TUNELOOP_DPO_LOSS_TYPE), `smoothing` (TUNELOOP_DPO_LABEL_SMOOTHING), `epochs`. It reports
+(TUNELOOP_DPO_LOSS_TYPE), `smoothing` (TUNELOOP_DPO_LABEL_SMOOTHING), `epochs`, `sft`
+(TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL added, 0 for none). It reports
 held-out correctness on the triage benchmark's 80 unseen items (`heldout.jsonl`, the
 domain's checker, a 95% Wilson interval), the paired gains over the SFT stage alone and
 over the first setting (the gate's bootstrap; put the current default first), the last
@@ -39,6 +40,7 @@ KEYS = {
     "loss": ("dpo_loss_type", str),
     "smoothing": ("dpo_label_smoothing", float),
     "epochs": ("dpo_epochs", float),
+    "sft": ("dpo_sft_weight", float),
 }
 DEFAULT_SETTINGS = "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1"
 

@@ -327,6 +327,8 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(
     assert sft.completion_only_loss and not sft.gradient_checkpointing
     assert sft.max_length == dpo.max_length == config.max_length
     assert dpo.precompute_ref_log_probs and dpo.beta == config.dpo_beta
+    # sigmoid DPO plus the chosen replies' NLL (RPO), by measurement (app/config.py)
+    assert dpo.loss_type == ["sigmoid", "sft"] and dpo.loss_weights == [1.0, 1.0]
     assert sft.learning_rate == config.sft_learning_rate and sft.max_steps == 10
     assert config.seed_file is not None and config.seed_file.is_file()
     assert config.eval.rubric_file is not None and config.eval.rubric_file.is_file()
@@ -344,13 +346,18 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(
     monkeypatch.setenv("TUNELOOP_DPO_BETA", "0.3")
     monkeypatch.setenv("TUNELOOP_DPO_LOSS_TYPE", "robust")
     monkeypatch.setenv("TUNELOOP_DPO_LABEL_SMOOTHING", "0.1")
+    monkeypatch.setenv("TUNELOOP_DPO_SFT_WEIGHT", "0")
     config = RoundConfig.from_settings(Settings(), max_steps=3, sft_steps=None)
     assert config.eval.rubric_file == rubric and config.gate.rubric_file == rubric
     assert config.gate.eval_sets == (tmp_path / "a.jsonl", tmp_path / "b.jsonl")
     assert config.gate.margins == {"a:exact": 0.1}
     assert (config.seed, config.dpo_beta, config.max_steps, config.sft_steps) == (7, 0.3, 3, 0)
     dpo = dpo_config(config, tmp_path / "dpo", 10, tmp_path)
-    assert dpo.loss_type == ["robust"] and dpo.label_smoothing == 0.1
+    assert dpo.loss_type == ["robust"] and dpo.loss_weights is None and dpo.label_smoothing == 0.1
+    monkeypatch.setenv("TUNELOOP_DPO_SFT_WEIGHT", "2.5")
+    config = RoundConfig.from_settings(Settings())
+    dpo = dpo_config(config, tmp_path / "dpo", 10, tmp_path)
+    assert dpo.loss_type == ["robust", "sft"] and dpo.loss_weights == [1.0, 2.5]
     monkeypatch.setenv("TUNELOOP_DPO_LOSS_TYPE", "kto")  # not a DPO loss we offer
     with pytest.raises(ValueError, match="dpo_loss_type"):
         Settings()

@@ -100,10 +100,11 @@ class RoundConfig:
     batch_size: int = CPU_TRAIN_BATCH_SIZE
     grad_accum: int = 1
     sft_learning_rate: float = 6e-4
-    dpo_learning_rate: float = 1e-4  # with IPO, by measurement (app/config.py)
+    dpo_learning_rate: float = 1e-4  # by measurement (app/config.py)
     dpo_beta: float = 0.1
-    dpo_loss_type: str = "ipo"  # TRL's loss_type: sigmoid, ipo, robust, hinge
+    dpo_loss_type: str = "sigmoid"  # TRL's loss_type: sigmoid, ipo, robust, hinge
     dpo_label_smoothing: float = 0.0  # robust DPO: the share of picks assumed flipped
+    dpo_sft_weight: float = 1.0  # > 0: plus this times the chosen replies' NLL (RPO)
     # KTO runs only with at least this many train rows, both labels among them: a handful
     # of thumbs of one kind gives the KL estimate and the class weights nothing to stand on.
     kto_min_rows: int = 8
@@ -387,6 +388,18 @@ def _precompute_ref(config: RoundConfig) -> bool:
     return config.precompute_ref_log_probs and not ranks.deepspeed_zero3()
 
 
+def dpo_losses(config: RoundConfig) -> dict[str, Any]:
+    """TRL's `loss_type` (and `loss_weights`) for the DPO stage: the preference loss alone,
+    or with `dpo_sft_weight` > 0 plus the chosen replies' negative log-likelihood (RPO,
+    Pang et al. 2024), which keeps the chosen answers likely while the margin grows."""
+    if config.dpo_sft_weight <= 0:
+        return {"loss_type": [config.dpo_loss_type]}
+    return {
+        "loss_type": [config.dpo_loss_type, "sft"],
+        "loss_weights": [1.0, config.dpo_sft_weight],
+    }
+
+
 def dpo_config(
     config: RoundConfig, out_dir: Path, steps: int, run_dir: Path, validate: bool = False
 ) -> Any:
@@ -397,7 +410,7 @@ def dpo_config(
         **_common(config, out_dir, steps, "dpo", run_dir, validate),
         learning_rate=config.dpo_learning_rate,
         beta=config.dpo_beta,
-        loss_type=[config.dpo_loss_type],
+        **dpo_losses(config),
         label_smoothing=config.dpo_label_smoothing,
         precompute_ref_log_probs=_precompute_ref(config),
         precompute_ref_batch_size=no_grad_batch_size(config),
