@@ -327,7 +327,7 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(
     assert sft.completion_only_loss and not sft.gradient_checkpointing
     assert sft.max_length == dpo.max_length == config.max_length
     assert dpo.precompute_ref_log_probs and dpo.beta == config.dpo_beta
-    assert dpo.loss_type == ["ipo"] and dpo.loss_weights is None
+    assert dpo.loss_type == ["sigmoid", "sft"] and dpo.loss_weights == [1.0, 1.0]
     assert sft.learning_rate == config.sft_learning_rate and sft.max_steps == 10
     assert config.seed_file is not None and config.seed_file.is_file()
     assert config.eval.rubric_file is not None and config.eval.rubric_file.is_file()
@@ -345,6 +345,7 @@ def test_configs_from_default_settings_are_valid_for_installed_trl(
     monkeypatch.setenv("TUNELOOP_DPO_BETA", "0.3")
     monkeypatch.setenv("TUNELOOP_DPO_LOSS_TYPE", "robust")
     monkeypatch.setenv("TUNELOOP_DPO_LABEL_SMOOTHING", "0.1")
+    monkeypatch.setenv("TUNELOOP_DPO_SFT_WEIGHT", "0")  # the preference loss alone
     config = RoundConfig.from_settings(Settings(), max_steps=3, sft_steps=None)
     assert config.eval.rubric_file == rubric and config.gate.rubric_file == rubric
     assert config.gate.eval_sets == (tmp_path / "a.jsonl", tmp_path / "b.jsonl")

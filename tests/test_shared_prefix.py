@@ -169,11 +169,15 @@ def test_a_round_trains_the_same_adapter_with_the_setting_on_or_off(
             stage: load_file(rounds[-1] / stage / "adapter" / "adapter_model.safetensors")
             for stage in ("sft", "dpo")
         }
+    # Adam divides each gradient by its own running size, so an element whose gradient is
+    # about 0 can turn float rounding into a visible change (1.4e-6 on one of 2,048 with the
+    # NLL term in the DPO loss). A real difference, e.g. no gradient into the shared prefix,
+    # moves elements by about a step (the learning rate, 1e-4 and up): atol is a tenth of it.
     for stage, tensors in adapters["true"].items():
         plain = adapters["false"][stage]
         assert tensors.keys() == plain.keys()
         for name, value in tensors.items():
-            torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_held_out_log_probs_compute_the_shared_start_once_and_agree(

@@ -102,9 +102,9 @@ class RoundConfig:
     sft_learning_rate: float = 6e-4
     dpo_learning_rate: float = 1e-4  # by measurement (app/config.py)
     dpo_beta: float = 0.1
-    dpo_loss_type: str = "ipo"  # TRL's loss_type: sigmoid, ipo, robust, hinge
+    dpo_loss_type: str = "sigmoid"  # TRL's loss_type: sigmoid, ipo, robust, hinge
     dpo_label_smoothing: float = 0.0  # robust DPO: the share of picks assumed flipped
-    dpo_sft_weight: float = 0.0  # > 0: plus this times the chosen replies' NLL (RPO)
+    dpo_sft_weight: float = 1.0  # > 0: plus this times the chosen replies' NLL (RPO)
     # KTO runs only with at least this many train rows, both labels among them: a handful
     # of thumbs of one kind gives the KL estimate and the class weights nothing to stand on.
     kto_min_rows: int = 8
