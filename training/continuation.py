@@ -5,11 +5,9 @@
 version's weights (the registry's CURRENT) and trains on the rows that are new since that
 version's round plus a sampled share (`TUNELOOP_ROUND_REPLAY_SHARE`) of the older rows:
 the adapter already learned those, and replaying a share of them keeps it from forgetting
-them while the round spends its steps on what is new. Only the parts the promoted stage
-trained on count as learned: when the gate shipped a round's SFT stage, that round's pairs
-and thumbs trained only dropped stages, so the next round's DPO and KTO take all of them.
-DPO and KTO continue the SFT adapter (or, when the round has no SFT rows, the promoted
-one), and the gate compares against the serving version, in both modes.
+them while the round spends its steps on what is new. DPO and KTO continue the SFT adapter
+(or, when the round has no SFT rows, the promoted one), and the gate compares against the
+serving version, in both modes.
 
 "New" is decided by content: a train row of this snapshot that is not among the train rows
 of the snapshot the promoted version's round took (its folder keeps them). Rows are
@@ -53,7 +51,6 @@ def plan(
     """Which train rows (indices per part) the round trains on, from which parent version.
 
     Returns `{"requested", "mode", "parent", "parent_round", "fallback", "replay_share",
-    "replayed_whole" (parts the parent never learned: every older row of them trains),
     "rows": {part: {"new", "older", "replayed"}}, "selected": {part: [indices]}}`. A
     continue request without a promoted version, or whose version's round snapshot is gone,
     falls back to fresh and says why in `fallback`.
@@ -75,17 +72,13 @@ def plan(
         else:
             registry.verify(current)  # a corrupted parent fails the round, never trains on
     continuing = mode == "continue" and fallback is None
-    learned = learned_parts(registry.info(current).get("stage")) if continuing else TRAIN_PARTS
     rows: dict[str, dict[str, int]] = {}
     selected: dict[str, list[int]] = {}
     for part in TRAIN_PARTS:
         keys = [canonical_json(r) for r in getattr(snap, part)]
         older = [i for i, k in enumerate(keys) if older_keys is not None and k in older_keys]
         new = [i for i, k in enumerate(keys) if older_keys is None or k not in older_keys]
-        if continuing and part in learned:
-            replayed = _sample(older, share, f"{seed}:{part}")
-        else:  # fresh, or rows the parent's stage never trained on: all of them
-            replayed = older
+        replayed = _sample(older, share, f"{seed}:{part}") if continuing else older
         selected[part] = sorted([*new, *replayed])
         rows[part] = {"new": len(new), "older": len(older), "replayed": len(replayed)}
     if continuing and not any(rows[p]["new"] for p in TRAIN_PARTS):
@@ -102,22 +95,9 @@ def plan(
         "compared_with_round": parent_round,
         "fallback": fallback,
         "replay_share": share if continuing else 1.0,
-        "replayed_whole": [p for p in TRAIN_PARTS if p not in learned],
         "rows": rows,
         "selected": selected,
     }
-
-
-def learned_parts(stage: str | None) -> tuple[str, ...]:
-    """The train parts a promoted version's stage learned: SFT's and its own (DPO and KTO
-    continue the SFT adapter). Its round's other preference part was trained only by a
-    stage the gate dropped, so the version never learned it and a continue round trains on
-    all of it again. An unknown stage (a version registered by hand) counts as all."""
-    return {
-        "sft": ("sft_train",),
-        "dpo": ("sft_train", "dpo_train"),
-        "kto": ("sft_train", "kto_train"),
-    }.get(stage or "", TRAIN_PARTS)
 
 
 def apply(
