@@ -10,7 +10,8 @@ folder: `sft/adapter` and `data/dpo_train.jsonl`. Each setting trains DPO as the
 (`training.stages.train_dpo`, the round's own hyperparameters from `report.json`) except
 what the setting changes: `lr` (TUNELOOP_DPO_LEARNING_RATE), `beta`, `loss`
 (TUNELOOP_DPO_LOSS_TYPE), `smoothing` (TUNELOOP_DPO_LABEL_SMOOTHING), `epochs`, `sft`
-(TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL added, 0 for none). It reports
+(TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL added, 0 for none), `seed`
+(TUNELOOP_TRAIN_SEED: run one setting under several to see its spread). It reports
 held-out correctness on the triage benchmark's 80 unseen items (`heldout.jsonl`, the
 domain's checker, a 95% Wilson interval), the paired gains over the SFT stage alone and
 over the first setting (the gate's bootstrap; put the current default first), the last
@@ -41,6 +42,9 @@ KEYS = {
     "smoothing": ("dpo_label_smoothing", float),
     "epochs": ("dpo_epochs", float),
     "sft": ("dpo_sft_weight", float),
+    # the trainer's seed (the order it draws rows in): one setting under several seeds
+    # shows how far a stage moves by chance alone
+    "seed": ("seed", int),
 }
 DEFAULT_SETTINGS = "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1"
 
