@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     train_grad_accum: int = Field(default=1, ge=1, le=1024)
     sft_learning_rate: float = Field(default=6e-4, gt=0.0, le=1.0)
     # Sigmoid DPO plus the chosen replies' NLL (weight 1, RPO) at 1e-4, by measurement
-    # (bench/dpo_sweep.py on three triage rounds, README "Training rounds"): IPO alone took a
+    # (bench/preference_sweep.py on three triage rounds, README "Training rounds"): IPO alone took a
     # 91% SFT stage to 84%; with the NLL term the stage stayed at 92% and gained +6 and +8
     # on two others, and under four trainer seeds it averaged 13 points above IPO alone.
     # Without it DPO pushes the chosen replies' likelihood down with the rejected ones'.

@@ -8,13 +8,15 @@ its category (one of five) and its order number (or none), asked for as two line
    `prompts.jsonl` (a slice no earlier round used; the same slice for every variant), as
    the chat app would: temperature 0.7, and a second sample at 1.0 for a *Compare*.
 2. A simulated expert judges each reply by the item's gold answer, reading it as a person
-   would: the reply must name the right category and the right order number (or give
-   none) and name no other. Its feedback goes through the real store's calls, the ones the
-   chat page makes (`feedback.store.Store`: rate, correct, add_comparison/decide). Which
-   kind each prompt gets is drawn with a fixed seed: 60% thumbs (👍 when it reads right,
-   else 👎 with what was wrong as the reason), 25% corrections (the gold answer in one of
-   several wordings; a reply that reads right gets a 👍 instead), 15% compares (the reply
-   that reads right wins; a tie when both or neither do).
+   would: the reply must name the right category and the right order number (or give none)
+   and name no other; what a `category:` or `order:` field says counts, so `order: 12` is a
+   wrong order and `order: no` gives none. Its feedback goes through the real store's
+   calls, the ones the chat page makes (`feedback.store.Store`: rate, correct,
+   add_comparison/decide). Which kind each prompt gets is drawn with a fixed seed: 60%
+   thumbs (👍 when it reads right, else 👎 with what was wrong as the reason), 25%
+   corrections (the gold answer in one of several wordings; a reply that reads right gets a
+   👍 instead), 15% compares (the reply that reads right wins; a tie when both or neither
+   do).
 3. `tuneloop train --json`, the real round with the real gate (the product's default
    margins, plus the domain's eval set `tickets_eval.jsonl` scored by the domain's checker
    `scorer.py:triage`), promoting the best stage that passes.
@@ -75,11 +77,24 @@ CORRECTIONS = (
 )
 
 
+# A field the reply fills in says what it says, whatever the value: "order: 12" names a
+# wrong order and "category: refund" a wrong category, as a person reading it would judge;
+# "order: no" gives none (the checker wants "none" and rejects it).
+CATEGORY_FIELD = re.compile(r"\bcategory\s*:\s*([^\s,.;]+)", re.IGNORECASE)
+ORDER_FIELD = re.compile(r"\border\s*[:#]\s*#?\s*([^\s,.;]+)", re.IGNORECASE)
+NO_ORDER = {"none", "no", "n/a", "-"}
+
+
 def expert_reads(reply: str) -> tuple[set[str], set[str]]:
-    """The categories and 6-digit order numbers a reply names, read as a person would."""
+    """The categories and order numbers a reply names, read as a person would: the
+    categories it mentions and the 6-digit numbers in it, plus the values of its
+    `category:` and `order:` fields."""
     lowered = reply.lower()
     cats = {c for c in CATEGORIES if re.search(rf"\b{c}\b", lowered)}
-    return cats, set(re.findall(r"(?<!\d)\d{6}(?!\d)", reply))
+    cats |= {value.lower() for value in CATEGORY_FIELD.findall(reply)}
+    orders = set(re.findall(r"(?<!\d)\d{6}(?!\d)", reply))
+    orders |= {v.lower() for v in ORDER_FIELD.findall(reply) if v.lower() not in NO_ORDER}
+    return cats, orders
 
 
 def expert_verdict(reply: str, item: dict[str, Any]) -> str:

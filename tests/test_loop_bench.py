@@ -51,6 +51,15 @@ def test_expert_judges_by_the_gold_answer() -> None:
     assert "shipping" in expert_verdict("category: returns\norder: 416183", ITEM)
     assert expert_verdict("category: shipping or returns\norder: 416183", ITEM)
     assert expert_verdict("category: shipping\norder: 416183", {**ITEM, "order": "none"})
+    # A field's value is what the reply says, even when it is not a category or a number...
+    no_order = {**ITEM, "order": "none"}
+    assert "none" in expert_verdict("category: shipping\norder: 12", no_order)
+    assert "none" in expert_verdict("category: shipping\norder: NoRescue", no_order)
+    assert expert_verdict("category: refund\norder: 416183\nRouted to the shipping team.", ITEM)
+    # ...and "no" gives none: the expert accepts it, the checker (which wants "none") does not.
+    assert expert_verdict("Category: Shipping\nOrder: No", no_order) == ""
+    checker = load_scorer(f"{DOMAIN / 'scorer.py'}:triage")
+    assert checker([no_order], ["Category: Shipping\nOrder: No"])["correct"] == 0.0
 
 
 def test_corrections_vary_and_always_check_out() -> None:

@@ -1,22 +1,27 @@
-"""The preference stage's settings by measurement: one finished triage round, DPO retrained
-under each setting from that round's own SFT adapter and pairs, scored on held-out items.
+"""The preference stages' settings by measurement: one finished triage round, its DPO (or
+KTO) stage retrained under each setting from that round's own SFT adapter and rows, scored
+on held-out items.
 
-    .venv/bin/python -m bench.dpo_sweep --round HOME/rounds/ROUND_ID --model DIR
-    .venv/bin/python -m bench.dpo_sweep --round ... --model DIR \\
+    .venv/bin/python -m bench.preference_sweep --round HOME/rounds/ROUND_ID --model DIR
+    .venv/bin/python -m bench.preference_sweep --round ... --model DIR \\
         --settings "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1"
+    .venv/bin/python -m bench.preference_sweep --stage kto --round ... --model DIR \\
+        --settings "lr=2e-5,seed=42; lr=1e-4,seed=42; lr=2e-5,seed=1; lr=1e-4,seed=1"
 
 A round of `bench.loop_quality` (the ticket-triage domain) leaves what this needs in its
-folder: `sft/adapter` and `data/dpo_train.jsonl`. Each setting trains DPO as the round did
-(`training.stages.train_dpo`, the round's own hyperparameters from `report.json`) except
-what the setting changes: `lr` (TUNELOOP_DPO_LEARNING_RATE), `beta`, `loss`
-(TUNELOOP_DPO_LOSS_TYPE), `smoothing` (TUNELOOP_DPO_LABEL_SMOOTHING), `epochs`, `sft`
-(TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL added, 0 for none), `seed`
-(TUNELOOP_TRAIN_SEED: run one setting under several to see its spread). It reports
+folder: `sft/adapter` and `data/dpo_train.jsonl` (`data/kto_train.jsonl` for KTO), all of
+them, also where a continued round trained on a share. Each setting trains the stage as the
+round did (`training.stages.train_dpo` / `train_kto`, the round's own hyperparameters from
+`report.json`) except what the setting changes: `lr` (TUNELOOP_DPO_LEARNING_RATE or
+TUNELOOP_KTO_LEARNING_RATE), `beta`, `epochs`, `seed` (TUNELOOP_TRAIN_SEED: run one setting
+under several to see its spread), and for DPO `loss` (TUNELOOP_DPO_LOSS_TYPE), `smoothing`
+(TUNELOOP_DPO_LABEL_SMOOTHING), `sft` (TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL
+added, 0 for none). It reports
 held-out correctness on the triage benchmark's 80 unseen items (`heldout.jsonl`, the
 domain's checker, a 95% Wilson interval), the paired gains over the SFT stage alone and
 over the first setting (the gate's bootstrap; put the current default first), the last
-logged reward margin and accuracy, and the stage's seconds. One round's pairs and one
-seed: a first measurement, not a law.
+logged reward margin and accuracy (where the trainer logs them), and the stage's seconds.
+One round's rows and one seed: a first measurement, not a law.
 """
 
 from __future__ import annotations
@@ -36,21 +41,33 @@ from bench.loop_common import read_jsonl  # noqa: E402 - after the environment a
 from bench.loop_triage import DOMAIN, correctness, gain, share  # noqa: E402
 
 KEYS = {
-    "lr": ("dpo_learning_rate", float),
-    "beta": ("dpo_beta", float),
-    "loss": ("dpo_loss_type", str),
-    "smoothing": ("dpo_label_smoothing", float),
-    "epochs": ("dpo_epochs", float),
-    "sft": ("dpo_sft_weight", float),
-    # the trainer's seed (the order it draws rows in): one setting under several seeds
-    # shows how far a stage moves by chance alone
-    "seed": ("seed", int),
+    "dpo": {
+        "lr": ("dpo_learning_rate", float),
+        "beta": ("dpo_beta", float),
+        "loss": ("dpo_loss_type", str),
+        "smoothing": ("dpo_label_smoothing", float),
+        "epochs": ("dpo_epochs", float),
+        "sft": ("dpo_sft_weight", float),
+        # the trainer's seed (the order it draws rows in): one setting under several seeds
+        # shows how far a stage moves by chance alone
+        "seed": ("seed", int),
+    },
+    "kto": {
+        "lr": ("kto_learning_rate", float),
+        "beta": ("kto_beta", float),
+        "epochs": ("kto_epochs", float),
+        "seed": ("seed", int),
+    },
 }
-DEFAULT_SETTINGS = "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1"
+DEFAULT_SETTINGS = {
+    "dpo": "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1",
+    "kto": "lr=2e-5; lr=1e-4; lr=5e-4",
+}
 
 
-def parse_settings(text: str) -> list[dict[str, Any]]:
+def parse_settings(text: str, stage: str = "dpo") -> list[dict[str, Any]]:
     """`"lr=1e-4,loss=ipo; lr=5e-4"` -> [{"dpo_learning_rate": 1e-4, ...}, ...]."""
+    keys = KEYS[stage]
     out = []
     for part in text.split(";"):
         if not part.strip():
@@ -58,9 +75,11 @@ def parse_settings(text: str) -> list[dict[str, Any]]:
         setting: dict[str, Any] = {}
         for item in part.split(","):
             key, _, value = item.strip().partition("=")
-            if key not in KEYS:
-                raise SystemExit(f"unknown key {key!r} in {part.strip()!r}: use {sorted(KEYS)}")
-            name, kind = KEYS[key]
+            if key not in keys:
+                raise SystemExit(
+                    f"unknown {stage} key {key!r} in {part.strip()!r}: use {sorted(keys)}"
+                )
+            name, kind = keys[key]
             setting[name] = kind(value)
         out.append(setting)
     return out
@@ -85,8 +104,8 @@ def fmt(g: dict[str, float]) -> str:
     return f"{g['diff']:+.0%} [{g['low']:+.0%}, {g['high']:+.0%}]"
 
 
-def label(setting: dict[str, Any]) -> str:
-    short = {v[0]: k for k, v in KEYS.items()}
+def label(setting: dict[str, Any], stage: str) -> str:
+    short = {v[0]: k for k, v in KEYS[stage].items()}
     return ",".join(f"{short[k]}={v}" for k, v in setting.items())
 
 
@@ -94,27 +113,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round", type=Path, required=True, help="a finished round's folder")
     parser.add_argument("--model", type=Path, required=True, help="the round's model dir")
-    parser.add_argument("--settings", default=DEFAULT_SETTINGS)
+    parser.add_argument("--stage", choices=sorted(KEYS), default="dpo")
+    parser.add_argument("--settings", help="';'-separated settings (default: a few rates)")
     parser.add_argument("--heldout-items", type=int, default=0, help="first N items (0: all)")
     parser.add_argument("--eval-tokens", type=int, default=48)
     parser.add_argument("--out", type=Path, help="where the JSON goes (default: beside)")
     args = parser.parse_args()
 
-    from training.stages import train_dpo
+    from training.stages import train_dpo, train_kto
 
+    train = {"dpo": train_dpo, "kto": train_kto}[args.stage]
     round_dir = args.round.resolve()
     base = round_config(round_dir)
-    pairs = read_jsonl(round_dir / "data" / "dpo_train.jsonl")
+    rows = read_jsonl(round_dir / "data" / f"{args.stage}_train.jsonl")
     sft = round_dir / "sft" / "adapter"
     system = (DOMAIN / "system_prompt.md").read_text(encoding="utf-8").strip()
     items = read_jsonl(DOMAIN / "heldout.jsonl")[: args.heldout_items or None]
     cache: dict = {}
     sft_hits = correctness(args.model, sft, items, system, args.eval_tokens, cache)
-    print(f"{len(pairs)} pairs; SFT stage alone: {share(sft_hits)['correct']:.0%} correct")
+    alone = share(sft_hits)["correct"]
+    print(f"{len(rows)} {args.stage} rows; SFT stage alone: {alone:.0%} correct")
     # a folder per run: a stage resumes from checkpoints it finds in its folder
-    work = round_dir.parent.parent / "dpo-sweep" / f"{round_dir.name}-{time.strftime('%H%M%S')}"
+    stamp = time.strftime("%H%M%S")
+    work = round_dir.parent.parent / f"{args.stage}-sweep" / f"{round_dir.name}-{stamp}"
     results = []
-    for i, setting in enumerate(parse_settings(args.settings)):
+    settings = parse_settings(args.settings or DEFAULT_SETTINGS[args.stage], args.stage)
+    for i, setting in enumerate(settings):
         config = dataclasses.replace(base, **setting)
         logged: dict[str, float] = {}
 
@@ -123,11 +147,11 @@ def main() -> None:
 
         stage_dir = work / f"s{i}"
         t0 = time.perf_counter()
-        adapter = train_dpo(args.model, pairs, sft, stage_dir, config, log)
+        adapter = train(args.model, rows, sft, stage_dir, config, log)
         seconds = time.perf_counter() - t0
         hits = correctness(args.model, adapter, items, system, args.eval_tokens, cache)
         row: dict[str, Any] = {
-            "setting": label(setting),
+            "setting": label(setting, args.stage),
             "heldout": share(hits),
             "gain_over_sft": gain(hits, sft_hits),
             "last_reward_margin": logged.get("rewards/margins"),
@@ -138,17 +162,17 @@ def main() -> None:
         if results:  # against the first setting (put the current default first)
             row["gain_over_first"] = gain(hits, results[0]["hits"])
         g = row["gain_over_sft"]
+        margin = "n/a" if row["last_reward_margin"] is None else f"{row['last_reward_margin']:.3g}"
         print(f"{row['setting']:<40} {row['heldout']['correct']:>4.0%} "
               f"[{row['heldout']['low']:.0%}, {row['heldout']['high']:.0%}]  vs SFT "
-              f"{fmt(g)}  margin "
-              f"{row['last_reward_margin']:.3g}  {seconds:.0f} s"
+              f"{fmt(g)}  margin {margin}  {seconds:.0f} s"
               + (f"  vs first {fmt(row['gain_over_first'])}" if results else ""),
               flush=True)  # fmt: skip
         results.append(row)
     out = args.out or work / "sweep.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"round": str(round_dir), "pairs": len(pairs), "sft": share(sft_hits),
-               "results": results}  # fmt: skip
+    summary = {"round": str(round_dir), "stage": args.stage, "rows": len(rows),
+               "sft": share(sft_hits), "results": results}  # fmt: skip
     out.write_text(json.dumps(summary, indent=1))
     print(f"details: {out}")
 
