@@ -172,7 +172,7 @@ def main() -> None:
     out = args.out or work / "sweep.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"round": str(round_dir), "stage": args.stage, "rows": len(rows),
-               "sft": share(sft_hits), "results": results}  # fmt: skip
+               "sft": share(sft_hits), "sft_hits": sft_hits, "results": results}  # fmt: skip
     out.write_text(json.dumps(summary, indent=1))
     print(f"details: {out}")
 
