@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-items",
         type=int,
         default=0,
-        help="gate on the first N rows of the domain's eval set (0: all 40)",
+        help="gate on the first N rows of the domain's eval set (0: all 120)",
     )
     add(
         "--eval-tokens",

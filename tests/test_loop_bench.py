@@ -94,7 +94,7 @@ def test_item_files_are_what_the_generator_writes(tmp_path: Path) -> None:
     gate = {r["prompt"] for r in read["tickets_eval.jsonl"]}
     pool = {r["prompt"] for r in read["prompts.jsonl"]}
     seeds = {r["messages"][0]["content"] for r in read["seed_sft.jsonl"]}
-    assert len(held) == 80 and len(gate) == 40 and len(pool) == 600 and len(seeds) == 10
+    assert len(held) == 80 and len(gate) == 120 and len(pool) == 600 and len(seeds) == 10
     assert not (held & (gate | pool | seeds)) and not (gate & (pool | seeds))
 
 
