@@ -28,9 +28,9 @@ def main() -> None:
     import argilla as rg
 
     from app.config import Settings
-    from feedback import argilla_sync as S
-    from feedback.argilla_stack import LocalStack
-    from feedback.outbox import NewPair, queue_pairs
+    from feedback.argilla import sync as S
+    from feedback.argilla.outbox import NewPair, queue_pairs
+    from feedback.argilla.stack import LocalStack
     from feedback.store import Store
     from tests.server import free_port
 
@@ -134,7 +134,7 @@ def _respond(store: Any, dataset: Any, client: Any, name: str, which: slice) -> 
     import argilla as rg
     from sqlmodel import Session, col, select
 
-    from feedback.argilla_sync import to_record
+    from feedback.argilla.sync import to_record
     from feedback.models import ArgillaPair
 
     user_id = client.users(username=name).id

@@ -3,7 +3,7 @@
 Both sides answer the same prompts (the demo eval set and seed questions, with the
 deployment's system prompt) with the same model, greedy decoding and token budget, in one
 run. The baseline is a plain `model.generate` per prompt; the batched side is
-`training.generate.generate_file` (what `tuneloop generate` runs), with the model already
+`training.eval.generate.generate_file` (what `tuneloop generate` runs), with the model already
 loaded on both sides. Prints replies/s of each, their ratio, and the share of prompts whose
 greedy replies are identical (padding can shift floating-point sums).
 
@@ -17,7 +17,7 @@ greedy replies are identical (padding can shift floating-point sums).
 false / true); the baseline is always fp32 one at a time, and "identical" counts replies equal
 to it (bf16 rounding changes some greedy replies by design).
 
-`--evaluate` times a round's held-out evaluation instead (`training.evaluate.evaluate_models`
+`--evaluate` times a round's held-out evaluation instead (`training.eval.evaluate.evaluate_models`
 on the demo domain: held-out SFT rows, pairs, general checks, rubric replies) of three
 adapters (serving, SFT, DPO; random LoRA r=16 weights), twice: a first round with an empty
 evaluation cache, then a next round whose serving version and base are the same but whose
@@ -59,7 +59,7 @@ def one_at_a_time(model: Any, tok: Any, convs: list[list[dict]], max_new: int) -
     """The baseline: a plain greedy `model.generate` per prompt, no padding."""
     import torch
 
-    from training.generate import eos_token_ids
+    from training.eval.generate import eos_token_ids
 
     eos = eos_token_ids(tok, model)
     replies = []
@@ -107,7 +107,7 @@ def evaluation_timing(model_dir: Path, n: int, max_new: int, long_rows: bool) ->
 
     from app.config import Settings
     from bench.train_throughput import demo_rows as training_rows
-    from training.evaluate import EvalSettings, evaluate_models
+    from training.eval.evaluate import EvalSettings, evaluate_models
 
     settings = Settings()
     sft, dpo = training_rows(2 * n, long_rows=long_rows)
@@ -149,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.evaluate:
         from app.config import Settings
-        from app.modelfiles import resolve_model_dir
+        from app.serving.modelfiles import resolve_model_dir
 
         model_dir = resolve_model_dir(args.model, Settings().models_dir, progress=True)
         print(json.dumps(
@@ -160,13 +160,13 @@ def main() -> None:
     import torch
 
     from app.config import Settings
-    from app.modelfiles import resolve_model_dir
-    from training.generate import (
+    from app.serving.modelfiles import resolve_model_dir
+    from training.device.precision import inference_dtype
+    from training.eval.generate import (
         default_batch_size,
         load_for_generation,
         row_conversation,
     )
-    from training.precision import inference_dtype
 
     settings = Settings()
     model_dir = resolve_model_dir(args.model, settings.models_dir, progress=True)
@@ -239,7 +239,7 @@ def _batched(
     baseline: list[str],
 ) -> dict[str, Any]:
     """`tuneloop generate`'s path at one batch size with a loaded model, timed."""
-    from training.generate import generate_file
+    from training.eval.generate import generate_file
 
     out = tmp / f"out-{dtype}-{size}.jsonl"
     start = time.perf_counter()

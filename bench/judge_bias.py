@@ -27,9 +27,9 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 def main() -> None:
     from app.config import Settings
-    from app.modelfiles import resolve_model_dir
-    from training import judge
-    from training.generate import load_for_generation, row_conversation
+    from app.serving.modelfiles import resolve_model_dir
+    from training.eval import judge
+    from training.eval.generate import load_for_generation, row_conversation
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judge", default=None, help="judge model dir (default: embedded)")

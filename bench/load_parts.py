@@ -33,7 +33,7 @@ def children_cpu_s() -> float:
 
 def queue_backlog(home: Path, env: dict[str, str], n: int) -> None:
     """Queue `n` pairs for Argilla in the run's store (as `pairs generate` would)."""
-    from feedback.outbox import NewPair, queue_pairs
+    from feedback.argilla.outbox import NewPair, queue_pairs
     from feedback.store import Store
 
     store = Store.open(env.get("TUNELOOP_DATABASE_URL") or f"sqlite:///{home / 'tuneloop.db'}")

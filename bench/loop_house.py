@@ -90,7 +90,7 @@ def rubric_rates(rubric: Any, replies: list[str], rows: list[dict[str, Any]]) ->
 
 def pref_accuracy(model: Any, tok: Any, pairs: list[tuple[list, str, str]]) -> float:
     """Share of (prompt, chosen, rejected) where chosen has the higher mean token log-prob."""
-    from training.evaluate import reply_logps
+    from training.eval.evaluate import reply_logps
 
     items = [(p, [{"role": "assistant", "content": c}]) for p, c, _ in pairs]
     items += [(p, [{"role": "assistant", "content": r}]) for p, _, r in pairs]
@@ -184,7 +184,7 @@ def expert_store(
     import torch
 
     from feedback.store import Store
-    from training.generate import generate_replies, load_for_generation
+    from training.eval.generate import generate_replies, load_for_generation
 
     sample_seed = seed if sample_seed is None else sample_seed
     if sample_seed not in _SAMPLED:
@@ -206,9 +206,9 @@ def expert_store(
 def run_house(args: Any, model_dir: Path, root: Path) -> dict[str, Any]:
     """The honest house-style round (unless `args.skip_honest`) and `args.sabotage_runs`
     sabotage rounds, each in its own home under `root`; the summary saved and returned."""
-    from training.generate import generate_replies, load_for_generation
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.rubric import load_rubric
     from training.registry import Registry
-    from training.rubric import load_rubric
 
     root = root / "house"
     root.mkdir(parents=True, exist_ok=True)

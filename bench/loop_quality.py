@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from app.config import Settings
-    from app.modelfiles import resolve_model_dir
+    from app.serving.modelfiles import resolve_model_dir
     from bench.loop_house import run_house
     from bench.loop_triage import run_sabotage, run_triage
 

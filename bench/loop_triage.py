@@ -199,8 +199,8 @@ def correctness(model_dir: Path, adapter: Path | None, items: list[dict], system
     """Per held-out item, 1 when the greedy reply of base+`adapter` gives the gold answer."""
     if adapter in cache:
         return cache[adapter]
-    from training.generate import generate_replies, load_for_generation
-    from training.scorers import load_scorer
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.scorers import load_scorer
 
     checker = load_scorer(f"{DOMAIN / 'scorer.py'}:triage")
     model, tok = load_for_generation(model_dir, adapter)
@@ -236,7 +236,7 @@ def run_variant(variant: str, args: Any, model_dir: Path, root: Path, test: list
     import torch
 
     from feedback.store import Store
-    from training.generate import generate_replies, load_for_generation
+    from training.eval.generate import generate_replies, load_for_generation
     from training.registry import Registry
 
     name = name or variant

@@ -332,7 +332,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from app.config import Settings
-    from app.modelfiles import resolve_model_dir
+    from app.serving.modelfiles import resolve_model_dir
     from tests.server import add_user, serve
 
     if args.fine_polling:

@@ -75,7 +75,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from bench.train_throughput import demo_rows
-    from training import shared_prefix
+    from training.device import shared_prefix
     from training.lora import lora_config
     from training.stages import RoundConfig, load_base
 

@@ -161,7 +161,7 @@ def run_variant(
     else:
         timings = _plain_trl(model_dir, sft, dpo, batch, out)
     timings["peak_gib"] = _peak_memory()
-    from training import ranks
+    from training.device import ranks
 
     timings["processes"] = ranks.world_size()
     return timings
@@ -306,7 +306,7 @@ def main() -> None:
         model_dir = Path(args.model)
     else:
         from app.config import Settings
-        from app.modelfiles import resolve_model_dir
+        from app.serving.modelfiles import resolve_model_dir
 
         model_dir = resolve_model_dir(None, Settings().models_dir, progress=False)
     if args.variant:  # a child process: one variant, one JSON line
@@ -315,7 +315,7 @@ def main() -> None:
             args.variant, model_dir, args.rows, batch, Path(args.out),
             long_rows=args.long_rows, sft_only=args.sft_only,
         )  # fmt: skip
-        from training import ranks
+        from training.device import ranks
 
         if ranks.is_main():
             print("RESULT " + json.dumps(result))

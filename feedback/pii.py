@@ -1,7 +1,7 @@
 """PII scrubbing: the one policy for everything people read or a model learns from.
 
 Applied to a round's training rows (`training.datasets`), to the pairs annotators see in
-Argilla (`feedback.argilla_sync`) and, unless `--raw` is given, to `tuneloop export` files
+Argilla (`feedback.argilla.sync`) and, unless `--raw` is given, to `tuneloop export` files
 (`feedback.formats`). The store itself keeps the raw text: operators own it.
 
 What is replaced: emails, phone numbers, payment-card numbers, IBANs / account numbers and

@@ -16,8 +16,8 @@ import pytest
 def run_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
 ) -> tuple[int, str, str]:
-    """`tuneloop ARGS...` through `app.cli.main`: (exit code, stdout, stderr)."""
-    from app.cli import main
+    """`tuneloop ARGS...` through `app.cli.main.main`: (exit code, stdout, stderr)."""
+    from app.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["tuneloop", *args])
     try:

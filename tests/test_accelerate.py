@@ -96,7 +96,7 @@ def test_each_config_starts_processes_the_round_places_correctly(
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    from training import ranks
+    from training.device import ranks
 
     kind, sharded = SHIPPED[name]
     assert load_config_from_file(str(CONFIGS / name)).distributed_type == DistributedType[kind]

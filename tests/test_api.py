@@ -235,7 +235,7 @@ def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_p
 
 def test_admission_refuses_beyond_the_limit_and_frees_slots() -> None:
     """The 429 rule on its own (a real server needs many long replies in flight for it)."""
-    from app.api import ApiError, OpenAIApi
+    from app.serving.api import ApiError, OpenAIApi
 
     api = OpenAIApi(Any, versions=list, max_active=2)  # type: ignore[arg-type]
     api.admit()

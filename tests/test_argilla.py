@@ -28,10 +28,10 @@ from sqlalchemy import update
 from sqlmodel import Session, func, select
 
 from app.config import Settings
-from feedback import argilla_sync as S
-from feedback.argilla_stack import ArgillaError, LocalStack
+from feedback.argilla import sync as S
+from feedback.argilla.outbox import queue_pair
+from feedback.argilla.stack import ArgillaError, LocalStack
 from feedback.models import ArgillaPair, ArgillaResponse, Preference
-from feedback.outbox import queue_pair
 from feedback.store import Store
 from tests.server import free_port
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
-from feedback.agreement import agreement_report, alpha, verdict
-from feedback.argilla_sync import SyncReport, _parse
-from feedback.errors import FeedbackError
-from feedback.outbox import (
+from app.cli.main import app
+from feedback.argilla.agreement import agreement_report, alpha, verdict
+from feedback.argilla.outbox import (
     queue_pair,
     queue_undecided_comparisons,
     thumbs_down_to_pair,
 )
+from feedback.argilla.sync import SyncReport, _parse
+from feedback.errors import FeedbackError
 from feedback.store import Store
 
 PROMPT = [{"role": "user", "content": "How do I reset my router?"}]

@@ -1,4 +1,4 @@
-"""Chat and feedback actions (app/chat.py) on the tiny model and a real SQLite store."""
+"""Chat and feedback actions (app/serving/chat.py) on the tiny model and a real SQLite store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.chat import (
+from app.serving.chat import (
     COMPARE_BASE,
     COMPARE_SAMPLE,
     ChatError,
@@ -18,7 +18,7 @@ from app.chat import (
     Comparison,
     inert,
 )
-from app.serving import ChatEngine, SamplingParams
+from app.serving.engine import ChatEngine, SamplingParams
 from feedback.errors import FeedbackError
 from feedback.store import Store
 from training.registry import Registry
@@ -229,7 +229,7 @@ def test_user_strings_are_inert_and_limited(deployment) -> None:
 
 
 def test_corrupted_versions_are_not_offered_and_errors_show_no_paths(deployment) -> None:
-    from app.chat import UsableVersions, without_paths
+    from app.serving.chat import UsableVersions, without_paths
 
     service, expert, _, registry = deployment
     usable = UsableVersions(registry)

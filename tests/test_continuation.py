@@ -301,8 +301,8 @@ def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
 
 def test_best_of_ranks_samples_by_the_demo_rubric_and_finds_ties() -> None:
     from app.config import REPO_DATA_DIR
-    from training.best_of import choose, pick_pairs
-    from training.scorers import resolve_scorers
+    from training.eval.best_of import choose, pick_pairs
+    from training.eval.scorers import resolve_scorers
 
     row = {"prompt": "Hi, I'm Lena. Is there an outage?", "customer": "Lena", "policy": "POL-3"}
     scorers = resolve_scorers("auto", [row], rubric_path=REPO_DATA_DIR / "rubric.json")

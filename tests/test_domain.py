@@ -19,9 +19,9 @@ def test_init_writes_a_skeleton_and_never_overwrites(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from training.datasets import read_seed_rows
-    from training.evaluate import read_general_checks
-    from training.generate import read_rows
-    from training.rubric import load_rubric
+    from training.eval.evaluate import read_general_checks
+    from training.eval.generate import read_rows
+    from training.eval.rubric import load_rubric
 
     folder = tmp_path / "domain"
     code, out, err = run_cli(monkeypatch, capsys, "init", str(folder), "--json")

@@ -16,10 +16,9 @@ import pytest
 from app.config import Settings
 from tests.cli import run_cli
 from tests.tiny import tiny_registry
-from training.evalsets import format_table, item_metrics, load_set
-from training.generate import generate_replies, load_for_generation, row_conversation
-from training.registry import Registry
-from training.scorers import (
+from training.eval.evalsets import format_table, item_metrics, load_set
+from training.eval.generate import generate_replies, load_for_generation, row_conversation
+from training.eval.scorers import (
     Scorer,
     ScorerError,
     exact_match,
@@ -28,6 +27,7 @@ from training.scorers import (
     resolve_scorers,
     rubric_scorer,
 )
+from training.registry import Registry
 
 MAX_NEW = 16
 REPO_RUBRIC = Path(__file__).resolve().parent.parent / "data" / "rubric.json"
@@ -109,7 +109,7 @@ def test_scorer_results_are_checked_and_named() -> None:
     with pytest.raises(ScorerError, match="unknown scorer 'bleu'"):
         load_scorer("bleu")
     with pytest.raises(ScorerError, match="has no function 'nope'"):
-        load_scorer("training.scorers:nope")
+        load_scorer("training.eval.scorers:nope")
     assert [s.name for s in resolve_scorers("auto", [{"reference": "a"}], rubric_path=None)] == [
         "exact"
     ]
@@ -195,7 +195,7 @@ def test_eval_rubric_json_and_custom_scorers(
         "--adapters",
         "base,v1",
         "--scorer",
-        f"rubric,json,{scorer_file}:words,training.scorers:exact_match",
+        f"rubric,json,{scorer_file}:words,training.eval.scorers:exact_match",
     )
     base = result["metrics"]["base"]
     assert base["rows_with_customer"] == 3
@@ -207,7 +207,7 @@ def test_eval_rubric_json_and_custom_scorers(
         "rubric",
         "json",
         f"{scorer_file}:words",
-        "training.scorers:exact_match",
+        "training.eval.scorers:exact_match",
     ]
 
     # a rubric file of one's own
@@ -336,7 +336,7 @@ def test_per_row_metrics_pair_rows_and_skip_rows_a_scorer_cannot_score(tmp_path:
     assert items["json_valid"] == [0.0, 1.0, 0.0]  # other scorers still score that row
     path = tmp_path / "s.jsonl"
     path.write_text('{"prompt": "x"}\n')
-    from training.evalsets import EvalRun, GenParams
+    from training.eval.evalsets import EvalRun, GenParams
 
     run = EvalRun(load_set(path), ["v1", "v2"], ["exact"], GenParams(), "m")
     run.metrics = {"v1": {"exact": 0.5}, "v2": {"exact": 0.75}}
@@ -358,7 +358,7 @@ def test_the_demo_eval_set_and_example_scorer() -> None:
         evalset.rows,
         rubric_path=REPO_RUBRIC,
     )
-    from training.scorers import combined_metrics
+    from training.eval.scorers import combined_metrics
 
     metrics = combined_metrics(scorers, evalset.rows, ideal)
     assert metrics["rubric_pass"] == 1.0

@@ -39,7 +39,7 @@ def make_adapter(model_dir: Path, dest: Path, seed: int) -> Path:
 @pytest.fixture
 def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Registry]:
     """The embedded SmolLM2 converted into this test's home; v1 and v2; CURRENT -> v1."""
-    from app.modelfiles import resolve_model_dir
+    from app.serving.modelfiles import resolve_model_dir
 
     settings = Settings()
     model_dir = resolve_model_dir(None, settings.models_dir, progress=False)
@@ -57,7 +57,7 @@ def test_generate_and_eval_on_smollm2_with_two_adapters(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    from training.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation, row_conversation
 
     model_dir, registry = real
     # Batching must not change a reply: checked in fp32. In bf16 (the default on a CPU with
@@ -115,7 +115,7 @@ def test_generate_and_eval_on_smollm2_with_two_adapters(
     assert registry.info("v2")["evals"]["demo4"]["metrics"] == result["metrics"]["v2"]
 
     # the three versions answered differently, and a rerun reuses every reply
-    from training.evalsets import recorded
+    from training.eval.evalsets import recorded
 
     settings = Settings()
     assert set(recorded(registry, settings.evals_dir)) == {"base", "v1", "v2"}
@@ -138,8 +138,8 @@ def test_eval_pairwise_judged_by_the_embedded_smollm2(
 ) -> None:
     """`--scorer pairwise` with TUNELOOP_JUDGE_MODEL=embedded: plumbing on a real chat model
     (SmolLM2-135M's verdicts are near chance; a real deployment names a stronger judge)."""
-    from training import judge
-    from training.generate import load_for_generation, row_conversation
+    from training.eval import judge
+    from training.eval.generate import load_for_generation, row_conversation
 
     model_dir, _ = real
     monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "embedded")

@@ -11,18 +11,21 @@ import pytest
 
 from app.config import Settings
 from tests.tiny import add_pairs
-from training.evaluate import EvalSettings, evaluate_models
+from training.eval.evaluate import EvalSettings, evaluate_models
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Count the items each model (its active adapter, "base" before any) computes."""
-    import training.evaluate
-    import training.generate
+    import training.eval.evaluate
+    import training.eval.generate
 
     computed: Counter = Counter()
-    real_logps, real_generate = training.evaluate.reply_logps, training.generate.generate_replies
+    real_logps, real_generate = (
+        training.eval.evaluate.reply_logps,
+        training.eval.generate.generate_replies,
+    )
 
     def name(model: Any) -> str:
         return str(getattr(model, "active_adapter", "base"))
@@ -35,8 +38,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> Counter:
         computed[name(model)] += len(conversations)
         return real_generate(model, tokenizer, conversations, **kw)
 
-    monkeypatch.setattr(training.evaluate, "reply_logps", logps)
-    monkeypatch.setattr(training.generate, "generate_replies", generate)
+    monkeypatch.setattr(training.eval.evaluate, "reply_logps", logps)
+    monkeypatch.setattr(training.eval.generate, "generate_replies", generate)
     return computed
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.test_shared_prefix import _batch, _lora_model
-from training import fused_head
+from training.device import fused_head
 
 
 def _prompt_masked_labels(input_ids: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:

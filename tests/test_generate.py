@@ -1,4 +1,4 @@
-"""`tuneloop generate` and training/generate.py on the tiny model.
+"""`tuneloop generate` and training/eval/generate.py on the tiny model.
 
 Greedy decoding makes a reply a pure function of (prompt, version), so batching, resuming
 and the CLI are checked by comparing texts with replies generated another way: one at a
@@ -17,7 +17,7 @@ import pytest
 from app.config import Settings
 from tests.cli import run_cli
 from tests.tiny import tiny_registry
-from training.generate import (
+from training.eval.generate import (
     GenerationError,
     generate_file,
     generate_replies,
@@ -89,7 +89,7 @@ def test_batched_replies_equal_one_at_a_time_and_the_chat_engine(
     tmp_path: Path,
     tiny_adapters: dict[str, Path],
 ) -> None:
-    from app.serving import ChatEngine, SamplingParams
+    from app.serving.engine import ChatEngine, SamplingParams
 
     single = generate_replies(*v1, convs(), max_new_tokens=MAX_NEW, batch_size=1)
     batched = generate_replies(*v1, convs(), max_new_tokens=MAX_NEW, batch_size=4)
@@ -313,7 +313,7 @@ def test_a_shared_system_prompt_runs_once_per_batch_and_changes_no_reply(
 ) -> None:
     """A long system prompt every row shares is computed once and its cache copied to every
     row (middle padding): the replies are those of one-at-a-time and of plain left padding."""
-    import training.generate as generate
+    import training.eval.generate as generate
 
     system = "You answer questions for a garden shop, briefly and politely. " * 6
     conversations = convs(system)

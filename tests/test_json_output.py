@@ -22,7 +22,7 @@ def json_commands() -> set[str]:
     """Every command path of `tuneloop` that has a --json option."""
     import typer.main
 
-    from app.cli import app
+    from app.cli.main import app
 
     found: set[str] = set()
 
@@ -182,7 +182,7 @@ def test_lowering_twice_in_one_process_does_not_sink_further() -> None:
     """A command run twice in one process (tests, an embedding program) lowers itself to the
     same place, relative to where the process started."""
     code = (
-        "import os; from app.cpu_env import lower_thread_priority as low; "
+        "import os; from app.serving.cpu_env import lower_thread_priority as low; "
         "print(os.getpriority(os.PRIO_PROCESS, 0), low(3), low(3), low(1))"
     )
     out = subprocess.run(

@@ -241,7 +241,7 @@ def test_annotators_are_sent_to_argilla(home: Path, tiny_model_dir: Path) -> Non
 def test_address_limit_spans_names_and_successes_do_not_count(tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from feedback.logins import LoginGuard, LoginPolicy
+    from feedback.auth.logins import LoginGuard, LoginPolicy
     from feedback.store import Store
 
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")

@@ -21,7 +21,7 @@ from bench.loop_triage import (
     expert_verdict,
     feedback_kinds,
 )
-from training.scorers import load_scorer
+from training.eval.scorers import load_scorer
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEM = {"prompt": "Order #416183 hasn't arrived.", "category": "shipping", "order": "416183"}

@@ -1,4 +1,4 @@
-"""app/modelfiles.py: which model dir to load, and the once-only GGUF conversion.
+"""app/serving/modelfiles.py: which model dir to load, and the once-only GGUF conversion.
 
 The conversion itself is replaced by a stub here; tests/test_modelfiles_slow.py converts
 the real embedded GGUF.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from app import modelfiles
-from app.modelfiles import ModelError, embedded_gguf, resolve_model_dir
+from app.serving import modelfiles
+from app.serving.modelfiles import ModelError, embedded_gguf, resolve_model_dir
 
 
 def test_a_local_model_dir_is_used_as_is(tiny_model_dir: Path, tmp_path: Path) -> None:

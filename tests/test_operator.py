@@ -1,4 +1,4 @@
-"""The Operator tab's logic (app/operator_ui.py): operators only, checked on the server."""
+"""The Operator tab's logic (app/web/operator.py): operators only, checked on the server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.operator_ui import OperatorError, OperatorService
+from app.web.operator import OperatorError, OperatorService
 from feedback.store import Store
 from tests.tiny import add_pairs
 from training.registry import Registry

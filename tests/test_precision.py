@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from training.precision import (
+from training.device.precision import (
     BF16_CPU_FLAGS,
     cpu_flags,
     cpu_has_bf16,
@@ -120,19 +120,19 @@ def test_the_gate_evaluates_at_the_precision_serve_runs(
     """`tuneloop train` with TUNELOOP_LOAD_IN_4BIT=true (how serve loads the base) and
     QLoRA off: the evaluation loads the base 4-bit, as served, not as trained; and in the
     dtype serve answers in (TUNELOOP_INFER_BF16)."""
-    import training.evaluate
+    import training.eval.evaluate
     from feedback.store import Store
     from tests.cli import run_cli
     from tests.tiny import add_pairs
 
-    real = training.evaluate.evaluate_models
+    real = training.eval.evaluate.evaluate_models
     asked: list[tuple] = []
 
     def spy(*args: object, load_in_4bit: bool = False, **kwargs: object) -> object:
         asked.append((load_in_4bit, kwargs.get("bf16")))
         return real(*args, **kwargs)  # no bitsandbytes on this CPU: evaluate unquantised
 
-    monkeypatch.setattr(training.evaluate, "evaluate_models", spy)
+    monkeypatch.setattr(training.eval.evaluate, "evaluate_models", spy)
     monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("TUNELOOP_TRACKER", "none")
     monkeypatch.setenv("TUNELOOP_EVAL_GENERATE", "false")
@@ -150,13 +150,13 @@ def test_the_gate_evaluates_at_the_precision_serve_runs(
 def test_answering_is_bf16_on_a_cpu_with_bf16_instructions_unless_told(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import training.precision
+    import training.device.precision
 
     assert inference_dtype(True, cuda=False) == "bfloat16"
     assert inference_dtype(False, cuda=True) == "float32"
     assert inference_dtype(None, cuda=True) == "auto"  # a GPU: the checkpoint's dtype
     assert inference_dtype(None, cuda=False) == ("bfloat16" if cpu_has_bf16() else "float32")
-    monkeypatch.setattr(training.precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(training.device.precision, "cpu_has_bf16", lambda: False)
     assert inference_dtype(None, cuda=False) == "float32"  # emulated bf16 would be slower
     assert inference_dtype(True, cuda=False) == "bfloat16"
 
@@ -175,10 +175,10 @@ def test_generate_and_the_chat_engine_answer_in_bf16_when_asked(
 
     import torch
 
-    from app.serving import ChatEngine, SamplingParams
+    from app.serving.engine import ChatEngine, SamplingParams
     from tests.cli import run_cli
     from tests.tiny import tiny_registry
-    from training.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation, row_conversation
 
     registry = tiny_registry(
         monkeypatch, Settings().home, tiny_model_dir, tiny_adapters, max_new_tokens=24

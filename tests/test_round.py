@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
+from app.cli.main import app
 from app.config import REPO_DATA_DIR, Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
-from training.evaluate import EvalSettings
+from training.eval.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.registry import Registry, RegistryError
 from training.round import RoundBusyError, RoundConfig, list_rounds, run_round
@@ -501,7 +501,7 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
     """The replay prompts are answered by the bare base model (greedy, as `generate` would)
     and trained on as SFT rows, never split off as held-out; a resumed round keeps them."""
     from training.datasets import load_snapshot, replay_rows
-    from training.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation, row_conversation
 
     replay_file = REPO_DATA_DIR / "replay_prompts.jsonl"
     system = "You help with gardens and kitchens."
@@ -540,7 +540,7 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
 def test_replay_is_cached_per_model_prompts_and_system_prompt_and_drops_cut_answers(
     ending_model_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.generate as generate
+    import training.eval.generate as generate
     from training.datasets import replay_rows
 
     replay_file = tmp_path / "replay.jsonl"

@@ -12,7 +12,7 @@ import pytest
 from app.config import REPO_DATA_DIR, Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
-from training.evaluate import EvalSettings
+from training.eval.evaluate import EvalSettings
 from training.registry import Registry
 from training.round import RoundConfig, run_round
 
@@ -57,7 +57,7 @@ def test_a_round_on_cuda_then_its_adapter_served(tiny_model_dir: Path, qlora: bo
     import torch
     from safetensors.torch import load_file
 
-    from app.serving import ChatEngine, SamplingParams
+    from app.serving.engine import ChatEngine, SamplingParams
     from training.stages import load_base, resolved
 
     settings = Settings()

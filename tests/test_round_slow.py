@@ -25,7 +25,7 @@ ISSUES = [
 
 
 def test_short_round_on_smollm2() -> None:
-    from app.modelfiles import resolve_model_dir
+    from app.serving.modelfiles import resolve_model_dir
 
     settings = Settings()
     store = Store.open(settings.database)
@@ -71,7 +71,7 @@ def test_short_round_on_smollm2() -> None:
         for key in ("heldout_loss", "pref_acc", "general_loss", "rubric_pass"):
             assert metrics[key] is not None and math.isfinite(metrics[key]), (stage, key)
     # The candidate loads for generation like any registered version.
-    from training.generate import generate_replies, load_for_generation
+    from training.eval.generate import generate_replies, load_for_generation
 
     model, tok = load_for_generation(model_dir, Path(registry.path(result.version)))
     reply = generate_replies(model, tok, [[{"role": "user", "content": "Hi"}]], max_new_tokens=8)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.config import REPO_DATA_DIR
-from training.rubric import RubricError, load_rubric
+from training.eval.rubric import RubricError, load_rubric
 
 GOOD = "Hi Dana, credits for outages over 4 hours are automatic (POL-3).\n\n— Brightwater Support"
 
@@ -66,8 +66,8 @@ def test_bad_rubric_files_say_what_is_wrong(tmp_path: Path, body: object, messag
 def test_demo_rubric_checks_the_expected_policy_from_the_eval_row() -> None:
     """A well-formed reply citing the wrong policy fails on an eval row expecting another one;
     rows without a "policy" field (the round's in-store held-out prompts) skip those checks."""
-    from training.evalsets import load_set
-    from training.scorers import rubric_scorer
+    from training.eval.evalsets import load_set
+    from training.eval.scorers import rubric_scorer
 
     rubric = load_rubric(REPO_DATA_DIR / "rubric.json")
     wrong = "Hi Lena, (POL-1). — Brightwater Support"

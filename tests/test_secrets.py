@@ -88,7 +88,7 @@ def test_argilla_owner_secrets_never_on_a_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real stack code and launcher, in front of a stand-in argilla-server."""
-    from feedback.argilla_stack import LocalStack
+    from feedback.argilla.stack import LocalStack
 
     report = tmp_path / "report.json"
     package = tmp_path / "fake" / "argilla_server"

@@ -1,4 +1,4 @@
-"""app/serving.py on the tiny model: streaming, context trimming, and live adapter switching.
+"""app/serving/engine.py on the tiny model: streaming, context trimming, and live adapter switching.
 
 Greedy decoding makes every reply a pure function of (prompt, version), so "the reply was
 produced by one version from first to last token" is checked by comparing texts with
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from app.serving import CURRENT, ChatEngine, ReplyInfo, SamplingParams, ServingError
+from app.serving.engine import CURRENT, ChatEngine, ReplyInfo, SamplingParams, ServingError
 from training.registry import Registry
 
 GREEDY = SamplingParams(max_new_tokens=40, temperature=0.0)
@@ -95,7 +95,7 @@ def forward_hook(
 
 
 def plain_transformers_reply(model_dir: Path, prompt: list[dict], adapter: Path | None) -> str:
-    """The same greedy reply computed without app.serving, straight from transformers/peft."""
+    """The same greedy reply computed without our engine, straight from transformers/peft."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -393,7 +393,7 @@ def test_a_corrupted_adapter_is_refused_and_the_old_one_keeps_serving(
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with caplog.at_level(logging.ERROR, logger="app.serving"):
+    with caplog.at_level(logging.ERROR, logger="app.serving.engine"):
         assert engine.refresh() is False
         assert engine.refresh() is False  # logged once, not at every poll
     assert [r.getMessage() for r in caplog.records if "v2" in r.getMessage()][0].startswith(
@@ -466,7 +466,7 @@ def test_idle_adapters_are_unloaded_beyond_the_bound(
 
 
 def test_serving_sets_its_cpu_defaults_only_where_unset() -> None:
-    from app.cpu_env import SERVING_THREAD_ENV, tune_cpu_threads
+    from app.serving.cpu_env import SERVING_THREAD_ENV, tune_cpu_threads
 
     environ: dict[str, str] = {}
     assert tune_cpu_threads(environ) == SERVING_THREAD_ENV
@@ -482,13 +482,13 @@ def test_rounds_the_server_starts_do_not_inherit_the_serving_setting(
 ) -> None:
     import os
 
-    import app.cpu_env
-    from app.cpu_env import SERVING_THREAD_ENV, tune_cpu_threads, untuned_environ
+    import app.serving.cpu_env
+    from app.serving.cpu_env import SERVING_THREAD_ENV, tune_cpu_threads, untuned_environ
 
     environ = {k: v for k, v in os.environ.items() if k not in SERVING_THREAD_ENV}
     environ["TUNELOOP_SOMETHING"] = "kept"
     monkeypatch.setattr(os, "environ", environ)  # this process's environment, restored after
-    monkeypatch.setattr(app.cpu_env, "_TUNED", {})
+    monkeypatch.setattr(app.serving.cpu_env, "_TUNED", {})
     assert tune_cpu_threads() == SERVING_THREAD_ENV
     assert all(os.environ[k] == v for k, v in SERVING_THREAD_ENV.items())
     child = untuned_environ()
@@ -503,8 +503,8 @@ def test_nothing_serve_imports_before_the_tuning_loads_torch() -> None:
     import sys
 
     code = (
-        "import sys, app.cli, app.serving, app.chat, app.modelfiles, app.ui, "
-        "training.registry, app.cli_argilla; print('torch' in sys.modules)"
+        "import sys, app.cli.main, app.serving.engine, app.serving.chat, app.serving.modelfiles, "
+        "app.web.ui, training.registry, app.cli.argilla; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

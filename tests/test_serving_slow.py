@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from app.modelfiles import EMBEDDED_MODEL_NAME, embedded_gguf, resolve_model_dir
-from app.serving import ChatEngine, SamplingParams
+from app.serving.engine import ChatEngine, SamplingParams
+from app.serving.modelfiles import EMBEDDED_MODEL_NAME, embedded_gguf, resolve_model_dir
 from training.registry import Registry
 
 pytestmark = pytest.mark.slow

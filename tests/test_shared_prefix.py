@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from app.cli import app
+from app.cli.main import app
 from app.config import Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
 from tests.test_round import ANSWERS, QUESTIONS
-from training import shared_prefix
+from training.device import shared_prefix
 
 runner = CliRunner()
 SYSTEM = " ".join(["You answer questions about gardens, bread, soup and the weather."] * 4)
@@ -162,7 +162,7 @@ def test_a_round_trains_the_same_adapter_with_the_setting_on_or_off(
         )
         out = runner.invoke(app, ["train", "--no-promote", "--max-steps", "2", "--json"])
         assert out.exit_code == 0, out.output
-        said = [line for line in out.output.splitlines() if "training.shared_prefix" in line]
+        said = [line for line in out.output.splitlines() if "training.device.shared_prefix" in line]
         assert bool(said) == (share == "true"), said
         rounds = sorted((home / "rounds").iterdir())
         adapters[share] = {
@@ -186,8 +186,8 @@ def test_held_out_log_probs_compute_the_shared_start_once_and_agree(
     """The evaluation's reply log-probabilities (every held-out item under every model)
     run a batch's common system prompt once: the same numbers as row by row, and the
     model sees the prompt's tokens once per batch, not once per row."""
-    from training.evaluate import _encode, reply_logps
-    from training.generate import load_for_generation
+    from training.eval.evaluate import _encode, reply_logps
+    from training.eval.generate import load_for_generation
 
     model, tok = load_for_generation(tiny_model_dir, tiny_adapters["v1"], bf16=False)
     items = [

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
+from feedback.auth.passwords import hash_password, verify_password
 from feedback.errors import FeedbackError
 from feedback.models import FeedbackTable, Message, Response, User
-from feedback.passwords import hash_password, verify_password
 from feedback.records import UserInfo
 from feedback.store import Store
 

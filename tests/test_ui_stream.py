@@ -1,5 +1,5 @@
 """The chat page's streaming updates: the first text at once, then at most 10 a second, and
-always the final text (app/ui.py `_throttled`); each update post-processed by us exactly as
+always the final text (app/web/ui.py `_throttled`); each update post-processed by us exactly as
 Gradio would have done it (`_sent`)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import gradio as gr
 from gradio.state_holder import SessionState
 
-from app.chat import ChatState, Turn, display
-from app.ui import _sent, _throttled
+from app.serving.chat import ChatState, Turn, display
+from app.web.ui import _sent, _throttled
 
 
 def _paced(items: list[str], gap: float) -> Iterator[str]:

@@ -97,12 +97,17 @@ def replay_rows(
     larger budget, and dropped if it still does not end (trained on, a cut-off answer
     teaches the model to stop mid-sentence). Greedy answers depend only on the base model's
     files, the prompts and the system prompt, so with `cache_dir` they are generated once
-    per combination (and answering precision, `bf16`: training/precision.py) and reused
+    per combination (and answering precision, `bf16`: training/device/precision.py) and reused
     by every later round.
     """
     if path is None or not Path(path).is_file():
         return []
-    from training.generate import generate_replies, load_for_generation, read_rows, row_conversation
+    from training.eval.generate import (
+        generate_replies,
+        load_for_generation,
+        read_rows,
+        row_conversation,
+    )
 
     rows = read_rows(Path(path))
     if not rows:
@@ -155,7 +160,7 @@ def _retry_budget(model: Any, tokenizer: Any, conversations: list[Any], first: i
     budget = min(REPLAY_RETRY_TOKENS, 4 * first)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit and conversations:
-        from training.evaluate import _ids
+        from training.eval.evaluate import _ids
 
         longest = max(
             len(_ids(tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True)))
@@ -175,8 +180,8 @@ def _replay_cache_file(
     """Where replay answers for exactly these inputs are kept (None: no cache)."""
     if cache_dir is None:
         return None
-    from training.evalsets import model_identity
-    from training.precision import inference_dtype
+    from training.device.precision import inference_dtype
+    from training.eval.evalsets import model_identity
 
     identity = [model_identity(Path(model_dir)), conversations, max_new_tokens, REPLAY_RETRY_TOKENS]
     dtype = inference_dtype(bf16)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training import ranks
+from training.device import ranks
 from training.sampling import seeded_sample
 
 if TYPE_CHECKING:

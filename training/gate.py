@@ -73,9 +73,9 @@ class GateConfig:
     eval_temperature: float = 0.0
     eval_batch_size: int | None = None
     load_in_4bit: bool = False
-    bf16: bool | None = None  # answering in bf16 (training/precision.py inference_dtype)
+    bf16: bool | None = None  # answering in bf16 (training/device/precision.py inference_dtype)
     evals_dir: Path | None = None  # reply cache and recorded results; None: no eval sets
-    judge: Any = None  # the pairwise scorer's judge (training.scorers.Judge), when set
+    judge: Any = None  # the pairwise scorer's judge (training.eval.scorers.Judge), when set
     min_items: int = MIN_ITEMS
     resamples: int = RESAMPLES
 

@@ -10,7 +10,7 @@ Everything a round does lands under `rounds_dir/<round id>/`:
 One round at a time: an exclusive lock (`filelock`) on `rounds_dir/.lock`, which the OS releases
 when a crashed round's process dies. A round launched as several processes (torchrun,
 `accelerate launch`) trains on all of them; the lock, the snapshot, evaluation, the gate,
-the registry and every file above belong to the main process (training/ranks.py), and the
+the registry and every file above belong to the main process (training/device/ranks.py), and the
 others return the main process's result. A failed round records its reason and leaves the
 serving version (the registry's CURRENT) untouched; `resume=True` continues the newest
 unfinished round from its snapshot and last checkpoints.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.atomic_write import write_atomic
-from training import ranks
+from training.device import ranks
 from training.registry import Registry
 from training.schedule import LOCK_NAME, lock_held
 from training.stages import NonFiniteLossError, RoundConfig
@@ -376,8 +376,8 @@ def _train_and_gate(
     serving: str | None,
     promote: bool,
 ) -> RoundResult:
-    from training.evaluate import evaluate_models
-    from training.report import write_report
+    from training.eval.evaluate import evaluate_models
+    from training.eval.report import write_report
     from training.stages import train_dpo, train_kto, train_sft
 
     folder = rnd.folder
@@ -472,7 +472,7 @@ def _train_and_gate(
         gate={name: d.as_dict() for name, d in decisions.items()},
     )
     if config.gate.evals_dir is not None:
-        from training.evalsets import record
+        from training.eval.evalsets import record
 
         for run in runs:  # the serving version (or base) under its own label
             names = {run.labels[0]: run.labels[0], candidate: version}
@@ -535,10 +535,10 @@ def _eval_set_runs(
     """The gate's eval sets answered by serving and every stage; (runs, why they failed)."""
     if not config.gate.eval_sets:
         return [], None
-    from training.evalsets import EvalError, gate_runs
-    from training.generate import GenerationError
+    from training.eval.evalsets import EvalError, gate_runs
+    from training.eval.generate import GenerationError
+    from training.eval.scorers import ScorerError
     from training.registry import RegistryError
-    from training.scorers import ScorerError
 
     try:
         runs = gate_runs(

@@ -27,14 +27,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from training import early_stopping, ranks
-from training.evaluate import EvalSettings
-from training.fused_head import score_only_labels
+from training import early_stopping
+from training.device import ranks
+from training.device.fused_head import score_only_labels
+from training.device.precision import train_in_bf16
+from training.device.shared_prefix import share_prefix
+from training.eval.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.lora import lora_config
-from training.precision import train_in_bf16
 from training.sampling import seeded_sample
-from training.shared_prefix import share_prefix
 
 Row = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -132,11 +133,11 @@ class RoundConfig:
     precompute_ref_log_probs: bool = True
     qlora: bool | None = None  # 4-bit base on CUDA; None: where it saves memory (resolved())
     # On a CPU: matmuls in bf16 (autocast); None: where the CPU has bf16 instructions
-    # (training/precision.py, resolved()). A GPU always trains in bf16.
+    # (training/device/precision.py, resolved()). A GPU always trains in bf16.
     bf16: bool | None = None
     liger_kernel: bool = False  # TRL's use_liger_kernel (CUDA, the liger-kernel package)
     padding_free: bool = False  # SFT rows concatenated without padding (TRL padding_free)
-    share_prefix: bool = True  # a batch's common start runs once (training/shared_prefix.py)
+    share_prefix: bool = True  # a batch's common start runs once (training/device/shared_prefix.py)
     serve_in_4bit: bool = False  # how `serve` loads the base: the gate evaluates the same way
     infer_bf16: bool | None = None  # and in what dtype it answers (precision.inference_dtype)
     system_prompt: str = ""

@@ -1,7 +1,7 @@
 """The Argilla outbox (pairs queued for ranking) and what a sync reads and writes.
 
-The policy lives beside it: `feedback.outbox` decides what a pair is and which reply is A,
-`feedback.argilla_sync` talks to Argilla and turns answers into preferences. This part runs
+The policy lives beside it: `feedback.argilla.outbox` decides what a pair is and which reply is A,
+`feedback.argilla.sync` talks to Argilla and turns answers into preferences. This part runs
 their queries, in the store's short transactions.
 """
 
@@ -191,7 +191,7 @@ class ArgillaStore(StoreBase):
         settle: Callable[[Session, list[int]], T],
     ) -> T:
         """Upsert one pulled page of (pair id, response columns), then let `settle` decide
-        the pairs it touched (`feedback.argilla_sync`), all in ONE transaction: a sync
+        the pairs it touched (`feedback.argilla.sync`), all in ONE transaction: a sync
         killed half-way resumes where it stopped. May run `settle` again after a busy
         database, so `settle` keeps its counts to what it returns."""
         with self._write() as session:

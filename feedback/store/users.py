@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from feedback import accounts
-from feedback.accounts import KeyState
-from feedback.apikeys import key_hash, key_label, new_key
+from feedback.auth import accounts
+from feedback.auth.accounts import KeyState
+from feedback.auth.apikeys import key_hash, key_label, new_key
+from feedback.auth.passwords import burn_verify, check_new_password, hash_password, verify_password
 from feedback.errors import FeedbackError
 from feedback.models import ROLES, ApiKey, User, utcnow
-from feedback.passwords import burn_verify, check_new_password, hash_password, verify_password
 from feedback.records import UserInfo
 from feedback.store.base import StoreBase, _user_info
 
@@ -111,7 +111,7 @@ class UserStore(StoreBase):
         with self._read() as session:
             return [_user_info(u) for u in session.exec(query)]
 
-    # The login throttle (policy: feedback.logins) -------------------------------------
+    # The login throttle (policy: feedback.auth.logins) -------------------------------------
 
     def count_login_attempt(
         self, limits: dict[str, int], *, lockout: timedelta

@@ -1,0 +1,432 @@
+"""What happens when an expert chats and gives feedback, without any UI.
+
+`app/web/ui.py` wires these methods to Gradio; the fast tests call them directly with the tiny
+model and a real SQLite store. Every piece of feedback is committed by the store before a
+method returns, so whatever the UI acknowledges is already durable.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from app.serving.engine import CURRENT, Reply, ReplyInfo, SamplingParams, ServingError
+from app.serving.engine_base import EngineBase
+from feedback.errors import FeedbackError, StoreBusyError
+from feedback.store import Store, UserInfo
+from training.registry import Registry, RegistryError
+
+# Roles allowed into the chat app; annotators work in Argilla.
+CHAT_ROLES = ("expert", "operator")
+# "Compare against" choices besides registered versions.
+COMPARE_SAMPLE = "another sample"
+COMPARE_BASE = "base (no adapter)"
+
+
+class ChatError(Exception):
+    """A user-facing problem with a chat action; the message says what to do."""
+
+
+@dataclass
+class Turn:
+    """One visible message; assistant turns carry the stored response id."""
+
+    role: str
+    content: str
+    response_id: int | None = None
+    adapter_version: str | None = None
+
+
+@dataclass
+class ChatState:
+    """Per-browser-session state: the open conversation and its transcript."""
+
+    conversation_id: int | None = None
+    turns: list[Turn] = field(default_factory=list)
+
+    def history(self) -> list[dict[str, str]]:
+        return [{"role": t.role, "content": t.content} for t in self.turns]
+
+    def last_reply_index(self) -> int | None:
+        for i in range(len(self.turns) - 1, -1, -1):
+            if self.turns[i].role == "assistant" and self.turns[i].response_id is not None:
+                return i
+        return None
+
+
+@dataclass
+class Comparison:
+    """Two candidate replies shown side by side, in the (random) order shown."""
+
+    comparison_id: int
+    a: str
+    b: str
+
+
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
+
+
+def inert(text: str) -> str:
+    """Escape HTML outside code so a message shows literally and never executes.
+
+    Markdown still renders; code spans and fences are left alone because the Markdown
+    renderer already shows their content as text.
+    """
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
+_PATH = re.compile(r"/(?:[^\s/'\"()]+/)+([^\s/'\"()]+)")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part: the page shows no server paths."""
+    return _PATH.sub(r"\1", text)
+
+
+class UsableVersions:
+    """Registered versions whose files pass their checksums: what the compare menu offers.
+
+    A version's checksums are computed again only when one of its files changed (size or
+    modification time), so listing stays cheap on every page load.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._checked: dict[str, tuple[tuple[tuple[str, int, int], ...], bool]] = {}
+
+    def _stamp(self, version: str) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for path in self.registry.path(version).rglob("*"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            found.append((str(path), info.st_size, info.st_mtime_ns))
+        return tuple(sorted(found))
+
+    def __call__(self) -> list[str]:
+        usable = []
+        for version in self.registry.versions():
+            stamp = self._stamp(version)
+            seen = self._checked.get(version)
+            if seen is None or seen[0] != stamp:
+                try:
+                    self.registry.verify(version)
+                    seen = (stamp, True)
+                except RegistryError:
+                    seen = (stamp, False)
+                self._checked[version] = seen
+            if seen[1]:
+                usable.append(version)
+        return usable
+
+
+def _not_saved(err: FeedbackError) -> str:
+    """What the expert reads when a write failed: plain words, never a database error."""
+    if isinstance(err, StoreBusyError):
+        return (
+            "Not saved yet: the database is busy right now. Your input is still on the page; "
+            "press the button again in a moment."
+        )
+    return str(err)
+
+
+def display(state: ChatState) -> list[dict[str, str]]:
+    """The transcript in Gradio's message format, made inert."""
+    return [{"role": t.role, "content": inert(t.content)} for t in state.turns]
+
+
+class ChatService:
+    """Chat and feedback actions for one deployment (engine + store + limits)."""
+
+    def __init__(
+        self,
+        *,
+        engine: EngineBase,
+        store: Store,
+        params: SamplingParams,
+        compare_temperature: float,
+        max_message_chars: int,
+        versions: Callable[[], list[str]] = list,
+        argilla_address: str = "Argilla",
+        max_reason_chars: int = 1000,
+    ) -> None:
+        self.max_reason_chars = max_reason_chars
+        self.engine = engine
+        self.argilla_address = argilla_address
+        self.store = store
+        self.params = params
+        self.compare_temperature = compare_temperature
+        self.max_message_chars = max_message_chars
+        self._versions = versions
+
+    # -- who is asking -------------------------------------------------------------------
+    def user(self, name: str | None) -> UserInfo:
+        """The logged-in chat user; refuses anyone who may not chat (checked on every action,
+        so disabling an account also stops a session that is already open)."""
+        user = self.store.get_user(name) if name else None
+        if user is not None and user.status != "active":
+            raise ChatError("Your account is disabled; ask your operator.")
+        if user is not None and user.role == "annotator":
+            raise ChatError(self.annotator_notice())
+        if user is None or user.role not in CHAT_ROLES:
+            raise ChatError("Log in as an expert or operator to chat.")
+        return user
+
+    def annotator_notice(self) -> str:
+        """What an annotator who logs in here is told: where their work is."""
+        return (
+            "This chat is for experts and operators. Annotators rank pairs in Argilla: "
+            f"open {self.argilla_address} and log in with the same name and password."
+        )
+
+    # -- chatting ------------------------------------------------------------------------
+    def check_message(self, text: str | None) -> str:
+        text = (text or "").strip()
+        if not text:
+            raise ChatError("Type a message first.")
+        if len(text) > self.max_message_chars:
+            raise ChatError(
+                f"Your message is {len(text):,} characters; the limit is "
+                f"{self.max_message_chars:,}. Shorten it and send again."
+            )
+        return text
+
+    def send(self, user: UserInfo, state: ChatState, text: str | None) -> Iterator[str]:
+        """Record the expert's message, then stream the reply; yields the reply so far.
+
+        The user message is committed before generation starts and the reply after it
+        ends, so a model failure leaves the conversation and everything recorded intact.
+        """
+        try:
+            reply = self.start_reply(user, state, text)
+            for _ in reply:
+                yield reply.text
+        except ServingError as err:
+            raise ChatError(f"The model could not answer: {without_paths(str(err))}") from err
+        except ChatError:
+            raise
+        except Exception as err:  # a model crash must not take the conversation with it
+            reason = without_paths(f"{type(err).__name__}: {err}")
+            raise ChatError(f"The model failed ({reason}). Try again.") from err
+        self.finish_reply(state, reply)
+        yield state.turns[-1].content
+
+    def start_reply(
+        self,
+        user: UserInfo,
+        state: ChatState,
+        text: str | None,
+        *,
+        params: SamplingParams | None = None,
+        adapter: str | None = CURRENT,
+    ) -> Reply:
+        """Commit the user's message to their conversation, then start the reply to it.
+
+        The page and the API both chat through this and `finish_reply`. Raises ChatError
+        for a bad message and ServingError when the model cannot take the request.
+        """
+        text = self.check_message(text)
+        try:
+            if state.conversation_id is None:
+                state.conversation_id = self.store.start_conversation(
+                    user_id=user.id, title=text[:60]
+                )
+            self.store.add_user_message(conversation_id=state.conversation_id, content=text)
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+        state.turns.append(Turn("user", text))
+        return self.engine.stream(state.history(), params or self.params, adapter=adapter)
+
+    def finish_reply(
+        self, state: ChatState, reply: Reply, *, completion_id: str | None = None
+    ) -> int:
+        """Store a reply that has streamed to its end as the conversation's next turn."""
+        info = reply.info
+        assert info is not None and state.conversation_id is not None  # set when it ended
+        response_id = self._record(state.conversation_id, info, "reply", completion_id)
+        state.turns.append(Turn("assistant", info.text, response_id, info.adapter_version))
+        return response_id
+
+    def _record(
+        self, conversation_id: int, info: ReplyInfo, kind: str, completion_id: str | None = None
+    ) -> int:
+        """Store a finished reply (or compare candidate) with how it was made."""
+        try:
+            return self._add_response(conversation_id, info, kind, completion_id)
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+
+    def _add_response(
+        self, conversation_id: int, info: ReplyInfo, kind: str, completion_id: str | None
+    ) -> int:
+        return self.store.add_response(
+            conversation_id=conversation_id,
+            prompt=info.prompt,
+            content=info.text,
+            model=info.model_name,
+            adapter_version=info.adapter_version,
+            params=info.params,
+            latency_ms=info.latency_ms,
+            ttft_ms=info.ttft_ms,
+            new_tokens=info.new_tokens,
+            kind=kind,
+            completion_id=completion_id,
+        )
+
+    def open(self, user: UserInfo, conversation_id: int) -> ChatState:
+        """Reopen one of the user's own conversations (never someone else's)."""
+        try:
+            messages = self.store.conversation_messages(
+                conversation_id=conversation_id, user_id=user.id
+            )
+        except FeedbackError as err:
+            raise ChatError(str(err)) from err
+        turns = [Turn(m.role, m.content, m.response_id) for m in messages]
+        return ChatState(conversation_id=conversation_id, turns=turns)
+
+    def conversations(self, user: UserInfo) -> list[tuple[str, int]]:
+        """(label, id) pairs of the user's conversations, newest first."""
+        return [
+            (f"#{c.id} {c.title}", c.id) for c in self.store.list_conversations(user_id=user.id)
+        ]
+
+    # -- feedback ------------------------------------------------------------------------
+    def _reply(self, state: ChatState, index: int | None) -> Turn:
+        if index is None:
+            index = state.last_reply_index()
+        if index is None or not 0 <= index < len(state.turns):
+            raise ChatError("There is no reply to give feedback on yet.")
+        turn = state.turns[index]
+        if turn.role != "assistant" or turn.response_id is None:
+            raise ChatError("Pick one of the assistant's replies.")
+        return turn
+
+    def rate(
+        self, user: UserInfo, state: ChatState, index: int | None, *, up: bool, reason: str = ""
+    ) -> str:
+        turn = self._reply(state, index)
+        assert turn.response_id is not None
+        return self.rate_response(user, turn.response_id, up=up, reason=reason)
+
+    def rate_response(self, user: UserInfo, response_id: int, *, up: bool, reason: str = "") -> str:
+        """👍/👎 on one of the user's replies (the page's buttons and the API's feedback)."""
+        if len(reason) > self.max_reason_chars:
+            raise ChatError(
+                f"The reason is {len(reason):,} characters; the limit is "
+                f"{self.max_reason_chars:,}. Shorten it and press again."
+            )
+        try:
+            self.store.rate(
+                response_id=response_id, user_id=user.id, up=up, reason=reason.strip() or None
+            )
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+        shown = f" ({inert(reason.strip())})" if reason.strip() else ""  # shown as Markdown
+        return f"Saved {'👍' if up else '👎'}" + shown
+
+    def correct(self, user: UserInfo, state: ChatState, index: int | None, text: str) -> str:
+        turn = self._reply(state, index)
+        assert turn.response_id is not None
+        return self.correct_response(user, turn.response_id, text)
+
+    def correct_response(self, user: UserInfo, response_id: int, text: str) -> str:
+        """Store the answer the user wanted instead of one of their replies."""
+        text = (text or "").strip()
+        if not text:
+            raise ChatError("Write the answer you wanted before saving the correction.")
+        if len(text) > self.max_message_chars:
+            raise ChatError(f"The correction is over {self.max_message_chars:,} characters.")
+        try:
+            self.store.correct(response_id=response_id, user_id=user.id, content=text)
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+        return "Saved your corrected answer (the original reply is kept too)."
+
+    def compare_choices(self) -> list[str]:
+        return [COMPARE_SAMPLE, COMPARE_BASE, *self._versions()]
+
+    def compare(
+        self,
+        user: UserInfo,
+        state: ChatState,
+        index: int | None,
+        against: str = COMPARE_SAMPLE,
+        rng: random.Random | None = None,
+    ) -> Iterator[Comparison | str]:
+        """Generate a second candidate for a reply; yields its text so far, then the pair.
+
+        The candidate comes from another sampling of the serving version, or from the
+        named version / the bare base. Which side is the original is random and recorded.
+        """
+        turn = self._reply(state, index)
+        assert turn.response_id is not None  # _reply checked it
+        original = self.store.response(response_id=turn.response_id)
+        if against == COMPARE_SAMPLE:
+            adapter: str | None = CURRENT
+            params = SamplingParams(
+                max_new_tokens=self.params.max_new_tokens,
+                temperature=self.compare_temperature,
+                top_p=self.params.top_p,
+            )
+        else:
+            adapter = None if against == COMPARE_BASE else against
+            params = self.params
+        try:
+            reply = self.engine.stream(original.prompt, params, adapter=adapter)
+            for _ in reply:
+                yield reply.text
+        except ServingError as err:
+            reason = without_paths(str(err))
+            raise ChatError(f"Could not generate a second reply: {reason}") from err
+        info = reply.info
+        assert info is not None
+        candidate_id = self._record(original.conversation_id, info, "candidate")
+        original_is_a = (rng or random).random() < 0.5
+        try:
+            comparison_id = self.store.add_comparison(
+                user_id=user.id,
+                original_response_id=original.id,
+                candidate_response_id=candidate_id,
+                original_is_a=original_is_a,
+            )
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+        a, b = (original.content, info.text) if original_is_a else (info.text, original.content)
+        yield Comparison(comparison_id, a, b)
+
+    def pick_between(self, user: UserInfo, first_id: int, second_id: int, choice: str) -> str:
+        """Record a choice between two existing replies to the same prompt ("A" = first).
+
+        The API's pick: the same comparison and decision the page's Compare makes, with
+        the first reply shown as A.
+        """
+        if choice not in ("A", "B", "tie"):
+            raise ChatError("Pick A, B or tie.")
+        try:
+            comparison_id = self.store.add_comparison(
+                user_id=user.id,
+                original_response_id=first_id,
+                candidate_response_id=second_id,
+                original_is_a=True,
+            )
+        except FeedbackError as err:
+            raise ChatError(str(err)) from err
+        return self.pick(user, comparison_id, choice)
+
+    def pick(self, user: UserInfo, comparison_id: int | None, choice: str) -> str:
+        if comparison_id is None:
+            raise ChatError("Press Compare first to get two replies to pick from.")
+        if choice not in ("A", "B", "tie"):
+            raise ChatError("Pick A, B or tie.")
+        try:
+            self.store.decide_comparison(
+                comparison_id=comparison_id, user_id=user.id, choice=choice
+            )
+        except FeedbackError as err:
+            raise ChatError(_not_saved(err)) from err
+        return "Saved: it's a tie." if choice == "tie" else f"Saved: {choice} is better."

@@ -1,0 +1,1 @@
+"""Argilla: the local stack, the pairs outbox, the sync, annotator agreement."""

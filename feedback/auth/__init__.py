@@ -1,0 +1,1 @@
+"""Accounts, passwords, API keys and the login throttle's policy."""

@@ -1,0 +1,1 @@
+"""Device plumbing: process ranks, number formats, the fused LM head, the shared prefix."""

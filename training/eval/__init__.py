@@ -1,0 +1,1 @@
+"""Evaluation: batch generation, held-out metrics, eval sets, scorers, the judge, reports."""
