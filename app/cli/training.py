@@ -89,6 +89,7 @@ def register_core(app: typer.Typer) -> None:
             promote=not no_promote,
             on_progress=progress,
         )
+        ranks.finish()
         if not main:
             raise typer.Exit(1 if result.status == "failed" else 0)
         payload = result.to_dict()

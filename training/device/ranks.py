@@ -97,6 +97,19 @@ def barrier() -> None:
         _state().wait_for_everyone()
 
 
+def finish() -> None:
+    """Every process has its outcome: meet once more, then close the process group together.
+    A process that exits with the group still open can leave gloo's threads talking to a
+    peer that is already gone, and the C++ runtime then aborts the process at exit."""
+    if not launched():
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
 def _broadcast(value: Any) -> Any:
     from accelerate.utils import broadcast_object_list
 
