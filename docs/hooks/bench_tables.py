@@ -68,10 +68,11 @@ def source_line(name: str, data: dict[str, Any]) -> str:
     machine = data.get("machine")
     if isinstance(machine, dict):
         machine = ", ".join(f"{k} {v}" for k, v in machine.items() if k in ("cpu", "cpus", "gpus"))
-    commit = data.get("commit") or "not recorded (see the file's provenance)"
-    return (
-        f"*Source: `bench/results/{name}`; `{data['command']}`; commit {commit}; {machine}.*"
-    )
+    if data.get("transcribed_from"):  # a run from before results were files
+        run = f"transcribed from {data['transcribed_from']} (see its provenance)"
+    else:
+        run = f"commit {data.get('commit') or 'not recorded'}"
+    return f"*Source: `bench/results/{name}`; `{data['command']}`; {run}; {machine}.*"
 
 
 def table(name: str, spec: str) -> str:
