@@ -110,8 +110,9 @@ def test_docs_quote_benchmark_tables_only_from_results_files(page: Path) -> None
     """No page holds a hand-written table of measured figures; each figure marker resolves."""
     markdown = page.read_text(encoding="utf-8")
     assert _hand_tables(markdown) == [], f"{page.name}: render these from bench/results/"
-    rendered = _hook("bench_tables.py").render(markdown)
-    assert "<!-- bench-table" not in rendered and "{{ bench" not in rendered
+    hook = _hook("bench_tables.py")
+    rendered = hook.render(markdown)  # raises on a file, table or figure that is not there
+    assert not hook.TABLE.search(rendered) and not hook.FIGURE.search(rendered)
 
 
 def test_the_benchmarks_page_renders_its_tables_from_files() -> None:
