@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.record import write_result
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -125,6 +127,14 @@ def main() -> None:
             status = stack.status()
             parts = ", ".join(f"{k} {v['memory_mb']:.0f}" for k, v in status["processes"].items())
             print(f"stack memory at rest (PSS): {status['memory_mb']:.0f} MB ({parts})")
+            write_result("bench.argilla_sync", {
+                "sdk_log_s": sdk_s, "queue_s": queue_s, "push_s": push_s,
+                "ours_vs_sdk": sdk_s / ours_s, "push_vs_sdk": sdk_s / push_s,
+                "full_pull": {"responses": report.pulled, "seconds": full_s},
+                "delta_pull": {"responses": delta.pulled, "seconds": delta_s},
+                "stack_memory_mb": status["memory_mb"],
+                "process_memory_mb": {k: v["memory_mb"] for k, v in status["processes"].items()},
+            }, settings=vars(args))  # fmt: skip
         finally:
             stack.down()
 

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.record import write_result
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -152,9 +154,9 @@ def main() -> None:
         from app.serving.modelfiles import resolve_model_dir
 
         model_dir = resolve_model_dir(args.model, Settings().models_dir, progress=True)
-        print(json.dumps(
-            evaluation_timing(model_dir, args.prompts, args.max_new_tokens, args.long_rows)
-        ))  # fmt: skip
+        timing = evaluation_timing(model_dir, args.prompts, args.max_new_tokens, args.long_rows)
+        print(json.dumps(timing))
+        write_result("bench.generate", timing, settings=vars(args), name="generate-evaluate")
         return
 
     import torch
@@ -210,6 +212,7 @@ def main() -> None:
         "one_at_a_time": {"seconds": base_s, "replies_per_s": len(rows) / base_s},
         "batched": results,
     }
+    write_result("bench.generate", report, settings=vars(args))
     if args.json:
         print(json.dumps(report, indent=2))
         return

@@ -36,6 +36,8 @@ export GRADIO_ANALYTICS_ENABLED=False PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 RESULTS="${OUT:-bench/results}"
 mkdir -p "$RESULTS"
+# the benchmarks' own JSON results (bench/record.py) go beside the step logs
+export TUNELOOP_BENCH_RESULTS="$RESULTS"
 SUMMARY="$RESULTS/gpu_check.txt"
 : > "$SUMMARY"
 # Optional steps start only while they can end by then (seconds since the start).

@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from bench.record import write_result
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -66,6 +68,7 @@ def main() -> None:
         "verdicts_per_s": len(margins) / seconds,
     }
     print(json.dumps(result, indent=1))
+    write_result("bench.judge_bias", result, settings=vars(args))
 
 
 if __name__ == "__main__":

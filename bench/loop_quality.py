@@ -40,6 +40,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from bench.record import write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -145,12 +148,17 @@ def main(argv: list[str] | None = None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     mode = os.environ.get("TUNELOOP_ROUND_MODE")
     print(f"model {model_dir}; root {root}; TUNELOOP_ROUND_MODE={mode or '(default)'}")
+    figures: dict[str, Any] = {}
     if args.variants:
-        run_triage(args, model_dir, root)
+        figures["triage"] = run_triage(args, model_dir, root)
     if args.house:
-        run_house(args, model_dir, root)
+        figures["house"] = run_house(args, model_dir, root)
     elif args.sabotage_runs:
-        run_sabotage(args, model_dir, root)
+        figures["sabotage"] = run_sabotage(args, model_dir, root)
+    # a smoke run checks code paths on tiny sizes: its figures measure nothing
+    if figures and not args.smoke:
+        settings = {k: v for k, v in vars(args).items() if k != "extra_env"}
+        write_result("bench.loop_quality", figures, settings=settings, seeds=[args.seed])
 
 
 if __name__ == "__main__":

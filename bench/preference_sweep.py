@@ -39,6 +39,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.loop_common import read_jsonl  # noqa: E402 - after the environment above
 from bench.loop_triage import DOMAIN, correctness, gain, share  # noqa: E402
+from bench.record import write_result  # noqa: E402
 
 KEYS = {
     "dpo": {
@@ -175,6 +176,9 @@ def main() -> None:
                "sft": share(sft_hits), "sft_hits": sft_hits, "results": results}  # fmt: skip
     out.write_text(json.dumps(summary, indent=1))
     print(f"details: {out}")
+    seeds = sorted({int(s.get("seed", base.seed)) for s in settings})
+    write_result("bench.preference_sweep", summary, settings=vars(args), seeds=seeds,
+                 name=f"preference_sweep-{args.stage}")  # fmt: skip
 
 
 if __name__ == "__main__":

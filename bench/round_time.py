@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.loop_common import read_jsonl, run_round
+from bench.record import write_result
 from bench.train_throughput import NAMES, REPO, count_tokens, long_system_prompt
 
 NEXT_STEP = {
@@ -156,6 +157,9 @@ def main() -> None:
         print("unshared/shared: " + ", ".join(
             f"{k} {b[k] / a[k]:.2f}x" for k in a if k in b and a[k] > 0))  # fmt: skip
     (root / "round_time.json").write_text(json.dumps(runs, indent=2), encoding="utf-8")
+    # the round's own seed (TUNELOOP_TRAIN_SEED, default 42) is in settings.env when set
+    write_result("bench.round_time", runs, settings=vars(args),
+                 seeds=[int(os.environ.get("TUNELOOP_TRAIN_SEED", "42"))])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.record import write_result
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -349,6 +351,7 @@ def main() -> None:
     if args.api == "only":
         loop.request("warm-up")
         api_report = api_bench(args, model_dir, loop, prompts)
+        write_result("bench.serve", api_report, settings=vars(args), name="serve-api")
         if args.json:
             print(json.dumps(api_report, indent=2))
         else:
@@ -447,6 +450,7 @@ def main() -> None:
     }
     if args.api == "also":
         report["api"] = api_bench(args, model_dir, loop, prompts)
+    write_result("bench.serve", report, settings=vars(args))
     if args.json:
         print(json.dumps(report, indent=2))
         return

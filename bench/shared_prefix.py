@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.record import write_result
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -105,6 +107,7 @@ def main() -> None:
         f"model {model_dir.name}; batch {args.batch} (SFT rows, DPO pairs); {args.steps} "
         f"measured steps each way, alternating; threads {torch.get_num_threads()}"
     )
+    figures: dict[str, dict] = {}
     for kind, batches in kinds.items():
         times: dict[str, list[float]] = {way: [] for way in ways}
         losses: dict[str, list[float]] = {way: [] for way in ways}
@@ -133,6 +136,15 @@ def main() -> None:
                 f"  {way:<12} step {step_time:.2f} s: {base_time / step_time:.2f}x {first}; "
                 f"largest loss difference {gap:.1e}"
             )
+            figures.setdefault(
+                kind,
+                {"rows": int(batches[0][0].shape[0]), "tokens": tokens, "shared_tokens": shared},
+            )[way] = {  # fmt: skip
+                "median_step_s": step_time,
+                "speedup_vs_first": base_time / step_time,
+                "largest_loss_difference": gap,
+            }
+    write_result("bench.shared_prefix", figures, settings=vars(args), seeds=[0])
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from bench.load_parts import (  # noqa: E402 - after the environment above
     queue_backlog,
     schedstat_until_exit,
 )
+from bench.record import write_result  # noqa: E402
 
 FEEDBACK_EVENTS = ("rate_down", "correct", "pick_A")  # the acknowledged actions' endpoints
 
@@ -405,11 +406,14 @@ def main() -> None:
         else build_tiny_model(Path(tempfile.mkdtemp(prefix="tuneloop-tiny-")) / "model")
     )
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    results = []
     with ExitStack() as stack:
         for db in dbs:
             storm = 0 if args.no_storm else args.storm
             result = run(db, args.rows, storm, model_dir, stack, sync_seconds)
             print(json.dumps(result), flush=True)
+            results.append(result)
+    write_result("bench.store_load", results, settings=vars(args))
 
 
 if __name__ == "__main__":

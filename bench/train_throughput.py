@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.record import write_result
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -300,7 +302,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.qlora_8b:
-        print(json.dumps(qlora_8b_step(args.seq_len)))
+        step = qlora_8b_step(args.seq_len)
+        print(json.dumps(step))
+        write_result("bench.train_throughput", step, settings=vars(args), name="qlora_8b_step")
         return
     if args.model:
         model_dir = Path(args.model)
@@ -364,6 +368,8 @@ def main() -> None:
                 sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
             results[name] = json.loads(lines[-1][7:])
             print(f"{name}: {json.dumps(results[name])}", flush=True)  # as each finishes
+    write_result("bench.train_throughput", {"sft_tokens": sft_tokens, "dpo_tokens": dpo_tokens,
+                 "runs": results}, settings=vars(args))  # fmt: skip
     plain_batch = args.plain_batch or "8 (TRL default)"
     print(
         f"model {model_dir.name}, {args.rows} SFT rows + {len(dpo)} pairs, one epoch each; "

@@ -127,20 +127,23 @@ def test_setup_installs_the_gpu_extra_only_where_there_is_a_gpu(tmp_path: Path) 
     assert 'extras="$(bash .ci/extras "$PY")"' in setup
     assert 'pip install -q -e ".[$extras]"' in setup
     # The real torch of this (CPU) machine, with and without a failing nvidia-smi.
-    assert _extras(tmp_path, nvidia_smi=None, python=sys.executable) == "test,deepspeed"
-    assert _extras(tmp_path, nvidia_smi=9, python=sys.executable) == "test,deepspeed"
-    assert _extras(tmp_path, nvidia_smi=0, python=sys.executable) == "test,deepspeed,gpu"
+    assert _extras(tmp_path, nvidia_smi=None, python=sys.executable) == "test,deepspeed,docs"
+    assert _extras(tmp_path, nvidia_smi=9, python=sys.executable) == "test,deepspeed,docs"
+    assert _extras(tmp_path, nvidia_smi=0, python=sys.executable) == "test,deepspeed,docs,gpu"
     # vLLM only where it can run: a GPU and the backend asked for.
     py = sys.executable
-    assert _extras(tmp_path, nvidia_smi=0, python=py, backend="vllm") == "test,deepspeed,gpu,vllm"
-    assert _extras(tmp_path, nvidia_smi=9, python=py, backend="vllm") == "test,deepspeed"
+    assert (
+        _extras(tmp_path, nvidia_smi=0, python=py, backend="vllm") == "test,deepspeed,docs,gpu,vllm"
+    )
+    assert _extras(tmp_path, nvidia_smi=9, python=py, backend="vllm") == "test,deepspeed,docs"
     # No nvidia-smi on PATH, but a torch that sees CUDA (a stand-in interpreter says so).
     cuda_python = _executable(tmp_path / "cuda-python", "#!/bin/sh\nexit 0\n")
     assert _extras(tmp_path / "x", nvidia_smi=None, python=str(cuda_python)) == (
-        "test,deepspeed,gpu"
+        "test,deepspeed,docs,gpu"
     )
     optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
     assert any(dep.startswith("bitsandbytes") for dep in optional["gpu"])
     assert any(dep.startswith("deepspeed") for dep in optional["deepspeed"])
+    assert any(dep.startswith("mkdocs-material") for dep in optional["docs"])
