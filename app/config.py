@@ -582,7 +582,7 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("qlora", "gradient_checkpointing", mode="before")
+    @field_validator("qlora", "gradient_checkpointing", "train_bf16", "infer_bf16", mode="before")
     @classmethod
     def _auto(cls, value: object) -> object:
         """`auto` (or empty) leaves the choice to the round."""

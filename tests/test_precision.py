@@ -103,6 +103,16 @@ def test_each_process_loads_its_base_on_its_own_gpu_unless_the_launcher_shards_i
             assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
 
 
+@pytest.mark.parametrize("name", ["TUNELOOP_TRAIN_BF16", "TUNELOOP_INFER_BF16"])
+def test_bf16_settings_take_auto(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """`auto` is what the reference documents for both: the same as leaving them unset."""
+    monkeypatch.setenv(name, "auto")
+    field = name.removeprefix("TUNELOOP_").lower()
+    assert getattr(Settings(), field) is None
+    monkeypatch.setenv(name, "true")
+    assert getattr(Settings(), field) is True
+
+
 def test_speed_settings_reach_trls_configs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TUNELOOP_PADDING_FREE", "true")
     monkeypatch.setenv("TUNELOOP_QLORA", "auto")
