@@ -18,7 +18,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def conversation(row: dict[str, Any], system: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system}, {"role": "user", "content": row["prompt"]}]
+    """The messages a row asks to answer: its earlier turns (`messages`) or its `prompt`."""
+    turns = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+    return [{"role": "system", "content": system}, *turns]
+
+
+def last_user_turn(row: dict[str, Any]) -> str:
+    """What the user said last in a row (its prompt, or the last user turn of its messages)."""
+    if "messages" in row:
+        return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
+    return str(row["prompt"])
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

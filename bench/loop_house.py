@@ -11,7 +11,7 @@
    (`data/demo_heldout.jsonl`) before and after, and the held-out preference accuracy.
    The expert picks and edits by the same rubric that measures success here, so this run
    shows the house style was learnt, not that feedback generalises: the ticket-triage loop
-   in `bench/loop_triage.py` is the benchmark of that.
+   in `bench/loop_domain.py` is the benchmark of that.
 5. Sabotage runs (one seed each): the same loop with every label of the simulated expert
    flipped (picks, thumbs, and correction pairs with the expert's answer as the rejected
    side). The gate (the product's defaults, plus the demo eval set `data/eval_demo.jsonl`,

@@ -1,14 +1,17 @@
-"""The preference stages' settings by measurement: one finished triage round, its DPO (or
-KTO) stage retrained under each setting from that round's own SFT adapter and rows, scored
-on held-out items.
+"""The preference stages' settings by measurement: one finished round of a development
+domain, its DPO (or KTO) stage retrained under each setting from that round's own SFT
+adapter and rows, scored on the domain's test set.
 
     .venv/bin/python -m bench.preference_sweep --round HOME/rounds/ROUND_ID --model DIR
+    .venv/bin/python -m bench.preference_sweep --domain bookings --round ... --model DIR
     .venv/bin/python -m bench.preference_sweep --round ... --model DIR \\
         --settings "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1"
     .venv/bin/python -m bench.preference_sweep --stage kto --round ... --model DIR \\
         --settings "lr=2e-5,seed=42; lr=1e-4,seed=42; lr=2e-5,seed=1; lr=1e-4,seed=1"
 
-A round of `bench.loop_quality` (the ticket-triage domain) leaves what this needs in its
+It tunes, so it refuses a test domain (`data/domains/split.json`), named with `--domain` or
+read from the round's own seed file: defaults are chosen on development domains and reported
+on test domains. A round of `bench.loop_quality` leaves what this needs in its
 folder: `sft/adapter` and `data/dpo_train.jsonl` (`data/kto_train.jsonl` for KTO), all of
 them, also where a continued round trained on a share. Each setting trains the stage as the
 round did (`training.stages.train_dpo` / `train_kto`, the round's own hyperparameters from
@@ -17,8 +20,7 @@ TUNELOOP_KTO_LEARNING_RATE), `beta`, `epochs`, `seed` (TUNELOOP_TRAIN_SEED: run 
 under several to see its spread), and for DPO `loss` (TUNELOOP_DPO_LOSS_TYPE), `smoothing`
 (TUNELOOP_DPO_LABEL_SMOOTHING), `sft` (TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL
 added, 0 for none). It reports
-held-out correctness on the triage benchmark's 80 unseen items (`heldout.jsonl`, the
-domain's checker, a 95% Wilson interval), the paired gains over the SFT stage alone and
+correctness on the domain's test set (its checker's primary metric, a 95% Wilson interval), the paired gains over the SFT stage alone and
 over the first setting (the gate's bootstrap; put the current default first), the last
 logged reward margin and accuracy (where the trainer logs them), and the stage's seconds.
 One round's rows and one seed: a first measurement, not a law.
@@ -38,8 +40,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.loop_common import read_jsonl  # noqa: E402 - after the environment above
-from bench.loop_triage import DOMAIN, correctness, gain, share  # noqa: E402
-from bench.record import write_result  # noqa: E402
+from bench.domains import SplitError, development_only, domain_of_path  # noqa: E402
+from bench.loop_domain import correctness, gain, share  # noqa: E402
+from bench.results import write_result  # noqa: E402
 
 KEYS = {
     "dpo": {
@@ -110,8 +113,23 @@ def label(setting: dict[str, Any], stage: str) -> str:
     return ",".join(f"{short[k]}={v}" for k, v in setting.items())
 
 
-def main() -> None:
+def round_domain(round_dir: Path, name: str) -> Any:
+    """The development domain `name`, checked against the round's own seed file: a round
+    trained on a test domain's folder is refused whatever `--domain` says."""
+    domains = [name]
+    report = round_dir / "report.json"
+    if report.is_file():
+        seed_file = json.loads(report.read_text()).get("hyperparameters", {}).get("seed_file")
+        used = domain_of_path(Path(seed_file)) if seed_file else None
+        if used and used != name:
+            domains.append(used)
+    return development_only(domains, "bench.preference_sweep")[0]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domain", default="tickets", help="the round's domain (development "
+                        "domains only; default tickets)")  # fmt: skip
     parser.add_argument("--round", type=Path, required=True, help="a finished round's folder")
     parser.add_argument("--model", type=Path, required=True, help="the round's model dir")
     parser.add_argument("--stage", choices=sorted(KEYS), default="dpo")
@@ -119,7 +137,11 @@ def main() -> None:
     parser.add_argument("--heldout-items", type=int, default=0, help="first N items (0: all)")
     parser.add_argument("--eval-tokens", type=int, default=48)
     parser.add_argument("--out", type=Path, help="where the JSON goes (default: beside)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        domain = round_domain(args.round.resolve(), args.domain)
+    except SplitError as err:
+        parser.error(str(err))
 
     from training.stages import train_dpo, train_kto
 
@@ -128,10 +150,9 @@ def main() -> None:
     base = round_config(round_dir)
     rows = read_jsonl(round_dir / "data" / f"{args.stage}_train.jsonl")
     sft = round_dir / "sft" / "adapter"
-    system = (DOMAIN / "system_prompt.md").read_text(encoding="utf-8").strip()
-    items = read_jsonl(DOMAIN / "heldout.jsonl")[: args.heldout_items or None]
+    items = read_jsonl(domain.test)[: args.heldout_items or None]
     cache: dict = {}
-    sft_hits = correctness(args.model, sft, items, system, args.eval_tokens, cache)
+    sft_hits = correctness(domain, args.model, sft, items, args.eval_tokens, cache)
     alone = share(sft_hits)["correct"]
     print(f"{len(rows)} {args.stage} rows; SFT stage alone: {alone:.0%} correct")
     # a folder per run: a stage resumes from checkpoints it finds in its folder
@@ -150,7 +171,7 @@ def main() -> None:
         t0 = time.perf_counter()
         adapter = train(args.model, rows, sft, stage_dir, config, log)
         seconds = time.perf_counter() - t0
-        hits = correctness(args.model, adapter, items, system, args.eval_tokens, cache)
+        hits = correctness(domain, args.model, adapter, items, args.eval_tokens, cache)
         row: dict[str, Any] = {
             "setting": label(setting, args.stage),
             "heldout": share(hits),
@@ -172,13 +193,11 @@ def main() -> None:
         results.append(row)
     out = args.out or work / "sweep.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"round": str(round_dir), "stage": args.stage, "rows": len(rows),
+    summary = {"domain": domain.name, "round": str(round_dir), "stage": args.stage,
+               "settings": [r["setting"] for r in results], "rows": len(rows),
                "sft": share(sft_hits), "sft_hits": sft_hits, "results": results}  # fmt: skip
     out.write_text(json.dumps(summary, indent=1))
-    print(f"details: {out}")
-    seeds = sorted({int(s.get("seed", base.seed)) for s in settings})
-    write_result("bench.preference_sweep", summary, settings=vars(args), seeds=seeds,
-                 name=f"preference_sweep-{args.stage}")  # fmt: skip
+    print(f"details: {out}; results: {write_result('preference-sweep', summary)}")
 
 
 if __name__ == "__main__":

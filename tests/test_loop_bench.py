@@ -1,29 +1,28 @@
 """The loop benchmark's ticket-triage domain and simulated expert, and its smoke run.
 
 The checker and the expert must disagree where they are meant to (the expert reads the
-answer in prose, the checker wants the two fields), the committed item files must be what
-the generator writes, and `python -m bench.loop_quality --smoke` must run its rounds end to
-end through the real `tuneloop train`.
+answer in prose, the checker wants the two fields), and `python -m bench.loop_quality
+--smoke` must run its rounds end to end through the real `tuneloop train`, on a single-turn
+and on the multi-turn domain. (Every domain's files, checker and expert: tests/test_domains.py.)
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from bench.loop_triage import (
-    DOMAIN,
-    expert_correction,
-    expert_verdict,
-    feedback_kinds,
-)
+from bench.domains import load_domain
+from bench.experts import SimulatedExpert
+from bench.loop_feedback import feedback_kinds
 from training.eval.scorers import load_scorer
 
 ROOT = Path(__file__).resolve().parent.parent
+TICKETS = load_domain("tickets")
+DOMAIN = TICKETS.folder
+expert_verdict = TICKETS.expert.verdict
 ITEM = {"prompt": "Order #416183 hasn't arrived.", "category": "shipping", "order": "416183"}
 
 
@@ -67,7 +66,8 @@ def test_corrections_vary_and_always_check_out() -> None:
 
     checker = load_scorer(f"{DOMAIN / 'scorer.py'}:triage")
     rng = random.Random(0)
-    texts = {expert_correction(ITEM, rng) for _ in range(50)}
+    expert = SimulatedExpert(TICKETS.expert)
+    texts = {expert.correction(ITEM, rng) for _ in range(50)}
     assert len(texts) >= 4
     assert all(checker([ITEM], [t])["correct"] == 1.0 for t in texts)
     assert all(expert_verdict(t, ITEM) == "" for t in texts)
@@ -80,36 +80,21 @@ def test_feedback_mix_is_mostly_thumbs() -> None:
     assert kinds == feedback_kinds(120, seed=3) != feedback_kinds(120, seed=4)
 
 
-def test_item_files_are_what_the_generator_writes(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("make_items", DOMAIN / "make_items.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(tmp_path)
-    names = ["heldout.jsonl", "tickets_eval.jsonl", "prompts.jsonl", "seed_sft.jsonl"]
-    for name in names:
-        assert (tmp_path / name).read_text() == (DOMAIN / name).read_text(), name
-    read = {n: [json.loads(x) for x in (DOMAIN / n).read_text().splitlines()] for n in names}
-    held = {r["prompt"] for r in read["heldout.jsonl"]}
-    gate = {r["prompt"] for r in read["tickets_eval.jsonl"]}
-    pool = {r["prompt"] for r in read["prompts.jsonl"]}
-    seeds = {r["messages"][0]["content"] for r in read["seed_sft.jsonl"]}
-    assert len(held) == 80 and len(gate) == 120 and len(pool) == 600 and len(seeds) == 10
-    assert not (held & (gate | pool | seeds)) and not (gate & (pool | seeds))
-
-
 def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Two rounds of the full mix on the tiny model: the expert's feedback reaches the
-    store, each round is a real `tuneloop train` with the gate, held-out correctness is
-    measured with an interval. (Minutes on a busy 2-core machine.)"""
+    """Two rounds of the full mix on the tiny model on tickets, one on the multi-turn
+    appointments domain: the expert's feedback reaches the store, each round is a real
+    `tuneloop train` with the gate, test-set correctness is measured with an interval, and
+    the results JSON carries the commit, the settings, the seeds and the figures.
+    (Minutes on a busy 2-core machine.)"""
     env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator")}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.loop_quality", "--smoke", "--model", str(tiny_model_dir),
-         "--home", str(tmp_path / "loop"), "--variants", "full", "--rounds", "2"],
+         "--home", str(tmp_path / "loop"), "--variants", "full", "--rounds", "2",
+         "--domain", "tickets"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "loop" / "triage" / "loop_quality.json").read_text())
+    summary = json.loads((tmp_path / "loop" / "tickets" / "seed-0" / "loop_quality.json").read_text())
     runs = summary["runs"]
     assert [(r["variant"], r["round"]) for r in runs] == [("full", 1), ("full", 2)]
     for r in runs:
@@ -118,4 +103,38 @@ def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path
         assert any(c["name"] == "tickets_eval:correct" for c in r["gate"]["sft"]["comparisons"])
         assert r["heldout"]["n"] == 5 and r["heldout"]["low"] <= r["heldout"]["correct"]
         assert sum(r["expert"].values()) == 6
+        assert r["expert_mistakes"] == 1  # round(6 * 10%)
     assert "full       2" in proc.stdout
+    (result,) = (tmp_path / "loop").glob("loop-dev-*.json")
+    saved = json.loads(result.read_text())
+    assert len(saved["commit"]) == 40 and saved["seeds"] == [0] and saved["domains"] == ["tickets"]
+    assert saved["settings"]["expert_mistakes"] == 0.1 and saved["final"] is False
+    (figure,) = [f for f in saved["suite"] if (f["variant"], f["round"]) == ("full", 2)]
+    gain = figure["gain_over_base"]
+    assert gain["low"] <= gain["diff"] <= gain["high"] and gain["domains"] == 1
+
+
+def test_smoke_run_on_the_multi_turn_domain(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """One round on appointments, whose items are earlier turns, not a prompt: the store
+    keeps the turns, the round trains on them and its gate scores the domain's eval set."""
+    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.loop_quality", "--smoke", "--model", str(tiny_model_dir),
+         "--home", str(tmp_path / "loop"), "--variants", "full", "--rounds", "1",
+         "--domain", "appointments"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "loop" / "appointments" / "seed-0"
+    (run,) = json.loads((root / "loop_quality.json").read_text())["runs"]
+    comparisons = run["gate"]["sft"]["comparisons"]
+    assert any(c["name"] == "appointments_eval:correct" for c in comparisons)
+    from feedback.store import Store
+
+    store = Store.open(f"sqlite:///{root / 'full' / 'tuneloop.db'}")
+    rows = [*store.sft_rows(), *store.dpo_rows(), *store.kto_rows()]
+    assert rows  # 6 replies judged with a 10% mistake share: something reached training
+    for row in rows:  # every row keeps the earlier turns the last one depends on
+        turns = row["messages"] if "messages" in row else row["prompt"]
+        roles = [t["role"] for t in turns if t["role"] != "system"]
+        assert roles[:3] == ["user", "assistant", "user"], roles

@@ -1,0 +1,73 @@
+"""Simulated experts: a domain's own reading of replies, with the mistakes people make.
+
+A domain's `expert.py` says how a person judges a reply against the item's gold answer
+(`verdict(reply, item)`: '' when right, else what is wrong) and how they write the answer
+they wanted (`corrections(item)`: several wordings). It reads replies its own way, never
+with the domain's checker, so it accepts answers a person would accept and the checker may
+not, and the benchmark's metric is not the rule the feedback was made with.
+
+`SimulatedExpert` adds what a person does that a rule does not: it is wrong on a share of
+its labels (`mistakes`, 10% by default). For a batch of n labels exactly round(n * share) are
+wrong, which ones drawn with the expert's seed, so a run is repeatable and the share is
+what was asked for. A wrong label inverts the expert's reading of the reply it judges: a 👍
+for a wrong reply, a 👎 or a correction for a right one, the other reply of a compare.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MISTAKES = 0.10
+# What a mistaken expert says of a reply that is in fact right.
+MISTAKEN_REASONS = ("this looks wrong to me", "not what the customer asked", "wrong answer")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One label: whether the expert says the reply is right, why not, and whether the
+    label is one of the expert's mistakes (the opposite of its honest reading)."""
+
+    right: bool
+    reason: str
+    mistaken: bool
+
+
+class SimulatedExpert:
+    """A domain's expert (`expert` is its `expert.py` module), wrong on `mistakes` of its
+    labels, drawn with `seed`."""
+
+    def __init__(self, expert: Any, *, mistakes: float = DEFAULT_MISTAKES, seed: int = 0):
+        if not 0.0 <= mistakes <= 1.0:
+            raise ValueError(f"the expert's mistake share must be in [0, 1], not {mistakes}")
+        self.expert, self.mistakes, self.seed = expert, mistakes, seed
+
+    def honest(self, reply: str, item: dict[str, Any]) -> str:
+        """The expert's own reading: '' when the reply is right, else what is wrong."""
+        return str(self.expert.verdict(reply, item))
+
+    def mistaken(self, n: int, batch: int = 0) -> set[int]:
+        """Which of a batch of `n` labels are wrong: exactly round(n * mistakes) of them."""
+        rng = random.Random(f"{self.seed}:{batch}:mistakes")
+        return set(rng.sample(range(n), round(n * self.mistakes)))
+
+    def judge(
+        self, replies: list[str], items: list[dict[str, Any]], batch: int = 0
+    ) -> list[Judgement]:
+        """A label per reply; `batch` numbers the call (a round) so each has its own draw."""
+        wrong_labels = self.mistaken(len(replies), batch)
+        rng = random.Random(f"{self.seed}:{batch}:reasons")
+        out = []
+        for i, (reply, item) in enumerate(zip(replies, items, strict=True)):
+            reading = self.honest(reply, item)
+            if i in wrong_labels:
+                reason = "" if reading else rng.choice(MISTAKEN_REASONS)
+                out.append(Judgement(right=bool(reading), reason=reason, mistaken=True))
+            else:
+                out.append(Judgement(right=not reading, reason=reading, mistaken=False))
+        return out
+
+    def correction(self, item: dict[str, Any], rng: random.Random) -> str:
+        """The answer the expert wanted, in one of its wordings."""
+        return str(rng.choice(self.expert.corrections(item)))
