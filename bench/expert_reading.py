@@ -21,9 +21,7 @@ _DOTTED = re.compile(rf"(?<![\d.,])(\d{{1,2}})\.(\d{{2}})\s*{_MERIDIEM}(?![a-z])
 _HOUR = re.compile(rf"(?<![\d.,:])(\d{{1,2}})\s*{_MERIDIEM}(?![a-z])", re.I)
 _OCLOCK = re.compile(r"(?<![\d.,:])(\d{1,2}) o'clock( in the (?:afternoon|evening))?", re.I)
 _NOON = re.compile(r"\b(noon|midday)\b", re.I)
-_MONEY = re.compile(
-    r"€\s*(\d+(?:[.,]\d{1,2})?)|(\d+(?:[.,]\d{1,2})?)\s*(?:€|euros?\b|eur\b)", re.I
-)
+_MONEY = re.compile(r"€\s*(\d+(?:[.,]\d{1,2})?)|(\d+(?:[.,]\d{1,2})?)\s*(?:€|euros?\b|eur\b)", re.I)
 
 
 def _hhmm(hour: int, minute: int, meridiem: str | None) -> str | None:

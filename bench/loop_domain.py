@@ -140,12 +140,16 @@ def run_variant(domain: Domain, variant: str, args: Any, model_dir: Path, root: 
         model, tok = load_for_generation(model_dir, registry.verify(serving) if serving else None)
         convs = [conversation(r, system) for r in items]
         torch.manual_seed(seed * 1000 + rnd)
-        gen = {"max_new_tokens": args.max_new_tokens or 64}
-        replies = generate_replies(model, tok, convs, temperature=0.7, top_p=0.9, **gen)
+        budget: int = args.max_new_tokens or 64
+        replies = generate_replies(
+            model, tok, convs, temperature=0.7, top_p=0.9, max_new_tokens=budget
+        )
         kinds = feedback_kinds(len(items), seed * 1000 + rnd)
         wanted = [i for i, k in enumerate(kinds) if k == "compare"] if variant == "full" else []
         others = (
-            generate_replies(model, tok, [convs[i] for i in wanted], temperature=1.0, **gen)
+            generate_replies(
+                model, tok, [convs[i] for i in wanted], temperature=1.0, max_new_tokens=budget
+            )
             if wanted
             else []
         )

@@ -104,12 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--seeds", default="0", help="seeds, comma-separated: each domain runs once per seed "
         "(the expert's labels and mistakes, the sampling, the trainer)")  # fmt: skip
-    add("--expert-mistakes", type=float, default=DEFAULT_MISTAKES,
-        help="share of the simulated expert's labels that are wrong (exactly, per round)")  # fmt: skip
+    add("--expert-mistakes", type=float, default=DEFAULT_MISTAKES, help="share of the "
+        "simulated expert's labels that are wrong (exactly, per round)")  # fmt: skip
     add("--train-args", default="", help="extra `tuneloop train` arguments")
     add("--gate-margins", default=None, help="TUNELOOP_GATE_MARGINS for every round")
-    add("--results-dir", type=Path, default=None,
-        help="where the results JSON goes (default: bench/results/; smoke runs: --home)")  # fmt: skip
+    add("--results-dir", type=Path, default=None, help="where the results JSON goes "
+        "(default: bench/results/; smoke runs: --home)")  # fmt: skip
     add(
         "--smoke",
         action="store_true",
@@ -182,6 +182,13 @@ def pick_domains(names: str | None, *, final: bool) -> list[Domain]:
     return chosen
 
 
+def exported_settings() -> dict[str, str]:
+    """The TUNELOOP_ settings exported to every round, secrets shown only as set."""
+    secret = ("KEY", "PASSWORD", "SECRET", "TOKEN", "DATABASE_URL")
+    return {k: "(set)" if any(w in k for w in secret) else v
+            for k, v in sorted(os.environ.items()) if k.startswith("TUNELOOP_")}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from app.config import Settings
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: v for k, v in vars(args).items()
                      if k not in {"domains", "extra_env", "home", "results_dir"}}
                     | {"extra_env": args.extra_env, "model": str(model_dir)},
-        "round_env": {k: v for k, v in os.environ.items() if k.startswith("TUNELOOP_")},
+        "round_env": exported_settings(),
         "runs": summaries, "sabotage": sabotage,
     }  # fmt: skip
     if summaries:

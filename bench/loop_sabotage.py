@@ -77,7 +77,9 @@ def run_sabotage(domain: Domain, args: Any, model_dir: Path, root: Path) -> dict
     summary["sabotage_runs"] = len(sabotaged)
     (root / "sabotage.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print_table(summary)
-    print(f"{domain.name} sabotage: {summary['sabotage_promoted']} of {len(sabotaged)} rounds "
-          "promoted (goal 0)" + (f"; honest round: {honest[0]['status']}" if honest else ""))
+    print(
+        f"{domain.name} sabotage: {summary['sabotage_promoted']} of {len(sabotaged)} rounds "
+        "promoted (goal 0)" + (f"; honest round: {honest[0]['status']}" if honest else "")
+    )
     print(f"details: {root / 'sabotage.json'}")
     return summary

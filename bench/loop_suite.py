@@ -60,18 +60,19 @@ def goals(figures: list[dict[str, Any]]) -> dict[str, Any]:
     if 1 in full:
         g = full[1]["gain_over_base"]
         floors = {d: v["gain_over_base"]["low"] for d, v in full[1]["per_domain"].items()}
-        out["one_round"] = {
-            "mean_gain": g, "domain_lows": floors,
-            "met": g["diff"] >= ONE_ROUND_GAIN and all(x > ONE_ROUND_FLOOR for x in floors.values()),
-        }  # fmt: skip
+        met = g["diff"] >= ONE_ROUND_GAIN and all(x > ONE_ROUND_FLOOR for x in floors.values())
+        out["one_round"] = {"mean_gain": g, "domain_lows": floors, "met": met}
     if full:
         last = max(full)
         mean = full[last]["correct"]
         below = []
         if last in sft:
-            below = [d for d, v in full[last]["per_domain"].items()
-                     if d in sft[last]["per_domain"]
-                     and v["correct"]["diff"] < sft[last]["per_domain"][d]["correct"]["diff"]]  # fmt: skip
+            sft_run = sft[last]["per_domain"]
+            below = [
+                d
+                for d, v in full[last]["per_domain"].items()
+                if d in sft_run and v["correct"]["diff"] < sft_run[d]["correct"]["diff"]
+            ]
         out["last_round"] = {"round": last, "mean_correct": mean, "below_sft_run": below,
                              "sft_run_compared": last in sft,
                              "met": mean["diff"] >= LAST_ROUND_CORRECT and not below}  # fmt: skip

@@ -19,9 +19,9 @@ round did (`training.stages.train_dpo` / `train_kto`, the round's own hyperparam
 TUNELOOP_KTO_LEARNING_RATE), `beta`, `epochs`, `seed` (TUNELOOP_TRAIN_SEED: run one setting
 under several to see its spread), and for DPO `loss` (TUNELOOP_DPO_LOSS_TYPE), `smoothing`
 (TUNELOOP_DPO_LABEL_SMOOTHING), `sft` (TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL
-added, 0 for none). It reports
-correctness on the domain's test set (its checker's primary metric, a 95% Wilson interval), the paired gains over the SFT stage alone and
-over the first setting (the gate's bootstrap; put the current default first), the last
+added, 0 for none). It reports correctness on the domain's test set (its checker's primary
+metric, a 95% Wilson interval), the paired gains over the SFT stage alone and over the
+first setting (the gate's bootstrap; put the current default first), the last
 logged reward margin and accuracy (where the trainer logs them), and the stage's seconds.
 One round's rows and one seed: a first measurement, not a law.
 """
@@ -39,8 +39,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench.loop_common import read_jsonl  # noqa: E402 - after the environment above
 from bench.domains import SplitError, development_only, domain_of_path  # noqa: E402
+from bench.loop_common import read_jsonl  # noqa: E402 - after the environment above
 from bench.loop_domain import correctness, gain, share  # noqa: E402
 from bench.results import write_result  # noqa: E402
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     # a folder per run: a stage resumes from checkpoints it finds in its folder
     stamp = time.strftime("%H%M%S")
     work = round_dir.parent.parent / f"{args.stage}-sweep" / f"{round_dir.name}-{stamp}"
-    results = []
+    results: list[dict[str, Any]] = []
     settings = parse_settings(args.settings or DEFAULT_SETTINGS[args.stage], args.stage)
     for i, setting in enumerate(settings):
         config = dataclasses.replace(base, **setting)

@@ -91,9 +91,8 @@ def test_gold_answers_pass_checker_and_expert_and_rows_stay_short(name: str) -> 
         gold = [item.get("reference") or domain.expert.corrections(item)[0] for item in items]
         assert checker(items, gold)[domain.metric] == 1.0, path
         assert all(expert.honest(g, i) == "" for g, i in zip(gold, items, strict=True)), path
-        longest = max(
-            len(json.dumps(conversation(i, system))) + len(g) for i, g in zip(items, gold, strict=True)
-        )
+        pairs = zip(items, gold, strict=True)
+        longest = max(len(json.dumps(conversation(i, system))) + len(g) for i, g in pairs)
         assert longest <= MAX_ROW_CHARS, (path, longest)
     for row in rows(domain.seeds):  # seeds answer as a correction would
         *_, answer = row["messages"]
@@ -160,13 +159,13 @@ def test_expert_and_checker_disagree_in_both_directions(name: str) -> None:
 
 def test_expert_mistakes_are_the_configured_share_on_a_seed() -> None:
     domain = load_domain("tickets")
-    items = rows(domain.gate)[:100] + rows(domain.test)[:100]
-    right = [i["reference"] if "reference" in i else f"category: {i['category']}\norder: "
-             f"{i['order']}" for i in items]  # fmt: skip
+    items = rows(domain.gate) + rows(domain.test)  # 120 + 80
+    right = [f"category: {i['category']}\norder: {i['order']}" for i in items]
     wrong = ["category: account\norder: 999999"] * len(items)
     for share in (0.1, 0.25):
         expert = SimulatedExpert(domain.expert, mistakes=share, seed=7)
         labels = expert.judge(right, items, batch=3)
+        assert len(items) == 200
         assert sum(not j.right for j in labels) == sum(j.mistaken for j in labels) == share * 200
         assert expert.judge(right, items, batch=3) == labels  # the seed fixes them
         flipped = expert.judge(wrong, items, batch=3)

@@ -94,7 +94,8 @@ def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "loop" / "tickets" / "seed-0" / "loop_quality.json").read_text())
+    root = tmp_path / "loop" / "tickets" / "seed-0"
+    summary = json.loads((root / "loop_quality.json").read_text())
     runs = summary["runs"]
     assert [(r["variant"], r["round"]) for r in runs] == [("full", 1), ("full", 2)]
     for r in runs:
