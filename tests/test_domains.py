@@ -25,9 +25,10 @@ from training.eval.scorers import load_scorer
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = folder_names()
-# A row's characters (system prompt, turns and answer): SmolLM2's tokenizer makes ~4 of them a
-# token in these English texts, so this keeps rows under ~370 tokens, a round within minutes.
-MAX_ROW_CHARS = 1400
+# A row's characters (system prompt, turns and answer, as JSON). Measured with SmolLM2's
+# tokenizer, the longest rows are 294 tokens (facts, 965 characters here) and 268 (policy,
+# 1023): at their 3.3 characters a token, 1200 keeps a row under ~370 tokens.
+MAX_ROW_CHARS = 1200
 
 
 def rows(path: Path) -> list[dict]:
