@@ -23,7 +23,8 @@ added, 0 for none). It reports correctness on the domain's test set (its checker
 metric, a 95% Wilson interval), the paired gains over the SFT stage alone and over the
 first setting (the gate's bootstrap; put the current default first), the last
 logged reward margin and accuracy (where the trainer logs them), and the stage's seconds.
-One round's rows and one seed: a first measurement, not a law.
+One round's rows and one seed: a first measurement, not a law; `bench.sweep_summary` sums
+sweeps up across the development domains and seeds.
 """
 
 from __future__ import annotations
