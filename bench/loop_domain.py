@@ -79,7 +79,8 @@ def gain(after: list[int], before: list[int]) -> dict[str, float]:
 
 def round_env(domain: Domain, args: Any, root: Path) -> dict[str, str]:
     """The settings every round of `domain` runs with: the domain folder, its eval set in
-    the gate (scored by its checker), and the eval set's reply budget."""
+    the gate (scored by its checker; none with `--no-gate-eval-set`), and the eval set's
+    reply budget."""
     eval_set = domain.gate
     if args.eval_items:  # a smaller gate set (smoke runs): the first rows, same name
         small = root / "gate-set" / eval_set.name
@@ -93,6 +94,8 @@ def round_env(domain: Domain, args: Any, root: Path) -> dict[str, str]:
         "TUNELOOP_EVAL_SCORER": domain.scorer,
         "TUNELOOP_GENERATE_MAX_NEW_TOKENS": str(args.eval_tokens),
     }
+    if args.no_gate_eval_set:  # as a new user runs it: the round's own default objective
+        del env["TUNELOOP_GATE_EVAL_SETS"], env["TUNELOOP_EVAL_SCORER"]
     if args.gate_margins is not None:
         env["TUNELOOP_GATE_MARGINS"] = args.gate_margins
     return {**env, **args.extra_env}

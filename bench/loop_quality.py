@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "simulated expert's labels that are wrong (exactly, per round)")  # fmt: skip
     add("--train-args", default="", help="extra `tuneloop train` arguments")
     add("--gate-margins", default=None, help="TUNELOOP_GATE_MARGINS for every round")
+    add("--no-gate-eval-set", action="store_true", help="name no eval set to the gate, as a new "
+        "user runs a round: the gate's own default objective decides")  # fmt: skip
     add("--results-dir", type=Path, default=None, help="where the results JSON goes "
         "(default: bench/results/; smoke runs: --home)")  # fmt: skip
     add(
@@ -159,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.seeds:
         parser.error("--seeds names no seed")
     args.seed = args.seeds[0]  # the house-style demo's one seed
+    if args.sabotage_easy and args.no_gate_eval_set:
+        parser.error("--sabotage-easy gates on the domain's eval set: drop --no-gate-eval-set")
     if not 0.0 <= args.expert_mistakes <= 1.0:
         parser.error(f"--expert-mistakes must be between 0 and 1, not {args.expert_mistakes}")
     try:

@@ -216,3 +216,17 @@ def test_loop_quality_reads_test_domains_only_with_final() -> None:
     assert proc.returncode == 2 and "--final reports on test domains only" in proc.stderr
     proc = run_tool("bench.loop_quality", "--domain", "nosuch")
     assert proc.returncode == 2 and "unknown domain 'nosuch'" in proc.stderr
+
+
+def test_rounds_gate_on_the_domain_eval_set_unless_told_not_to(tmp_path: Path) -> None:
+    from bench.loop_domain import round_env
+    from bench.loop_quality import parse_args
+
+    args = parse_args(["--domain", "bookings"])
+    env = round_env(args.domains[0], args, tmp_path)
+    assert env["TUNELOOP_GATE_EVAL_SETS"].endswith("bookings/bookings_eval.jsonl")
+    assert env["TUNELOOP_EVAL_SCORER"].endswith("bookings/scorer.py:booking")
+    args = parse_args(["--domain", "bookings", "--no-gate-eval-set"])
+    env = round_env(args.domains[0], args, tmp_path)
+    assert "TUNELOOP_GATE_EVAL_SETS" not in env and "TUNELOOP_EVAL_SCORER" not in env
+    assert env["TUNELOOP_DATA_DIR"].endswith("domains/bookings")
