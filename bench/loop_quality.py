@@ -15,8 +15,9 @@ and `kto` (thumbs only).
 Development domains by default; `--final` runs the test domains instead (and only those),
 once per change of defaults, and measures them on their test sets. Nothing else reads a test
 domain: tuning on it would make its figures worthless. Every run writes a JSON under
-`bench/results/` (`--results-dir`) with the commit, the settings, the seeds, the domains and
-the figures with their intervals.
+`bench/results/` (`bench/record.py`) with the commit, the settings, the seeds, the domains
+and the figures with their intervals; a smoke run's go only where TUNELOOP_BENCH_RESULTS
+points.
 
     .venv/bin/python -m bench.loop_quality                      # development domains
     .venv/bin/python -m bench.loop_quality --domain tickets --variants full,sft
@@ -41,6 +42,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,7 +58,7 @@ from bench.domains import (  # noqa: E402 - after the environment above
 from bench.experts import DEFAULT_MISTAKES  # noqa: E402
 from bench.loop_domain import VARIANTS  # noqa: E402
 from bench.loop_suite import goals, print_goals, print_suite, suite_figures  # noqa: E402
-from bench.results import write_result  # noqa: E402
+from bench.record import write_result  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 # Smoke runs gate on fewer paired items (2, not the default 8), so that a round of a tiny
@@ -110,8 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--gate-margins", default=None, help="TUNELOOP_GATE_MARGINS for every round")
     add("--no-gate-eval-set", action="store_true", help="name no eval set to the gate, as a new "
         "user runs a round: the gate's own default objective decides")  # fmt: skip
-    add("--results-dir", type=Path, default=None, help="where the results JSON goes "
-        "(default: bench/results/; smoke runs: --home)")  # fmt: skip
     add(
         "--smoke",
         action="store_true",
@@ -186,13 +186,6 @@ def pick_domains(names: str | None, *, final: bool) -> list[Domain]:
     return chosen
 
 
-def exported_settings() -> dict[str, str]:
-    """The TUNELOOP_ settings exported to every round, secrets shown only as set."""
-    secret = ("KEY", "PASSWORD", "SECRET", "TOKEN", "DATABASE_URL")
-    return {k: "(set)" if any(w in k for w in secret) else v
-            for k, v in sorted(os.environ.items()) if k.startswith("TUNELOOP_")}  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from app.config import Settings
@@ -216,24 +209,25 @@ def main(argv: list[str] | None = None) -> None:
         run_house(args, model_dir, root)
     elif args.sabotage_runs:
         sabotage = [run_sabotage(d, args, model_dir, root) for d in args.domains]
-    payload = {
-        "final": args.final, "domains": [d.name for d in args.domains], "seeds": args.seeds,
-        "settings": {k: v for k, v in vars(args).items()
-                     if k not in {"domains", "extra_env", "home", "results_dir"}}
-                    | {"extra_env": args.extra_env, "model": str(model_dir)},
-        "round_env": exported_settings(),
-        "runs": summaries, "sabotage": sabotage,
+    figures: dict[str, Any] = {
+        "final": args.final, "domains": [d.name for d in args.domains],
+        "split": {d.name: d.split for d in args.domains}, "runs": summaries,
+        "sabotage": sabotage,
     }  # fmt: skip
     if summaries:
-        payload["suite"] = suite_figures(summaries)
-        payload["goals"] = goals(payload["suite"])
-        print_suite(payload["suite"])
-        print_goals(payload["goals"])
-    if summaries or sabotage:
-        where = args.results_dir or (root if args.smoke else None)
-        kind = "loop-final" if args.final else "loop-dev"
-        path = write_result(kind, payload, *([where] if where else []))
-        print(f"results: {path}")
+        figures["suite"] = suite_figures(summaries)
+        figures["goals"] = goals(figures["suite"])
+        print_suite(figures["suite"])
+        print_goals(figures["goals"])
+    # a smoke run checks code paths on tiny sizes: its figures measure nothing, so they go
+    # only where TUNELOOP_BENCH_RESULTS points (a test's folder), never into bench/results/
+    if (summaries or sabotage) and (not args.smoke or os.environ.get("TUNELOOP_BENCH_RESULTS")):
+        settings = {k: v for k, v in vars(args).items() if k not in {"domains", "extra_env"}}
+        settings["domains"] = [d.name for d in args.domains]
+        kind = "final" if args.final else "dev"
+        write_result("bench.loop_quality", figures, settings={**settings, "model": model_dir,
+                     "extra_env": args.extra_env}, seeds=args.seeds,
+                     name=f"loop_quality-{kind}")  # fmt: skip
 
 
 if __name__ == "__main__":

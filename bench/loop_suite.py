@@ -1,7 +1,7 @@
 """The loop benchmark across domains: figures over the suite, and its goals checked.
 
 Each domain weighs the same in a suite figure; seeds of one domain are pooled (their items
-are resampled together). Intervals are 95% stratified bootstraps (`bench.results.mean_gain`).
+are resampled together). Intervals are 95% stratified bootstraps (`bench.stats.mean_gain`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.loop_domain import fmt_gain
-from bench.results import mean_gain
+from bench.stats import mean_gain
 
 # The suite's goals on the test domains (issue "learning that holds"): one round's mean gain
 # over the base, each domain's interval above a floor, and the mean after the last round.

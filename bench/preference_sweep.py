@@ -43,7 +43,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from bench.domains import SplitError, development_only, domain_of_path  # noqa: E402
 from bench.loop_common import read_jsonl  # noqa: E402 - after the environment above
 from bench.loop_domain import correctness, gain, share  # noqa: E402
-from bench.results import write_result  # noqa: E402
+from bench.record import write_result  # noqa: E402
 
 KEYS = {
     "dpo": {
@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
                "settings": [r["setting"] for r in results], "rows": len(rows),
                "sft": share(sft_hits), "sft_hits": sft_hits, "results": results}  # fmt: skip
     out.write_text(json.dumps(summary, indent=1))
-    print(f"details: {out}; results: {write_result('preference-sweep', summary)}")
+    print(f"details: {out}")
+    seeds = sorted({int(s.get("seed", base.seed)) for s in settings})
+    write_result("bench.preference_sweep", summary, settings=vars(args), seeds=seeds,
+                 name=f"preference_sweep-{args.stage}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from typing import Any
 
 from bench.domains import SplitError, development_only, read_split
 from bench.loop_domain import fmt_gain
-from bench.results import RESULTS, mean_gain, write_result
+from bench.record import results_dir, write_result
+from bench.stats import mean_gain
 
 MIN_SEEDS = 3
 
@@ -57,13 +58,15 @@ def summarise(sweeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="*", type=Path, help="sweep JSON files (default: all "
-                        "preference-sweep-*.json under bench/results/)")  # fmt: skip
+    parser.add_argument("files", nargs="*", type=Path, help="sweep results files (default: "
+                        "every preference_sweep-*.json under bench/results/)")  # fmt: skip
     args = parser.parse_args(argv)
-    files = args.files or sorted(RESULTS.glob("preference-sweep-*.json"))
+    # a run's own files (bench.record), not the transcribed preference-sweep-*.json of
+    # runs made before the suite: those lack the per-item hits and the domain
+    files = args.files or sorted(results_dir().glob("preference_sweep-*.json"))
     if not files:
-        parser.error(f"no sweep results under {RESULTS}: run bench.preference_sweep first")
-    sweeps = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+        parser.error(f"no sweep results under {results_dir()}: run bench.preference_sweep first")
+    sweeps = [json.loads(f.read_text(encoding="utf-8"))["figures"] for f in files]
     try:
         rows = summarise(sweeps)
     except SplitError as err:
@@ -73,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         seeds = ", ".join(f"{d} {n}" for d, n in sorted(r["seeds"].items()))
         mark = "" if r["enough"] else f"  (fewer than {MIN_SEEDS} seeds on some domain)"
         print(f"{r['stage']:<6}{r['setting']:<40}{fmt_gain(r['gain_over_sft']):<24}{seeds}{mark}")
-    path = write_result("sweep-summary", {"files": [str(f) for f in files], "rows": rows})
-    print(f"results: {path}")
+    labels = [setting_key(x["setting"])[1] for sweep in sweeps for x in sweep["results"]]
+    write_result("bench.sweep_summary", {"files": [f.name for f in files], "rows": rows},
+                 settings=vars(args), seeds=sorted({int(s) for s in labels if s}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,8 @@ def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path
     `tuneloop train` with the gate, test-set correctness is measured with an interval, and
     the results JSON carries the commit, the settings, the seeds and the figures.
     (Minutes on a busy 2-core machine.)"""
-    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator")}
+    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator"),
+           "TUNELOOP_BENCH_RESULTS": str(tmp_path / "results")}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "bench.loop_quality", "--smoke", "--model", str(tiny_model_dir),
          "--home", str(tmp_path / "loop"), "--variants", "full", "--rounds", "2",
@@ -106,11 +108,16 @@ def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path
         assert sum(r["expert"].values()) == 6
         assert r["expert_mistakes"] == 1  # round(6 * 10%)
     assert "full       2" in proc.stdout
-    (result,) = (tmp_path / "loop").glob("loop-dev-*.json")
+    (result,) = (tmp_path / "results").glob("loop_quality-dev-*.json")
     saved = json.loads(result.read_text())
-    assert len(saved["commit"]) == 40 and saved["seeds"] == [0] and saved["domains"] == ["tickets"]
-    assert saved["settings"]["expert_mistakes"] == 0.1 and saved["final"] is False
-    (figure,) = [f for f in saved["suite"] if (f["variant"], f["round"]) == ("full", 2)]
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", saved["commit"]) and saved["seeds"] == [0]
+    assert saved["settings"]["expert_mistakes"] == 0.1 and saved["settings"]["domains"] == [
+        "tickets"
+    ]
+    assert saved["figures"]["final"] is False and saved["figures"]["split"] == {
+        "tickets": "development"
+    }
+    (figure,) = [f for f in saved["figures"]["suite"] if (f["variant"], f["round"]) == ("full", 2)]
     gain = figure["gain_over_base"]
     assert gain["low"] <= gain["diff"] <= gain["high"] and gain["domains"] == 1
 

@@ -53,7 +53,7 @@ def test_a_test_domain_sweep_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SplitError, match=f"{name} is a test domain"):
         summarise([sweep(name, [0], {"lr=1": [1]})])
     path = tmp_path / "sweep.json"
-    path.write_text(json.dumps(sweep(name, [0], {"lr=1": [1]})))
+    path.write_text(json.dumps({"figures": sweep(name, [0], {"lr=1": [1]})}))
     proc = subprocess.run([sys.executable, "-m", "bench.sweep_summary", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 2 and f"{name} is a test domain" in proc.stderr
