@@ -117,14 +117,16 @@ def label(setting: dict[str, Any], stage: str) -> str:
 def round_domain(round_dir: Path, name: str) -> Any:
     """The development domain `name`, checked against the round's own seed file: a round
     trained on a test domain's folder is refused whatever `--domain` says."""
-    domains = [name]
     report = round_dir / "report.json"
+    used = None
     if report.is_file():
         seed_file = json.loads(report.read_text()).get("hyperparameters", {}).get("seed_file")
         used = domain_of_path(Path(seed_file)) if seed_file else None
-        if used and used != name:
-            domains.append(used)
-    return development_only(domains, "bench.preference_sweep")[0]
+    domain = development_only([name, *([used] if used and used != name else [])],
+                              "bench.preference_sweep")  # fmt: skip
+    if used and used != name:
+        raise SplitError(f"{round_dir} is a round on {used}, not {name}: pass --domain {used}")
+    return domain[0]
 
 
 def main(argv: list[str] | None = None) -> None:

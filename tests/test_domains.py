@@ -200,6 +200,12 @@ def test_preference_sweep_refuses_a_round_trained_on_a_test_domain(tmp_path: Pat
     (tmp_path / "report.json").write_text(json.dumps(report))
     proc = run_tool("bench.preference_sweep", "--round", str(tmp_path), "--model", str(tmp_path))
     assert proc.returncode == 2 and f"{test_domain.name} is a test domain" in proc.stderr
+    # a development round named as another development domain is refused too
+    report["hyperparameters"]["seed_file"] = str(load_domain("bookings").seeds)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    proc = run_tool("bench.preference_sweep", "--domain", "tickets", "--round", str(tmp_path),
+                    "--model", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 2 and "a round on bookings, not tickets" in proc.stderr
 
 
 def test_loop_quality_reads_test_domains_only_with_final() -> None:
