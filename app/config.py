@@ -130,6 +130,30 @@ class Settings(BaseSettings):
             "Wait before the next try after a failed login, doubling per failure (at most 8 s)."
         ),
     )
+    login_max_pending_per_address: int = Field(
+        default=4,
+        ge=1,
+        description="Logins one client address may have in progress; more are refused unread.",
+    )
+    login_max_waiting: int = Field(
+        default=64,
+        ge=1,
+        description="Logins waiting for a password check; past it the most suspect are refused.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks (e.g. 127.0.0.1,10.0.0.0/8) of "
+        "reverse proxies whose X-Forwarded-For names the client; empty: trust no one.",
+    )
+
+    # --- What clients send: bounds and what the page shows ---
+    import_max_line_kb: int = Field(
+        default=1024, ge=1, description="Longest line `tuneloop import` reads, in KiB."
+    )
+    page_remote_content: bool = Field(
+        default=False,
+        description="Show links and remote images in chat messages; off: shown as text.",
+    )
 
     # How often a running server checks the registry's CURRENT pointer, in seconds.
     adapter_poll_seconds: float = Field(
@@ -595,6 +619,19 @@ class Settings(BaseSettings):
             parse_margins(value)
         except GateConfigError as err:
             raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: str) -> str:
+        import ipaddress
+
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    ipaddress.ip_network(item.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{item.strip()!r} is no IP address or network") from None
         return value
 
     @field_validator("log_level", mode="before")

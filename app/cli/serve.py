@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Annotated, Any
 
@@ -30,6 +31,18 @@ def _first_admin(store: Any, settings: Settings) -> None:
         f"(also saved in {path}). Add experts with: tuneloop users add NAME --role expert",
         err=True,
     )
+
+
+def trust_proxies(settings: Settings) -> None:
+    """Honour X-Forwarded-For only from the proxies the operator listed.
+
+    uvicorn, under Gradio, replaces the client address with the header's for the peers in
+    `FORWARDED_ALLOW_IPS`, and trusts 127.0.0.1 when it is unset: any local client could then
+    pose as any address and slip past the per-address login limit. Set before the server
+    starts, from `TUNELOOP_TRUSTED_PROXIES` (empty: trust no one).
+    """
+    proxies = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(proxies)
 
 
 def serve(
@@ -112,7 +125,14 @@ def serve(
     api = OpenAIApi(service, versions=registry.versions, max_active=settings.api_max_active)
     try:
         # Annotators may log in, to be told where their work is; every action refuses them.
-        gate = LoginGate(store, policy_from(settings), allowed_roles=ROLES)
+        gate = LoginGate(
+            store,
+            policy_from(settings),
+            allowed_roles=ROLES,
+            max_pending_per_address=settings.login_max_pending_per_address,
+            max_waiting=settings.login_max_waiting,
+        )
+        trust_proxies(settings)
         note = auth_message(
             settings.argilla_address, settings.login_max_failures, settings.login_lockout_minutes
         )

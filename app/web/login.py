@@ -1,11 +1,16 @@
-"""The chat app's login check: the throttle in front, the slow password check off the loop.
+"""The chat app's login check: bounded work in front, the slow password check off the loop.
 
 Gradio awaits an async auth callback on its event loop, which also serves every page and
 every other user's clicks. So the throttle's wait is an `asyncio.sleep`, and the database
-and the Argon2 verification (half a second of CPU, on purpose) run in worker threads; the
-verifications in a pool of their own, at most half the cores at once, so a storm of wrong
-passwords queues there instead of starving the pages. Gradio does not hand the callback
-the request, so a small ASGI middleware notes the client address of each `/login` post.
+and the Argon2 verification (half a second of CPU, on purpose) run in worker threads, one
+per core, behind a queue that lets people who log in go before guessers
+(`app.web.login_queue`). Before any of that, work on a request is bounded: the form's body
+has a size limit, fields no account could match are refused unread by the throttle, each
+client address may have only a few attempts in progress, and refusals are logged at most
+once a minute per address and reason, so a flood of them fills neither disk nor memory.
+Gradio does not hand the callback the request, so a small ASGI middleware notes the client
+address of each `/login` post (the peer, or what a trusted proxy forwarded: see
+`app.web.proxies`).
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any
 
 from app.config import Settings
-from feedback.auth.logins import LoginGuard, LoginPolicy
+from app.web.login_queue import QueueFull, VerifyQueue
+from feedback.auth.logins import LoginGuard, LoginPolicy, malformed
 from feedback.store import Store
 
 log = logging.getLogger(__name__)
@@ -27,22 +34,97 @@ log = logging.getLogger(__name__)
 _login_client: ContextVar[str | None] = ContextVar("tuneloop_login_client", default=None)
 
 
+# A login form holds a name (64 characters) and a password (1,024): a body past this is
+# no login, and reading it would only cost memory.
+MAX_LOGIN_BODY = 16 * 1024
+
+
+def _is_login(scope: dict[str, Any]) -> bool:
+    return scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith("/login")
+
+
 class ClientAddress:
-    """ASGI middleware: remember the peer address of each `/login` request for the check."""
+    """ASGI middleware: remember the client address of each `/login` request for the check,
+    and refuse (413) a login body over `MAX_LOGIN_BODY` before the form is parsed."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith("/login"):
-            client = scope.get("client")
-            token = _login_client.set(client[0] if client else None)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                _login_client.reset(token)
+        if not _is_login(scope):
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        body = await _read_bounded(receive)
+        if body is None:
+            await _too_large(send)
+            return
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: only a disconnect can come
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        client = scope.get("client")
+        token = _login_client.set(client[0] if client else None)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            _login_client.reset(token)
+
+
+async def _read_bounded(receive: Any) -> bytes | None:
+    """The request body, or None as soon as it passes `MAX_LOGIN_BODY` (the rest unread)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client left: the app sees an empty form
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_LOGIN_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _too_large(send: Any) -> None:
+    body = b'{"detail": "The login form is too large."}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class QuietLog:
+    """Log a refusal at most once per `every` seconds per (reason, address): a flood of
+    refused logins writes a few lines, not one per request. Bounded: forgets when full."""
+
+    def __init__(self, every: float = 60.0, remember: int = 4096) -> None:
+        self.every = every
+        self.remember = remember
+        self._last: dict[tuple[str, str | None], float] = {}
+
+    def __call__(self, reason: str, address: str | None, message: str, *args: object) -> None:
+        now = time.monotonic()
+        key = (reason, address)
+        if now - self._last.get(key, -self.every) < self.every:
+            return
+        if len(self._last) >= self.remember:
+            self._last.clear()
+        self._last[key] = now
+        log.warning(message, *args)
 
 
 def _lower_priority() -> None:
@@ -68,23 +150,68 @@ def policy_from(settings: Settings) -> LoginPolicy:
     )
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 2
+
+
 class LoginGate:
     """Gradio's auth callback (`gate.check`) for one store and one policy."""
 
-    def __init__(self, store: Store, policy: LoginPolicy, *, allowed_roles: tuple[str, ...]):
+    def __init__(
+        self,
+        store: Store,
+        policy: LoginPolicy,
+        *,
+        allowed_roles: tuple[str, ...],
+        max_pending_per_address: int = 4,
+        max_waiting: int = 64,
+        workers: int | None = None,
+    ):
         self.guard = LoginGuard(store, policy)
         self.allowed_roles = allowed_roles
-        workers = max(1, (os.cpu_count() or 2) // 2)
+        self.max_pending_per_address = max_pending_per_address
+        self.pending: dict[str | None, int] = {}  # attempts in progress, per client address
+        workers = workers or cores()
         self._verify = ThreadPoolExecutor(
             workers, thread_name_prefix="tuneloop-login", initializer=_lower_priority
         )
+        self.queue = VerifyQueue(self._verify, workers=workers, max_waiting=max_waiting)
+        self.quiet = QuietLog()
 
     async def check(self, name: str, password: str) -> bool:
         """True when the name may log in now with this password (awaited by Gradio)."""
         address = _login_client.get()
+        why = malformed(name, password)
+        if why is not None:  # no account could match: nothing counted, stored or hashed
+            self.quiet("malformed", address, "login refused: %s from %s", why, address)
+            return False
+        if self.pending.get(address, 0) >= self.max_pending_per_address:
+            self.quiet(
+                "busy",
+                address,
+                "login refused: %s already has %d logins in progress",
+                address,
+                self.max_pending_per_address,
+            )
+            return False
+        self.pending[address] = self.pending.get(address, 0) + 1
+        try:
+            return await self._check(name, password, address)
+        finally:
+            self.pending[address] -= 1
+            if not self.pending[address]:
+                del self.pending[address]
+
+    async def _check(self, name: str, password: str, address: str | None) -> bool:
         attempt = await asyncio.to_thread(self.guard.begin, name, address)
         if attempt.locked_until is not None:
-            log.warning(
+            self.quiet(
+                "locked:" + name.strip().casefold(),
+                address,
                 "login refused: %r from %s is locked until %s",
                 name,
                 address,
@@ -93,8 +220,11 @@ class LoginGate:
             return False
         if attempt.delay:
             await asyncio.sleep(attempt.delay)
-        loop = asyncio.get_running_loop()
-        user = await loop.run_in_executor(self._verify, self.guard.finish, attempt, password)
+        try:
+            user = await self.queue.run(attempt.suspicion, self.guard.finish, attempt, password)
+        except QueueFull:  # counted as a try (it was one) but never hashed
+            self.quiet("queue", address, "login refused: the login queue is full (%s)", address)
+            return False
         if user is None:
             log.info("login failed for %r from %s", name, address)
             return False

@@ -45,24 +45,26 @@ def count_attempt(
     count back (`clear_attempt`).
     """
     now = utcnow()
-    rows: dict[str, LoginFailure] = {}
+    found: dict[str, LoginFailure | None] = {}
     for key in limits:
         query = select(LoginFailure).where(LoginFailure.key == key).with_for_update()
-        row = session.exec(query).first()
+        found[key] = session.exec(query).first()
+    locked = {
+        key: as_utc(row.locked_until)
+        for key, row in found.items()
+        if row is not None and row.locked_until is not None and as_utc(row.locked_until) > now
+    }
+    if locked:  # refused as it is: nothing written, so a locked key's refusals cost no disk
+        return {
+            key: KeyState(failures=row.failures if row else 0, locked_until=locked.get(key))
+            for key, row in found.items()
+        }
+    rows: dict[str, LoginFailure] = {}
+    for key, row in found.items():
         if row is None:
             row = LoginFailure(key=key, failures=0, last_failure_at=now)
             session.add(row)
         rows[key] = row
-    locked = {
-        key: as_utc(row.locked_until)
-        for key, row in rows.items()
-        if row.locked_until is not None and as_utc(row.locked_until) > now
-    }
-    if locked:
-        return {
-            key: KeyState(failures=row.failures, locked_until=locked.get(key))
-            for key, row in rows.items()
-        }
     states = {}
     for key, row in rows.items():
         if row.locked_until is not None or now - as_utc(row.last_failure_at) > lockout:

@@ -6,6 +6,11 @@ password is checked. Each failure on a key makes the next attempt on it wait lon
 locked for `lockout`, whatever the password, until it runs out or an operator runs
 `tuneloop users unlock`. Names that do not exist are counted the same way, so the
 throttle itself does not tell which names exist either.
+
+A form whose fields no account could match (a name outside the account-name rule, a
+password longer than any stored one) is refused before any of that: nothing is counted,
+stored, hashed or logged from it, so sending huge or malformed fields costs the server
+almost nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +18,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from feedback.auth.passwords import MAX_PASSWORD_CHARS
 from feedback.records import UserInfo
 from feedback.store import Store
+from feedback.store.users import USER_NAME
 
 MAX_DELAY_SECONDS = 8.0
+
+
+def malformed(name: object, password: object) -> str | None:
+    """Why a login form cannot match any account (a few words, never the fields), or None.
+
+    Checked first, on the raw fields: the length before the pattern, so a megabyte of
+    name is refused after one `len`.
+    """
+    if not isinstance(name, str) or not isinstance(password, str):
+        return "fields are not text"
+    if len(name) > 80 or not USER_NAME.fullmatch(name.strip()):
+        return f"a malformed user name ({len(name)} characters)"
+    if len(password) > MAX_PASSWORD_CHARS:
+        return f"a password of {len(password)} characters"
+    return None
 
 
 def name_key(name: str) -> str:
@@ -47,6 +69,9 @@ class Attempt:
     keys: tuple[str, ...]
     delay: float  # seconds to wait before checking the password
     locked_until: datetime | None  # set: refused without checking
+    # The largest share of its limit any of its keys has used up (0: no recent failure).
+    # Password checks wait in this order, so guessers queue behind people who log in.
+    suspicion: float = 0.0
 
 
 def _delay(failures: int, limit: int, policy: LoginPolicy) -> float:
@@ -77,8 +102,13 @@ class LoginGuard:
         states = self.store.count_login_attempt(limits, lockout=self.policy.lockout)
         locks = [s.locked_until for s in states.values() if s.locked_until is not None]
         delay = max(_delay(states[k].failures, limit, self.policy) for k, limit in limits.items())
+        suspicion = max(states[k].failures / limit for k, limit in limits.items())
         return Attempt(
-            name=name, keys=tuple(limits), delay=delay, locked_until=max(locks, default=None)
+            name=name,
+            keys=tuple(limits),
+            delay=delay,
+            locked_until=max(locks, default=None),
+            suspicion=suspicion,
         )
 
     def finish(self, attempt: Attempt, password: str) -> UserInfo | None:

@@ -12,6 +12,10 @@ from feedback.errors import FeedbackError
 
 _hasher = PasswordHasher()
 
+# Longer than any passphrase a person types; a login form's password past it is refused
+# before it is counted or hashed, so a huge field costs the server nothing.
+MAX_PASSWORD_CHARS = 1024
+
 
 def hash_password(password: str) -> str:
     """Return an Argon2id hash (salt and parameters included) to store instead of `password`."""
@@ -48,4 +52,8 @@ def check_new_password(password: str, min_length: int) -> None:
     if len(password) < min_length:
         raise FeedbackError(
             f"the password has {len(password)} characters; use at least {min_length}"
+        )
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise FeedbackError(
+            f"the password has {len(password)} characters; use at most {MAX_PASSWORD_CHARS}"
         )
