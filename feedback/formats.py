@@ -9,7 +9,9 @@ Import formats (one JSON object per line):
 - `auto`: decided from the first non-empty line; every line must then match.
 
 A file is imported whole or not at all: the first malformed line raises
-`FeedbackError("PATH:LINE: what is wrong")` before anything is written.
+`FeedbackError("PATH:LINE: what is wrong")` before anything is written. Memory stays
+bounded per line: only regular files are read (never a device, a FIFO or a folder), line
+by line, and a line longer than `max_line_bytes` is refused with its number.
 
 Exports are PII-scrubbed (`feedback.pii`) unless the operator asks for the raw text.
 """
@@ -17,7 +19,9 @@ Exports are PII-scrubbed (`feedback.pii`) unless the operator asks for the raw t
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ from typing import Any
 
 from feedback.atomic_write import atomic_writer
 from feedback.errors import FeedbackError
-from feedback.messages import check_conversation, clean_messages
+from feedback.messages import check_conversation, check_storable, clean_messages
 from feedback.pii import scrub_row
 from feedback.records import NewExample, NewPreference
 from feedback.split import HeldoutSplit
@@ -163,14 +167,7 @@ def _check_values(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise FeedbackError(f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise FeedbackError("a string holds a NUL character (\\u0000); remove it")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise FeedbackError(
-                "a string holds a lone surrogate (e.g. \\ud800), which is not text"
-            ) from None
+        check_storable(value)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_values(key, depth + 1)
@@ -202,33 +199,70 @@ def _parse_line(raw: bytes) -> dict[str, Any] | None:
     return row
 
 
-def _lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(line number, JSON object) for each non-empty line; a bad line names its number."""
-    if path.is_dir():
-        raise FeedbackError(f"{path} is a folder; give a JSONL file")
+# A line is one pair or conversation; past this it is not a line of a JSONL file.
+MAX_LINE_BYTES = 1024 * 1024
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor of `path` open for reading, if it is a regular file; else FeedbackError.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO neither hangs the
+    open nor slips in between a check and the open.
+    """
     try:
-        with path.open("rb") as handle:
-            for lineno, raw in enumerate(handle, start=1):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FeedbackError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise FeedbackError(f"{path} is a folder; give a JSONL file") from None
+    except OSError as err:
+        raise FeedbackError(f"{path}: cannot read it ({err.strerror}); check the path") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise FeedbackError(f"{path} is {kind}; give a JSONL file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _lines(
+    path: Path, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) for each non-empty line; a bad line names its number."""
+    fd = _open_regular(path)
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            lineno = 0
+            while raw := handle.readline(max_line_bytes + 1):
+                lineno += 1
                 try:
+                    if len(raw) > max_line_bytes and not (
+                        len(raw) == max_line_bytes + 1 and raw.endswith(b"\n")
+                    ):
+                        raise FeedbackError(
+                            f"the line is longer than {max_line_bytes // 1024} KiB "
+                            "(TUNELOOP_IMPORT_MAX_LINE_KB); one pair or conversation per line"
+                        )
                     row = _parse_line(raw)
                 except FeedbackError as err:
                     raise FeedbackError(f"{path}:{lineno}: {err}") from None
                 if row is not None:
                     yield lineno, row
-    except FileNotFoundError:
-        raise FeedbackError(f"{path}: no such file; check the path") from None
     except OSError as err:
         raise FeedbackError(f"{path}: cannot read it ({err.strerror}); check the path") from None
 
 
-def read_file(path: str | Path, fmt: str = "auto") -> tuple[str, list[Row]]:
+def read_file(
+    path: str | Path, fmt: str = "auto", *, max_line_bytes: int = MAX_LINE_BYTES
+) -> tuple[str, list[Row]]:
     """Parse a whole file; returns (format, rows) or raises on the first bad line."""
     if fmt not in FORMATS:
         raise FeedbackError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
     path = Path(path)
     rows: list[Row] = []
     chosen_fmt = None if fmt == "auto" else fmt
-    for lineno, row in _lines(path):
+    for lineno, row in _lines(path, max_line_bytes):
         if fmt == "auto":
             line_fmt = detect_format(row)
             if chosen_fmt is None and line_fmt is None:
@@ -253,9 +287,11 @@ def read_file(path: str | Path, fmt: str = "auto") -> tuple[str, list[Row]]:
     return chosen_fmt, rows
 
 
-def import_file(store: Store, path: str | Path, fmt: str = "auto") -> ImportResult:
+def import_file(
+    store: Store, path: str | Path, fmt: str = "auto", *, max_line_bytes: int = MAX_LINE_BYTES
+) -> ImportResult:
     """Import one JSONL file (checked whole first); rows already stored count as duplicates."""
-    found, rows = read_file(path, fmt)
+    found, rows = read_file(path, fmt, max_line_bytes=max_line_bytes)
     result = store.add_bulk(
         preferences=[r for r in rows if isinstance(r, NewPreference)],
         examples=[r for r in rows if isinstance(r, NewExample)],

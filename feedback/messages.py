@@ -9,6 +9,23 @@ from feedback.errors import FeedbackError
 CHAT_ROLES = ("system", "user", "assistant")
 
 
+def check_storable(text: str, what: str = "a string") -> str:
+    """`text` if every database can store it; else FeedbackError saying what is wrong.
+
+    PostgreSQL refuses a NUL character in text and no database encodes a lone surrogate,
+    so both are refused here, before a transaction, the same way on SQLite and PostgreSQL.
+    """
+    if "\x00" in text:
+        raise FeedbackError(f"{what} holds a NUL character (\\u0000); remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeedbackError(
+            f"{what} holds a lone surrogate (e.g. \\ud800), which is not text"
+        ) from None
+    return text
+
+
 def clean_messages(value: Any, *, what: str = "messages") -> list[dict[str, str]]:
     """Check a message list strictly (imports) and return plain {"role", "content"} dicts.
 

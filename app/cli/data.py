@@ -44,7 +44,10 @@ def import_(
     """Import preference pairs (TRL, Anthropic HH) or SFT conversations, all or nothing."""
     from feedback.formats import import_file
 
-    result = import_file(_store(_settings()), file, fmt.value)
+    settings = _settings()
+    result = import_file(
+        _store(settings), file, fmt.value, max_line_bytes=settings.import_max_line_kb * 1024
+    )
     payload = {"format": result.format, "added": result.added, "duplicates": result.duplicates}
     text = (
         f"Imported {result.added} rows from {file} ({result.format}); "

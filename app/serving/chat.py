@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from app.serving.engine import CURRENT, Reply, ReplyInfo, SamplingParams, ServingError
 from app.serving.engine_base import EngineBase
 from feedback.errors import FeedbackError, StoreBusyError
+from feedback.messages import check_storable
 from feedback.store import Store, UserInfo
 from training.registry import Registry, RegistryError
 
@@ -194,7 +195,10 @@ class ChatService:
                 f"Your message is {len(text):,} characters; the limit is "
                 f"{self.max_message_chars:,}. Shorten it and send again."
             )
-        return text
+        try:
+            return check_storable(text, "Your message")
+        except FeedbackError as err:
+            raise ChatError(str(err)) from None
 
     def send(self, user: UserInfo, state: ChatState, text: str | None) -> Iterator[str]:
         """Record the expert's message, then stream the reply; yields the reply so far.

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 from feedback import compare, rows
 from feedback.canonical import event_key
 from feedback.errors import FeedbackError
-from feedback.messages import check_prompt
+from feedback.messages import check_prompt, check_storable
 from feedback.models import (
     RESPONSE_KINDS,
     Conversation,
@@ -35,6 +35,7 @@ class ChatStore(StoreBase):
     @retried
     def start_conversation(self, *, user_id: int, title: str) -> int:
         """Open a new chat for `user_id`; returns its id."""
+        check_storable(title, "the title")
         with self._write() as session:
             fetch(session, User, user_id, "user")
             conversation = Conversation(user_id=user_id, title=title.strip() or "Untitled")
@@ -48,6 +49,7 @@ class ChatStore(StoreBase):
         """Append the user's turn to the transcript; returns the message id."""
         if not content.strip():
             raise FeedbackError("the message is empty; type something first")
+        check_storable(content, "the message")
         with self._write() as session:
             fetch(session, Conversation, conversation_id, "conversation")
             return self._append(session, conversation_id, "user", content, None)
@@ -102,6 +104,9 @@ class ChatStore(StoreBase):
         if kind not in RESPONSE_KINDS:
             raise FeedbackError(f"kind {kind!r} is unknown; use 'reply' or 'candidate'")
         messages = check_prompt(prompt)
+        for message in messages:
+            check_storable(message["content"], "the message")
+        check_storable(content, "the reply")
         try:
             params_json = json.dumps(params, sort_keys=True)
         except (TypeError, ValueError) as err:
@@ -136,6 +141,7 @@ class ChatStore(StoreBase):
     @retried
     def rate(self, *, response_id: int, user_id: int, up: bool, reason: str | None = None) -> int:
         """Record one thumbs-up/down click; the latest per response and user counts."""
+        check_storable(reason or "", "the reason")
         with self._write() as session:
             fetch(session, Response, response_id, "response")
             fetch(session, User, user_id, "user")
@@ -160,6 +166,7 @@ class ChatStore(StoreBase):
         text = content.strip()
         if not text:
             raise FeedbackError("the correction is empty; write the reply as it should be")
+        check_storable(text, "the correction")
         with self._write() as session:
             response = fetch(session, Response, response_id, "response")
             user = fetch(session, User, user_id, "user")
