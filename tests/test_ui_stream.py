@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import gradio as gr
 from gradio.state_holder import SessionState
 
-from app.serving.chat import ChatState, Turn, display
-from app.web.ui import _sent, _throttled
+from app.serving.chat import ChatState, Turn
+from app.web.ui import _sent, _throttled, display
 
 
 def _paced(items: list[str], gap: float) -> Iterator[str]:
@@ -52,7 +52,7 @@ def test_our_postprocessing_sends_what_gradios_own_would() -> None:
     browser must get the same data either way (checked against Gradio's real pipeline)."""
     with gr.Blocks() as demo:
         outputs = [
-            gr.Chatbot(sanitize_html=True, allow_tags=False),
+            gr.Chatbot(sanitize_html=True, render_markdown=False, allow_tags=False),
             gr.State(None),
             gr.Textbox(),
             gr.Markdown(),

@@ -136,7 +136,15 @@ def serve(
         note = auth_message(
             settings.argilla_address, settings.login_max_failures, settings.login_lockout_minutes
         )
-        launch(service, gate=gate, login_note=note, host=host, port=port, routes=api_routes(api))
+        launch(
+            service,
+            gate=gate,
+            login_note=note,
+            host=host,
+            port=port,
+            routes=api_routes(api),
+            remote_content=settings.page_remote_content,
+        )
     finally:
         if sync_stop is not None:
             sync_stop.set()

@@ -7,7 +7,6 @@ method returns, so whatever the UI acknowledges is already durable.
 
 from __future__ import annotations
 
-import html
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -67,19 +66,6 @@ class Comparison:
     b: str
 
 
-_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
-
-
-def inert(text: str) -> str:
-    """Escape HTML outside code so a message shows literally and never executes.
-
-    Markdown still renders; code spans and fences are left alone because the Markdown
-    renderer already shows their content as text.
-    """
-    parts = _CODE.split(text)
-    return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
-
-
 _PATH = re.compile(r"/(?:[^\s/'\"()]+/)+([^\s/'\"()]+)")
 
 
@@ -134,11 +120,6 @@ def _not_saved(err: FeedbackError) -> str:
             "press the button again in a moment."
         )
     return str(err)
-
-
-def display(state: ChatState) -> list[dict[str, str]]:
-    """The transcript in Gradio's message format, made inert."""
-    return [{"role": t.role, "content": inert(t.content)} for t in state.turns]
 
 
 class ChatService:
@@ -330,7 +311,7 @@ class ChatService:
             )
         except FeedbackError as err:
             raise ChatError(_not_saved(err)) from err
-        shown = f" ({inert(reason.strip())})" if reason.strip() else ""  # shown as Markdown
+        shown = f" ({reason.strip()})" if reason.strip() else ""
         return f"Saved {'👍' if up else '👎'}" + shown
 
     def correct(self, user: UserInfo, state: ChatState, index: int | None, text: str) -> str:

@@ -77,7 +77,8 @@ class ClientAddress:
 
 async def _read_bounded(receive: Any) -> bytes | None:
     """The request body, or None as soon as it passes `MAX_LOGIN_BODY` (the rest unread)."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":

@@ -22,7 +22,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.serving.chat import inert
+from app.web.sanitize import plain
 from feedback.store import Store, UserInfo
 from training.registry import Registry, RegistryError
 
@@ -132,7 +132,7 @@ class OperatorService:
         if s.get("version"):
             line += f" · version `{s['version']}`"
         if s.get("reason"):
-            line += f"\n\n{inert(str(s['reason']))}"
+            line += f"\n\n{plain(str(s['reason']))}"
         return line
 
     def history(self, name: str | None) -> list[list[Any]]:
@@ -184,9 +184,9 @@ class OperatorService:
             raise OperatorError(str(err)) from err
         lines = [f"**{version}** · status: {info.get('status', 'unknown')}"]
         if info.get("decision"):
-            lines.append(f"gate decision: {inert(str(info['decision']))}")
+            lines.append(f"gate decision: {plain(str(info['decision']))}")
         for reason in info.get("reasons") or []:
-            lines.append(f"- {inert(str(reason))}")
+            lines.append(f"- {plain(str(reason))}")
         for key, value in _numbers(info.get("metrics", {})).items():
             lines.append(f"- {key}: {value:.4g}")
         evals = info.get("evals")

@@ -22,11 +22,10 @@ from app.serving.chat import (
     ChatService,
     ChatState,
     Comparison,
-    display,
-    inert,
 )
 from app.web.login import ClientAddress, LoginGate
 from app.web.operator import OperatorService, build_operator_tab
+from app.web.sanitize import page_html, plain
 
 T = TypeVar("T")
 TITLE = "tuneloop"
@@ -47,9 +46,13 @@ def auth_message(argilla_address: str, max_failures: int, lockout_minutes: float
 
 
 def _warn(err: ChatError) -> str:
-    text = inert(str(err))  # error texts can quote what a user typed
-    gr.Warning(text)
-    return f"⚠️ {text}"
+    gr.Warning(html.escape(str(err)))  # the toast shows HTML; error texts can quote users
+    return f"⚠️ {plain(str(err))}"
+
+
+def display(state: ChatState, *, remote: bool = False) -> list[dict[str, str]]:
+    """The transcript in Gradio's message format, as sanitised HTML (`app.web.sanitize`)."""
+    return [{"role": t.role, "content": page_html(t.content, remote=remote)} for t in state.turns]
 
 
 def _throttled(items: Iterable[T], interval: float = STREAM_INTERVAL_S) -> Iterator[T]:
@@ -86,17 +89,23 @@ def _selected_text(state: ChatState, index: int | None) -> tuple[str, str]:
     turn = state.turns[index]
     number = sum(1 for t in state.turns[: index + 1] if t.role == "assistant")
     preview = turn.content[:80] + ("…" if len(turn.content) > 80 else "")
-    return f"**Selected: reply {number}** — {inert(preview)}", turn.content
+    return f"**Selected: reply {number}** — {plain(preview)}", turn.content
 
 
-def build_ui(service: ChatService) -> gr.Blocks:
-    """The Blocks app. Launch it with `launch(service, ...)` so login is enforced."""
+def build_ui(service: ChatService, *, remote_content: bool = False) -> gr.Blocks:
+    """The Blocks app. Launch it with `launch(service, ...)` so login is enforced.
+
+    `remote_content`: show links and remote images in messages (off: as text).
+    """
     engine = service.engine
+
+    def transcript(st: ChatState) -> list[dict[str, str]]:
+        return display(st, remote=remote_content)
 
     def header(request: gr.Request) -> str:
         version = engine.serving_version()
-        adapter = f"adapter **{inert(version)}**" if version else "**base model** (no adapter)"
-        who = inert(request.username or "?")
+        adapter = f"adapter **{plain(version)}**" if version else "**base model** (no adapter)"
+        who = plain(request.username or "?")
         return (
             f"### tuneloop · answering: `{engine.model_name}` · {adapter}\n"
             f"Signed in as **{who}** · [Log out](/logout)"
@@ -120,7 +129,8 @@ def build_ui(service: ChatService) -> gr.Blocks:
                     label="Chat",
                     elem_id="chat",
                     height=420,
-                    sanitize_html=True,
+                    sanitize_html=True,  # a second guard behind `page_html`
+                    render_markdown=False,  # messages arrive rendered and sanitised
                     allow_tags=False,
                     feedback_options=("Like", "Dislike"),
                 )
@@ -162,10 +172,10 @@ def build_ui(service: ChatService) -> gr.Blocks:
                     with gr.Row(visible=False, elem_id="pair") as pair:
                         with gr.Column():
                             gr.Markdown("**A**")
-                            cand_a = gr.Markdown(elem_id="cand-a")
+                            cand_a = gr.HTML(elem_id="cand-a")
                         with gr.Column():
                             gr.Markdown("**B**")
-                            cand_b = gr.Markdown(elem_id="cand-b")
+                            cand_b = gr.HTML(elem_id="cand-b")
                     with gr.Row(visible=False) as picks:
                         pick_a = gr.Button("A is better", elem_id="pick-a")
                         pick_tie = gr.Button("Tie", elem_id="pick-tie")
@@ -205,18 +215,19 @@ def build_ui(service: ChatService) -> gr.Blocks:
                 user = service.user(request.username)
                 service.check_message(text)
             except ChatError as err:  # nothing was sent: keep the text so it can be fixed
-                yield _sent(streamed, display(st), st, text, _warn(err), False)
+                yield _sent(streamed, transcript(st), st, text, _warn(err), False)
                 return
             try:
                 for partial in _throttled(service.send(user, st, text)):
                     # send() stores the reply and adds its turn just before its last item
                     done = st.turns[-1].role == "assistant"
-                    chat = display(st)
+                    chat = transcript(st)
                     if not done:
-                        chat.append({"role": "assistant", "content": inert(partial)})
+                        partial_html = page_html(partial, remote=remote_content)
+                        chat.append({"role": "assistant", "content": partial_html})
                     yield _sent(streamed, chat, st, "", "", done)
             except ChatError as err:
-                yield _sent(streamed, display(st), st, "", _warn(err), False)
+                yield _sent(streamed, transcript(st), st, "", _warn(err), False)
 
         def settle(st: ChatState, added: bool, request: gr.Request) -> tuple[Any, ...]:
             """After a reply: select it, put its text in the edit box, list the conversation."""
@@ -272,7 +283,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
                 return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), _warn(err)
             index = st.last_reply_index()
             info, text = _selected_text(st, index)
-            return display(st), st, index, info, text, ""
+            return transcript(st), st, index, info, text, ""
 
         conversations.input(
             reopen,
@@ -297,7 +308,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
             ) -> tuple[str, Any]:
                 try:
                     user = service.user(request.username)
-                    return service.rate(user, st, index, up=up, reason=why or ""), ""
+                    return plain(service.rate(user, st, index, up=up, reason=why or "")), ""
                 except ChatError as err:
                     return _warn(err), gr.update()
 
@@ -313,7 +324,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
             liked = evt.liked if isinstance(evt.liked, bool) else evt.liked == "Like"
             try:
                 user = service.user(request.username)
-                return service.rate(user, st, index, up=liked, reason=why or ""), ""
+                return plain(service.rate(user, st, index, up=liked, reason=why or "")), ""
             except ChatError as err:
                 return _warn(err), gr.update()
 
@@ -322,7 +333,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
         def save_edit(st: ChatState, index: int | None, text: str, request: gr.Request) -> str:
             try:
                 user = service.user(request.username)
-                return service.correct(user, st, index, text)
+                return plain(service.correct(user, st, index, text))
             except ChatError as err:
                 return _warn(err)
 
@@ -349,14 +360,15 @@ def build_ui(service: ChatService) -> gr.Blocks:
                     shown = wanted
                     if isinstance(item, Comparison):
                         yield (
-                            inert(item.a),
-                            inert(item.b),
+                            page_html(item.a, remote=remote_content),
+                            page_html(item.b, remote=remote_content),
                             item.comparison_id,
                             *rows,
                             "Which reply is better?",
                         )
                     else:
-                        yield ("_…_", "_generating a second reply…_", None, *rows, "")
+                        waiting = "<p><em>generating a second reply…</em></p>"
+                        yield ("<p>…</p>", waiting, None, *rows, "")
             except ChatError as err:
                 yield "", "", None, hidden, hidden, _warn(err)
 
@@ -374,7 +386,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
                     saved = service.pick(user, cid, choice)
                 except ChatError as err:
                     return _warn(err), gr.update(), gr.update()
-                return saved, None, gr.update(visible=False)
+                return plain(saved), None, gr.update(visible=False)
 
             return handler
 
@@ -395,6 +407,7 @@ def launch(
     port: int = 7860,
     block: bool = True,
     routes: list[Any] | None = None,
+    remote_content: bool = False,
 ) -> gr.Blocks:
     """Serve the app with login enforced by `gate`; returns the running Blocks.
 
@@ -403,7 +416,7 @@ def launch(
     """
     from starlette.middleware import Middleware
 
-    demo = build_ui(service)
+    demo = build_ui(service, remote_content=remote_content)
     demo.queue(default_concurrency_limit=16)
     demo.launch(
         server_name=host,
