@@ -155,3 +155,40 @@ def test_the_store_refuses_unstorable_text_alike_on_both_databases(store: Store,
         assert what in str(refused.value) and "\n" not in str(refused.value), field
     assert store.counts() == before
     assert len(store.conversation_messages(conversation_id=cid, user_id=user.id)) == 2
+
+
+def test_the_api_refuses_unstorable_text_in_any_message(
+    _isolated_home: Path, tiny_model_dir: Path
+) -> None:
+    import httpx
+    import openai
+    from openai import OpenAI
+
+    from tests.server import add_user, issue_key, serve
+
+    home = _isolated_home
+    home.mkdir(parents=True, exist_ok=True)
+    add_user(home, "erin", "expert", "pw-erin-secret")
+    key = issue_key(home, "erin")
+    ask = {"role": "user", "content": "How do I water tomatoes?"}
+    with serve(home, model=str(tiny_model_dir), TUNELOOP_MAX_NEW_TOKENS="8") as (url, _):
+        api = OpenAI(base_url=url + "v1", api_key=key, max_retries=0)
+        for messages in (
+            [{"role": "user", "content": "water\x00"}],
+            [{"role": "system", "content": "be\x00brief"}, ask],
+            [ask, {"role": "assistant", "content": "x\x00"}, ask],
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                api.chat.completions.create(model="tuneloop", messages=messages)  # type: ignore[arg-type]
+            assert "NUL" in refused.value.message
+        raw = httpx.post(
+            url + "v1/chat/completions",
+            content=b'{"model": "tuneloop", "messages": [{"role": "user", "content": "a\\ud800"}]}',
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert raw.status_code == 400 and "Traceback" not in raw.text
+        reply = api.chat.completions.create(model="tuneloop", messages=[ask])
+        assert reply.choices[0].message.content is not None
+    store = Store.open(f"sqlite:///{home / 'tuneloop.db'}")
+    assert store.counts()["messages"] == 2  # the one good question and its reply

@@ -216,6 +216,11 @@ class ChatService:
         for a bad message and ServingError when the model cannot take the request.
         """
         text = self.check_message(text)
+        for turn in state.turns:  # an API client sends the earlier turns too
+            try:
+                check_storable(turn.content, f"A {turn.role} message")
+            except FeedbackError as err:
+                raise ChatError(str(err)) from None
         try:
             if state.conversation_id is None:
                 state.conversation_id = self.store.start_conversation(
