@@ -6,10 +6,10 @@ so the storm comes from `--addresses` client addresses, each guessing wrong pass
 new names as fast as the server answers. Meanwhile a right login is made every second,
 each from an address of its own (a person logging in). Reported: the right login's
 p50/p95 idle and during the storm, their ratio (goal: within 2x), how many guesses were
-answered, and the worker count (the cores).
+answered, and the worker count (the cores). Figures go to bench/results/ (`bench.record`).
 
     .venv/bin/python -m bench.login_storm                       # 100 addresses, 30 s
-    .venv/bin/python -m bench.login_storm --addresses 10 --seconds 5 --out /tmp/x.json
+    TUNELOOP_BENCH_RESULTS=/tmp .venv/bin/python -m bench.login_storm --addresses 10 --seconds 5
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.record import write_result  # noqa: E402 - after the environment above
 
 
 def login(url: str, name: str, password: str, address: str) -> tuple[int, float]:
@@ -97,8 +96,6 @@ def run(addresses: int, seconds: float, model_dir: Path) -> dict[str, Any]:
         during = right_logins(url, max(3, int(seconds)), "2", 1.0)
         stop.set()
     return {
-        "bench": "login_storm",
-        "machine": platform.node(),
         "cores": len(os.sched_getaffinity(0)),
         "storm_addresses": addresses,
         "right_logins_idle": len(idle),
@@ -119,7 +116,6 @@ def main() -> None:
     parser.add_argument("--addresses", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--model", help="a local model dir (default: a tiny random model)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "login_storm.json")
     args = parser.parse_args()
     from tests.tiny import build_tiny_model
 
@@ -129,8 +125,7 @@ def main() -> None:
         else build_tiny_model(Path(tempfile.mkdtemp(prefix="tuneloop-tiny-")) / "model")
     )
     result = run(args.addresses, args.seconds, model_dir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("bench.login_storm", result, settings=vars(args))
     print(json.dumps(result), flush=True)
 
 
