@@ -78,8 +78,9 @@ def test_malformed_fields_write_and_log_nothing(store: Store, caplog) -> None:
     assert check(gate, "erin", "erin-pass", "10.0.0.1") is True  # nothing was held against it
 
 
-def test_a_locked_address_refuses_without_writing(store: Store) -> None:
+def test_a_locked_address_refuses_without_writing(store: Store, caplog) -> None:
     gate = gate_for(store)
+    caplog.set_level(logging.WARNING)
     for i in range(4):  # the fourth failure from the address locks it
         assert check(gate, f"guess{i}", "wrong", "10.0.0.1") is False
     assert ("addr:10.0.0.1" in [key for key, _, _ in store.locked_logins()]) is True
@@ -88,6 +89,7 @@ def test_a_locked_address_refuses_without_writing(store: Store) -> None:
         assert check(gate, f"other{i}", "wrong", "10.0.0.1") is False
     assert check(gate, "erin", "erin-pass", "10.0.0.1") is False  # locked, right or not
     assert failure_keys(store) == before
+    assert caplog.text.count("is locked until") == 1  # once a minute per locked key
 
 
 def test_malformed_is_the_account_name_rule() -> None:

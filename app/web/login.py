@@ -210,8 +210,8 @@ class LoginGate:
     async def _check(self, name: str, password: str, address: str | None) -> bool:
         attempt = await asyncio.to_thread(self.guard.begin, name, address)
         if attempt.locked_until is not None:
-            self.quiet(
-                "locked:" + name.strip().casefold(),
+            self.quiet(  # once a minute per locked key: bounded by real failed attempts
+                "locked:" + ",".join(attempt.locked_keys),
                 address,
                 "login refused: %r from %s is locked until %s",
                 name,

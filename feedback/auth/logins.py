@@ -72,6 +72,7 @@ class Attempt:
     # The largest share of its limit any of its keys has used up (0: no recent failure).
     # Password checks wait in this order, so guessers queue behind people who log in.
     suspicion: float = 0.0
+    locked_keys: tuple[str, ...] = ()  # the keys whose lockout refused it
 
 
 def _delay(failures: int, limit: int, policy: LoginPolicy) -> float:
@@ -109,6 +110,7 @@ class LoginGuard:
             delay=delay,
             locked_until=max(locks, default=None),
             suspicion=suspicion,
+            locked_keys=tuple(k for k, state in states.items() if state.locked_until is not None),
         )
 
     def finish(self, attempt: Attempt, password: str) -> UserInfo | None:
