@@ -249,3 +249,14 @@ def test_serve_believes_forwarded_for_from_a_listed_proxy(
             forwarded = {"X-Forwarded-For": f"198.51.100.{20 + i}"}
             assert post_login(url, f"other{i}", "wrong", forwarded) == 400
         assert locked_addresses(home) == {"addr:198.51.100.7"}
+
+
+def test_a_trusted_proxy_that_is_no_address_is_refused_in_one_line(monkeypatch, capsys) -> None:
+    import json
+
+    from tests.cli import run_cli
+
+    monkeypatch.setenv("TUNELOOP_TRUSTED_PROXIES", "127.0.0.1, proxy.local")
+    code, out, err = run_cli(monkeypatch, capsys, "status", "--json")
+    assert code != 0 and "'proxy.local' is no IP address or network" in json.loads(out)["error"]
+    assert err.count("\n") == 1
