@@ -9,8 +9,8 @@ has a size limit, fields no account could match are refused unread by the thrott
 client address may have only a few attempts in progress, and refusals are logged at most
 once a minute per address and reason, so a flood of them fills neither disk nor memory.
 Gradio does not hand the callback the request, so a small ASGI middleware notes the client
-address of each `/login` post (the peer, or what a trusted proxy forwarded: see
-`app.web.proxies`).
+address of each `/login` post (the peer, or the address a proxy listed in
+`TUNELOOP_TRUSTED_PROXIES` forwarded: see `app.cli.serve.trust_proxies`).
 """
 
 from __future__ import annotations
