@@ -132,6 +132,9 @@ def build_ui(service: ChatService, *, remote_content: bool = False) -> gr.Blocks
                     sanitize_html=True,  # a second guard behind `page_html`
                     render_markdown=False,  # messages arrive rendered and sanitised
                     allow_tags=False,
+                    # Gradio's copy buttons would copy that HTML, not the text; a reply's
+                    # text is in the Edit box once it is selected.
+                    buttons=[],
                     feedback_options=("Like", "Dislike"),
                 )
                 notice = gr.Markdown(elem_id="notice")
