@@ -373,3 +373,69 @@ class ArgillaResponse(FeedbackTable, table=True):
     rating: int | None = Field(default=None, sa_type=Integer)
     argilla_updated_at: str = Field(sa_type=String)
     pulled_at: datetime = _created()
+
+
+# Chat front ends (Open WebUI): their end users, their chats, their feedback ---------------
+
+
+class FrontendUser(FeedbackTable, table=True):
+    """A trusted front end's end user, kept as our own (expert) account.
+
+    The account cannot log in (its password hash matches no password); it owns the
+    conversations the front end's headers attribute to that end user and the ratings its
+    feedback export carries. Keyed by the front end's stable user id, never by a name or an
+    email address (those change, and are personal data).
+    """
+
+    __tablename__ = "frontend_users"
+    __table_args__ = (
+        Index("ux_frontend_users_source_external_id", "source", "external_id", unique=True),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(sa_type=String)
+    external_id: str = Field(sa_type=String)
+    user_id: int = Field(foreign_key="users.id", sa_type=Integer)
+    created_at: datetime = _created()
+
+
+class FrontendChat(FeedbackTable, table=True):
+    """A front end's chat id and the one conversation its turns are stored in."""
+
+    __tablename__ = "frontend_chats"
+    __table_args__ = (
+        Index("ux_frontend_chats_source_external_id", "source", "external_id", unique=True),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(sa_type=String)
+    external_id: str = Field(sa_type=String)
+    conversation_id: int = Field(foreign_key="conversations.id", sa_type=Integer)
+    created_at: datetime = _created()
+
+
+class OpenWebUIFeedback(FeedbackTable, table=True):
+    """One Open WebUI feedback entry as last applied: the sync's cursor and its dedup.
+
+    An entry is applied again only when Open WebUI's `updated_at` changed (the user changed
+    their thumb or comment); the new click becomes a new rating row, and the latest counts.
+    """
+
+    __tablename__ = "openwebui_feedback"
+    __table_args__ = (Index("ux_openwebui_feedback_feedback_id", "feedback_id", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    feedback_id: str = Field(sa_type=String)
+    updated_at: int = Field(sa_type=Integer)
+    user_id: int = Field(foreign_key="users.id", sa_type=Integer)
+    response_id: int = Field(foreign_key="responses.id", sa_type=Integer)
+    rating_id: int | None = Field(default=None, foreign_key="ratings.id", sa_type=Integer)
+    # Open WebUI's user, chat, message and parent message ids: siblings make picks.
+    user_ref: str = Field(sa_type=String)
+    chat_id: str = Field(sa_type=String)
+    message_id: str = Field(sa_type=String)
+    parent_id: str | None = Field(default=None, sa_type=String)
+    up: bool = Field(sa_type=Boolean)
+    # Open WebUI's optional 1-10 score of the reply.
+    score: int | None = Field(default=None, sa_type=Integer)
+    applied_at: datetime = _created()

@@ -360,5 +360,6 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["record"]:
-        done = record(Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "tests/data/openwebui_export.json")
+        out = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "tests/data/openwebui_export.json"
+        done = record(out)
         print(f"recorded {len(done)} feedback entries")

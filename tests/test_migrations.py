@@ -40,7 +40,7 @@ def test_fresh_database_is_at_head_and_reopening_is_a_no_op(tmp_path: Path) -> N
     url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(url)
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head == "0004_openai_api"
+    assert head == "0005_frontends"
     with engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == head
     tables = set(inspect(engine).get_table_names())

@@ -7,8 +7,9 @@ refused in plain words. Methods take keyword arguments only and hand back ids or
 dataclasses from `feedback.records`, never live ORM objects.
 
 The class is assembled from one part per job: accounts (`users`), chats and feedback
-(`chats`), what rounds and exports read plus bulk imports (`data`), and the Argilla outbox
-and sync (`argilla`). No other module opens a database session.
+(`chats`), what rounds and exports read plus bulk imports (`data`), the Argilla outbox
+and sync (`argilla`), and chat front ends' users, chats and feedback (`frontends`). No
+other module opens a database session.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from feedback.records import UserInfo
 from feedback.store.argilla import ArgillaStore
 from feedback.store.chats import ChatStore
 from feedback.store.data import DataStore
+from feedback.store.frontends import FrontendStore
 from feedback.store.users import UserStore
 
 __all__ = ["Store", "UserInfo"]
 
 
-class Store(UserStore, ChatStore, DataStore, ArgillaStore):
+class Store(UserStore, ChatStore, DataStore, ArgillaStore, FrontendStore):
     """Reads and writes of the preference store over one SQLAlchemy engine."""
