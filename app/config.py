@@ -270,6 +270,51 @@ class Settings(BaseSettings):
         default=60.0, gt=0.0, description="HTTP timeout towards Argilla, in seconds."
     )
 
+    # --- Chat front ends (Open WebUI): their users, helper calls and feedback ---
+    trusted_frontends: str = Field(
+        default="",
+        description="Comma-separated names of the accounts whose API keys a chat front end "
+        "(Open WebUI) uses: for those keys only, the forwarded X-OpenWebUI-User-Id and "
+        "X-OpenWebUI-Chat-Id headers are believed (each end user gets an expert account of "
+        "their own; one chat is one conversation). Headers never raise a role.",
+    )
+    helper_max_tokens: int = Field(
+        default=128,
+        ge=1,
+        le=8192,
+        description="Most tokens a front end's helper call (title, tags, follow-ups, a "
+        "`tuneloop:task` request, `store: false`) may ask for; such calls are answered, not "
+        "stored, and wait behind people's turns.",
+    )
+    api_wait_seconds: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=120.0,
+        description="How long an API request waits for a free slot (TUNELOOP_API_MAX_ACTIVE) "
+        "before it is refused with 429.",
+    )
+    openwebui_url: str | None = Field(
+        default=None,
+        description="Open WebUI's address (e.g. http://127.0.0.1:8080) for `tuneloop "
+        "openwebui sync`; unset: no sync.",
+    )
+    openwebui_token: SecretStr | None = Field(
+        default=None,
+        description="An Open WebUI admin's API key or token, for the sync (secret; or use "
+        "TUNELOOP_OPENWEBUI_TOKEN_FILE).",
+    )
+    openwebui_token_file: Path | None = Field(
+        default=None,
+        description="A file (mode 0600) holding the Open WebUI admin token, instead of "
+        "TUNELOOP_OPENWEBUI_TOKEN.",
+    )
+    openwebui_sync_seconds: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="`serve` and `watch` pull Open WebUI's ratings this often when "
+        "TUNELOOP_OPENWEBUI_URL is set; 0 = never.",
+    )
+
     # --- Training rounds: SFT, DPO, evaluation gate, schedule (issue 4) ---
     # Core: one round's hyperparameters (defaults work for the embedded SmolLM2 on CPU).
     sft_epochs: float = Field(default=2.0, gt=0.0, le=100.0, description="SFT epochs per round.")
@@ -660,6 +705,11 @@ class Settings(BaseSettings):
             return make_url(self.database).render_as_string(hide_password=True)
         except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
             return "(unparseable URL, not shown)"
+
+    @property
+    def trusted_frontend_names(self) -> frozenset[str]:
+        """The account names of TUNELOOP_TRUSTED_FRONTENDS."""
+        return frozenset(n.strip() for n in self.trusted_frontends.split(",") if n.strip())
 
     @property
     def argilla_address(self) -> str:

@@ -99,6 +99,13 @@ def judged(r: RatedReply) -> Judged:
     )
 
 
+def looks_like_export(head: str) -> bool:
+    """Whether a file starting with `head` is an Open WebUI feedback export (a JSON array of
+    objects with `meta` or `snapshot`), not JSON lines: what `--format auto` goes by."""
+    text = head.lstrip("\ufeff \t\r\n")
+    return text.startswith("[") and ('"meta"' in text or '"snapshot"' in text or text == "[]")
+
+
 def parse_export(raw: Any, where: str = "the export") -> list[RatedReply]:
     """The ratings in an export (the parsed JSON array), oldest change first.
 

@@ -82,6 +82,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("argilla down", [], ""),
     ("argilla status", [], ""),
     ("argilla sync", [], ""),
+    ("openwebui sync", [], ""),
     ("pairs generate", ["--prompts", "{missing}"], ""),
 ]
 

@@ -18,6 +18,7 @@ from feedback.errors import FeedbackError
 from feedback.openwebui import judged, parse_export, parse_text, picks
 from feedback.openwebui_sync import apply
 from feedback.store import Store
+from tests.cli import run_cli
 
 EXPORT = Path(__file__).parent / "data" / "openwebui_export.json"
 DANA = "68b1d53f-d873-4021-9a8e-1ed1a5f9df35"
@@ -147,3 +148,49 @@ def test_an_entry_without_a_snapshot_is_skipped_with_a_reason(store: Store) -> N
 def test_a_malformed_export_is_refused_in_one_line(text: str, message: str) -> None:
     with pytest.raises(FeedbackError, match=message):
         parse_text(text, "export.json")
+
+
+# -- through the command line -----------------------------------------------------------------
+
+
+def test_tuneloop_import_reads_the_export_and_a_second_import_adds_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, "import", str(EXPORT), "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert (first["format"], first["brought_in"], first["picks"]) == ("openwebui", 3, 1)
+    code, out, _ = run_cli(monkeypatch, capsys, "import", str(EXPORT), "--format", "openwebui")
+    assert code == 0
+    assert "3 already here" in out and "0 new picks" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "status", "--json")
+    counts = json.loads(out)["counts"]
+    assert (counts["ratings_up"], counts["ratings_down"], counts["conversations"]) == (2, 1, 1)
+
+
+def test_a_bad_export_is_refused_in_one_line_and_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": "x", "meta": {"chat_id": "c", "message_id": "m"}, "data": 5}]')
+    code, out, err = run_cli(monkeypatch, capsys, "import", str(bad), "--format", "openwebui")
+    assert code == 1
+    assert err.strip().count("\n") == 0 and "bad.json: entry 0" in err
+
+
+def test_sync_needs_a_url_and_reads_the_token_only_from_a_private_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "openwebui", "sync")
+    assert code == 1 and "TUNELOOP_OPENWEBUI_URL" in err
+    token = tmp_path / "token"
+    token.write_text("sk-secret-admin-token\n")
+    token.chmod(0o644)
+    monkeypatch.setenv("TUNELOOP_OPENWEBUI_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("TUNELOOP_OPENWEBUI_TOKEN_FILE", str(token))
+    code, _, err = run_cli(monkeypatch, capsys, "openwebui", "sync")
+    assert code == 1 and "chmod 600" in err
+    token.chmod(0o600)
+    code, out, err = run_cli(monkeypatch, capsys, "openwebui", "sync", "--json")
+    assert code == 1 and "cannot be reached" in json.loads(out)["error"]
+    assert "sk-secret" not in out + err

@@ -20,6 +20,7 @@ class ImportFormat(StrEnum):
     trl = "trl"
     hh = "hh"
     messages = "messages"
+    openwebui = "openwebui"
 
 
 class ExportKind(StrEnum):
@@ -35,14 +36,30 @@ class Split(StrEnum):
 
 
 def import_(
-    file: Annotated[Path, typer.Argument(help="A JSONL file of preferences or conversations.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A JSONL file of preferences or conversations, or Open WebUI's feedback export."
+        ),
+    ],
     fmt: Annotated[
-        ImportFormat, typer.Option("--format", help="auto | trl | hh | messages")
+        ImportFormat, typer.Option("--format", help="auto | trl | hh | messages | openwebui")
     ] = ImportFormat.auto,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import preference pairs (TRL, Anthropic HH) or SFT conversations, all or nothing."""
+    """Import preference pairs (TRL, Anthropic HH), SFT conversations (all or nothing), or
+    Open WebUI's feedback export (its ratings, like `tuneloop openwebui sync`)."""
     from feedback.formats import import_file
+    from feedback.openwebui import looks_like_export
+
+    if fmt is ImportFormat.openwebui or (
+        fmt is ImportFormat.auto and looks_like_export(_head(file))
+    ):
+        from app.cli.openwebui import describe, import_export
+
+        report = import_export(_store(_settings()), file)
+        _emit(as_json, {"format": "openwebui", **report}, describe(report))
+        return
 
     settings = _settings()
     result = import_file(
@@ -54,6 +71,15 @@ def import_(
         f"{result.duplicates} duplicates skipped."
     )
     _emit(as_json, payload, text)
+
+
+def _head(path: Path) -> str:
+    """The file's first characters ("" when it cannot be read: the import says why)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return f.read(4096)
+    except OSError:
+        return ""
 
 
 def export(

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from app.cli import argilla, data, eval, serve, training, users
+from app.cli import argilla, data, eval, openwebui, serve, training, users
 
 app = typer.Typer(
     name="tuneloop",
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # One module per part of the loop; the order here is the order of `tuneloop --help`.
-for _group in (serve, users, data, argilla, training, eval):
+for _group in (serve, users, data, argilla, openwebui, training, eval):
     _group.register(app)
 
 

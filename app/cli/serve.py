@@ -109,10 +109,12 @@ def serve(
         max_reason_chars=settings.max_reason_chars,
     )
     from app.cli.argilla import start_background_sync
+    from app.cli.openwebui import start_background_sync as start_openwebui_sync
     from app.web.login import LoginGate, policy_from
     from app.web.ui import auth_message
     from feedback.models import ROLES
 
+    openwebui_stop = start_openwebui_sync(settings, store)
     sync_stop = start_background_sync(settings, store, engine)
     if sync_stop is None:
         typer.echo(
@@ -146,8 +148,9 @@ def serve(
             remote_content=settings.page_remote_content,
         )
     finally:
-        if sync_stop is not None:
-            sync_stop.set()
+        for stop in (sync_stop, openwebui_stop):
+            if stop is not None:
+                stop.set()
         engine.close()
 
 

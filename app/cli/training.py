@@ -201,13 +201,20 @@ def register_watch(app: typer.Typer) -> None:
 
                 typer.echo(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%SZ} {text}", err=True)
 
-        events = schedule.watch(
-            checker=lambda: schedule.check(
+        def check() -> schedule.Decision:
+            if settings.openwebui_url and settings.openwebui_sync_seconds > 0:
+                from app.cli.openwebui import sync_quietly
+
+                sync_quietly(settings, store)  # Open WebUI's new ratings count for this check
+            return schedule.check(
                 store,
                 rounds_dir,
                 min_new=settings.round_min_new,
                 interval_minutes=settings.round_interval_minutes,
-            ),
+            )
+
+        events = schedule.watch(
+            checker=check,
             runner=lambda resume: schedule.run_train(
                 resume=resume, log=log, launcher=settings.train_launcher
             ),
