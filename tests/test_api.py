@@ -63,7 +63,7 @@ def client(server: dict[str, Any], who: str = "erin", key: str | None = None) ->
 
 def test_models_lists_serving_base_and_every_version(server: dict[str, Any]) -> None:
     ids = [m.id for m in client(server).models.list()]
-    assert ids == ["tuneloop", "tuneloop:base", "v1"]
+    assert ids == ["tuneloop", "tuneloop:base", "v1", "tuneloop:task"]
 
 
 def test_completion_is_stored_as_the_users_turn(server: dict[str, Any]) -> None:
@@ -234,18 +234,34 @@ def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_p
 
 
 def test_admission_refuses_beyond_the_limit_and_frees_slots() -> None:
-    """The 429 rule on its own (a real server needs many long replies in flight for it)."""
+    """The 429 rule on its own (a real server needs many long replies in flight for it):
+    a request waits `wait_seconds` for a slot, and helper calls have a pool of their own."""
+    import time
+    from types import SimpleNamespace
+
+    import anyio
+
     from app.serving.api import ApiError, OpenAIApi
 
-    api = OpenAIApi(Any, versions=list, max_active=2)  # type: ignore[arg-type]
-    api.admit()
-    api.admit()
-    with pytest.raises(ApiError) as busy:
-        api.admit()
-    assert busy.value.status == 429 and busy.value.body()["error"]["code"] == "server_busy"
-    assert busy.value.response().headers["retry-after"] == "1"
-    api.release()
-    api.admit()
+    service = SimpleNamespace(store=None)
+    api = OpenAIApi(service, versions=list, max_active=2, wait_seconds=0.3)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await api.admit()
+        await api.admit()
+        await api.admit(helper=True)  # a chat's title request: not one of people's slots
+        started = time.monotonic()
+        with pytest.raises(ApiError) as busy:
+            await api.admit()
+        assert time.monotonic() - started >= 0.3  # it waited before refusing
+        assert busy.value.status == 429 and busy.value.body()["error"]["code"] == "server_busy"
+        assert busy.value.response().headers["retry-after"] == "1"
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(api.admit)  # waits ...
+            await anyio.sleep(0.1)
+            api.release()  # ... and gets the slot freed meanwhile
+
+    anyio.run(scenario)
 
 
 def test_replies_are_decoded_below_the_servers_priority(server: dict[str, Any]) -> None:

@@ -124,7 +124,14 @@ def serve(
         )
     from app.serving.api import OpenAIApi, api_routes
 
-    api = OpenAIApi(service, versions=registry.versions, max_active=settings.api_max_active)
+    api = OpenAIApi(
+        service,
+        versions=registry.versions,
+        max_active=settings.api_max_active,
+        trusted_frontends=settings.trusted_frontend_names,
+        helper_max_tokens=settings.helper_max_tokens,
+        wait_seconds=settings.api_wait_seconds,
+    )
     try:
         # Annotators may log in, to be told where their work is; every action refuses them.
         gate = LoginGate(

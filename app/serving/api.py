@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +26,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.serving import frontends
+from app.serving.admission import Slots
 from app.serving.chat import CHAT_ROLES, ChatError, ChatService, ChatState, Turn
 from app.serving.engine import CURRENT, ContextTooLong, Reply, SamplingParams, ServingError
 from feedback.errors import FeedbackError
@@ -115,6 +116,7 @@ class CompletionRequest(_Loose):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
+    store: bool | None = None  # OpenAI's flag; False: answer, do not keep
 
 
 class FeedbackRequest(_Loose):
@@ -139,6 +141,8 @@ class _Call:
     reply: Reply
     completion_id: str
     created: int
+    helper: bool = False  # a front end's helper call: answered, never stored
+    candidate_in: int | None = None  # a regenerated turn: stored beside this conversation
 
 
 class OpenAIApi:
@@ -150,12 +154,16 @@ class OpenAIApi:
         *,
         versions: Callable[[], list[str]],
         max_active: int = 16,
+        trusted_frontends: frozenset[str] = frozenset(),
+        helper_max_tokens: int = 128,
+        wait_seconds: float = 0.0,
     ) -> None:
         self.service = service
         self.versions = versions
         self.max_active = max_active
-        self._active = 0
-        self._lock = threading.Lock()
+        self.slots = Slots(max_active, wait_seconds=wait_seconds)
+        self.frontends = frontends.Frontends(service.store, trusted=trusted_frontends)
+        self.helper_max_tokens = helper_max_tokens
 
     # -- who is asking ---------------------------------------------------------------------
     def authenticate(self, request: Request) -> UserInfo:
@@ -183,7 +191,7 @@ class OpenAIApi:
     # -- models ----------------------------------------------------------------------------
     def models(self) -> dict[str, Any]:
         now = int(time.time())
-        ids = [SERVING_MODEL, BASE_MODEL, *self.versions()]
+        ids = [SERVING_MODEL, BASE_MODEL, *self.versions(), frontends.TASK_MODEL]
         return {
             "object": "list",
             "data": [
@@ -192,7 +200,7 @@ class OpenAIApi:
         }
 
     def _adapter(self, model: str) -> str | None:
-        if model == SERVING_MODEL:
+        if model in (SERVING_MODEL, frontends.TASK_MODEL):
             return CURRENT
         if model == BASE_MODEL:
             return None
@@ -220,8 +228,17 @@ class OpenAIApi:
             seed=body.seed,
         )
 
-    def start(self, user: UserInfo, body: CompletionRequest) -> _Call:
-        """Validate, then commit the user's message and start the reply (a worker thread)."""
+    def is_helper(self, body: CompletionRequest) -> bool:
+        """Whether the request is a front end's helper call (`app.serving.frontends`)."""
+        texts = [(m.role, m.content if isinstance(m.content, str) else "") for m in body.messages]
+        return frontends.is_helper(model=body.model, store=body.store, texts=texts)
+
+    def start(self, user: UserInfo, body: CompletionRequest, headers: Any = None) -> _Call:
+        """Validate, then commit the user's message and start the reply (a worker thread).
+
+        A helper call is only answered; a trusted front end's request is its end user's,
+        in its chat's conversation (`app.serving.frontends`).
+        """
         adapter = self._adapter(body.model)
         params = self._params(body)
         turns: list[Turn] = []
@@ -230,20 +247,39 @@ class OpenAIApi:
             turns.append(Turn(role, m.text()))
         if turns[-1].role != "user":
             raise ApiError(400, "The last message must be the user's.", param="messages")
+        helper = self.is_helper(body)
+        if helper:
+            params = frontends.helper_params(params, self.helper_max_tokens)
         history = [{"role": t.role, "content": t.content} for t in turns]
         engine = self.service.engine
         try:
-            self.service.check_message(turns[-1].content)
+            if not helper:  # a helper prompt holds the whole chat: only the context limits it
+                self.service.check_message(turns[-1].content)
             engine.build_prompt(history, params.max_new_tokens)  # refuse before storing
         except ContextTooLong as err:
             raise ApiError(400, str(err), code="context_length_exceeded", param="messages") from err
         except (ServingError, ChatError) as err:
             raise ApiError(400, str(err), param="messages") from err
         state = ChatState(turns=turns[:-1])
+        candidate_in = None
         try:
-            reply = self.service.start_reply(
-                user, state, turns[-1].content, params=params, adapter=adapter
-            )
+            if helper:
+                reply = engine.stream(history, params, adapter=adapter)
+            else:
+                caller = self.frontends.caller(user, headers or {})
+                user = caller.user
+                earlier = [(t.role, t.content) for t in turns[:-1]]
+                conversation_id, continues = self.frontends.conversation(
+                    caller, earlier, turns[-1].content[:60]
+                )
+                if continues:
+                    state.conversation_id = conversation_id
+                    reply = self.service.start_reply(
+                        user, state, turns[-1].content, params=params, adapter=adapter
+                    )
+                else:  # a regenerated or edited turn of the chat
+                    candidate_in = conversation_id
+                    reply = engine.stream(history, params, adapter=adapter)
         except (ServingError, ChatError, FeedbackError) as err:
             raise ApiError(400, str(err)) from err
         return _Call(
@@ -253,13 +289,18 @@ class OpenAIApi:
             reply=reply,
             completion_id=COMPLETION_PREFIX + uuid.uuid4().hex,
             created=int(time.time()),
+            helper=helper,
+            candidate_in=candidate_in,
         )
 
     def finish(self, call: _Call) -> dict[str, Any]:
         """Store the finished reply as the user's turn; returns the usage and finish reason."""
-        self.service.finish_reply(call.state, call.reply, completion_id=call.completion_id)
         info = call.reply.info
         assert info is not None
+        if call.candidate_in is not None:
+            self.frontends.record_candidate(call.candidate_in, info, call.completion_id)
+        elif not call.helper:
+            self.service.finish_reply(call.state, call.reply, completion_id=call.completion_id)
         prompt_tokens = self.service.engine.count_tokens(info.prompt)
         return {
             "finish_reason": "length" if info.finish_reason == "length" else "stop",
@@ -338,7 +379,7 @@ class OpenAIApi:
             yield f"data: {json.dumps(error.body())}\n\n"
         finally:
             call.reply.cancel()  # the client went away mid-reply: stop generating
-            self.release()
+            self.release(call.helper)
         yield "data: [DONE]\n\n"
 
     # -- feedback --------------------------------------------------------------------------
@@ -393,21 +434,19 @@ class OpenAIApi:
         }
 
     # -- admission -------------------------------------------------------------------------
-    def admit(self) -> None:
-        """Take a slot for one completion, or refuse with 429 when all are taken."""
-        with self._lock:
-            if self._active >= self.max_active:
-                raise ApiError(
-                    429,
-                    f"The server is answering {self.max_active} requests already; retry shortly.",
-                    type="rate_limit_error",
-                    code="server_busy",
-                )
-            self._active += 1
+    async def admit(self, helper: bool = False) -> None:
+        """Take a slot for one completion, waiting a few seconds for one (`Slots`), or
+        refuse with 429."""
+        if not await self.slots.take(helper=helper):
+            raise ApiError(
+                429,
+                f"The server is answering {self.max_active} requests already; retry shortly.",
+                type="rate_limit_error",
+                code="server_busy",
+            )
 
-    def release(self) -> None:
-        with self._lock:
-            self._active -= 1
+    def release(self, helper: bool = False) -> None:
+        self.slots.give_back(helper=helper)
 
 
 def _fingerprint(version: str | None) -> str:
@@ -466,10 +505,11 @@ def api_routes(api: OpenAIApi) -> list[Any]:
         async def work() -> Any:
             user = await anyio.to_thread.run_sync(api.authenticate, request)
             body = await _body(request, CompletionRequest)
-            api.admit()
+            helper = api.is_helper(body)
+            await api.admit(helper)
             handed_over = False
             try:
-                call = await anyio.to_thread.run_sync(api.start, user, body)
+                call = await anyio.to_thread.run_sync(api.start, user, body, request.headers)
                 if body.stream:
                     include = bool(body.stream_options and body.stream_options.include_usage)
                     handed_over = True  # the stream releases the slot when it ends
@@ -481,7 +521,7 @@ def api_routes(api: OpenAIApi) -> list[Any]:
                 return JSONResponse(await anyio.to_thread.run_sync(api.complete, call))
             finally:
                 if not handed_over:
-                    api.release()
+                    api.release(helper)
 
         return await guarded(work)
 

@@ -115,19 +115,21 @@ class BatchDecoder:
         self.engine._local.key = None
         lower_thread_priority(self.engine.model_nice)
         rows: list[_Row] = []
+        # Submitted rows not in the batch yet; people's turns are admitted before helper
+        # calls (SamplingParams.priority), in arrival order within each.
+        waiting: list[_Row] = []
         state: dict[str, Any] = {"cache": None, "mask": None}
         stopping = False
         with torch.inference_mode():
             while True:
-                new: list[_Row] = []
-                if not rows:
+                if not rows and not waiting:
                     if stopping:
                         return
                     item = self._inbox.get()
                     if item is _STOP:
                         return
-                    new.append(item)
-                while not stopping and len(rows) + len(new) < self.max_batch:
+                    waiting.append(item)
+                while True:
                     try:
                         item = self._inbox.get_nowait()
                     except queue.Empty:
@@ -135,7 +137,10 @@ class BatchDecoder:
                     if item is _STOP:
                         stopping = True
                     else:
-                        new.append(item)
+                        waiting.append(item)
+                waiting.sort(key=lambda r: r.params.priority)  # stable: arrival order kept
+                room = max(0, self.max_batch - len(rows))
+                new, waiting = waiting[:room], waiting[room:]
                 for row in new:
                     if self._prefill(row, state):
                         rows.append(row)

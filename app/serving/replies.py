@@ -27,6 +27,9 @@ class SamplingParams:
     top_p: float = 0.9
     stop: tuple[str, ...] = ()  # the reply ends before the first of these (not included)
     seed: int | None = None  # sampling seed: the same seed and prompt give the same reply
+    # When the batch is full, lower goes first: people's turns 0, a front end's helper calls
+    # (titles, tags) 1, so those never hold a person's reply back.
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -51,6 +54,8 @@ class SamplingParams:
             out["stop"] = list(self.stop)
         if self.seed is None:
             del out["seed"]
+        if not self.priority:
+            del out["priority"]
         return out
 
 
