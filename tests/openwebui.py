@@ -188,10 +188,12 @@ class OpenWebUI:
         comment: str | None = None,
         score: int | None = None,
         tags: bool = True,
+        change: str | None = None,
     ) -> str:
         """Rate a reply as the page does (the chat as the snapshot); returns the feedback id.
 
-        `tags`: then ask for the chat's tags, as the page does after a rating.
+        `tags`: then ask for the chat's tags, as the page does after a rating. `change`: the
+        feedback id of an earlier rating of this reply, changed instead of a new one made.
         """
         record = self.chat_record(token, turn.chat_id)
         messages = record["chat"]["history"]["messages"]
@@ -220,7 +222,8 @@ class OpenWebUI:
             },
             "snapshot": {"chat": record},
         }
-        feedback = self._call("POST", "/api/v1/evaluations/feedback", token, json=body)
+        path_ = "/api/v1/evaluations/feedback" + (f"/{change}" if change else "")
+        feedback = self._call("POST", path_, token, json=body)
         if tags:
             self._call(
                 "POST",
