@@ -238,3 +238,18 @@ def test_tuneloop_import_cli_is_on_path() -> None:
         check=True,
     ).stdout
     assert "openwebui" in out
+
+
+def test_an_end_user_the_operator_disabled_is_refused(server: dict[str, Any]) -> None:
+    import openai
+
+    sam = str(uuid.uuid4())
+    ask(server, [{"role": "user", "content": "hi"}], forwarded(sam, str(uuid.uuid4())))
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "users", "disable", f"openwebui-{sam}"],
+        env={**os.environ, "TUNELOOP_HOME": str(server["home"])},
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(openai.PermissionDeniedError, match="disabled"):
+        ask(server, [{"role": "user", "content": "again"}], forwarded(sam, str(uuid.uuid4())))

@@ -268,6 +268,13 @@ class OpenAIApi:
             else:
                 caller = self.frontends.caller(user, headers or {})
                 user = caller.user
+                if user.status != "active":  # an operator disabled this end user's account
+                    raise ApiError(
+                        403,
+                        "This account is disabled; ask your operator.",
+                        type="permission_error",
+                        code="permission_denied",
+                    )
                 earlier = [(t.role, t.content) for t in turns[:-1]]
                 conversation_id, continues = self.frontends.conversation(
                     caller, earlier, turns[-1].content[:60]

@@ -157,8 +157,15 @@ class FrontendStore(StoreBase):
                 for r in rows
             ]
 
-    @retried
     def apply_openwebui_rating(self, *, rated: RatedReply, user_id: int) -> str:
+        """See `_apply_rating`; a concurrent sync that applied the same entry first wins."""
+        try:
+            return self._apply_rating(rated, user_id)
+        except IntegrityError:
+            return "unchanged"
+
+    @retried
+    def _apply_rating(self, rated: RatedReply, user_id: int) -> str:
         """Apply one rating in one transaction; returns what happened: "unchanged",
         "rated" (a reply tuneloop served), "brought-in" (from the snapshot) or "skipped: why".
 
@@ -304,10 +311,17 @@ class FrontendStore(StoreBase):
         assert rating.id is not None
         return rating.id
 
-    @retried
     def apply_openwebui_pick(self, *, pick: Pick) -> bool:
         """Record a pick as a decided comparison and its preference; False when it is
-        already there (the same two messages picked before) or a side is not applied yet."""
+        already there (the same two messages picked before, perhaps by a concurrent sync)
+        or a side is not applied yet."""
+        try:
+            return self._apply_pick(pick)
+        except IntegrityError:
+            return False
+
+    @retried
+    def _apply_pick(self, pick: Pick) -> bool:
         with self._write() as session:
             exists = session.exec(
                 select(Preference.id).where(Preference.dedup_key == pick.dedup_key)
