@@ -110,10 +110,17 @@ class OpenWebUI:
         return path[::-1]
 
     def send(
-        self, token: str, text: str, *, chat_id: str | None = None, after: str | None = None
+        self,
+        token: str,
+        text: str,
+        *,
+        chat_id: str | None = None,
+        after: str | None = None,
+        background: dict[str, bool] | None = None,
     ) -> Turn:
         """A new message (a new chat when `chat_id` is None, else after reply `after`);
-        waits for the reply to be saved."""
+        waits for the reply to be saved. `background`: the helper tasks Open WebUI runs
+        after it (its page's defaults unless given; {} for none)."""
         user_message_id, reply_id = str(uuid.uuid4()), str(uuid.uuid4())
         history = self._history(token, chat_id, after) if chat_id else []
         user_message = {
@@ -133,7 +140,7 @@ class OpenWebUI:
             "user_message": user_message,
             "id": reply_id,
             "session_id": "tests-" + uuid.uuid4().hex[:8],
-            "background_tasks": BACKGROUND_TASKS,
+            "background_tasks": BACKGROUND_TASKS if background is None else background,
             "parent_id": after,
             **({"chat_id": chat_id} if chat_id else {}),
         }
