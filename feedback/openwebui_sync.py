@@ -20,11 +20,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from feedback.errors import FeedbackError
-from feedback.openwebui import SOURCE, RatedReply, parse_export, picks
+from feedback.openwebui import RatedReply, parse_export, picks
 from feedback.store import Store
 
 log = logging.getLogger(__name__)
 
+# Ratings per transaction: each batch commits whole (its cursor rows with it), and is short
+# enough that an expert's click waits behind it no longer than a bulk import's batch.
+BATCH = 200
 # More changed entries than this: one export request instead of one request per entry.
 WHOLE_EXPORT_OVER = 50
 _IDS = "/api/v1/evaluations/feedbacks/all/ids"
@@ -55,10 +58,13 @@ class Report:
 def apply(store: Store, ratings: Iterable[RatedReply], report: Report | None = None) -> Report:
     """Apply ratings (oldest change first), then make the picks they complete."""
     report = report or Report()
-    for rated in ratings:
+    pending = list(ratings)
+    outcomes: list[tuple[RatedReply, str]] = []
+    for start in range(0, len(pending), BATCH):
+        batch = pending[start : start + BATCH]
+        outcomes += zip(batch, store.apply_openwebui_ratings(ratings=batch), strict=True)
+    for rated, outcome in outcomes:
         report.entries += 1
-        user = store.frontend_user(source=SOURCE, external_id=rated.user_ref)
-        outcome = store.apply_openwebui_rating(rated=rated, user_id=user.id)
         if outcome == "rated":
             report.rated += 1
         elif outcome == "brought-in":

@@ -142,7 +142,8 @@ def test_open_webui_chat_rate_regenerate_sync(tmp_path: Path) -> None:
         assert (again["entries"], again["picks"]) == (0, 0)
         assert run(home, "status", env=env)["counts"] == counts
 
-        # More ratings, a sync killed as soon as it has applied one, then run again.
+        # More ratings; a sync killed (SIGKILL) the moment its batch of ratings is committed,
+        # before it makes its picks and reports; then run again.
         fourth = owui.send(token, "Thanks!", chat_id=first.chat_id, after=third.reply_id)
         owui.rate(token, fourth, -1, comment="too short", tags=False)
         time.sleep(1.1)  # Open WebUI's updated_at counts whole seconds

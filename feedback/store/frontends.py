@@ -29,7 +29,7 @@ from feedback.models import (
     fetch,
     utcnow,
 )
-from feedback.openwebui import Judged, Pick, RatedReply
+from feedback.openwebui import SOURCE, Judged, Pick, RatedReply
 from feedback.records import MessageInfo, UserInfo
 from feedback.store.base import StoreBase, _user_info, retried
 
@@ -78,18 +78,31 @@ class FrontendStore(StoreBase):
     @retried
     def _add_frontend_user(self, source: str, external_id: str) -> UserInfo:
         with self._write() as session:
-            base = _account_name(source, external_id)
-            name, n = base, 1
-            while session.exec(select(User.id).where(User.name == name)).first() is not None:
-                n += 1
-                name = f"{base}-{n}"
-            user = User(name=name, role="expert", password_hash=NO_LOGIN)
-            session.add(user)
-            session.flush()
-            assert user.id is not None
-            session.add(FrontendUser(source=source, external_id=external_id, user_id=user.id))
-            session.flush()
-            return _user_info(user)
+            return _user_info(self._user_in(session, source, external_id))
+
+    @staticmethod
+    def _user_in(session: Session, source: str, external_id: str) -> User:
+        """The end user's account, found or made in `session`."""
+        found = session.exec(
+            select(User)
+            .join(FrontendUser, col(FrontendUser.user_id) == col(User.id))
+            .where(FrontendUser.source == source)
+            .where(FrontendUser.external_id == external_id)
+        ).first()
+        if found is not None:
+            return found
+        base = _account_name(source, external_id)
+        name, n = base, 1
+        while session.exec(select(User.id).where(User.name == name)).first() is not None:
+            n += 1
+            name = f"{base}-{n}"
+        user = User(name=name, role="expert", password_hash=NO_LOGIN)
+        session.add(user)
+        session.flush()
+        assert user.id is not None
+        session.add(FrontendUser(source=source, external_id=external_id, user_id=user.id))
+        session.flush()
+        return user
 
     @retried
     def frontend_chat(
@@ -157,57 +170,76 @@ class FrontendStore(StoreBase):
                 for r in rows
             ]
 
-    def apply_openwebui_rating(self, *, rated: RatedReply, user_id: int) -> str:
-        """See `_apply_rating`; a concurrent sync that applied the same entry first wins."""
-        try:
-            return self._apply_rating(rated, user_id)
-        except IntegrityError:
-            return "unchanged"
-
-    @retried
-    def _apply_rating(self, rated: RatedReply, user_id: int) -> str:
-        """Apply one rating in one transaction; returns what happened: "unchanged",
-        "rated" (a reply tuneloop served), "brought-in" (from the snapshot) or "skipped: why".
+    def apply_openwebui_ratings(self, *, ratings: list[RatedReply]) -> list[str]:
+        """Apply a batch of ratings (their users made as needed) in one transaction; what
+        happened to each: "unchanged", "rated" (a reply tuneloop served), "brought-in" (from
+        the snapshot) or "skipped: why".
 
         A changed entry (new `updated_at`) adds a new rating row (the latest counts); the
         same thumb and reason already there as this user's latest adds none, so a rating
-        seen first through `/v1/feedback` is not counted twice.
+        seen first through `/v1/feedback` is not counted twice. A batch is stored whole or
+        not at all, the cursor rows with it, so a sync stopped anywhere loses nothing. When
+        a concurrent sync applied some of them first, they are applied one by one.
         """
-        with self._write() as session:
-            known = session.exec(
-                select(OpenWebUIFeedback).where(OpenWebUIFeedback.feedback_id == rated.feedback_id)
-            ).first()
-            if known is not None and known.updated_at == rated.updated_at:
-                return "unchanged"
-            outcome = "rated"
-            response_id = self._served(session, rated, user_id)
-            if response_id is None and known is not None:
-                response_id = known.response_id
-            if response_id is None:
-                if rated.content is None:
-                    return "skipped: no snapshot of the chat, and tuneloop never served it"
-                response_id = self._bring_in(session, rated, user_id)
-                outcome = "brought-in"
-            rating_id = self._rate(session, response_id, user_id, rated)
-            row = known or OpenWebUIFeedback(
-                feedback_id=rated.feedback_id,
-                updated_at=rated.updated_at,
-                user_id=user_id,
-                response_id=response_id,
-                user_ref=rated.user_ref,
-                chat_id=rated.chat_id,
-                message_id=rated.message_id,
-                up=rated.up,
-            )
-            row.updated_at = rated.updated_at
-            row.response_id = response_id
-            row.rating_id = rating_id
-            row.parent_id = rated.parent_id
-            row.up = rated.up
-            row.score = rated.score
-            row.applied_at = utcnow()
-            session.add(row)
-            return outcome
+        try:
+            return self._apply_batch(ratings)
+        except IntegrityError:
+            return [self._apply_alone(r) for r in ratings]
+
+    def _apply_alone(self, rated: RatedReply) -> str:
+        try:
+            return self._apply_batch([rated])[0]
+        except IntegrityError:
+            return "unchanged"  # the other sync applied it first
+
+    @retried
+    def _apply_batch(self, ratings: list[RatedReply]) -> list[str]:
+        with self._write(bulk=True) as session:
+            users: dict[str, int] = {}
+            out = []
+            for rated in ratings:
+                if rated.user_ref not in users:
+                    user = self._user_in(session, SOURCE, rated.user_ref)
+                    assert user.id is not None
+                    users[rated.user_ref] = user.id
+                out.append(self._apply_one(session, rated, users[rated.user_ref]))
+            return out
+
+    def _apply_one(self, session: Session, rated: RatedReply, user_id: int) -> str:
+        known = session.exec(
+            select(OpenWebUIFeedback).where(OpenWebUIFeedback.feedback_id == rated.feedback_id)
+        ).first()
+        if known is not None and known.updated_at == rated.updated_at:
+            return "unchanged"
+        outcome = "rated"
+        response_id = self._served(session, rated, user_id)
+        if response_id is None and known is not None:
+            response_id = known.response_id
+        if response_id is None:
+            if rated.content is None:
+                return "skipped: no snapshot of the chat, and tuneloop never served it"
+            response_id = self._bring_in(session, rated, user_id)
+            outcome = "brought-in"
+        rating_id = self._rate(session, response_id, user_id, rated)
+        row = known or OpenWebUIFeedback(
+            feedback_id=rated.feedback_id,
+            updated_at=rated.updated_at,
+            user_id=user_id,
+            response_id=response_id,
+            user_ref=rated.user_ref,
+            chat_id=rated.chat_id,
+            message_id=rated.message_id,
+            up=rated.up,
+        )
+        row.updated_at = rated.updated_at
+        row.response_id = response_id
+        row.rating_id = rating_id
+        row.parent_id = rated.parent_id
+        row.up = rated.up
+        row.score = rated.score
+        row.applied_at = utcnow()
+        session.add(row)
+        return outcome
 
     @staticmethod
     def _served(session: Session, rated: RatedReply, user_id: int) -> int | None:
@@ -216,7 +248,7 @@ class FrontendStore(StoreBase):
             return None
         conversation_id = session.exec(
             select(FrontendChat.conversation_id)
-            .where(FrontendChat.source == "openwebui")
+            .where(FrontendChat.source == SOURCE)
             .where(FrontendChat.external_id == f"{user_id}/{rated.chat_id}")
         ).first()
         if conversation_id is None:
@@ -240,7 +272,7 @@ class FrontendStore(StoreBase):
         prompt = check_prompt(rated.prompt)
         first_user = next((m["content"] for m in prompt if m["role"] == "user"), "")
         conversation_id = self._chat(
-            session, "openwebui", rated.chat_id, user_id, rated.title or first_user
+            session, SOURCE, rated.chat_id, user_id, rated.title or first_user
         )
         transcript = [
             {"role": m.role, "content": m.content.strip()}
@@ -260,7 +292,7 @@ class FrontendStore(StoreBase):
             conversation_id=conversation_id,
             prompt_json=json.dumps(prompt, ensure_ascii=False),
             content=rated.content,
-            model=rated.model_id or "openwebui",
+            model=rated.model_id or SOURCE,
             adapter_version=None,
             params_json=json.dumps(_BROUGHT_IN),
             latency_ms=0.0,
