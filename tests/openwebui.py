@@ -184,6 +184,20 @@ class OpenWebUI:
             time.sleep(0.5)
         raise TimeoutError(f"reply {reply_id} was not done within {timeout:.0f} s")
 
+    def wait_regenerated(self, token: str, chat_id: str, timeout: float = 120) -> str:
+        """The id of a reply regenerated on the page, once it is saved as done."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            messages = self.chat_record(token, chat_id)["chat"]["history"]["messages"]
+            for message in messages.values():
+                children = message.get("childrenIds") or []
+                if message["role"] == "user" and len(children) > 1:
+                    newest = messages.get(children[-1]) or {}
+                    if newest.get("done"):
+                        return str(children[-1])
+            time.sleep(0.5)
+        raise TimeoutError(f"no regenerated reply in chat {chat_id} within {timeout:.0f} s")
+
     # -- rating -----------------------------------------------------------------------------
     def rate(
         self,
