@@ -3,9 +3,10 @@
 
 The cursor is the store itself: each applied entry keeps Open WebUI's `updated_at`, so a sync
 asks Open WebUI for its feedback ids (`/feedbacks/all/ids`, small), fetches only the entries
-that are new or changed (one by one, or the whole export when many changed) and applies each
-in its own transaction. Stopped anywhere, the next sync finishes the work; repeated, it adds
-nothing. Picks are made last, from every applied rating, and each pick only once.
+that are new or changed (one by one, or the whole export when many changed) and applies them
+in short transactions of `BATCH`, each with its cursor rows. Stopped anywhere, the next sync
+finishes the work; repeated, it adds nothing. Picks are made last, from every applied
+rating, and each pick only once.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Chat front ends (Open WebUI): their end users, their chats, and their feedback applied.
 
 The mapping from Open WebUI's export to our terms is `feedback.openwebui` (no I/O); this part
-runs it against the database, one short transaction per rating, so a sync stopped anywhere
-is finished by running it again and nothing is counted twice.
+runs it against the database in short transactions (a batch of ratings with its cursor rows),
+so a sync stopped anywhere is finished by running it again and nothing is counted twice.
 """
 
 from __future__ import annotations
