@@ -122,7 +122,15 @@ def serve(
         )
     from app.serving.api import OpenAIApi, api_routes
 
-    api = OpenAIApi(service, versions=registry.versions, max_active=settings.api_max_active)
+    api = OpenAIApi(
+        service,
+        versions=registry.versions,
+        max_active=settings.api_max_active,
+        max_body_bytes=settings.api_max_body_bytes,
+    )
+    from app.serving.health import FILE_NAME, keep_health_file
+
+    health_stop = keep_health_file(settings.home / FILE_NAME, api.serving)
     try:
         # Annotators may log in, to be told where their work is; every action refuses them.
         gate = LoginGate(
@@ -146,6 +154,7 @@ def serve(
             remote_content=settings.page_remote_content,
         )
     finally:
+        health_stop.set()
         if sync_stop is not None:
             sync_stop.set()
         engine.close()

@@ -160,7 +160,8 @@ class BatchDecoder:
         # its own adapter through `adapter_names`.
         self.engine._local.key = None
         lower_thread_priority(self.engine.model_nice)
-        self._rows = rows = []
+        rows: list[_Row] = []
+        self._rows = rows
         state: dict[str, Any] = {"cache": None, "mask": None}
         stopping = False
         with torch.inference_mode():
