@@ -14,7 +14,7 @@ import json
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -58,9 +58,15 @@ class ApiError(Exception):
             }
         }
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         headers = {"Retry-After": "1"} if self.status == 429 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        # ASCII-escaped: whatever a message quotes, rendering the error cannot fail
+        return Response(
+            json.dumps(self.body()),
+            status_code=self.status,
+            headers=headers,
+            media_type="application/json",
+        )
 
 
 # -- request bodies ------------------------------------------------------------------------
@@ -205,8 +211,10 @@ def validate(value: Any, model: type[M]) -> M:
         return model.model_validate(value)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if not _is_union_branch(p)) or None
-        raise ApiError(400, f"{where or 'body'}: {first['msg']}", param=where) from None
+        where = ".".join(str(p) for p in first["loc"] if not _is_union_branch(p))
+        shown = _shown(where)
+        param = shown if where else None
+        raise ApiError(400, f"{shown}: {first['msg']}", param=param) from None
 
 
 def _is_union_branch(part: object) -> bool:
@@ -250,13 +258,23 @@ def _check_values(value: Any) -> None:
 
 def _check_text(text: str, where: str) -> None:
     if "\x00" in text:
-        raise ApiError(400, f"{where or 'body'}: text contains a NUL character.", param=where)
+        shown = _shown(where)
+        raise ApiError(400, f"{shown}: text contains a NUL character.", param=shown)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
+        shown = _shown(where)
         raise ApiError(
-            400, f"{where or 'body'}: text contains a lone UTF-16 surrogate.", param=where
+            400, f"{shown}: text contains a lone UTF-16 surrogate.", param=shown
         ) from None
+
+
+def _shown(where: str) -> str:
+    """A field path fit to echo back: the path may hold the client's own keys, which may be
+    long or hold the very characters refused."""
+    safe = where.encode("utf-8", "backslashreplace").decode("utf-8")
+    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in safe)
+    return (safe[:80] + "...") if len(safe) > 80 else (safe or "body")
 
 
 # -- the schema ------------------------------------------------------------------------------
