@@ -103,7 +103,12 @@ OUT_OF_RANGE = {
     "presence_penalty 3": (body(presence_penalty=3), "presence_penalty"),
     "frequency_penalty -3": (body(frequency_penalty=-3), "frequency_penalty"),
     "top_logprobs 21": (body(top_logprobs=21), "top_logprobs"),
-    "logit_bias 200": (body(logit_bias={"5": 200}), "logit_bias"),
+    "logit_bias 200": (body(logit_bias={"5": 200}), "logit_bias.5"),
+    "an empty stop in a list": (body(stop=["\n", ""]), "stop.1"),
+    "an image": (
+        body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        "messages.0.content.0.type",
+    ),
     "model name 1k": (body(model="m" * 1000), "model"),
     "stream not a bool": (body(stream={"a": 1}), "stream"),
     "long message": (

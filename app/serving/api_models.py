@@ -11,11 +11,11 @@ status 400 (413 for an oversized body), the same whichever database is behind th
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_DEPTH = 32  # our bodies nest 4 deep; a deeper one is no chat request
@@ -70,6 +70,12 @@ class ApiError(Exception):
 
 
 # -- request bodies ------------------------------------------------------------------------
+# Constraints are written as types, so that the OpenAPI schema built from these models (and
+# the fuzzing generated from it) knows them too.
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Bias = Annotated[int, Field(ge=-100, le=100)]
+
+
 class _Loose(BaseModel):
     """Clients send fields we do not use (OpenAI adds new ones often): ignore them."""
 
@@ -77,7 +83,7 @@ class _Loose(BaseModel):
 
 
 class ContentPart(_Loose):
-    type: str = Field(max_length=64)
+    type: Literal["text"]  # images and audio: this server serves a text model
     text: str | None = None
 
 
@@ -87,8 +93,6 @@ class ChatMessage(_Loose):
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            if any(p.type != "text" for p in self.content):
-                raise ApiError(400, "only text content is supported", param="messages")
             return "".join(p.text or "" for p in self.content)
         return self.content or ""
 
@@ -104,42 +108,18 @@ class CompletionRequest(_Loose):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)  # 0: only the top token
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Stop | list[Stop] | None = Field(default=None, max_length=MAX_STOP)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1)  # one choice per request
     # Accepted for compatibility and not applied; checked to OpenAI's ranges all the same.
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, int] | None = Field(default=None, max_length=1024)
+    logit_bias: dict[str, Bias] | None = Field(default=None, max_length=1024)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n is not None and n != 1:
-            raise ValueError("only 1 choice per request is supported (omit n or send 1)")
-        return n
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > MAX_STOP or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
-            raise ValueError(
-                f"takes up to {MAX_STOP} non-empty strings of at most {MAX_STOP_CHARS} characters"
-            )
-        return stop
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _biases(cls, bias: dict[str, int] | None) -> dict[str, int] | None:
-        if bias and any(not -100 <= v <= 100 for v in bias.values()):
-            raise ValueError("bias values must be between -100 and 100")
-        return bias
 
 
 class FeedbackRequest(_Loose):
@@ -210,7 +190,9 @@ def validate(value: Any, model: type[M]) -> M:
     try:
         return model.model_validate(value)
     except ValidationError as err:
-        first = err.errors()[0]
+        # the deepest error: for a union (`stop`, `content`) that is the branch that
+        # matched the value's shape, not "should be a valid string"
+        first = max(err.errors(), key=lambda e: len(e["loc"]))
         where = ".".join(str(p) for p in first["loc"] if not _is_union_branch(p))
         shown = _shown(where)
         param = shown if where else None
@@ -219,7 +201,9 @@ def validate(value: Any, model: type[M]) -> M:
 
 def _is_union_branch(part: object) -> bool:
     """Pydantic names the union member it tried (`str`, `list[ContentPart]`): not a field."""
-    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part)
+    return isinstance(part, str) and (
+        part in {"str", "int", "float", "bool"} or "[" in part or part.startswith("constrained-")
+    )
 
 
 def _no_constant(name: str) -> None:
