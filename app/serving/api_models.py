@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -161,7 +162,9 @@ async def read_body(request: Request, model: type[M], max_bytes: int) -> M:
         raw += chunk
         if len(raw) > max_bytes:  # a body without (or lying about) its length
             raise _too_large(max_bytes)
-    return validate(parse(bytes(raw)), model)
+    # parsed and walked off the event loop: a large body must not hold up other streams
+    value = await anyio.to_thread.run_sync(parse, bytes(raw))
+    return validate(value, model)
 
 
 def parse(raw: bytes) -> Any:
