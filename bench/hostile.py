@@ -6,10 +6,10 @@ once alone, once while a pool of hostile clients sends `--hostile` requests of e
 below (out-of-range fields, NUL characters, lone surrogates, deep nesting, oversized bodies,
 clients that leave mid-reply). Prints the normal streams interrupted (an error, or no
 finish reason) and their p95 time to first token with the hostile requests against without,
-and writes the JSON under bench/results/.
+and writes the JSON under bench/results/ (bench/record.py; TUNELOOP_BENCH_RESULTS elsewhere).
 
     .venv/bin/python -m bench.hostile                       # embedded SmolLM2, the real figure
-    .venv/bin/python -m bench.hostile --tiny --hostile 3 --rounds 2 --out /tmp/h.json  # smoke
+    TUNELOOP_BENCH_RESULTS=/tmp .venv/bin/python -m bench.hostile --tiny --hostile 3 --rounds 2
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = [{"role": "user", "content": "My router lights are red. What should I do?"}]
 MAX_BODY = 262_144  # TUNELOOP_API_MAX_BODY_BYTES for the run
 
@@ -167,7 +166,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="quiet/hostile phase pairs")
     parser.add_argument("--hostile", type=int, default=100, help="requests of every kind")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=RESULTS / "hostile.json")
     args = parser.parse_args()
 
     from app.config import Settings
@@ -229,8 +227,9 @@ def main() -> None:
         "ttft_p95_ratio": (h95 / q95) if q95 and h95 else None,
         "serving": serving,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    from bench.record import write_result
+
+    out = write_result("bench.hostile", report, settings=vars(args))
     print(
         f"{report['hostile_requests']} hostile requests ({len(HOSTILE)} kinds), "
         f"{server_errors} answered 5xx; normal streams interrupted: "
@@ -238,7 +237,7 @@ def main() -> None:
         f"p95 time to first token: {h95 if h95 is None else round(h95, 3)} s with the hostile "
         f"requests, {q95 if q95 is None else round(q95, 3)} s without "
         f"(ratio {report['ttft_p95_ratio'] and round(report['ttft_p95_ratio'], 2)}); "
-        f"decoder restarts {serving.get('decoder_restarts')}\nwrote {args.out}"
+        f"decoder restarts {serving.get('decoder_restarts')}\nwrote {out}"
     )
 
 
