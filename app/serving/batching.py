@@ -137,12 +137,13 @@ class BatchDecoder:
     # -- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
         """Supervise the loop: a fault outside any one row fails the rows in flight, is
-        counted, and the loop starts again on the requests still waiting."""
+        counted, and the loop starts again on the requests still waiting. (Should the
+        thread itself end some other way, the next request starts a new one.)"""
         while True:
             try:
                 self._loop()
                 return
-            except Exception as err:
+            except BaseException as err:
                 log.exception("the decoding loop failed; restarting it")
                 for row in self._rows:
                     if row.reply._finished_at is None:
@@ -151,6 +152,8 @@ class BatchDecoder:
                 self.health.restarts += 1
                 self.health.last_error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
                 self.health.last_error_at = time.time()
+                if not isinstance(err, Exception):  # SystemExit and the like: let it end
+                    raise
                 time.sleep(0.05)  # a fault that repeats at once must not spin a core
 
     def _loop(self) -> None:
