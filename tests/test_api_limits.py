@@ -347,3 +347,26 @@ def test_postgres_refuses_the_same_bodies_the_same_way(
             assert done.choices[0].message.content is not None
     finally:
         cluster.__exit__(None, None, None)
+
+
+def test_a_whole_reply_that_fails_keeps_its_own_error() -> None:
+    """Unit test of the disconnect watch around a whole reply: the model's failure must
+    come out as the ApiError it is (a 500 saying the model failed), not as a task group's
+    wrapper that the routes would answer with a generic internal error."""
+    import anyio
+
+    from app.serving.api import ApiError, _complete_unless_gone
+
+    class Failing:
+        def complete(self, call: Any) -> dict[str, Any]:
+            raise ApiError(500, "The model failed: boom", type="server_error")
+
+    class Connected:
+        async def is_disconnected(self) -> bool:
+            return False
+
+    async def run() -> None:
+        await _complete_unless_gone(Failing(), object(), Connected())  # type: ignore[arg-type]
+
+    with pytest.raises(ApiError, match="The model failed: boom"):
+        anyio.run(run)

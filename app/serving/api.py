@@ -283,11 +283,6 @@ class OpenAIApi:
             self.release()
         yield "data: [DONE]\n\n"
 
-    # -- feedback --------------------------------------------------------------------------
-    def feedback(self, user: UserInfo, body: FeedbackRequest) -> dict[str, Any]:
-        """A rating, correction or pick on the user's own completions (api_feedback.py)."""
-        return give_feedback(self.service, user, body)
-
     # -- admission -------------------------------------------------------------------------
     def admit(self) -> None:
         """Take a slot for one completion, or refuse with 429 when all are taken."""
@@ -316,6 +311,21 @@ async def _until_gone(request: Request, call: _Call) -> None:
         await anyio.sleep(0.1)
     call.gone = True
     call.reply.cancel()
+
+
+async def _complete_unless_gone(api: OpenAIApi, call: _Call, request: Request) -> Any:
+    """`api.complete(call)`, cancelled if the client leaves first; its error raised as is."""
+    failure: Exception | None = None
+    async with anyio.create_task_group() as watch:
+        watch.start_soon(_until_gone, request, call)
+        try:
+            done = await anyio.to_thread.run_sync(api.complete, call)
+        except Exception as err:  # raised below: the group would wrap it in an ExceptionGroup
+            failure = err
+        watch.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return done
 
 
 def api_routes(api: OpenAIApi) -> list[Any]:
@@ -369,11 +379,7 @@ def api_routes(api: OpenAIApi) -> list[Any]:
                         media_type="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                     )
-                async with anyio.create_task_group() as watch:
-                    watch.start_soon(_until_gone, request, call)
-                    done = await anyio.to_thread.run_sync(api.complete, call)
-                    watch.cancel_scope.cancel()
-                return JSONResponse(done)
+                return JSONResponse(await _complete_unless_gone(api, call, request))
             finally:
                 if not handed_over:
                     api.release()
@@ -385,7 +391,8 @@ def api_routes(api: OpenAIApi) -> list[Any]:
         async def work() -> Any:
             user = await anyio.to_thread.run_sync(api.authenticate, request)
             body = await read_body(request, FeedbackRequest, api.max_body_bytes)
-            return JSONResponse(await anyio.to_thread.run_sync(api.feedback, user, body))
+            done = await anyio.to_thread.run_sync(give_feedback, api.service, user, body)
+            return JSONResponse(done)
 
         return await guarded(work)
 
