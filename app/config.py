@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         le=1024,
         description="OpenAI-compatible API completions answered at once; more get 429 (retry).",
     )
+    api_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=64 * 1_048_576,
+        description="Largest request body the OpenAI-compatible API reads (bytes); a larger "
+        "one gets 413 before any of it is parsed.",
+    )
 
     # --- Argilla: pairs out for ranking, rankings back (issue 3) ---
     argilla_url: str | None = Field(

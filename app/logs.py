@@ -3,7 +3,8 @@
 tuneloop's own loggers (`app.*`, `feedback.*`, `training.*`, `tuneloop.*`) write at
 `TUNELOOP_LOG_LEVEL` to stderr and to `HOME/logs/tuneloop.log` (rotated at 10 MB, 5 kept),
 so an operator can read later what `serve` and `watch` did and why. Other libraries' loggers
-stay at WARNING: their INFO lines would bury ours.
+stay at WARNING: their INFO lines would bury ours. Tracebacks go to the file only; stderr
+gets them too with `TUNELOOP_DEBUG=1` (the CLI's one-line errors promise no traceback).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 OUR_LOGGERS = ("app", "feedback", "training", "tuneloop")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _configured: list[Path] = []
+# Set by the CLI's entry point from TUNELOOP_DEBUG, where it reads that variable.
+SHOW_TRACEBACKS = [False]
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -31,21 +34,30 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _Brief(logging.Formatter):
+    """The record's line without its traceback (the log file keeps the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if SHOW_TRACEBACKS[0] or not (record.exc_info or record.stack_info):
+            return super().format(record)
+        brief = logging.makeLogRecord(record.__dict__)
+        brief.exc_info = brief.exc_text = brief.stack_info = None
+        return super().format(brief)
+
+
 def configure(home: Path, level: str) -> None:
     """Send our log records to stderr and HOME/logs/tuneloop.log; once per process."""
     if _configured:
         return
     folder = home / "logs"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    formatter = logging.Formatter(FORMAT)
-    handlers: list[logging.Handler] = [
-        _Stderr(),
-        logging.handlers.RotatingFileHandler(
-            folder / "tuneloop.log", maxBytes=10_000_000, backupCount=5, encoding="utf-8"
-        ),
-    ]
-    for handler in handlers:
-        handler.setFormatter(formatter)
+    stderr = _Stderr()
+    stderr.setFormatter(_Brief(FORMAT))
+    file = logging.handlers.RotatingFileHandler(
+        folder / "tuneloop.log", maxBytes=10_000_000, backupCount=5, encoding="utf-8"
+    )
+    file.setFormatter(logging.Formatter(FORMAT))
+    handlers: list[logging.Handler] = [stderr, file]
     for name in OUR_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -457,12 +458,38 @@ def test_rows_too_long_to_train_fail_the_round_clearly(
     monkeypatch.setenv("TUNELOOP_TRAIN_MAX_LENGTH", "32")
     out = runner.invoke(app, ["train", "--json"])
     assert out.exit_code == 1, out.output
-    result = json.loads(out.stdout)
-    assert result["status"] == "failed" and result["serving_after"] is None, result
-    (reason,) = result["reasons"]
+    (round_,) = list_rounds(settings.home / "rounds")
+    assert round_["status"] == "failed"
+    reason = round_["reason"]
     assert reason.startswith("RowsTooLongError: sft: the prompt of every one of its"), reason
     assert "TUNELOOP_TRAIN_MAX_LENGTH" in reason
     assert Registry(settings.adapters_dir).current() is None
+    # with --json, a failed round is an error like any command's, not the round record
+    assert json.loads(out.stdout) == {
+        "error": f"round {round_['id']} failed: {reason}",
+        "exit_code": 1,
+    }
+
+
+def test_a_failed_train_json_is_one_error_object_and_no_traceback(
+    settings: Settings, store: Store
+) -> None:
+    """As its own process: stdout holds the error object alone, stderr no traceback
+    (the log file keeps it); TUNELOOP_DEBUG=1 shows the traceback on stderr."""
+    env = {**os.environ, "TUNELOOP_TRAIN_MAX_LENGTH": "32"}
+    argv = [sys.executable, "-m", "app.cli", "train", "--json"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = proc.stdout.splitlines()
+    body = json.loads(line)
+    assert set(body) == {"error", "exit_code"} and body["exit_code"] == 1
+    assert "RowsTooLongError" in body["error"]
+    assert "Traceback" not in proc.stderr and "RowsTooLongError" in proc.stderr
+    assert "Traceback" in (settings.home / "logs" / "tuneloop.log").read_text()
+    debug = subprocess.run(
+        argv, env={**env, "TUNELOOP_DEBUG": "1"}, capture_output=True, text=True, check=False
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
 def test_rows_whose_prompt_fills_the_length_are_left_out(tiny_model_dir: Path, caplog) -> None:

@@ -158,6 +158,9 @@ def status(as_json: JsonOpt = False) -> None:
     from training.round import list_rounds  # issue 4: the serving version's metrics, last round
 
     rounds = list_rounds(settings.home / "rounds")
+    from app.serving.health import FILE_NAME, read_health
+
+    serving = read_health(settings.home / FILE_NAME)
     payload = {
         "model": _model_label(settings),
         "adapter": version,
@@ -169,6 +172,7 @@ def status(as_json: JsonOpt = False) -> None:
         "adapter_metrics": registry.info(version).get("metrics") if version else None,
         "last_round": rounds[-1] if rounds else None,
         "argilla": status_payload(settings, store),
+        "serving": serving,
     }
     by_source = counts.get("preferences_by_source", {})
     lines = [
@@ -181,6 +185,7 @@ def status(as_json: JsonOpt = False) -> None:
         "preferences:    "
         + (", ".join(f"{k} {v}" for k, v in sorted(by_source.items())) or "none"),
         _argilla_line(payload["argilla"]),
+        _serving_line(serving),
     ]
     if rounds:
         last = rounds[-1]
@@ -204,6 +209,18 @@ def _serving(registry: Any) -> tuple[str | None, str | None, str | None]:
     except (RegistryError, OSError) as err:
         return named, None, str(err)
     return named, named, None
+
+
+def _serving_line(serving: dict[str, Any] | None) -> str:
+    if serving is None:
+        return "serve:          not running from this home"
+    line = (
+        f"serve:          pid {serving['pid']}, {serving.get('active', 0)} API requests now, "
+        f"decoding loop restarted {serving.get('decoder_restarts', 0)} times"
+    )
+    if serving.get("decoder_last_error"):
+        line += f" (last: {serving['decoder_last_error']})"
+    return line
 
 
 def _argilla_line(argilla: dict[str, Any]) -> str:

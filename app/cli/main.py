@@ -98,6 +98,9 @@ def main() -> None:
     # Everything tuneloop creates (the store, models, adapters, logs, Argilla's database and
     # the processes it starts) is private to the account that runs it: 0700 / 0600.
     os.umask(0o077)
+    from app import logs
+
+    logs.SHOW_TRACEBACKS[0] = bool(os.environ.get("TUNELOOP_DEBUG"))
     _JSON_MODE[0] = "--json" in sys.argv[1:]
     if not _JSON_MODE[0]:
         raise SystemExit(_run())

@@ -131,7 +131,11 @@ def serve(
         trusted_frontends=settings.trusted_frontend_names,
         helper_max_tokens=settings.helper_max_tokens,
         wait_seconds=settings.api_wait_seconds,
+        max_body_bytes=settings.api_max_body_bytes,
     )
+    from app.serving.health import FILE_NAME, keep_health_file
+
+    health_stop = keep_health_file(settings.home / FILE_NAME, api.serving)
     try:
         # Annotators may log in, to be told where their work is; every action refuses them.
         gate = LoginGate(
@@ -155,7 +159,7 @@ def serve(
             remote_content=settings.page_remote_content,
         )
     finally:
-        for stop in (sync_stop, openwebui_stop):
+        for stop in (health_stop, sync_stop, openwebui_stop):
             if stop is not None:
                 stop.set()
         engine.close()

@@ -92,6 +92,10 @@ def register_core(app: typer.Typer) -> None:
         ranks.finish()
         if not main:
             raise typer.Exit(1 if result.status == "failed" else 0)
+        if result.status == "failed" and as_json:  # a failure is an error, as for every command
+            reason = (result.reasons or ["see the log"])[0]
+            emit(True, {"error": f"round {result.id} failed: {reason}", "exit_code": 1}, "")
+            raise typer.Exit(1)
         payload = result.to_dict()
         text = f"Round {result.id}: {result.status}" + (
             f", version {result.version} ({result.candidate_stage})" if result.version else ""

@@ -44,6 +44,11 @@ class Slots:
             await anyio.sleep(_POLL_S)
         return True
 
+    def in_use(self) -> tuple[int, int]:
+        """(people's turns, helper calls) answered now."""
+        with self._lock:
+            return self._active[False], self._active[True]
+
     def give_back(self, *, helper: bool = False) -> None:
         with self._lock:
             self._active[helper] -= 1

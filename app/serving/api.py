@@ -8,7 +8,10 @@ conversation of the key's owner, the reply stored with the version that wrote it
 `/v1/feedback` through the same rating, correction and pick calls as the page's buttons.
 
 Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the
-status codes OpenAI clients expect; nothing here ever answers with a traceback.
+status codes OpenAI clients expect; nothing here ever answers with a traceback. What a
+request may hold, and the checks made before anything is stored or decoded, are in
+`app/serving/api_models.py`. A client that goes away (streamed or not) cancels its reply and
+frees its slot at once.
 """
 
 from __future__ import annotations
@@ -19,15 +22,22 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.serving import frontends
 from app.serving.admission import Slots
+from app.serving.api_feedback import give_feedback
+from app.serving.api_models import (
+    ApiError,
+    CompletionRequest,
+    FeedbackRequest,
+    check_sizes,
+    read_body,
+)
 from app.serving.chat import CHAT_ROLES, ChatError, ChatService, ChatState, Turn
 from app.serving.engine import CURRENT, ContextTooLong, Reply, SamplingParams, ServingError
 from feedback.errors import FeedbackError
@@ -38,96 +48,6 @@ log = logging.getLogger(__name__)
 SERVING_MODEL = "tuneloop"  # whatever CURRENT names when the request arrives
 BASE_MODEL = "tuneloop:base"  # the bare base model, no adapter
 COMPLETION_PREFIX = "chatcmpl-"
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape with an HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = (
-            status,
-            message,
-            type,
-            code,
-            param,
-        )
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> JSONResponse:
-        headers = {"Retry-After": "1"} if self.status == 429 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
-
-
-# -- request bodies ------------------------------------------------------------------------
-class _Loose(BaseModel):
-    """Clients send fields we do not use (OpenAI adds new ones often): ignore them."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class ContentPart(_Loose):
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(_Loose):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            if any(p.type != "text" for p in self.content):
-                raise ApiError(400, "only text content is supported", param="messages")
-            return "".join(p.text or "" for p in self.content)
-        return self.content or ""
-
-
-class StreamOptions(_Loose):
-    include_usage: bool = False
-
-
-class CompletionRequest(_Loose):
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
-    store: bool | None = None  # OpenAI's flag; False: answer, do not keep
-
-
-class FeedbackRequest(_Loose):
-    """One of: a rating, a correction, or a pick between two completions."""
-
-    completion_id: str | None = None
-    rating: Literal[1, -1] | None = None
-    reason: str = Field(default="", max_length=2000)
-    correction: str | None = None
-    completion_ids: list[str] | None = Field(default=None, min_length=2, max_length=2)
-    choice: Literal["first", "second", "tie"] | None = None
 
 
 # -- the API ---------------------------------------------------------------------------------
@@ -143,6 +63,7 @@ class _Call:
     created: int
     helper: bool = False  # a front end's helper call: answered, never stored
     candidate_in: int | None = None  # a regenerated turn: stored beside this conversation
+    gone: bool = False  # the client disconnected: the reply was cancelled, nothing stored
 
 
 class OpenAIApi:
@@ -157,6 +78,7 @@ class OpenAIApi:
         trusted_frontends: frozenset[str] = frozenset(),
         helper_max_tokens: int = 128,
         wait_seconds: float = 0.0,
+        max_body_bytes: int = 1_048_576,
     ) -> None:
         self.service = service
         self.versions = versions
@@ -164,6 +86,7 @@ class OpenAIApi:
         self.slots = Slots(max_active, wait_seconds=wait_seconds)
         self.frontends = frontends.Frontends(service.store, trusted=trusted_frontends)
         self.helper_max_tokens = helper_max_tokens
+        self.max_body_bytes = max_body_bytes
 
     # -- who is asking ---------------------------------------------------------------------
     def authenticate(self, request: Request) -> UserInfo:
@@ -197,6 +120,18 @@ class OpenAIApi:
             "data": [
                 {"id": i, "object": "model", "created": now, "owned_by": "tuneloop"} for i in ids
             ],
+            "serving": self.serving(),
+        }
+
+    def serving(self) -> dict[str, Any]:
+        """How serving is holding up: requests answered now, and restarts of the decoding
+        loop with the last fault (what `tuneloop status` reads from HOME/serving.json)."""
+        people, helpers = self.slots.in_use()
+        return {
+            "active": people,
+            "max_active": self.max_active,
+            "helper_calls": helpers,
+            **self.service.engine.health(),
         }
 
     def _adapter(self, model: str) -> str | None:
@@ -218,12 +153,14 @@ class OpenAIApi:
     def _params(self, body: CompletionRequest) -> SamplingParams:
         default = self.service.params
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if len(stop) > 4 or any(not s for s in stop):
-            raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
+        temperature = default.temperature if body.temperature is None else body.temperature
+        top_p = default.top_p if body.top_p is None else body.top_p
+        if top_p == 0:  # no probability mass kept but the top token's: greedy
+            temperature, top_p = 0.0, default.top_p
         return SamplingParams(
             max_new_tokens=body.max_completion_tokens or body.max_tokens or default.max_new_tokens,
-            temperature=default.temperature if body.temperature is None else body.temperature,
-            top_p=default.top_p if body.top_p is None else body.top_p,
+            temperature=temperature,
+            top_p=top_p,
             stop=tuple(stop),
             seed=body.seed,
         )
@@ -241,10 +178,11 @@ class OpenAIApi:
         """
         adapter = self._adapter(body.model)
         params = self._params(body)
+        texts = check_sizes(body, self.service.max_message_chars)
         turns: list[Turn] = []
-        for m in body.messages:
+        for m, text in zip(body.messages, texts, strict=True):
             role = "system" if m.role == "developer" else m.role
-            turns.append(Turn(role, m.text()))
+            turns.append(Turn(role, text))
         if turns[-1].role != "user":
             raise ApiError(400, "The last message must be the user's.", param="messages")
         helper = self.is_helper(body)
@@ -326,6 +264,9 @@ class OpenAIApi:
                 pass
         except ServingError as err:
             raise ApiError(500, f"The model failed: {err}", type="server_error") from err
+        if call.gone:  # nobody to answer: keep no half reply
+            log.info("completion %s cancelled: the client went away", call.completion_id)
+            return {}
         done = self.finish(call)
         return {
             "id": call.completion_id,
@@ -366,7 +307,9 @@ class OpenAIApi:
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
-                piece = await anyio.to_thread.run_sync(next, pieces, None)
+                # abandon_on_cancel: a client gone mid-reply ends this at once (the finally
+                # below cancels the reply) instead of after the next piece
+                piece = await anyio.to_thread.run_sync(next, pieces, None, abandon_on_cancel=True)
                 if piece is None:
                     break
                 yield chunk({"content": piece})
@@ -385,60 +328,11 @@ class OpenAIApi:
             error = ApiError(500, "Internal error; the server log says more.", type="server_error")
             yield f"data: {json.dumps(error.body())}\n\n"
         finally:
+            if not call.reply.done.is_set():
+                log.info("completion %s cancelled: the client went away", call.completion_id)
             call.reply.cancel()  # the client went away mid-reply: stop generating
             self.release(call.helper)
         yield "data: [DONE]\n\n"
-
-    # -- feedback --------------------------------------------------------------------------
-    def _owned(self, user: UserInfo, completion_id: str) -> int:
-        try:
-            info = self.service.store.owned_completion(completion_id=completion_id, user_id=user.id)
-        except FeedbackError as err:
-            raise ApiError(404, str(err), code="completion_not_found") from err
-        return info.id
-
-    def feedback(self, user: UserInfo, body: FeedbackRequest) -> dict[str, Any]:
-        kinds = [
-            k
-            for k, given in (
-                ("rating", body.rating is not None),
-                ("correction", body.correction is not None),
-                ("pick", body.choice is not None or body.completion_ids is not None),
-            )
-            if given
-        ]
-        if len(kinds) != 1:
-            raise ApiError(
-                400,
-                "Send exactly one of: rating (1 or -1, with completion_id), correction (text, "
-                "with completion_id), or choice (first|second|tie, with two completion_ids).",
-            )
-        kind = kinds[0]
-        try:
-            if kind == "pick":
-                if body.choice is None or body.completion_ids is None:
-                    raise ApiError(400, "A pick needs both completion_ids and choice.")
-                first, second = (self._owned(user, i) for i in body.completion_ids)
-                choice = {"first": "A", "second": "B", "tie": "tie"}[body.choice]
-                message = self.service.pick_between(user, first, second, choice)
-                return {"object": "feedback", "kind": kind, "message": message}
-            if body.completion_id is None:
-                raise ApiError(400, f"A {kind} needs completion_id.", param="completion_id")
-            response_id = self._owned(user, body.completion_id)
-            if kind == "rating":
-                message = self.service.rate_response(
-                    user, response_id, up=body.rating == 1, reason=body.reason
-                )
-            else:
-                message = self.service.correct_response(user, response_id, body.correction or "")
-        except (ChatError, FeedbackError) as err:
-            raise ApiError(400, str(err)) from err
-        return {
-            "object": "feedback",
-            "kind": kind,
-            "completion_id": body.completion_id,
-            "message": message,
-        }
 
     # -- admission -------------------------------------------------------------------------
     async def admit(self, helper: bool = False) -> None:
@@ -460,17 +354,27 @@ def _fingerprint(version: str | None) -> str:
     return f"tuneloop-{version or 'base'}"
 
 
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    try:
-        raw = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "The request body is not valid JSON.") from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        raise ApiError(400, f"{where or 'body'}: {first['msg']}", param=where) from None
+async def _until_gone(request: Request, call: _Call) -> None:
+    """Cancel the call's reply as soon as its client disconnects."""
+    while not await request.is_disconnected():
+        await anyio.sleep(0.1)
+    call.gone = True
+    call.reply.cancel()
+
+
+async def _complete_unless_gone(api: OpenAIApi, call: _Call, request: Request) -> Any:
+    """`api.complete(call)`, cancelled if the client leaves first; its error raised as is."""
+    failure: Exception | None = None
+    async with anyio.create_task_group() as watch:
+        watch.start_soon(_until_gone, request, call)
+        try:
+            done = await anyio.to_thread.run_sync(api.complete, call)
+        except Exception as err:  # raised below: the group would wrap it in an ExceptionGroup
+            failure = err
+        watch.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return done
 
 
 def api_routes(api: OpenAIApi) -> list[Any]:
@@ -511,7 +415,7 @@ def api_routes(api: OpenAIApi) -> list[Any]:
     async def chat_completions(request: Request) -> Any:
         async def work() -> Any:
             user = await anyio.to_thread.run_sync(api.authenticate, request)
-            body = await _body(request, CompletionRequest)
+            body = await read_body(request, CompletionRequest, api.max_body_bytes)
             helper = api.is_helper(body)
             await api.admit(helper)
             handed_over = False
@@ -525,7 +429,7 @@ def api_routes(api: OpenAIApi) -> list[Any]:
                         media_type="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                     )
-                return JSONResponse(await anyio.to_thread.run_sync(api.complete, call))
+                return JSONResponse(await _complete_unless_gone(api, call, request))
             finally:
                 if not handed_over:
                     api.release(helper)
@@ -536,8 +440,9 @@ def api_routes(api: OpenAIApi) -> list[Any]:
     async def feedback(request: Request) -> Any:
         async def work() -> Any:
             user = await anyio.to_thread.run_sync(api.authenticate, request)
-            body = await _body(request, FeedbackRequest)
-            return JSONResponse(await anyio.to_thread.run_sync(api.feedback, user, body))
+            body = await read_body(request, FeedbackRequest, api.max_body_bytes)
+            done = await anyio.to_thread.run_sync(give_feedback, api.service, user, body)
+            return JSONResponse(done)
 
         return await guarded(work)
 

@@ -8,6 +8,11 @@ version through PEFT's mixed-adapter batches (`adapter_names`, one PEFT name per
 `"__base__"` for the bare base), and each row sampled with its own temperature, top-p and
 seed. Finished rows (end of turn, token budget, cancelled) leave the batch between steps.
 
+Nothing one request carries can stop the loop: an exception while handling one row (its
+seed, its sampling, its text) fails that row's reply alone, and an exception anywhere else
+in the loop fails the rows in flight and restarts the loop, counted in `health` (shown by
+`/v1/models` and `tuneloop status`), so other users' replies keep coming.
+
 On a CPU a decode step costs nearly the same for 1 or 8 rows (the weights are read once
 per step either way), so 8 chats stream almost as fast as one did. A row keeps the PEFT
 name it was admitted with until it ends, whatever CURRENT does meanwhile: a hot switch
@@ -59,6 +64,27 @@ class _Row:
     sent: str = ""  # decoded text already passed on
 
 
+def torch_seed(seed: int) -> int:
+    """A seed torch takes: the API allows any signed 64-bit seed; torch wants unsigned."""
+    return seed % 2**64
+
+
+@dataclass
+class DecoderHealth:
+    """How often the decoding loop had to be restarted, and why the last time."""
+
+    restarts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None  # time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "decoder_restarts": self.restarts,
+            "decoder_last_error": self.last_error,
+            "decoder_last_error_at": self.last_error_at,
+        }
+
+
 class BatchDecoder:
     """The generation thread of a ChatEngine that decodes concurrent replies together."""
 
@@ -71,6 +97,8 @@ class BatchDecoder:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.max_rows_seen = 0  # the largest batch so far (how much batching happened)
+        self.health = DecoderHealth()
+        self._rows: list[_Row] = []  # the rows in flight, for the supervisor to fail
         # (PEFT name, system-message ids) -> that prefix's keys/values per layer. Every chat
         # starts with the same system prompt (~350 tokens for the demo, most of a prompt);
         # computing it once per adapter makes a new reply's first step cost its own turns.
@@ -108,6 +136,27 @@ class BatchDecoder:
 
     # -- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
+        """Supervise the loop: a fault outside any one row fails the rows in flight, is
+        counted, and the loop starts again on the requests still waiting. (Should the
+        thread itself end some other way, the next request starts a new one.)"""
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as err:
+                log.exception("the decoding loop failed; restarting it")
+                for row in self._rows:
+                    if row.reply._finished_at is None:
+                        self._end(row, error=err)
+                self._rows = []
+                self.health.restarts += 1
+                self.health.last_error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+                self.health.last_error_at = time.time()
+                if not isinstance(err, Exception):  # SystemExit and the like: let it end
+                    raise
+                time.sleep(0.05)  # a fault that repeats at once must not spin a core
+
+    def _loop(self) -> None:
         import torch
 
         # The engine's per-step hook activates no adapter for this thread: every row names
@@ -118,6 +167,7 @@ class BatchDecoder:
         # Submitted rows not in the batch yet; people's turns are admitted before helper
         # calls (SamplingParams.priority), in arrival order within each.
         waiting: list[_Row] = []
+        self._rows = rows
         state: dict[str, Any] = {"cache": None, "mask": None}
         stopping = False
         with torch.inference_mode():
@@ -141,10 +191,13 @@ class BatchDecoder:
                 waiting.sort(key=lambda r: r.params.priority)  # stable: arrival order kept
                 room = max(0, self.max_batch - len(rows))
                 new, waiting = waiting[:room], waiting[room:]
+                # every row a broken loop would strand, waiting ones included, is failed
+                self._rows = rows + new + waiting
                 for row in new:
                     if self._prefill(row, state):
                         rows.append(row)
                 rows = self._settle(rows, state)
+                self._rows = rows + waiting
                 if not rows:
                     state["cache"] = state["mask"] = None
                     continue
@@ -156,9 +209,11 @@ class BatchDecoder:
                     for row in rows:
                         self._end(row, error=err)
                     rows = []
+                    self._rows = list(waiting)
                     state["cache"] = state["mask"] = None
                     continue
                 rows = self._settle(rows, state)
+                self._rows = rows + waiting
 
     def _forward(self, **kwargs: Any) -> Any:
         """One forward pass, through PEFT (mixed adapters) once any adapter is loaded."""
@@ -177,10 +232,10 @@ class BatchDecoder:
             self._end(row, reason="cancelled")
             return False
         params = row.params
-        if not params.greedy:
-            seed = params.seed if params.seed is not None else secrets.randbits(63)
-            row.generator = torch.Generator().manual_seed(seed)
         try:
+            if not params.greedy:  # inside the try: a seed torch refuses fails this row only
+                seed = params.seed if params.seed is not None else secrets.randbits(63)
+                row.generator = torch.Generator().manual_seed(torch_seed(seed))
             device = self.engine.model.device
             ids = torch.tensor([row.ids], device=device)
             out = self._forward(
@@ -191,13 +246,13 @@ class BatchDecoder:
                 logits_to_keep=1,
                 names=[row.key],
             )
-            token = self._sample(out.logits[:, -1, :], [row])[0]
+            token = self._sample_one(out.logits[0, -1, :], row)
             self._merge(state, out.past_key_values, len(row.ids))
+            self._advance(row, token)
         except Exception as err:
             log.exception("a reply's prompt step failed")
             self._end(row, error=err)
             return False
-        self._advance(row, token)
         return True
 
     def _prefix_cache(self, row: _Row, ids: Any) -> Any:
@@ -244,8 +299,15 @@ class BatchDecoder:
             names=[row.key for row in rows],
         )
         state["cache"], state["mask"] = out.past_key_values, mask
-        for row, token in zip(rows, self._sample(out.logits[:, -1, :], rows), strict=True):
-            self._advance(row, token)
+        logits = out.logits[:, -1, :]
+        greedy = logits.argmax(dim=-1).tolist()
+        for i, row in enumerate(rows):
+            try:  # one row's sampling or text failing ends that row; the others go on
+                token = greedy[i] if row.params.greedy else self._sample_one(logits[i], row)
+                self._advance(row, int(token))
+            except Exception as err:
+                log.exception("a reply failed in a decode step")
+                self._end(row, error=err)
 
     # -- rows in and out of the batch --------------------------------------------------------
     def _merge(self, state: dict[str, Any], cache: Any, length: int) -> None:
@@ -329,22 +391,19 @@ class BatchDecoder:
 
     # -- sampling --------------------------------------------------------------------------
     @staticmethod
-    def _sample(logits: Any, rows: list[_Row]) -> list[int]:
-        """The next token of each row: greedy, or temperature + top-p with its own seed."""
+    def _sample_one(logits: Any, row: _Row) -> int:
+        """A row's next token: greedy, or temperature + top-p with its own generator."""
         import torch
 
-        tokens = logits.argmax(dim=-1).tolist()
-        for i, row in enumerate(rows):
-            params = row.params
-            if params.greedy:
-                continue
-            scores = logits[i].float() / params.temperature
-            probs = torch.softmax(scores, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                # keep the smallest set whose mass reaches top_p (always the top token)
-                drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p
-                sorted_probs[drop] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            tokens[i] = int(torch.multinomial(probs, 1, generator=row.generator))
-        return [int(t) for t in tokens]
+        params = row.params
+        if params.greedy:
+            return int(logits.argmax())
+        scores = logits.float() / params.temperature
+        probs = torch.softmax(scores, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # keep the smallest set whose mass reaches top_p (always the top token)
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p
+            sorted_probs[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=row.generator))

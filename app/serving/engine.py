@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.serving.adapters import AdapterError, AdapterPool
-from app.serving.batching import BatchDecoder
+from app.serving.batching import BatchDecoder, DecoderHealth, torch_seed
 from app.serving.cpu_env import lower_thread_priority
 from app.serving.engine_base import CURRENT, EngineBase, label
 from app.serving.replies import (
@@ -117,6 +117,12 @@ class ChatEngine(EngineBase):
         super().close()
         if self._batcher is not None:
             self._batcher.close()
+
+    def health(self) -> dict[str, object]:
+        """Restarts of the decoding loop and the last fault (one-loop replies have no shared
+        loop: a fault there fails its own reply and is never a restart)."""
+        batcher = self._batcher
+        return (batcher.health if batcher is not None else DecoderHealth()).as_dict()
 
     # -- versions ------------------------------------------------------------------------
     def serving_version(self) -> str | None:
@@ -225,7 +231,7 @@ class ChatEngine(EngineBase):
             if not params.greedy:
                 kwargs.update(temperature=params.temperature, top_p=params.top_p)
                 if params.seed is not None:
-                    torch.manual_seed(params.seed)
+                    torch.manual_seed(torch_seed(params.seed))
             with torch.inference_mode():  # no autograd bookkeeping on any op of any step
                 out = self.model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs

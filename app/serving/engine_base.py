@@ -58,6 +58,10 @@ class EngineBase:
     def serving_version(self) -> str | None:
         raise NotImplementedError
 
+    def health(self) -> dict[str, object]:
+        """What `/v1/models` and `tuneloop status` report about the decoding loop."""
+        return {}
+
     # -- shared --------------------------------------------------------------------------
     def start(self) -> None:
         """Follow CURRENT in a background thread, checking every `poll_seconds`."""
