@@ -354,7 +354,8 @@ def test_a_whole_reply_that_fails_keeps_its_own_error() -> None:
     wrapper that the routes would answer with a generic internal error."""
     import anyio
 
-    from app.serving.api import ApiError, _complete_unless_gone
+    from app.serving.api_models import ApiError
+    from app.serving.api_routes import complete_unless_gone
 
     class Failing:
         def complete(self, call: Any) -> dict[str, Any]:
@@ -365,7 +366,7 @@ def test_a_whole_reply_that_fails_keeps_its_own_error() -> None:
             return False
 
     async def run() -> None:
-        await _complete_unless_gone(Failing(), object(), Connected())  # type: ignore[arg-type]
+        await complete_unless_gone(Failing(), object(), Connected())  # type: ignore[arg-type]
 
     with pytest.raises(ApiError, match="The model failed: boom"):
         anyio.run(run)

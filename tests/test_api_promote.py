@@ -54,6 +54,8 @@ def test_promotion_during_eight_streams_breaks_none(
         "TUNELOOP_DATA_DIR": str(empty_data),
         "TUNELOOP_MAX_BATCH": "8",
         "TUNELOOP_API_MAX_ACTIVE": "8",
+        # the ninth request below is refused at once, not after waiting for a stream to end
+        "TUNELOOP_API_WAIT_SECONDS": "0",
     }
     with serve(home, model=str(tiny_model_dir), **env) as (url, proc):
         api = OpenAI(base_url=url + "v1", api_key=key, max_retries=0)

@@ -122,7 +122,8 @@ def serve(
             "(run `tuneloop argilla up`, or set TUNELOOP_ARGILLA_URL).",
             err=True,
         )
-    from app.serving.api import OpenAIApi, api_routes
+    from app.serving.api import OpenAIApi
+    from app.serving.api_routes import api_routes
 
     api = OpenAIApi(
         service,

@@ -25,18 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Request
 
 from app.serving import frontends
 from app.serving.admission import Slots
-from app.serving.api_feedback import give_feedback
 from app.serving.api_models import (
     ApiError,
     CompletionRequest,
-    FeedbackRequest,
     check_sizes,
-    read_body,
 )
 from app.serving.chat import CHAT_ROLES, ChatError, ChatService, ChatState, Turn
 from app.serving.engine import CURRENT, ContextTooLong, Reply, SamplingParams, ServingError
@@ -52,7 +48,7 @@ COMPLETION_PREFIX = "chatcmpl-"
 
 # -- the API ---------------------------------------------------------------------------------
 @dataclass
-class _Call:
+class Call:
     """A completion being answered: who asked, for what, and the reply underway."""
 
     user: UserInfo
@@ -170,7 +166,7 @@ class OpenAIApi:
         texts = [(m.role, m.content if isinstance(m.content, str) else "") for m in body.messages]
         return frontends.is_helper(model=body.model, store=body.store, texts=texts)
 
-    def start(self, user: UserInfo, body: CompletionRequest, headers: Any = None) -> _Call:
+    def start(self, user: UserInfo, body: CompletionRequest, headers: Any = None) -> Call:
         """Validate, then commit the user's message and start the reply (a worker thread).
 
         A helper call is only answered; a trusted front end's request is its end user's,
@@ -227,7 +223,7 @@ class OpenAIApi:
                     reply = engine.stream(history, params, adapter=adapter)
         except (ServingError, ChatError, FeedbackError) as err:
             raise ApiError(400, str(err)) from err
-        return _Call(
+        return Call(
             user=user,
             model=body.model,
             state=state,
@@ -238,7 +234,7 @@ class OpenAIApi:
             candidate_in=candidate_in,
         )
 
-    def finish(self, call: _Call) -> dict[str, Any]:
+    def finish(self, call: Call) -> dict[str, Any]:
         """Store the finished reply as the user's turn; returns the usage and finish reason."""
         info = call.reply.info
         assert info is not None
@@ -257,7 +253,7 @@ class OpenAIApi:
             "adapter_version": info.adapter_version,
         }
 
-    def complete(self, call: _Call) -> dict[str, Any]:
+    def complete(self, call: Call) -> dict[str, Any]:
         """The whole reply at once (blocking)."""
         try:
             for _ in call.reply:
@@ -286,7 +282,7 @@ class OpenAIApi:
             "adapter_version": done["adapter_version"],
         }
 
-    async def stream(self, call: _Call, include_usage: bool) -> AsyncIterator[str]:
+    async def stream(self, call: Call, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
         pieces = iter(call.reply)
 
@@ -352,98 +348,3 @@ class OpenAIApi:
 
 def _fingerprint(version: str | None) -> str:
     return f"tuneloop-{version or 'base'}"
-
-
-async def _until_gone(request: Request, call: _Call) -> None:
-    """Cancel the call's reply as soon as its client disconnects."""
-    while not await request.is_disconnected():
-        await anyio.sleep(0.1)
-    call.gone = True
-    call.reply.cancel()
-
-
-async def _complete_unless_gone(api: OpenAIApi, call: _Call, request: Request) -> Any:
-    """`api.complete(call)`, cancelled if the client leaves first; its error raised as is."""
-    failure: Exception | None = None
-    async with anyio.create_task_group() as watch:
-        watch.start_soon(_until_gone, request, call)
-        try:
-            done = await anyio.to_thread.run_sync(api.complete, call)
-        except Exception as err:  # raised below: the group would wrap it in an ExceptionGroup
-            failure = err
-        watch.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return done
-
-
-def api_routes(api: OpenAIApi) -> list[Any]:
-    """The API's routes, to hand to the web app that serves the chat page."""
-    router = APIRouter(prefix="/v1")
-
-    async def guarded(work: Callable[[], Any]) -> Any:
-        try:
-            return await work()
-        except ApiError as err:
-            return err.response()
-        except Exception:  # a bug must not leak a traceback to the client
-            log.exception("API request failed")
-            return ApiError(
-                500, "Internal error; the server log says more.", type="server_error"
-            ).response()
-
-    @router.get("/models")
-    async def models(request: Request) -> Any:
-        async def work() -> Any:
-            await anyio.to_thread.run_sync(api.authenticate, request)
-            return JSONResponse(await anyio.to_thread.run_sync(api.models))
-
-        return await guarded(work)
-
-    @router.get("/models/{model_id:path}")
-    async def model(model_id: str, request: Request) -> Any:
-        async def work() -> Any:
-            await anyio.to_thread.run_sync(api.authenticate, request)
-            for entry in (await anyio.to_thread.run_sync(api.models))["data"]:
-                if entry["id"] == model_id:
-                    return JSONResponse(entry)
-            raise ApiError(404, f"The model {model_id!r} does not exist.", code="model_not_found")
-
-        return await guarded(work)
-
-    @router.post("/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        async def work() -> Any:
-            user = await anyio.to_thread.run_sync(api.authenticate, request)
-            body = await read_body(request, CompletionRequest, api.max_body_bytes)
-            helper = api.is_helper(body)
-            await api.admit(helper)
-            handed_over = False
-            try:
-                call = await anyio.to_thread.run_sync(api.start, user, body, request.headers)
-                if body.stream:
-                    include = bool(body.stream_options and body.stream_options.include_usage)
-                    handed_over = True  # the stream releases the slot when it ends
-                    return StreamingResponse(
-                        api.stream(call, include),
-                        media_type="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                    )
-                return JSONResponse(await _complete_unless_gone(api, call, request))
-            finally:
-                if not handed_over:
-                    api.release(helper)
-
-        return await guarded(work)
-
-    @router.post("/feedback")
-    async def feedback(request: Request) -> Any:
-        async def work() -> Any:
-            user = await anyio.to_thread.run_sync(api.authenticate, request)
-            body = await read_body(request, FeedbackRequest, api.max_body_bytes)
-            done = await anyio.to_thread.run_sync(give_feedback, api.service, user, body)
-            return JSONResponse(done)
-
-        return await guarded(work)
-
-    return list(router.routes)
