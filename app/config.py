@@ -12,7 +12,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.split import HELDOUT_MIN_ITEMS
-from training.gate import DEFAULT_MARGINS, MIN_ITEMS, GateConfigError, parse_margins
+from training.comparisons import MIN_ITEMS
+from training.gate import DEFAULT_MARGINS, GateConfigError, parse_margins
 
 # The repository's own data/ folder: the demo domain's system prompt, seed examples, rubric.
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -462,7 +463,7 @@ class Settings(BaseSettings):
             "rows: a smaller split's loss is too noisy to pick a checkpoint by)."
         ),
     )
-    # GPU memory and speed; "auto" (unset) decides per machine (training/stages.py).
+    # GPU memory and speed; "auto" (unset) decides per machine (training/round_config.py).
     gradient_checkpointing: bool | None = Field(
         default=None,
         description="Trade speed for memory; `auto` (unset): only with a 4-bit (QLoRA) base.",

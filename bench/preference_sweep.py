@@ -92,7 +92,7 @@ def parse_settings(text: str, stage: str = "dpo") -> list[dict[str, Any]]:
 
 def round_config(round_dir: Path) -> Any:
     """The round's training hyperparameters (report.json) as a RoundConfig."""
-    from training.stages import RoundConfig
+    from training.round_config import RoundConfig
 
     saved = json.loads((round_dir / "report.json").read_text())["hyperparameters"]
     kinds = {f.name: f.type for f in dataclasses.fields(RoundConfig)}

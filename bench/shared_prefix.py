@@ -79,7 +79,8 @@ def main() -> None:
     from bench.train_throughput import demo_rows
     from training.device import shared_prefix
     from training.lora import lora_config
-    from training.stages import RoundConfig, load_base
+    from training.models import load_base
+    from training.round_config import RoundConfig
 
     model_dir = Path(args.model)
     tok = AutoTokenizer.from_pretrained(model_dir)

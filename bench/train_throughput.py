@@ -140,7 +140,8 @@ def run_variant(
     import trl  # noqa: F401
 
     from app.config import Settings
-    from training.stages import RoundConfig, train_dpo, train_sft
+    from training.round_config import RoundConfig
+    from training.stages import train_dpo, train_sft
 
     sft, dpo = demo_rows(rows, long_rows=long_rows)
     if sft_only:
@@ -325,7 +326,7 @@ def main() -> None:
             print("RESULT " + json.dumps(result))
         return
 
-    from training.stages import default_train_batch_size
+    from training.device.machine import default_train_batch_size
 
     args.batch = args.batch or default_train_batch_size()
     sft, dpo = demo_rows(args.rows, long_rows=args.long_rows)

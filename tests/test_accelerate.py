@@ -357,12 +357,12 @@ def test_two_ranks_see_a_running_round_and_both_stop(
     import subprocess
 
     from app.config import Settings
-    from training.round import _exclusive
+    from training.rounds_dir import exclusive_lock
 
     settings = Settings()
     rounds = settings.home / "rounds"
     env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "none"}
-    with _exclusive(rounds):
+    with exclusive_lock(rounds):
         proc = subprocess.run(
             [*_torchrun(2), "-m", "app.cli", "train", "--json"],
             env=env, capture_output=True, text=True, timeout=300, check=False,

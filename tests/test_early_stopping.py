@@ -14,7 +14,8 @@ import pytest
 
 from tests.cli import run_cli
 from training.early_stopping import split_rows, validation_size, why_off
-from training.stages import RoundConfig, rows_seen
+from training.round_config import RoundConfig
+from training.trainer_args import rows_seen
 
 
 def _round(
@@ -235,7 +236,9 @@ def test_validating_configs_are_valid_for_installed_trl(tmp_path: Path) -> None:
     about six times a stage, the lowest validation loss kept (transformers checks that
     saves line up with evaluations when it loads the best checkpoint)."""
     from app.config import Settings
-    from training.stages import NO_GRAD_BATCH_SIZE, dpo_config, kto_config, on_cuda, sft_config
+    from training.device.machine import on_cuda
+    from training.round_config import NO_GRAD_BATCH_SIZE
+    from training.trainer_args import dpo_config, kto_config, sft_config
 
     config = RoundConfig.from_settings(Settings())
     assert (config.validation_share, config.early_stopping_patience) == (0.1, 2)

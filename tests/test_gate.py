@@ -6,16 +6,8 @@ from typing import Any
 
 import pytest
 
-from training.gate import (
-    HELDOUT,
-    GateConfig,
-    GateConfigError,
-    ItemScores,
-    compare,
-    decide,
-    paired_interval,
-    parse_margins,
-)
+from training.comparisons import HELDOUT, ItemScores, compare, paired_interval
+from training.gate import GateConfig, GateConfigError, decide_stage, parse_margins
 
 
 def _binary(wins: int, losses: int, ties: int) -> tuple[ItemScores, ItemScores]:
@@ -29,7 +21,7 @@ def _binary(wins: int, losses: int, ties: int) -> tuple[ItemScores, ItemScores]:
 def _decision(wins: int, losses: int, ties: int, margin: float = 0.0, **kw: int) -> str:
     serving, candidate = _binary(wins, losses, ties)
     comp = compare("evalset", "exact", serving, candidate, margin, **kw)
-    return decide("sft", [comp]).decision
+    return decide_stage("sft", [comp]).decision
 
 
 def test_all_ties_are_inconclusive_whatever_the_size() -> None:
@@ -38,7 +30,7 @@ def test_all_ties_are_inconclusive_whatever_the_size() -> None:
     serving, candidate = _binary(0, 0, 20)
     comp = compare("evalset", "exact", serving, candidate, 0.05)
     assert comp.verdict == "unsure" and comp.items_needed and comp.items_needed > 20
-    assert "items would be needed" in decide("sft", [comp]).reasons[0]
+    assert "items would be needed" in decide_stage("sft", [comp]).reasons[0]
 
 
 def test_a_clear_win_promotes_and_a_clear_loss_rejects() -> None:
@@ -46,7 +38,7 @@ def test_a_clear_win_promotes_and_a_clear_loss_rejects() -> None:
     assert _decision(0, 12, 8) == "reject"
     comp = compare("evalset", "exact", *_binary(0, 12, 8), 0.0)
     assert comp.diff == pytest.approx(-0.6) and comp.high is not None and comp.high < 0
-    assert "exact -0.600" in decide("sft", [comp]).reasons[0]
+    assert "exact -0.600" in decide_stage("sft", [comp]).reasons[0]
 
 
 def test_a_handful_of_agreeing_items_is_not_enough() -> None:
@@ -81,9 +73,9 @@ def test_loss_metrics_improve_downwards_and_guards_tolerate_their_margin() -> No
     # Objectives must all be shown better; a guard only blocks when shown worse.
     objective = compare("evalset", "exact", *_binary(15, 0, 5), 0.05)
     guard = compare(HELDOUT, "heldout_loss", serving, slightly, -0.05)
-    assert decide("dpo", [objective, guard]).decision == "promote"
+    assert decide_stage("dpo", [objective, guard]).decision == "promote"
     broken = compare(HELDOUT, "heldout_loss", serving, higher, -0.05)
-    assert decide("dpo", [objective, broken]).decision == "reject"
+    assert decide_stage("dpo", [objective, broken]).decision == "reject"
 
 
 def test_the_interval_is_reproducible_and_covers_the_mean() -> None:
@@ -110,7 +102,7 @@ def test_margins_parse_and_qualify_by_set() -> None:
 def test_no_gated_metric_measured_is_inconclusive() -> None:
     missing = compare(HELDOUT, "pref_acc", None, ItemScores([1.0]), 0.0)
     assert missing.verdict == "missing"
-    assert decide("sft", [missing]).decision == "inconclusive"
+    assert decide_stage("sft", [missing]).decision == "inconclusive"
 
 
 def test_feedback_graded_metrics_cannot_promote_past_an_eval_set() -> None:
@@ -126,25 +118,26 @@ def test_feedback_graded_metrics_cannot_promote_past_an_eval_set() -> None:
     win = compare("evalset", "correct", *_binary(15, 0, 65), 0.0)
 
     # Without an eval set the feedback is all there is to go by.
-    assert decide("dpo", [flipped_loss, flipped_acc]).decision == "promote"
-    held = decide("dpo", [flipped_loss, flipped_acc, tie])
+    assert decide_stage("dpo", [flipped_loss, flipped_acc]).decision == "promote"
+    held = decide_stage("dpo", [flipped_loss, flipped_acc, tie])
     assert held.decision == "inconclusive"
     assert "no metric the feedback cannot bend is shown better" in held.reasons[0]
     assert "evalset:correct +0.000" in held.reasons[0]
-    assert decide("dpo", [flipped_loss, win]).decision == "promote"
+    assert decide_stage("dpo", [flipped_loss, win]).decision == "promote"
     # They still guard: shown worse, they reject whatever the eval set says.
     broken = compare(HELDOUT, "heldout_loss", serving, higher, -0.05)
-    assert decide("dpo", [broken, win]).decision == "reject"
+    assert decide_stage("dpo", [broken, win]).decision == "reject"
     # The held-out rubric is the operator's rule, not the feedback's: it may promote.
     rubric = compare(HELDOUT, "rubric_pass", *_binary(12, 0, 0), 0.0)
-    assert decide("dpo", [rubric, tie]).decision == "promote"
+    assert decide_stage("dpo", [rubric, tie]).decision == "promote"
 
 
 def test_the_clearest_stage_is_judged_on_what_may_promote_it() -> None:
     """A triage round's SFT and DPO stages (figures from a real one): both pass on the eval
     set, DPO more clearly; SFT's held-out loss on 7 feedback rows is far surer. Picking by
     that loss (in nats, beside shares) chose SFT; with an eval set it may not decide."""
-    from training.gate import Comparison, StageDecision
+    from training.comparisons import Comparison
+    from training.gate import StageDecision
 
     def comp(source: str, metric: str, low: float, high: float, margin: float) -> Comparison:
         return Comparison(source, metric, 40, 0.0, (low + high) / 2, (low + high) / 2,

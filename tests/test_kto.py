@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.cli import run_cli
-from training.stages import KTO_WEIGHT_RATIO, kto_weights
+from training.trainer_args import KTO_WEIGHT_RATIO, kto_weights
 
 
 def _reply(store: Any, user_id: int, question: str, answer: str, kind: str = "reply") -> int:
@@ -205,7 +205,8 @@ def test_kto_config_from_default_settings_is_valid_for_installed_trl(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.config import Settings
-    from training.stages import RoundConfig, kto_config, stage_steps
+    from training.round_config import RoundConfig
+    from training.trainer_args import kto_config, stage_steps
 
     config = RoundConfig.from_settings(Settings())
     assert (config.kto_min_rows, config.kto_epochs) == (8, 1.0)
@@ -245,7 +246,8 @@ def test_a_kto_stage_needs_enough_rows_of_both_labels_and_mixes_them() -> None:
 
 
 def test_a_short_stage_takes_a_seeded_sample_keeping_each_labels_share() -> None:
-    from training.stages import RoundConfig, rows_seen
+    from training.round_config import RoundConfig
+    from training.trainer_args import rows_seen
 
     rows = [{"i": i, "label": i % 4 == 0} for i in range(40)]  # 10 👍, 30 👎
     config = RoundConfig(batch_size=2, grad_accum=2)

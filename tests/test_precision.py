@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from training.device.machine import count_parameters, qlora_saves_memory
 from training.device.precision import (
     BF16_CPU_FLAGS,
     cpu_flags,
@@ -16,14 +17,9 @@ from training.device.precision import (
     inference_dtype,
     train_in_bf16,
 )
-from training.stages import (
-    RoundConfig,
-    base_load_kwargs,
-    count_parameters,
-    qlora_saves_memory,
-    resolved,
-    sft_config,
-)
+from training.models import base_load_kwargs
+from training.round_config import RoundConfig, resolved
+from training.trainer_args import sft_config
 
 GB = 1024**3
 
@@ -131,6 +127,7 @@ def test_the_gate_evaluates_at_the_precision_serve_runs(
     QLoRA off: the evaluation loads the base 4-bit, as served, not as trained; and in the
     dtype serve answers in (TUNELOOP_INFER_BF16)."""
     import training.eval.evaluate
+    import training.promotion
     from feedback.store import Store
     from tests.cli import run_cli
     from tests.tiny import add_pairs
@@ -142,7 +139,7 @@ def test_the_gate_evaluates_at_the_precision_serve_runs(
         asked.append((load_in_4bit, kwargs.get("bf16")))
         return real(*args, **kwargs)  # no bitsandbytes on this CPU: evaluate unquantised
 
-    monkeypatch.setattr(training.eval.evaluate, "evaluate_models", spy)
+    monkeypatch.setattr(training.promotion, "evaluate_models", spy)
     monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("TUNELOOP_TRACKER", "none")
     monkeypatch.setenv("TUNELOOP_EVAL_GENERATE", "false")

@@ -20,8 +20,10 @@ from feedback.store import Store
 from training.eval.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.registry import Registry, RegistryError
-from training.round import RoundBusyError, RoundConfig, list_rounds, run_round
-from training.stages import dpo_config, sft_config
+from training.round import run_round
+from training.round_config import RoundConfig
+from training.rounds_dir import RoundBusyError, list_rounds
+from training.trainer_args import dpo_config, sft_config
 
 # Words the tiny tokenizer knows; one reply per topic, five ways of asking. 2 of the 30
 # prompts fall in the held-out split.
@@ -293,10 +295,10 @@ def test_heldout_prompts_never_reach_training(settings: Settings, store: Store) 
 def test_one_round_at_a_time_and_a_crashed_lock_is_free(
     settings: Settings, store: Store, tiny_model_dir: Path
 ) -> None:
-    from training.round import _exclusive
+    from training.rounds_dir import exclusive_lock
 
     rounds = settings.home / "rounds"
-    with _exclusive(rounds), pytest.raises(RoundBusyError):
+    with exclusive_lock(rounds), pytest.raises(RoundBusyError):
         _run(settings, store, tiny_model_dir)
     # A process that dies holding the lock leaves nothing stuck: the OS drops its flock.
     code = (
@@ -304,13 +306,13 @@ def test_one_round_at_a_time_and_a_crashed_lock_is_free(
         "FileLock(sys.argv[1]).acquire(); os._exit(3)"
     )
     assert subprocess.run([sys.executable, "-c", code, str(rounds / ".lock")]).returncode == 3
-    with _exclusive(rounds):
+    with exclusive_lock(rounds):
         pass
     # A round killed mid-way (state still "running", lock free) is reported as failed.
     killed = rounds / "r0001-20261122T093000"
     killed.mkdir()
     (killed / "state.json").write_text(json.dumps({"id": killed.name, "status": "running"}))
-    with _exclusive(rounds):
+    with exclusive_lock(rounds):
         assert list_rounds(rounds)[-1]["status"] == "running"
     assert list_rounds(rounds)[-1]["status"] == "failed"
     assert "interrupted" in list_rounds(rounds)[-1]["reason"]
@@ -372,7 +374,7 @@ def test_sft_trains_only_the_final_reply_of_a_conversation(
     from trl import SFTTrainer
 
     from training.datasets import final_turn_rows
-    from training.stages import load_base, load_tokenizer
+    from training.models import load_base, load_tokenizer
 
     conv = [
         {"role": "user", "content": "Hello!"},
@@ -493,7 +495,8 @@ def test_a_failed_train_json_is_one_error_object_and_no_traceback(
 
 
 def test_rows_whose_prompt_fills_the_length_are_left_out(tiny_model_dir: Path, caplog) -> None:
-    from training.stages import RowsTooLongError, fitting_rows, load_tokenizer
+    from training.models import load_tokenizer
+    from training.stages import RowsTooLongError, fitting_rows
 
     tok = load_tokenizer(tiny_model_dir)
     short = {"prompt": [{"role": "user", "content": "Any quick tips on soup?"}]}

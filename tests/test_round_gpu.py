@@ -14,7 +14,8 @@ from feedback.records import NewExample, NewPreference
 from feedback.store import Store
 from training.eval.evaluate import EvalSettings
 from training.registry import Registry
-from training.round import RoundConfig, run_round
+from training.round import run_round
+from training.round_config import RoundConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -58,7 +59,8 @@ def test_a_round_on_cuda_then_its_adapter_served(tiny_model_dir: Path, qlora: bo
     from safetensors.torch import load_file
 
     from app.serving.engine import ChatEngine, SamplingParams
-    from training.stages import load_base, resolved
+    from training.models import load_base
+    from training.round_config import resolved
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)

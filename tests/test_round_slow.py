@@ -12,7 +12,8 @@ from app.config import Settings
 from feedback.records import NewPreference
 from feedback.store import Store
 from training.registry import Registry
-from training.round import RoundConfig, run_round
+from training.round import run_round
+from training.round_config import RoundConfig
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 
 from feedback.store import Store
 from tests.tiny import add_pairs
-from training import schedule
+from training import rounds_dir, schedule
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -28,9 +28,9 @@ def _round(n: int, status: str, *, minutes_ago: float, **extra: object) -> dict:
     }
 
 
-def decide(rounds: list[dict], prefs: int, *, busy: bool = False, interval: float = 0.0,
+def due(rounds: list[dict], prefs: int, *, busy: bool = False, interval: float = 0.0,
            other: int = 0) -> schedule.Decision:  # fmt: skip
-    return schedule.decide(
+    return schedule.round_due(
         rounds=rounds,
         new={"preferences": prefs, "corrections": other, "ratings": 0},
         busy=busy,
@@ -41,52 +41,52 @@ def decide(rounds: list[dict], prefs: int, *, busy: bool = False, interval: floa
 
 
 def test_a_round_is_due_once_enough_new_preferences_arrived() -> None:
-    assert not decide([], 9).run
-    assert decide([], 10).run
-    assert "10 new preferences" in decide([], 10).reason
+    assert not due([], 9).run
+    assert due([], 10).run
+    assert "10 new preferences" in due([], 10).reason
     done = [_round(1, "promoted", minutes_ago=5)]
-    assert decide(done, 12).run and not decide(done, 3).run
+    assert due(done, 12).run and not due(done, 3).run
 
 
 def test_the_interval_starts_a_round_only_when_something_is_new() -> None:
     done = [_round(1, "rejected", minutes_ago=90)]
-    assert decide(done, 1, interval=60).run
-    assert not decide(done, 1, interval=120).run  # not yet
-    assert not decide(done, 0, interval=60).run  # nothing new: no point retraining
-    assert decide(done, 0, interval=60, other=2).run  # corrections count too
-    assert not decide(done, 1, interval=0).run  # interval off
+    assert due(done, 1, interval=60).run
+    assert not due(done, 1, interval=120).run  # not yet
+    assert not due(done, 0, interval=60).run  # nothing new: no point retraining
+    assert due(done, 0, interval=60, other=2).run  # corrections count too
+    assert not due(done, 1, interval=0).run  # interval off
 
 
 def test_one_round_at_a_time_and_a_crashed_round_is_resumed() -> None:
-    assert not decide([], 50, busy=True).run
+    assert not due([], 50, busy=True).run
     crashed = [_round(1, "running", minutes_ago=5)]
-    d = decide(crashed, 0)
+    d = due(crashed, 0)
     assert d.run and d.resume and "r0001" in d.reason
 
 
 def test_an_interrupted_round_is_resumed_at_once() -> None:
     stopped = [_round(1, "failed", minutes_ago=1, reason="interrupted")]
-    d = decide(stopped, 0)
+    d = due(stopped, 0)
     assert d.run and d.resume
 
 
 def test_a_failed_round_is_not_retried_in_a_loop() -> None:
     failed = [_round(1, "failed", minutes_ago=5, reason="disk full")]
-    d = decide(failed, 50)
+    d = due(failed, 50)
     assert not d.run and "disk full" in d.reason
     later = [_round(1, "failed", minutes_ago=schedule.FAILED_BACKOFF_MINUTES + 1)]
-    assert decide(later, 50).run
+    assert due(later, 50).run
 
 
 def test_lock_held_sees_a_live_round_and_not_a_dead_one(tmp_path: Path) -> None:
     rounds = tmp_path / "rounds"
-    assert not schedule.lock_held(rounds)
+    assert not rounds_dir.lock_held(rounds)
     rounds.mkdir()
     with open(rounds / ".lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running round holds
-        assert schedule.lock_held(rounds)
+        assert rounds_dir.lock_held(rounds)
         fcntl.flock(held, fcntl.LOCK_UN)
-    assert not schedule.lock_held(rounds)  # the file stays; a released lock is free
+    assert not rounds_dir.lock_held(rounds)  # the file stays; a released lock is free
 
 
 def _prefs(store: Store, n: int, start: int = 0) -> None:

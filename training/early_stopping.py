@@ -30,7 +30,7 @@ from training.device import ranks
 from training.sampling import seeded_sample
 
 if TYPE_CHECKING:
-    from training.stages import RoundConfig
+    from training.round_config import RoundConfig
 
 Row = dict[str, Any]
 

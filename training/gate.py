@@ -1,17 +1,5 @@
-"""The promotion gate: paired comparisons with 95% intervals, and one decision per stage.
-
-Every metric is compared item by item: the same held-out prompt, pair or eval row answered
-by the serving version and by the candidate. For each metric the gate reports the
-difference (candidate - serving) with a 95% interval and a verdict against its margin:
-
-- the margin is in the metric's "better" direction (loss metrics: a decrease is a gain):
-  a positive margin makes the metric an *objective* (the candidate must be shown to gain at
-  least that much), zero means "must not lose", a negative one tolerates that much loss;
-- `better`: the whole interval lies above the margin (and above zero);
-- `worse`: the whole interval lies below the margin (a regression beyond what is allowed,
-  or an objective shown to fall short of its margin);
-- `unsure`: the interval straddles the margin, or fewer than `min_items` items were
-  compared: too few items to tell (the comparison says about how many would do).
+"""The promotion gate: one decision per stage from its paired comparisons
+(training/comparisons.py), and the choice of the stage a round registers.
 
 A stage's decision: `reject` when any gated metric is `worse`; `promote` when every
 objective that could be measured is `better` (with no objective measured, at least one
@@ -23,14 +11,6 @@ own labels, split off the same feedback the candidate trained on: if the labels 
 backwards, a candidate trained on them looks *better* there too. So when the round also
 measured an eval set, those three still guard (a `worse` rejects) but cannot promote on
 their own: with no objective, the `better` metric must be one the feedback cannot bend.
-
-The interval is a paired percentile bootstrap over items (2,000 resamples, fixed seed so a
-decision is reproducible). One method serves every kind of metric we gate (pass/fail
-shares, preference outcomes that count ties half, per-item losses weighted by tokens, any
-scorer's per-row values) and keeps each item's pairing. A plain bootstrap on a handful of
-items that all agree gives a zero-width interval, so for metrics bounded in [0, 1] one
-pseudo-item at each extreme (a +1 and a -1 difference) joins the resample, the idea behind
-the Agresti-Caffo adjusted interval: 3 wins out of 3 stays inconclusive, 6 out of 6 does not.
 """
 
 from __future__ import annotations
@@ -40,21 +20,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.comparisons import (
+    HELDOUT,
+    MIN_ITEMS,
+    RESAMPLES,
+    Comparison,
+    ItemScores,
+    compare,
+    gain_interval,
+)
+
 # The gate's defaults, in one place (Settings shows them, the round applies them): the
 # held-out rubric pass rate is the objective; the rest are regression guards.
 DEFAULT_MARGINS = "rubric_pass=0.05,pref_acc=0,heldout_loss=-0.05,general_loss=-0.25,general_pass=0"
-HELDOUT = "heldout"
 # Held-out metrics graded by the feedback's own labels (see the module docstring).
 FEEDBACK_LABEL_METRICS = frozenset({"pref_acc", "kto_acc", "heldout_loss"})
-RESAMPLES = 2000
-# Below this many paired items a metric's verdict is "unsure" whatever its interval says: a
-# bootstrap on a handful of items understates its own uncertainty.
-MIN_ITEMS = 8
-Z_95 = 1.96
-Z_POWER_80 = 0.84
-# With no difference seen yet, the item count needed is quoted for a true gain this much
-# above the margin.
-ASSUMED_EFFECT = 0.10
 
 
 class GateConfigError(ValueError):
@@ -114,58 +94,6 @@ def parse_margins(text: str) -> dict[str, float]:
     return margins
 
 
-def lower_is_better(metric: str) -> bool:
-    """Loss metrics improve downwards; every other metric upwards."""
-    return metric.endswith("loss")
-
-
-@dataclass
-class ItemScores:
-    """One metric's per-item values for one model, in item order (weights: tokens, or 1)."""
-
-    values: list[float]
-    weights: list[float] | None = None
-
-    def mean(self) -> float | None:
-        w = self.weights or [1.0] * len(self.values)
-        total = sum(w)
-        return None if not self.values or total <= 0 else _dot(w, self.values) / total
-
-
-@dataclass
-class Comparison:
-    """One metric on one source, serving vs candidate, with its interval and verdict."""
-
-    source: str
-    metric: str
-    n: int
-    serving: float | None
-    candidate: float | None
-    diff: float | None  # candidate - serving, in the metric's own units
-    low: float | None  # 95% interval of diff
-    high: float | None
-    margin: float | None  # in the better direction; None: reported, not gated
-    verdict: str  # better | worse | unsure | ungated | missing
-    items_needed: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self.metric if self.source == HELDOUT else f"{self.source}:{self.metric}"
-
-    def describe(self) -> str:
-        """One line: `rubric_pass +0.250 [+0.083, +0.417] on 12 items (margin +0.05): better`."""
-        if self.diff is None or self.low is None or self.high is None:
-            return f"{self.name}: not measured"
-        text = f"{self.name} {self.diff:+.3f} [{self.low:+.3f}, {self.high:+.3f}] on {self.n} items"
-        if self.margin is not None:
-            lower = ", lower is better" if lower_is_better(self.metric) else ""
-            text += f" (margin {self.margin:+g}{lower})"
-        text += f": {self.verdict}"
-        if self.items_needed:
-            text += f"; about {self.items_needed} items would be needed to tell"
-        return text
-
-
 @dataclass
 class StageDecision:
     """The gate's decision on one stage, with every comparison it rests on."""
@@ -183,90 +111,15 @@ class StageDecision:
 
     def strength(self) -> float:
         """How clearly the stage wins: the mean lower interval end of the gains it may be
-        promoted on (objectives, else the gated metrics that may promote: see `decide`);
+        promoted on (objectives, else the gated metrics that may promote: see `decide_stage`);
         for picking among passing stages."""
         judged = [c for c in self.comparisons if c.margin is not None and c.low is not None]
         objectives = [c for c in judged if (c.margin or 0) > 0] or _may_promote(judged)
-        gains = [_gain_interval(c)[0] for c in objectives]
+        gains = [gain_interval(c)[0] for c in objectives]
         return sum(gains) / len(gains) if gains else -math.inf
 
 
-def compare(
-    source: str,
-    metric: str,
-    serving: ItemScores | None,
-    candidate: ItemScores | None,
-    margin: float | None,
-    *,
-    min_items: int = MIN_ITEMS,
-    resamples: int = RESAMPLES,
-) -> Comparison:
-    """Pair the two models' items on `metric`, bootstrap the difference, give the verdict."""
-    if (
-        serving is None
-        or candidate is None
-        or not candidate.values
-        or len(serving.values) != len(candidate.values)
-    ):
-        return Comparison(source, metric, 0, None, None, None, None, None, margin, "missing")
-    n = len(candidate.values)
-    weights = candidate.weights or [1.0] * n
-    diffs = [c - s for c, s in zip(candidate.values, serving.values, strict=True)]
-    bounded = not lower_is_better(metric) and all(
-        0.0 <= v <= 1.0 for v in [*serving.values, *candidate.values]
-    )
-    diff = _dot(weights, diffs) / sum(weights)
-    low, high = paired_interval(diffs, weights, bounded=bounded, resamples=resamples)
-    comp = Comparison(
-        source, metric, n, serving.mean(), candidate.mean(), diff, low, high, margin, "ungated"
-    )
-    if margin is not None:
-        comp.verdict = _verdict(comp) if n >= min_items else "unsure"
-        if comp.verdict == "unsure" or (comp.verdict == "worse" and margin > 0):
-            comp.items_needed = max(min_items, items_needed(diffs, weights, comp))
-    return comp
-
-
-def paired_interval(
-    diffs: list[float],
-    weights: list[float] | None = None,
-    *,
-    bounded: bool = False,
-    resamples: int = RESAMPLES,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the weighted mean of paired differences."""
-    import numpy as np
-
-    d = np.asarray(diffs, dtype=float)
-    w = np.asarray(weights if weights is not None else [1.0] * len(diffs), dtype=float)
-    if bounded:  # one pseudo-item at each extreme: see the module docstring
-        d = np.concatenate([d, [1.0, -1.0]])
-        w = np.concatenate([w, [w.mean(), w.mean()]])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(d), size=(resamples, len(d)))
-    means = (d[idx] * w[idx]).sum(axis=1) / w[idx].sum(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def items_needed(diffs: list[float], weights: list[float], comp: Comparison) -> int:
-    """Items for an 80%-power, 95% test that the gain exceeds the margin.
-
-    n = ((1.96 + 0.84) * sd / effect)^2 with the observed spread of per-item gains (0.5 when
-    every item tied) and the observed gain over the margin (ASSUMED_EFFECT when none was seen).
-    """
-    sign = -1.0 if lower_is_better(comp.metric) else 1.0
-    gains = [sign * d for d in diffs]
-    mean = sum(gains) / len(gains)
-    sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / max(1, len(gains) - 1)) or 0.5
-    effect = sign * (comp.diff or 0.0) - (comp.margin or 0.0)
-    if effect <= 0.01:
-        effect = ASSUMED_EFFECT
-    return max(len(gains) + 1, math.ceil(((Z_95 + Z_POWER_80) * sd / effect) ** 2))
-
-
-def decide(stage: str, comparisons: list[Comparison]) -> StageDecision:
+def decide_stage(stage: str, comparisons: list[Comparison]) -> StageDecision:
     """The stage's decision from its comparisons (see the module docstring)."""
     gated = [c for c in comparisons if c.margin is not None and c.verdict != "missing"]
     worse = [c for c in gated if c.verdict == "worse"]
@@ -306,21 +159,76 @@ def _may_promote(gated: list[Comparison]) -> list[Comparison]:
     return gated
 
 
-def _gain_interval(comp: Comparison) -> tuple[float, float]:
-    """The interval of the gain (in the better direction)."""
-    low, high = comp.low or 0.0, comp.high or 0.0
-    return (-high, -low) if lower_is_better(comp.metric) else (low, high)
+def decide_stages(
+    gate: GateConfig,
+    metrics: dict[str, dict[str, Any]],
+    runs: list[Any],
+    stages: list[str],
+    eval_error: str | None,
+) -> dict[str, Any]:
+    """Every stage's decision against the serving version, on held-out items (`metrics`, per
+    model) and eval sets (`runs`, training.eval.evalsets.EvalRun); an eval that could not
+    run (`eval_error`) rejects every stage."""
+    decisions: dict[str, StageDecision] = {}
+    for stage in stages:
+        comparisons = []
+        serving_items = metrics["serving"].get("items", {})
+        for metric, items in metrics[stage].get("items", {}).items():
+            ref = serving_items.get(metric)
+            comparisons.append(
+                compare(
+                    HELDOUT,
+                    metric,
+                    ItemScores(**ref) if ref else None,
+                    ItemScores(**items),
+                    gate.margin(HELDOUT, metric),
+                    min_items=gate.min_items,
+                    resamples=gate.resamples,
+                )
+            )
+        for run in runs:
+            reference = run.items[run.labels[0]]
+            for metric, values in run.items[stage].items():
+                pairs = [
+                    (a, b)
+                    for a, b in zip(reference.get(metric, []), values, strict=False)
+                    if a is not None and b is not None
+                ]
+                comparisons.append(
+                    compare(
+                        run.evalset.name,
+                        metric,
+                        ItemScores([a for a, _ in pairs]),
+                        ItemScores([b for _, b in pairs]),
+                        gate.margin(run.evalset.name, metric),
+                        min_items=gate.min_items,
+                        resamples=gate.resamples,
+                    )
+                )
+        decision = decide_stage(stage, comparisons)
+        if eval_error:  # an eval that cannot run blocks the promotion too
+            decision.decision = "reject"
+            decision.reasons = [eval_error, *decision.reasons]
+        decisions[stage] = decision
+    return decisions
 
 
-def _verdict(comp: Comparison) -> str:
-    margin = comp.margin or 0.0
-    low, high = _gain_interval(comp)
-    if low > max(margin, 0.0):
-        return "better"
-    if high < margin:
-        return "worse"
-    return "unsure"
-
-
-def _dot(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b, strict=True))
+def pick_candidate(decisions: dict[str, Any], order: list[str]) -> tuple[str, list[str]]:
+    """The stage to register: the clearest winner among those the gate would promote (the
+    earlier stage wins a tie: DPO and KTO must earn their place); with none, the clearest of
+    all, so an operator can still force it. Returns it with the reasons for the choice."""
+    passing = [s for s in order if decisions[s].decision == "promote"]
+    pool = passing or order
+    best = max(pool, key=lambda s: (round(decisions[s].strength(), 9), -order.index(s)))
+    reasons: list[str] = []
+    for stage in order:
+        d = decisions[stage]
+        if stage == best and d.decision == "promote":
+            continue
+        label = "dropped" if passing else d.decision
+        if passing and d.decision == "promote":
+            why = [f"{best} wins more clearly"]
+        else:
+            why = d.reasons or [d.decision]
+        reasons += [f"{stage} {label}: {r}" for r in why]
+    return best, reasons

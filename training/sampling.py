@@ -1,6 +1,6 @@
 """Seeded samples of a stage's rows that keep each group's share (KTO's 👍/👎 labels).
 
-Two places take one: a short stage trains on a sample of its rows (stages.rows_seen), and
+Two places take one: a short stage trains on a sample of its rows (trainer_args.rows_seen), and
 early stopping holds a sample of them out as its validation split (early_stopping.py). The
 same seed picks the same rows, so a round that resumes from a checkpoint sees the same ones.
 """

@@ -32,10 +32,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from training.rounds_dir import list_rounds, lock_held, new_feedback_since_last_round
+
 # After a failed round the watcher waits this long before trying again on its own, so a
 # round that fails for a lasting reason (a full disk, a bad setting) is not retried in a loop.
 FAILED_BACKOFF_MINUTES = 30.0
-LOCK_NAME = ".lock"
 
 
 class LauncherError(Exception):
@@ -56,22 +57,6 @@ class Decision:
         return asdict(self)
 
 
-def lock_held(rounds_dir: Path) -> bool:
-    """Whether a round holds `rounds_dir/.lock` right now (a dead process holds nothing)."""
-    from filelock import FileLock, Timeout
-
-    path = Path(rounds_dir) / LOCK_NAME
-    if not path.exists():
-        return False
-    probe = FileLock(path, blocking=False)
-    try:
-        probe.acquire()
-    except Timeout:
-        return True
-    probe.release()
-    return False
-
-
 def _when(value: Any) -> datetime | None:
     if not value:
         return None
@@ -82,7 +67,7 @@ def _when(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def decide(
+def round_due(
     *,
     rounds: list[dict[str, Any]],
     new: dict[str, int],
@@ -137,10 +122,8 @@ def decide(
 
 def check(store: Any, rounds_dir: Path, *, min_new: int, interval_minutes: float) -> Decision:
     """Read the rounds directory and the store, and decide whether a round is due now."""
-    from training.round import list_rounds, new_feedback_since_last_round
-
     rounds_dir = Path(rounds_dir)
-    return decide(
+    return round_due(
         rounds=list_rounds(rounds_dir) if rounds_dir.is_dir() else [],
         new=new_feedback_since_last_round(store, rounds_dir),
         busy=lock_held(rounds_dir),

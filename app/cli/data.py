@@ -155,7 +155,9 @@ def status(as_json: JsonOpt = False) -> None:
     counts = store.counts()
     registry = Registry(settings.adapters_dir)
     named, version, problem = _serving(registry)
-    from training.round import list_rounds  # issue 4: the serving version's metrics, last round
+    from training.rounds_dir import (
+        list_rounds,  # issue 4: the serving version's metrics, last round
+    )
 
     rounds = list_rounds(settings.home / "rounds")
     from app.serving.health import FILE_NAME, read_health

@@ -47,7 +47,8 @@ def register_core(app: typer.Typer) -> None:
         from training.continuation import describe
         from training.device import ranks
         from training.registry import Registry
-        from training.round import RoundConfig, run_round
+        from training.round import run_round
+        from training.round_config import RoundConfig
 
         settings = open_settings()
         # Before torch starts its threads, which inherit it: a round yields the CPU to the
@@ -154,7 +155,7 @@ def register_core(app: typer.Typer) -> None:
     def rounds(as_json: JsonOpt = False) -> None:
         """Training rounds so far (oldest first) and the feedback that arrived since."""
         from training.continuation import describe
-        from training.round import list_rounds, new_feedback_since_last_round
+        from training.rounds_dir import list_rounds, new_feedback_since_last_round
 
         settings = open_settings()
         rounds_dir = settings.home / "rounds"

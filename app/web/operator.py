@@ -86,14 +86,14 @@ class OperatorService:
         """Every round's state.json, oldest first."""
         if not self.rounds_dir.is_dir():
             return []
-        from training.round import list_rounds
+        from training.rounds_dir import list_rounds
 
         return list_rounds(self.rounds_dir)
 
     def new_feedback(self, name: str | None) -> dict[str, int]:
         """Counts of preferences / corrections / ratings added since the last round."""
         self.operator(name)
-        from training.round import new_feedback_since_last_round
+        from training.rounds_dir import new_feedback_since_last_round
 
         return new_feedback_since_last_round(self.store, self.rounds_dir)
 
@@ -109,7 +109,7 @@ class OperatorService:
 
     def running(self) -> bool:
         """Whether a round holds the rounds lock, or the one started here is still starting."""
-        from training.schedule import lock_held
+        from training.rounds_dir import lock_held
 
         if self._proc is not None and self._proc.poll() is None:
             return True

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from training.device.machine import deepspeed_on_cpu, on_cuda
+
 T = TypeVar("T")
 
 # The other processes wait at a barrier while the main one takes the snapshot (the base
@@ -72,8 +74,6 @@ def _state() -> Any:
     """accelerate's process state, initialised the way TRL's trainer will find it later:
     on CPU with gloo (`use_cpu`), on CUDA with each process on its own local device."""
     from accelerate import PartialState
-
-    from training.stages import deepspeed_on_cpu, on_cuda
 
     cuda = on_cuda()
     if not cuda:

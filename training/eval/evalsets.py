@@ -90,7 +90,7 @@ class EvalRun:
     def intervals(self) -> dict[str, dict[str, list[float]]]:
         """Each later adapter's 95% interval of its per-row difference to the first adapter
         (paired bootstrap, as the promotion gate computes it), per metric."""
-        from training.gate import ItemScores, compare
+        from training.comparisons import ItemScores, compare
 
         first = self.items.get(self.labels[0], {})
         out: dict[str, dict[str, list[float]]] = {}
