@@ -439,6 +439,9 @@ class Settings(BaseSettings):
     train_seed: int = Field(
         default=42, description="The training seed (data order, samples, validation split)."
     )
+    train_warmup_steps: int = Field(
+        default=0, ge=0, description="Learning-rate warmup steps at the start of each stage."
+    )
     train_validation_share: float = Field(
         default=0.1,
         gt=0.0,
@@ -537,6 +540,13 @@ class Settings(BaseSettings):
     )
     eval_batch_size: int = Field(
         default=8, ge=1, le=1024, description="Rows per batch of a round's evaluation replies."
+    )
+    replay_max_new_tokens: int = Field(
+        default=128,
+        ge=1,
+        le=4096,
+        description="Token budget of the base model's answers to the replay prompts that "
+        "join each round's SFT rows.",
     )
     # Operator side: the schedule (`tuneloop watch`) and experiment tracking.
     train_launcher: str | None = Field(
@@ -728,6 +738,11 @@ class Settings(BaseSettings):
     def adapters_dir(self) -> Path:
         """Where the registry keeps adapter versions and the CURRENT pointer."""
         return self.home / "adapters"
+
+    @property
+    def rounds_dir(self) -> Path:
+        """Where training rounds keep their folders, live state and the one-round lock."""
+        return self.home / "rounds"
 
     @property
     def models_dir(self) -> Path:

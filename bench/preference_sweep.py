@@ -92,6 +92,7 @@ def parse_settings(text: str, stage: str = "dpo") -> list[dict[str, Any]]:
 
 def round_config(round_dir: Path) -> Any:
     """The round's training hyperparameters (report.json) as a RoundConfig."""
+    from app.config import Settings
     from training.round_config import RoundConfig
 
     saved = json.loads((round_dir / "report.json").read_text())["hyperparameters"]
@@ -102,7 +103,7 @@ def round_config(round_dir: Path) -> Any:
     scalar.pop("system_prompt", None)
     for path_field in ("seed_file", "replay_file", "replay_cache_dir"):
         scalar.pop(path_field, None)
-    return RoundConfig(**scalar)
+    return dataclasses.replace(RoundConfig.from_settings(Settings()), **scalar)
 
 
 def fmt(g: dict[str, float]) -> str:

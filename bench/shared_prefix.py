@@ -76,6 +76,7 @@ def main() -> None:
     from peft import get_peft_model
     from transformers import AutoTokenizer
 
+    from app.config import Settings
     from bench.train_throughput import demo_rows
     from training.device import shared_prefix
     from training.lora import lora_config
@@ -85,7 +86,7 @@ def main() -> None:
     model_dir = Path(args.model)
     tok = AutoTokenizer.from_pretrained(model_dir)
     sft, dpo = demo_rows(args.batch * (args.steps + 1), long_rows=True)
-    config = RoundConfig()
+    config = RoundConfig.from_settings(Settings())  # the round users get
     models = {}
     for way in ways:
         torch.manual_seed(0)

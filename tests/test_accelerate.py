@@ -209,7 +209,7 @@ def test_a_round_runs_on_two_cpu_processes_under_torchrun(
     assert result["status"] in ("done", "rejected", "inconclusive"), result
     versions = settings.adapters_dir / "versions"
     assert [p.name for p in versions.iterdir()] == [result["version"]]  # one writer
-    rounds = [p for p in (settings.home / "rounds").iterdir() if p.is_dir()]
+    rounds = [p for p in (settings.rounds_dir).iterdir() if p.is_dir()]
     assert [p.name for p in rounds] == [result["id"]]
     folder = rounds[0]
     assert sorted(p.name for p in folder.glob("report.*")) == ["report.json", "report.md"]
@@ -276,7 +276,7 @@ def test_each_shipped_config_starts_a_round_on_two_cpu_processes(
     assert result["status"] in ("done", "rejected", "inconclusive"), result
     versions = settings.adapters_dir / "versions"
     assert [p.name for p in versions.iterdir()] == [result["version"]]
-    folder = settings.home / "rounds" / result["id"]
+    folder = settings.rounds_dir / result["id"]
     assert _dpo_steps_took_two_ranks(folder, cap=4)
     trained = load_file(
         str(folder / result["candidate_stage"] / "adapter" / "adapter_model.safetensors")
@@ -327,10 +327,10 @@ def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     event = json.loads(proc.stdout.strip().splitlines()[-1])
-    log = (settings.home / "rounds" / "watch.log").read_text()
+    log = (settings.rounds_dir / "watch.log").read_text()
     assert event["run"] and event["result"]["returncode"] == 0, log[-3000:]
     outcome = event["result"]["round"]
-    assert _dpo_steps_took_two_ranks(settings.home / "rounds" / outcome["id"], cap=4)
+    assert _dpo_steps_took_two_ranks(settings.rounds_dir / outcome["id"], cap=4)
     assert outcome["status"] in ("promoted", "rejected"), log[-2000:]
     assert [p.name for p in (settings.adapters_dir / "versions").iterdir()] == [outcome["version"]]
     printed = [line for line in log.splitlines() if line.startswith('{"id": ')]
@@ -360,7 +360,7 @@ def test_two_ranks_see_a_running_round_and_both_stop(
     from training.rounds_dir import exclusive_lock
 
     settings = Settings()
-    rounds = settings.home / "rounds"
+    rounds = settings.rounds_dir
     env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "none"}
     with exclusive_lock(rounds):
         proc = subprocess.run(

@@ -67,7 +67,7 @@ def test_a_continue_round_starts_from_the_promoted_adapter_on_new_and_replayed_r
     settings.home.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.database)
     add_topic_rows(store)
-    rounds = settings.home / "rounds"
+    rounds = settings.rounds_dir
 
     # Continue asked for with nothing promoted yet: a fresh adapter, and the report says so.
     first = _train(monkeypatch, capsys)

@@ -101,7 +101,7 @@ def test_a_round_with_only_a_system_prompt_trains_promotes_and_says_what_it_skip
     assert result["status"] == "promoted", result
     assert Registry(settings.adapters_dir).current() == result["version"]
 
-    folder = settings.home / "rounds" / result["id"]
+    folder = settings.rounds_dir / result["id"]
     report = json.loads((folder / "report.json").read_text())
     skipped = report["not_run"]
     for name in ("seed_sft.jsonl", "replay_prompts.jsonl", "rubric.json", "general_checks.jsonl"):

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.cli import run_cli
+from tests.configs import round_config
 from training.early_stopping import split_rows, validation_size, why_off
 from training.round_config import RoundConfig
 from training.trainer_args import rows_seen
@@ -86,7 +87,7 @@ def _round(
     code, out, err = run_cli(monkeypatch, capsys, "train", "--json", "--no-promote")
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
-    return result, settings.home / "rounds" / result["id"]
+    return result, settings.rounds_dir / result["id"]
 
 
 def _logged(folder: Path) -> list[dict[str, Any]]:
@@ -191,13 +192,13 @@ def test_without_a_validation_split_every_planned_step_runs(
 
 def test_the_validation_split_is_seeded_sized_and_keeps_both_kto_labels() -> None:
     rows = [{"i": i, "label": i % 5 == 0} for i in range(200)]  # 40 👍, 160 👎
-    config = RoundConfig()
+    config = round_config()
     split = split_rows(rows, config)
     assert len(split.validation) == 20 and len(split.train) == 180 and split.off is None
     assert sorted(r["i"] for r in split.train + split.validation) == list(range(200))
     assert [r["i"] for r in split.validation] == sorted(r["i"] for r in split.validation)
     assert split_rows(rows, config) == split  # the same rows when the round resumes
-    assert split_rows(rows, RoundConfig(seed=1)).validation != split.validation
+    assert split_rows(rows, round_config(seed=1)).validation != split.validation
 
     # sizes: the share, at least 4, at most 64, never more than half the rows
     assert [validation_size(n, 0.1) for n in (40, 41, 100, 900)] == [4, 4, 10, 64]
@@ -205,23 +206,23 @@ def test_the_validation_split_is_seeded_sized_and_keeps_both_kto_labels() -> Non
     assert len(split_rows(rows[:159], config).validation) == 0
     assert split_rows(rows[:159], config).off == "no validation split: 159 rows < 160"
     assert len(split_rows(rows[:160], config).validation) == 16
-    assert split_rows(rows, RoundConfig(early_stopping_patience=0)).validation == []
+    assert split_rows(rows, round_config(early_stopping_patience=0)).validation == []
 
     # KTO: both labels in the validation rows, in the training rows' proportion
     label = lambda r: r["label"]  # noqa: E731
     kto = split_rows(rows, config, group=label)
     assert sum(r["label"] for r in kto.validation) == 4 and len(kto.validation) == 20
     few_up = [{"i": i, "label": i == 0} for i in range(40)] + [{"i": 40, "label": True}]
-    kto = split_rows(few_up, RoundConfig(early_stopping_min_rows=40), group=label)
+    kto = split_rows(few_up, round_config(early_stopping_min_rows=40), group=label)
     both = {True, False}
     assert {r["label"] for r in kto.validation} == {r["label"] for r in kto.train} == both
     # a short stage then samples what it trains on from the train rows only
-    sample = rows_seen(kto.train, 1, RoundConfig(batch_size=4), group=label)
+    sample = rows_seen(kto.train, 1, round_config(batch_size=4), group=label)
     assert len(sample) == 4 and not {r["i"] for r in sample} & {r["i"] for r in kto.validation}
 
 
 def test_early_stopping_is_off_under_fsdp_and_zero3(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = RoundConfig()
+    config = round_config()
     assert why_off(200, config) is None
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -288,12 +289,12 @@ def test_a_validating_stage_resumes_from_its_checkpoint(
         "store": store,
         "registry": Registry(settings.adapters_dir),
         "model_dir": tiny_model_dir,
-        "rounds_dir": settings.home / "rounds",
+        "rounds_dir": settings.rounds_dir,
         "promote": False,
     }
     first = run_round(config=config, on_progress=crash, **kwargs)
     assert first.status == "failed" and "power cut" in first.reasons[0]
-    folder = settings.home / "rounds" / first.id
+    folder = settings.rounds_dir / first.id
     assert (folder / "sft" / "checkpoints" / "checkpoint-3").is_dir()  # evaluated and saved
     again = run_round(config=config, resume=True, **kwargs)
     assert again.id == first.id and again.status != "failed", again.reasons

@@ -173,7 +173,7 @@ def test_watch_once_is_gated_by_the_eval_set(gate_env: dict[str, Any]) -> None:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     first = watch_once()
-    log = (settings.home / "rounds" / "watch.log").read_text()
+    log = (settings.rounds_dir / "watch.log").read_text()
     assert first["run"] and first["result"]["round"]["status"] == "rejected", log[-3000:]
     assert _current(settings) is None
 
@@ -182,7 +182,7 @@ def test_watch_once_is_gated_by_the_eval_set(gate_env: dict[str, Any]) -> None:
     add_pairs(Store.open(settings.database), 6, prompt="Soup, question {i}?", start=100)
     write_set(gate_env["set"], _base(gate_env), same=False)
     second = watch_once()
-    log = (settings.home / "rounds" / "watch.log").read_text()
+    log = (settings.rounds_dir / "watch.log").read_text()
     assert second["run"] and second["result"]["round"]["status"] == "promoted", log[-3000:]
     assert _current(settings) == second["result"]["round"]["version"]
 

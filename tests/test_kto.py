@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.cli import run_cli
+from tests.configs import round_config
 from training.trainer_args import KTO_WEIGHT_RATIO, kto_weights
 
 
@@ -175,7 +176,7 @@ def test_a_round_with_only_thumbs_trains_a_kto_stage_the_gate_decides_on(
     kto_acc = next(c for c in result["gate"]["kto"]["comparisons"] if c["metric"] == "kto_acc")
     assert kto_acc["verdict"] == "ungated" and kto_acc["n"] > 0
 
-    folder = settings.home / "rounds" / result["id"]
+    folder = settings.rounds_dir / result["id"]
     counts = json.loads((folder / "snapshot.json").read_text())["counts"]
     assert counts["kto_train"] >= settings.kto_min_rows and counts["dpo_train"] == 0
     kto_rows = [
@@ -246,16 +247,15 @@ def test_a_kto_stage_needs_enough_rows_of_both_labels_and_mixes_them() -> None:
 
 
 def test_a_short_stage_takes_a_seeded_sample_keeping_each_labels_share() -> None:
-    from training.round_config import RoundConfig
     from training.trainer_args import rows_seen
 
     rows = [{"i": i, "label": i % 4 == 0} for i in range(40)]  # 10 👍, 30 👎
-    config = RoundConfig(batch_size=2, grad_accum=2)
+    config = round_config(batch_size=2, grad_accum=2)
     label = lambda r: r["label"]  # noqa: E731
     sample = rows_seen(rows, 2, config, group=label)  # 2 steps x 2 x 2 = 8 rows
     assert len(sample) == 8 and sum(r["label"] for r in sample) == 2
     assert [r["i"] for r in sample] == sorted(r["i"] for r in sample)
     assert rows_seen(rows, 2, config, group=label) == sample  # the same rows on resume
     assert rows_seen(rows, 10, config) is rows  # the steps cover an epoch: every row
-    few = rows_seen(rows, 1, RoundConfig(batch_size=2), group=label)
+    few = rows_seen(rows, 1, round_config(batch_size=2), group=label)
     assert {r["label"] for r in few} == {True, False}

@@ -26,7 +26,9 @@ def service(_isolated_home: Path) -> OperatorService:
     store.add_user(name="olga", role="operator", password="pw")
     store.add_user(name="erin", role="expert", password="pw")
     store.add_user(name="anna", role="annotator", password="pw")
-    return OperatorService.for_chat(store, Registry(settings.adapters_dir))
+    return OperatorService(
+        store=store, registry=Registry(settings.adapters_dir), rounds_dir=settings.rounds_dir
+    )
 
 
 def _write_round(rounds: Path, round_id: str = ROUND, **state: object) -> Path:

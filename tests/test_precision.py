@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from tests.configs import round_config
 from training.device.machine import count_parameters, qlora_saves_memory
 from training.device.precision import (
     BF16_CPU_FLAGS,
@@ -44,9 +45,9 @@ def test_parameters_are_counted_from_the_safetensors_headers(tiny_model_dir: Pat
 
 def test_on_a_cpu_nothing_is_quantised_or_checkpointed(tiny_model_dir: Path) -> None:
     for asked in (None, True):
-        config = resolved(RoundConfig(qlora=asked), tiny_model_dir)
+        config = resolved(round_config(qlora=asked), tiny_model_dir)
         assert config.qlora is False and config.gradient_checkpointing is False
-    config = resolved(RoundConfig(gradient_checkpointing=True), tiny_model_dir)
+    config = resolved(round_config(gradient_checkpointing=True), tiny_model_dir)
     assert config.gradient_checkpointing is True  # an explicit setting wins
 
 
@@ -68,9 +69,9 @@ def test_a_cpu_trains_in_bf16_only_with_bf16_instructions_unless_told(
     assert not train_in_bf16(None, cuda=False, launched=True)  # several CPU processes: fp32
     assert train_in_bf16(None, cuda=True, launched=True)
     # auto follows this machine's CPU; a setting wins; bf16 training loads a bf16 base
-    assert resolved(RoundConfig(), tiny_model_dir).bf16 is cpu_has_bf16()
+    assert resolved(round_config(), tiny_model_dir).bf16 is cpu_has_bf16()
     for asked, dtype in ((False, torch.float32), (True, torch.bfloat16)):
-        config = resolved(RoundConfig(bf16=asked), tiny_model_dir)
+        config = resolved(round_config(bf16=asked), tiny_model_dir)
         assert config.bf16 is asked
         assert base_load_kwargs(config, cuda=False) == {"dtype": dtype}
         assert sft_config(config, tmp_path / "sft", 2, tmp_path).bf16 is asked
@@ -81,12 +82,12 @@ def test_each_process_loads_its_base_on_its_own_gpu_unless_the_launcher_shards_i
 ) -> None:
     import torch
 
-    qlora = RoundConfig(qlora=True)
+    qlora = round_config(qlora=True)
     kwargs = base_load_kwargs(qlora, cuda=True)  # one process
     assert kwargs["device_map"] == {"": 0} and kwargs["dtype"] == torch.bfloat16
     quant = kwargs["quantization_config"]
     assert quant.load_in_4bit and quant.bnb_4bit_quant_storage == torch.uint8
-    assert "quantization_config" not in base_load_kwargs(RoundConfig(qlora=False), cuda=True)
+    assert "quantization_config" not in base_load_kwargs(round_config(qlora=False), cuda=True)
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for env in ({"ACCELERATE_USE_FSDP": "true"}, {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}):
@@ -246,7 +247,7 @@ def test_tuneloop_train_on_a_cpu_in_the_precision_asked(
     assert code == 0, err[-2000:]
     said = {line for line in err.splitlines() if "training on the CPU" in line}
     assert said and all(("bf16" in m) == (bf16 == "true") for m in said), said
-    rounds = sorted((Settings().home / "rounds").iterdir())
+    rounds = sorted((Settings().rounds_dir).iterdir())
     for stage in ("sft", "dpo"):
         weights = load_file(rounds[-1] / stage / "adapter" / "adapter_model.safetensors")
         assert weights and {w.dtype for w in weights.values()} == {torch.float32}

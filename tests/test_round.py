@@ -17,6 +17,7 @@ from app.cli.main import app
 from app.config import REPO_DATA_DIR, Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
+from tests.configs import round_config
 from training.eval.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.registry import Registry, RegistryError
@@ -81,6 +82,13 @@ def store(settings: Settings) -> Store:
 
 
 def _config(**overrides: object) -> RoundConfig:
+    """The round users get, except: a few steps of a few rows (the fast tier), a learning
+    rate that moves the tiny random model in those steps, a checkpoint every step (resume
+    is tested), a system prompt in the tiny tokenizer's words, a small evaluation, the
+    MECHANICS gate, no seed or replay file (the demo domain's rows are not what these tests
+    check; the replay test names its own), and the plain 10% held-out split: the 30 prompts
+    here share 6 answers, a held-out answer is kept out of training, and the product's
+    20-item minimum (a third of 30 here) would leave next to nothing to train on."""
     values: dict = {
         "sft_steps": 4,
         "dpo_steps": 4,
@@ -96,9 +104,12 @@ def _config(**overrides: object) -> RoundConfig:
             general_file=REPO_DATA_DIR / "general_checks.jsonl",
         ),
         "gate": MECHANICS,
+        "seed_file": None,
+        "replay_file": None,
+        "heldout_min_items": 0,
     }
     values.update(overrides)
-    return RoundConfig(**values)  # type: ignore[arg-type]
+    return round_config(**values)
 
 
 def _run(settings: Settings, store: Store, model_dir: Path, **kwargs: object):
@@ -106,7 +117,7 @@ def _run(settings: Settings, store: Store, model_dir: Path, **kwargs: object):
         store=store,
         registry=Registry(settings.adapters_dir),
         model_dir=model_dir,
-        rounds_dir=settings.home / "rounds",
+        rounds_dir=settings.rounds_dir,
         **{"config": _config(), **kwargs},  # type: ignore[arg-type]
     )
 
@@ -136,7 +147,7 @@ def test_round_end_to_end_promotes_then_rolls_back(
     registry = Registry(settings.adapters_dir)
     assert registry.current() == result.version
     registry.verify(result.version)
-    folder = settings.home / "rounds" / result.id
+    folder = settings.rounds_dir / result.id
     state = json.loads((folder / "state.json").read_text())
     assert state["status"] == "promoted" and state["stage"] == "done"
     assert {s["stage"] for s in seen} >= {"snapshot", "sft", "dpo", "evaluate", "gate", "done"}
@@ -222,7 +233,7 @@ def test_nan_loss_fails_the_round_and_keeps_serving(
     assert result.status == "failed"
     assert "NonFiniteLossError" in result.reasons[0] and "is nan" in result.reasons[0]
     assert registry.current() == "v1" and registry.versions() == ["v1"]
-    assert list_rounds(settings.home / "rounds")[-1]["status"] == "failed"
+    assert list_rounds(settings.rounds_dir)[-1]["status"] == "failed"
 
 
 def test_exception_mid_dpo_promotes_nothing_and_resume_finishes(
@@ -241,7 +252,7 @@ def test_exception_mid_dpo_promotes_nothing_and_resume_finishes(
     first = _run(settings, store, tiny_model_dir, on_progress=crash, config=config)
     assert first.status == "failed" and "disk on fire" in first.reasons[0]
     assert registry.current() == "v1" and registry.versions() == ["v1"]
-    folder = settings.home / "rounds" / first.id
+    folder = settings.rounds_dir / first.id
     assert (folder / "sft" / "adapter" / "adapter_config.json").is_file()
     assert (folder / "dpo" / "checkpoints" / "checkpoint-1").is_dir()
 
@@ -297,7 +308,7 @@ def test_one_round_at_a_time_and_a_crashed_lock_is_free(
 ) -> None:
     from training.rounds_dir import exclusive_lock
 
-    rounds = settings.home / "rounds"
+    rounds = settings.rounds_dir
     with exclusive_lock(rounds), pytest.raises(RoundBusyError):
         _run(settings, store, tiny_model_dir)
     # A process that dies holding the lock leaves nothing stuck: the OS drops its flock.
@@ -425,7 +436,7 @@ def test_a_dpo_stage_trained_on_flipped_pairs_never_ships(
     assert registry.current() == result.version and result.version.endswith("-sft")
     info = registry.info(result.version)
     assert info["decision"] == "promote" and set(info["gate"]) == {"sft", "dpo"}
-    report = (settings.home / "rounds" / result.id / "report.md").read_text()
+    report = (settings.rounds_dir / result.id / "report.md").read_text()
     assert "Why the other stages were dropped" in report and "dpo dropped" in report
 
 
@@ -540,7 +551,7 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
     )
     result = _run(settings, store, ending_model_dir, config=config, promote=False)
     assert result.status in ("done", "rejected", "inconclusive"), result.reasons
-    snap = load_snapshot(settings.home / "rounds" / result.id)
+    snap = load_snapshot(settings.rounds_dir / result.id)
     prompts = [json.loads(x)["prompt"] for x in replay_file.read_text().splitlines() if x]
     assert len(prompts) >= 20
     replayed = [r for r in snap.sft_train if r["messages"][1]["content"] in prompts]

@@ -12,10 +12,10 @@ import pytest
 from app.config import REPO_DATA_DIR, Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
+from tests.configs import round_config
 from training.eval.evaluate import EvalSettings
 from training.registry import Registry
 from training.round import run_round
-from training.round_config import RoundConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -66,7 +66,7 @@ def test_a_round_on_cuda_then_its_adapter_served(tiny_model_dir: Path, qlora: bo
     settings.home.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.database)
     _feedback(store)
-    config = RoundConfig(
+    config = round_config(
         sft_steps=3, dpo_steps=3, sft_learning_rate=5e-3, dpo_learning_rate=5e-3, qlora=qlora,
         serve_in_4bit=qlora,
         eval=EvalSettings(max_prompts=2, max_new_tokens=4,
@@ -86,12 +86,12 @@ def test_a_round_on_cuda_then_its_adapter_served(tiny_model_dir: Path, qlora: bo
         registry=registry,
         model_dir=tiny_model_dir,
         config=config,
-        rounds_dir=settings.home / "rounds",
+        rounds_dir=settings.rounds_dir,
         promote=False,
     )
     assert result.status in ("done", "promoted", "rejected", "inconclusive"), result.reasons
     assert result.version
-    folder = settings.home / "rounds" / result.id
+    folder = settings.rounds_dir / result.id
     weights = load_file(str(folder / "dpo" / "adapter" / "adapter_model.safetensors"))
     assert weights and all("lora_" in k for k in weights)
     assert all(torch.isfinite(t.float()).all() for t in weights.values())

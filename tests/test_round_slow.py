@@ -56,7 +56,7 @@ def test_short_round_on_smollm2() -> None:
         registry=registry,
         model_dir=model_dir,
         config=config,
-        rounds_dir=settings.home / "rounds",
+        rounds_dir=settings.rounds_dir,
     )
 
     assert result.status in ("promoted", "rejected", "inconclusive"), result.reasons
@@ -64,7 +64,7 @@ def test_short_round_on_smollm2() -> None:
     assert result.version is not None
     assert registry.current() == (result.version if result.status == "promoted" else None)
     registry.verify(result.version)
-    snap = json.loads((settings.home / "rounds" / result.id / "snapshot.json").read_text())
+    snap = json.loads((settings.rounds_dir / result.id / "snapshot.json").read_text())
     assert snap["counts"]["dpo_heldout"] >= 1 and snap["seed_rows"] == 6
     assert snap["curation"]["pii"].get("name", 0) > 0  # customer names were pseudonymised
     for stage in ("serving", "sft", "dpo"):

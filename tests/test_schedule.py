@@ -187,11 +187,11 @@ def test_watch_once_runs_a_real_round_then_waits_for_new_feedback(
 
     first = watch_once()
     assert first["run"] and "6 new preferences" in first["reason"]
-    log = (settings.home / "rounds" / "watch.log").read_text()
+    log = (settings.rounds_dir / "watch.log").read_text()
     assert first["result"]["returncode"] == 0, log[-2000:]
     outcome = first["result"]["round"]
     assert outcome["status"] in ("promoted", "rejected", "inconclusive", "done"), log[-2000:]
-    states = json.loads((settings.home / "rounds" / outcome["id"] / "state.json").read_text())
+    states = json.loads((settings.rounds_dir / outcome["id"] / "state.json").read_text())
     assert states["status"] == outcome["status"]
 
     second = watch_once()

@@ -121,7 +121,7 @@ def test_a_real_round_logs_both_stages_to_the_tracker(
         ),
     )
     round_id = result["id"]
-    rounds = settings.home / "rounds"
+    rounds = settings.rounds_dir
     assert sorted(tracking.runs(rounds)) == [f"{round_id}-dpo", f"{round_id}-sft"]
     # the tracker holds the same loss curve as the round's own metrics.jsonl
     lines = (rounds / round_id / "metrics.jsonl").read_text().splitlines()

@@ -4,13 +4,12 @@ the automatic choices made for the machine it trains on (`resolved`)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from training.device import ranks
 from training.device.machine import (
-    CPU_TRAIN_BATCH_SIZE,
     count_parameters,
     default_train_batch_size,
     on_cuda,
@@ -23,76 +22,77 @@ from training.gate import GateConfig, parse_margins
 
 @dataclass
 class RoundConfig:
-    """Hyperparameters and inputs of one round (built by the CLI from Settings)."""
+    """Hyperparameters and inputs of one round. Built from Settings (`from_settings`) and
+    nowhere else: no field has a default of its own, so a default lives in one place, the
+    Setting, and what a test or a benchmark runs differs from what users get only where it
+    says so (an override)."""
 
-    sft_epochs: float = 2.0
-    dpo_epochs: float = 1.0
-    sft_steps: int = 0  # > 0: exactly this many SFT steps instead of epochs
-    dpo_steps: int = 0
-    max_steps: int = 0  # > 0: cap on each stage's steps
-    batch_size: int = CPU_TRAIN_BATCH_SIZE
-    grad_accum: int = 1
-    sft_learning_rate: float = 6e-4
-    dpo_learning_rate: float = 1e-4  # by measurement (app/config.py)
-    dpo_beta: float = 0.1
-    dpo_loss_type: str = "sigmoid"  # TRL's loss_type: sigmoid, ipo, robust, hinge
-    dpo_label_smoothing: float = 0.0  # robust DPO: the share of picks assumed flipped
-    dpo_sft_weight: float = 1.0  # > 0: plus this times the chosen replies' NLL (RPO)
+    sft_epochs: float
+    dpo_epochs: float
+    sft_steps: int  # > 0: exactly this many SFT steps instead of epochs
+    dpo_steps: int
+    max_steps: int  # > 0: cap on each stage's steps
+    batch_size: int
+    grad_accum: int
+    sft_learning_rate: float
+    dpo_learning_rate: float  # by measurement (app/config.py)
+    dpo_beta: float
+    dpo_loss_type: str  # TRL's loss_type: sigmoid, ipo, robust, hinge
+    dpo_label_smoothing: float  # robust DPO: the share of picks assumed flipped
+    dpo_sft_weight: float  # > 0: plus this times the chosen replies' NLL (RPO)
     # KTO runs only with at least this many train rows, both labels among them: a handful
     # of thumbs of one kind gives the KL estimate and the class weights nothing to stand on.
-    kto_min_rows: int = 8
-    kto_epochs: float = 1.0
-    kto_learning_rate: float = 2e-5
-    kto_beta: float = 0.1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0  # by measurement: app/config.py
-    lora_targets: str = "all-linear"
-    max_length: int = 512
-    warmup_steps: int = 0
-    save_steps: int = 20
-    seed: int = 42
+    kto_min_rows: int
+    kto_epochs: float
+    kto_learning_rate: float
+    kto_beta: float
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float  # by measurement: app/config.py
+    lora_targets: str
+    max_length: int
+    warmup_steps: int
+    save_steps: int
+    seed: int
     # Early stopping (training/early_stopping.py): a stage with at least this many train
     # rows holds this share of them out and stops when their loss has not improved for
     # `early_stopping_patience` evaluations; patience 0 turns it off. 160 rows: a 10%
     # share is then 16 rows. By measurement (the triage benchmark), a 4-row split's loss
     # picked an early checkpoint that answered none of the held-out items right where the
     # same stage trained to the end answered 45%.
-    validation_share: float = 0.1
-    early_stopping_patience: int = 2
-    early_stopping_min_rows: int = 160
-    gradient_checkpointing: bool | None = None  # None: only with a 4-bit base (resolved())
-    precompute_ref_log_probs: bool = True
-    qlora: bool | None = None  # 4-bit base on CUDA; None: where it saves memory (resolved())
+    validation_share: float
+    early_stopping_patience: int
+    early_stopping_min_rows: int
+    gradient_checkpointing: bool | None  # None: only with a 4-bit base (resolved())
+    precompute_ref_log_probs: bool
+    qlora: bool | None  # 4-bit base on CUDA; None: where it saves memory (resolved())
     # On a CPU: matmuls in bf16 (autocast); None: where the CPU has bf16 instructions
     # (training/device/precision.py, resolved()). A GPU always trains in bf16.
-    bf16: bool | None = None
-    liger_kernel: bool = False  # TRL's use_liger_kernel (CUDA, the liger-kernel package)
-    padding_free: bool = False  # SFT rows concatenated without padding (TRL padding_free)
-    share_prefix: bool = True  # a batch's common start runs once (training/device/shared_prefix.py)
-    serve_in_4bit: bool = False  # how `serve` loads the base: the gate evaluates the same way
-    infer_bf16: bool | None = None  # and in what dtype it answers (precision.inference_dtype)
-    system_prompt: str = ""
-    seed_file: Path | None = None
+    bf16: bool | None
+    liger_kernel: bool  # TRL's use_liger_kernel (CUDA, the liger-kernel package)
+    padding_free: bool  # SFT rows concatenated without padding (TRL padding_free)
+    share_prefix: bool  # a batch's common start runs once (training/device/shared_prefix.py)
+    serve_in_4bit: bool  # how `serve` loads the base: the gate evaluates the same way
+    infer_bf16: bool | None  # and in what dtype it answers (precision.inference_dtype)
+    system_prompt: str
+    seed_file: Path | None
     # General prompts the bare base answers at snapshot time; its answers join SFT so the
     # round keeps the base model's general behaviour while it learns the domain.
-    replay_file: Path | None = None
-    replay_max_new_tokens: int = 128
-    replay_cache_dir: Path | None = None  # None: replay answers are generated every round
+    replay_file: Path | None
+    replay_max_new_tokens: int
+    replay_cache_dir: Path | None  # None: replay answers are generated every round
     # fresh: a new adapter on every train row; continue: go on from the promoted adapter on
     # the rows new since its round plus this share of the older ones (training/continuation.py).
-    # Every entry point takes the mode from the settings (default continue, by measurement);
-    # a config built by hand trains fresh unless told.
-    round_mode: str = "fresh"
-    round_replay_share: float = 0.25
-    dedup_threshold: float = 0.85
+    round_mode: str
+    round_replay_share: float
+    dedup_threshold: float
     # At least this many distinct prompts held out (feedback.split.plan_split); 0 = the
-    # plain 10% hash split. `tuneloop train` passes TUNELOOP_HELDOUT_MIN_ITEMS.
-    heldout_min_items: int = 0
-    pii_region: str = "US"
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    gate: GateConfig = field(default_factory=GateConfig)
-    tracker: str = "none"
+    # plain 10% hash split.
+    heldout_min_items: int
+    pii_region: str
+    eval: EvalSettings
+    gate: GateConfig
+    tracker: str
 
     @classmethod
     def from_settings(cls, settings: Any, *, judge: Any = None, **overrides: Any) -> RoundConfig:

@@ -159,7 +159,7 @@ def status(as_json: JsonOpt = False) -> None:
         list_rounds,  # issue 4: the serving version's metrics, last round
     )
 
-    rounds = list_rounds(settings.home / "rounds")
+    rounds = list_rounds(settings.rounds_dir)
     from app.serving.health import FILE_NAME, read_health
 
     serving = read_health(settings.home / FILE_NAME)

@@ -152,6 +152,7 @@ def serve(
         )
         launch(
             service,
+            rounds_dir=settings.rounds_dir,
             gate=gate,
             login_note=note,
             host=host,

@@ -85,7 +85,7 @@ def register_core(app: typer.Typer) -> None:
             registry=Registry(settings.adapters_dir),
             model_dir=model_dir,
             config=config,
-            rounds_dir=settings.home / "rounds",
+            rounds_dir=settings.rounds_dir,
             resume=resume,
             promote=not no_promote,
             on_progress=progress,
@@ -158,7 +158,7 @@ def register_core(app: typer.Typer) -> None:
         from training.rounds_dir import list_rounds, new_feedback_since_last_round
 
         settings = open_settings()
-        rounds_dir = settings.home / "rounds"
+        rounds_dir = settings.rounds_dir
         states = list_rounds(rounds_dir)
         new = new_feedback_since_last_round(open_store(settings), rounds_dir)
         lines = [
@@ -194,7 +194,7 @@ def register_watch(app: typer.Typer) -> None:
 
         settings = open_settings()
         store = open_store(settings)
-        rounds_dir = settings.home / "rounds"
+        rounds_dir = settings.rounds_dir
         log = rounds_dir / "watch.log"
 
         def say(text: str) -> None:
@@ -240,7 +240,7 @@ def register_watch(app: typer.Typer) -> None:
 
         settings = open_settings()
         typer.echo(f"trackio dashboard on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-        tracking.show(settings.home / "rounds", host=host, port=port)
+        tracking.show(settings.rounds_dir, host=host, port=port)
 
 
 def _who() -> str:

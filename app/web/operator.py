@@ -61,11 +61,6 @@ class OperatorService:
         self.rounds_dir = Path(rounds_dir)
         self._proc: subprocess.Popen[bytes] | None = None
 
-    @classmethod
-    def for_chat(cls, store: Store, registry: Registry) -> OperatorService:
-        """The service for a chat app: rounds live beside the adapters, in HOME/rounds."""
-        return cls(store=store, registry=registry, rounds_dir=registry.root.parent / "rounds")
-
     # -- who is asking -------------------------------------------------------------------
     def operator(self, name: str | None) -> UserInfo:
         """The logged-in user if an operator; anyone else is refused."""

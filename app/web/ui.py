@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -92,8 +93,9 @@ def _selected_text(state: ChatState, index: int | None) -> tuple[str, str]:
     return f"**Selected: reply {number}** — {plain(preview)}", turn.content
 
 
-def build_ui(service: ChatService, *, remote_content: bool = False) -> gr.Blocks:
-    """The Blocks app. Launch it with `launch(service, ...)` so login is enforced.
+def build_ui(service: ChatService, rounds_dir: Path, *, remote_content: bool = False) -> gr.Blocks:
+    """The Blocks app, its Operator tab over the rounds in `rounds_dir`. Launch it with
+    `launch(service, ...)` so login is enforced.
 
     `remote_content`: show links and remote images in messages (off: as text).
     """
@@ -185,7 +187,10 @@ def build_ui(service: ChatService, *, remote_content: bool = False) -> gr.Blocks
                         pick_b = gr.Button("B is better", elem_id="pick-b")
 
         # Operators only: training rounds, promotion, rollback (app/web/operator.py).
-        build_operator_tab(OperatorService.for_chat(service.store, engine.registry), demo)
+        build_operator_tab(
+            OperatorService(store=service.store, registry=engine.registry, rounds_dir=rounds_dir),
+            demo,
+        )
 
         # -- page load and the model line ---------------------------------------------
         def on_load(request: gr.Request) -> tuple[Any, ...]:
@@ -404,6 +409,7 @@ def build_ui(service: ChatService, *, remote_content: bool = False) -> gr.Blocks
 def launch(
     service: ChatService,
     *,
+    rounds_dir: Path,
     gate: LoginGate,
     login_note: str,
     host: str = "127.0.0.1",
@@ -419,7 +425,7 @@ def launch(
     """
     from starlette.middleware import Middleware
 
-    demo = build_ui(service, remote_content=remote_content)
+    demo = build_ui(service, rounds_dir, remote_content=remote_content)
     demo.queue(default_concurrency_limit=16)
     demo.launch(
         server_name=host,

@@ -41,7 +41,7 @@ class EvalSettings:
     """What to evaluate and how much of it."""
 
     batch_size: int = 8
-    max_length: int = 1024
+    max_length: int = 512  # rows are cut where training cuts them (TUNELOOP_TRAIN_MAX_LENGTH)
     generate: bool = True
     max_prompts: int = 24
     max_new_tokens: int = 96
