@@ -164,11 +164,8 @@ def main() -> None:
     from app.config import Settings
     from app.serving.modelfiles import resolve_model_dir
     from training.device.precision import inference_dtype
-    from training.eval.generate import (
-        default_batch_size,
-        load_for_generation,
-        row_conversation,
-    )
+    from training.eval.generate import default_batch_size, load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     settings = Settings()
     model_dir = resolve_model_dir(args.model, settings.models_dir, progress=True)
@@ -242,7 +239,8 @@ def _batched(
     baseline: list[str],
 ) -> dict[str, Any]:
     """`tuneloop generate`'s path at one batch size with a loaded model, timed."""
-    from training.eval.generate import generate_file
+    from training.eval.generate import GenParams
+    from training.eval.prompt_files import generate_file
 
     out = tmp / f"out-{dtype}-{size}.jsonl"
     start = time.perf_counter()
@@ -252,8 +250,7 @@ def _batched(
         out,
         adapter="base",
         system_prompt=system,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=size,
+        params=GenParams(max_new_tokens=args.max_new_tokens, batch_size=size),
     )
     seconds = time.perf_counter() - start
     replies = [json.loads(line)["reply"] for line in out.open()]

@@ -31,7 +31,8 @@ def main() -> None:
     from app.config import Settings
     from app.serving.modelfiles import resolve_model_dir
     from training.eval import judge
-    from training.eval.generate import load_for_generation, row_conversation
+    from training.eval.generate import load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judge", default=None, help="judge model dir (default: embedded)")

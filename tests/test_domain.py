@@ -20,7 +20,7 @@ def test_init_writes_a_skeleton_and_never_overwrites(
 ) -> None:
     from training.datasets import read_seed_rows
     from training.eval.evaluate import read_general_checks
-    from training.eval.generate import read_rows
+    from training.eval.prompt_files import read_rows
     from training.eval.rubric import load_rubric
 
     folder = tmp_path / "domain"

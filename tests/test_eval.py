@@ -17,7 +17,8 @@ from app.config import Settings
 from tests.cli import run_cli
 from tests.tiny import tiny_registry
 from training.eval.evalsets import format_table, item_metrics, load_set
-from training.eval.generate import generate_replies, load_for_generation, row_conversation
+from training.eval.generate import generate_replies, load_for_generation
+from training.eval.prompt_files import row_conversation
 from training.eval.scorers import (
     Scorer,
     ScorerError,
@@ -336,7 +337,8 @@ def test_per_row_metrics_pair_rows_and_skip_rows_a_scorer_cannot_score(tmp_path:
     assert items["json_valid"] == [0.0, 1.0, 0.0]  # other scorers still score that row
     path = tmp_path / "s.jsonl"
     path.write_text('{"prompt": "x"}\n')
-    from training.eval.evalsets import EvalRun, GenParams
+    from training.eval.evalsets import EvalRun
+    from training.eval.generate import GenParams
 
     run = EvalRun(load_set(path), ["v1", "v2"], ["exact"], GenParams(), "m")
     run.metrics = {"v1": {"exact": 0.5}, "v2": {"exact": 0.75}}

@@ -57,7 +57,8 @@ def test_generate_and_eval_on_smollm2_with_two_adapters(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    from training.eval.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     model_dir, registry = real
     # Batching must not change a reply: checked in fp32. In bf16 (the default on a CPU with
@@ -139,7 +140,8 @@ def test_eval_pairwise_judged_by_the_embedded_smollm2(
     """`--scorer pairwise` with TUNELOOP_JUDGE_MODEL=embedded: plumbing on a real chat model
     (SmolLM2-135M's verdicts are near chance; a real deployment names a stronger judge)."""
     from training.eval import judge
-    from training.eval.generate import load_for_generation, row_conversation
+    from training.eval.generate import load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     model_dir, _ = real
     monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "embedded")

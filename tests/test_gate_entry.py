@@ -40,7 +40,8 @@ def agrees(rows, replies):
 def base_replies(tiny_model_dir: Path) -> list[str]:
     """The bare base model's greedy replies to QUESTIONS, as the eval will ask them."""
     from app.config import Settings
-    from training.eval.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     system = Settings(model=str(tiny_model_dir)).system_prompt()
     model, tok = load_for_generation(tiny_model_dir, bf16=False)  # as the round answers

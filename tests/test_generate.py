@@ -19,12 +19,11 @@ from tests.cli import run_cli
 from tests.tiny import tiny_registry
 from training.eval.generate import (
     GenerationError,
-    generate_file,
+    GenParams,
     generate_replies,
     load_for_generation,
-    read_rows,
-    row_conversation,
 )
+from training.eval.prompt_files import generate_file, read_rows, row_conversation
 from training.registry import Registry
 
 MAX_NEW = 24
@@ -222,7 +221,12 @@ def test_resume_after_an_interruption(v1: tuple[Any, Any], tmp_path: Path) -> No
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     clean = tmp_path / "clean.jsonl"
     generate_file(
-        lambda: v1, src, clean, adapter="v1", system_prompt="", max_new_tokens=MAX_NEW, batch_size=3
+        lambda: v1,
+        src,
+        clean,
+        adapter="v1",
+        system_prompt="",
+        params=GenParams(MAX_NEW, batch_size=3),
     )
 
     out = tmp_path / "out.jsonl"
@@ -235,8 +239,7 @@ def test_resume_after_an_interruption(v1: tuple[Any, Any], tmp_path: Path) -> No
             out,
             adapter="v1",
             system_prompt="",
-            max_new_tokens=MAX_NEW,
-            batch_size=3,
+            params=GenParams(MAX_NEW, batch_size=3),
         )
     partial = read_jsonl(out)
     assert len(partial) == 3  # the first batch was saved as it finished
@@ -250,24 +253,28 @@ def test_resume_after_an_interruption(v1: tuple[Any, Any], tmp_path: Path) -> No
         return v1
 
     summary = generate_file(
-        load, src, out, adapter="v1", system_prompt="", max_new_tokens=MAX_NEW, batch_size=3
+        load, src, out, adapter="v1", system_prompt="", params=GenParams(MAX_NEW, batch_size=3)
     )
     assert summary["skipped"] == 3 and summary["generated"] == len(rows) - 3
     assert untimed(read_jsonl(out)) == untimed(read_jsonl(clean))  # same replies, input order
 
     # nothing left to do: the model is not even loaded
     loads.clear()
-    summary = generate_file(load, src, out, adapter="v1", system_prompt="", batch_size=3)
+    summary = generate_file(
+        load, src, out, adapter="v1", system_prompt="", params=GenParams(batch_size=3)
+    )
     assert summary["generated"] == 0 and summary["skipped"] == len(rows) and not loads
 
     # a new row appended to the input is the only one generated
     src2 = write_jsonl(tmp_path / "in2.jsonl", [*rows, {"prompt": "Hello!", "n": 99}])
-    summary = generate_file(load, src2, out, adapter="v1", system_prompt="", max_new_tokens=MAX_NEW)
+    summary = generate_file(
+        load, src2, out, adapter="v1", system_prompt="", params=GenParams(MAX_NEW)
+    )
     assert summary["generated"] == 1 and read_jsonl(out)[-1]["n"] == 99
 
     # replies from another adapter are not mixed in
     with pytest.raises(GenerationError, match="holds replies from adapter 'v1', not 'base'"):
-        generate_file(load, src2, out, adapter="base", system_prompt="")
+        generate_file(load, src2, out, adapter="base", system_prompt="", params=GenParams())
 
 
 @pytest.mark.parametrize(

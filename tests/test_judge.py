@@ -37,7 +37,7 @@ def judge_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from app.config import Settings
-    from training.eval.generate import row_conversation
+    from training.eval.prompt_files import row_conversation
 
     dest = tmp_path_factory.mktemp("judge")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -97,7 +97,8 @@ def _by_hand(model_dir: Path, rows: list[dict], replies: list[str], ref: list[st
     import torch
 
     from app.config import Settings
-    from training.eval.generate import load_for_generation, row_conversation
+    from training.eval.generate import load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     model, tok = load_for_generation(model_dir)
     one, two = (tok.encode(x, add_special_tokens=False) for x in ("1", "2"))

@@ -186,7 +186,8 @@ def test_generate_and_the_chat_engine_answer_in_bf16_when_asked(
     from app.serving.engine import ChatEngine, SamplingParams
     from tests.cli import run_cli
     from tests.tiny import tiny_registry
-    from training.eval.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     registry = tiny_registry(
         monkeypatch, Settings().home, tiny_model_dir, tiny_adapters, max_new_tokens=24

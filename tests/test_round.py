@@ -542,7 +542,8 @@ def test_replay_answers_come_from_the_bare_base_and_join_sft_only(
     """The replay prompts are answered by the bare base model (greedy, as `generate` would)
     and trained on as SFT rows, never split off as held-out; a resumed round keeps them."""
     from training.datasets import load_snapshot, replay_rows
-    from training.eval.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.prompt_files import row_conversation
 
     replay_file = REPO_DATA_DIR / "replay_prompts.jsonl"
     system = "You help with gardens and kitchens."

@@ -102,12 +102,8 @@ def replay_rows(
     """
     if path is None or not Path(path).is_file():
         return []
-    from training.eval.generate import (
-        generate_replies,
-        load_for_generation,
-        read_rows,
-        row_conversation,
-    )
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.prompt_files import read_rows, row_conversation
 
     rows = read_rows(Path(path))
     if not rows:

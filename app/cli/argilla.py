@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import JsonOpt, emit, open_settings, open_store
+from app.cli.common import JsonOpt, chat_sampling, emit, open_settings, open_store
 from app.config import Settings
 
 argilla_app = typer.Typer(
@@ -188,14 +188,6 @@ def _engine(settings: Settings) -> Any:
     return engine
 
 
-def _params(settings: Settings, temperature: float) -> Any:
-    from app.serving.engine import SamplingParams
-
-    return SamplingParams(
-        max_new_tokens=settings.max_new_tokens, temperature=temperature, top_p=settings.top_p
-    )
-
-
 def pair_thumbs_down(settings: Settings, store: Any, engine: Any, *, limit: int) -> int:
     """Pair each 👎 reply with a fresh sample of the model now serving; returns pairs queued."""
     from feedback.argilla.outbox import queue_pair, thumbs_down_to_pair
@@ -204,7 +196,9 @@ def pair_thumbs_down(settings: Settings, store: Any, engine: Any, *, limit: int)
     queued = 0
     for item in thumbs_down_to_pair(store, limit=limit):
         history = [m for m in item["prompt"] if m["role"] != "system"]
-        fresh = engine.generate(history, _params(settings, settings.compare_temperature))
+        fresh = engine.generate(
+            history, chat_sampling(settings, temperature=settings.compare_temperature)
+        )
         try:
             queue_pair(
                 store,
@@ -310,11 +304,13 @@ def pairs_generate(
     try:
         for history in rows:
             if len(picked) == 2:
-                replies = [engine.generate(history, _params(settings, settings.temperature),
+                replies = [engine.generate(history, chat_sampling(settings),
                                            adapter=a) for a in picked]  # fmt: skip
             else:
                 replies = [
-                    engine.generate(history, _params(settings, t), adapter=picked[0])
+                    engine.generate(
+                        history, chat_sampling(settings, temperature=t), adapter=picked[0]
+                    )
                     for t in (settings.temperature, settings.compare_temperature)
                 ]
             first, second = replies

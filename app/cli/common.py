@@ -41,6 +41,36 @@ def open_store(settings: Settings) -> Any:
     return Store.open(settings.database)
 
 
+def chat_sampling(settings: Settings, *, temperature: float | None = None) -> Any:
+    """How the chat samples a reply (`SamplingParams`): the settings, one object for the
+    page, the API and the pairs sent to Argilla; `temperature` given: that one instead."""
+    from app.serving.replies import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature if temperature is None else temperature,
+        top_p=settings.top_p,
+    )
+
+
+def batch_generation(
+    settings: Settings,
+    *,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    batch_size: int | None = None,
+) -> Any:
+    """How `generate` and `eval` answer (`GenParams`): the settings, with a command's own
+    options (None: not given) on top."""
+    from training.eval.generate import GenParams
+
+    return GenParams(
+        max_new_tokens=max_new_tokens or settings.generate_max_new_tokens,
+        temperature=settings.generate_temperature if temperature is None else temperature,
+        batch_size=batch_size or settings.generate_batch_size,
+    )
+
+
 def emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
     """Print one JSON object with --json, else the human-readable text."""
     if as_json:

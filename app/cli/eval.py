@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import JsonOpt, emit, open_settings
+from app.cli.common import JsonOpt, batch_generation, emit, open_settings
 from app.config import Settings
 
 AdapterOpt = Annotated[
@@ -54,7 +54,8 @@ def generate(
     in --out are skipped, so an interrupted run continues where it stopped.
     """
     from training.eval.evalsets import resolve_targets
-    from training.eval.generate import generate_file, load_for_generation, read_rows
+    from training.eval.generate import load_for_generation
+    from training.eval.prompt_files import generate_file, read_rows
     from training.registry import Registry
 
     settings = open_settings()
@@ -75,9 +76,9 @@ def generate(
         out_file,
         adapter=target.label,
         system_prompt=settings.system_prompt(),
-        max_new_tokens=max_new_tokens or settings.generate_max_new_tokens,
-        temperature=settings.generate_temperature if temperature is None else temperature,
-        batch_size=batch_size or settings.generate_batch_size,
+        params=batch_generation(
+            settings, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size
+        ),
         progress=sys.stderr.isatty() or not as_json,
     )
     rate = summary["replies_per_s"]
@@ -138,7 +139,7 @@ def eval_(
         model_dir=_model_dir(settings),
         system_prompt=settings.system_prompt(),
         cache_dir=settings.evals_dir / "cache",
-        params=_params(settings, max_new_tokens, batch_size),
+        params=batch_generation(settings, max_new_tokens=max_new_tokens, batch_size=batch_size),
         load_in_4bit=settings.load_in_4bit,
         bf16=settings.infer_bf16,
         progress=not as_json or sys.stderr.isatty(),
@@ -176,14 +177,3 @@ def _model_dir(settings: Settings) -> Path:
     from app.serving.modelfiles import resolve_model_dir
 
     return resolve_model_dir(settings.model, settings.models_dir, progress=True)
-
-
-def _params(settings: Settings, max_new_tokens: int | None, batch_size: int | None) -> Any:
-    """Generation settings of an eval: the options given, else the settings."""
-    from training.eval.evalsets import GenParams
-
-    return GenParams(
-        max_new_tokens=max_new_tokens or settings.generate_max_new_tokens,
-        temperature=settings.generate_temperature,
-        batch_size=batch_size or settings.generate_batch_size,
-    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from app.cli.common import chat_sampling
 from app.config import Settings
 
 
@@ -20,7 +21,7 @@ class BestOfError(Exception):
 def prompt_rows(path: Path) -> list[dict[str, Any]]:
     """Rows from a .jsonl file (`{"prompt"}` or `{"messages"}`, other fields kept for the
     scorers, e.g. `reference` or the rubric's `{policy}`), or one prompt a line."""
-    from training.eval.generate import read_rows
+    from training.eval.prompt_files import read_rows
 
     if not path.is_file():
         raise BestOfError(f"{path} does not exist; give a prompts file")
@@ -44,7 +45,7 @@ def best_of_pairs(
     from app.serving.modelfiles import resolve_model_dir
     from training.eval import best_of
     from training.eval.evalsets import resolve_targets
-    from training.eval.generate import row_conversation
+    from training.eval.prompt_files import row_conversation
     from training.eval.scorers import resolve_scorers
     from training.registry import Registry
 
@@ -67,9 +68,7 @@ def best_of_pairs(
         target.adapter_dir,
         conversations,
         n,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        max_new_tokens=settings.max_new_tokens,
+        sampling=chat_sampling(settings),
         batch_size=settings.generate_batch_size,
         load_in_4bit=settings.load_in_4bit,
         bf16=settings.infer_bf16,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli.common import chat_sampling
 from app.cli.common import open_settings as _settings
 from app.cli.common import open_store as _store
 from app.config import Settings
@@ -54,7 +55,7 @@ def serve(
 
     tune_cpu_threads()  # before anything loads torch
     from app.serving.chat import ChatService, UsableVersions
-    from app.serving.engine import ChatEngine, SamplingParams
+    from app.serving.engine import ChatEngine
     from app.serving.modelfiles import resolve_model_dir
     from app.serving.vllm_engine import check_backend
     from app.web.ui import launch
@@ -97,11 +98,7 @@ def serve(
     service = ChatService(
         engine=engine,
         store=store,
-        params=SamplingParams(
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-        ),
+        params=chat_sampling(settings),
         compare_temperature=settings.compare_temperature,
         max_message_chars=settings.max_message_chars,
         versions=UsableVersions(registry),  # a corrupted version is not offered

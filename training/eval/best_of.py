@@ -102,14 +102,13 @@ def sample(
     conversations: list[list[dict[str, str]]],
     n: int,
     *,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
+    sampling: Any,
     batch_size: int | None = None,
     load_in_4bit: bool = False,
     bf16: bool | None = None,
 ) -> list[list[str]]:
-    """`n` sampled replies to each conversation from the base plus `adapter_dir`, batched."""
+    """`n` sampled replies to each conversation from the base plus `adapter_dir`, batched;
+    `sampling`: how the chat samples (its max_new_tokens, temperature and top_p)."""
     from training.eval.generate import generate_replies, load_for_generation
 
     model, tokenizer = load_for_generation(
@@ -120,9 +119,9 @@ def sample(
             model,
             tokenizer,
             [c for c in conversations for _ in range(n)],
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
             batch_size=batch_size,
         )
     finally:

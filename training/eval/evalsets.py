@@ -26,12 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from feedback.atomic_write import write_atomic
-from training.eval.generate import (
-    generate_replies,
-    load_for_generation,
-    read_rows,
-    row_conversation,
-)
+from training.eval.generate import GenParams, generate_replies, load_for_generation
+from training.eval.prompt_files import read_rows, row_conversation
 from training.eval.scorers import Scorer, ScorerError, combined_metrics, resolve_scorers
 from training.gate import GateConfig
 from training.registry import MANIFEST, Registry, RegistryError
@@ -61,15 +57,6 @@ class Target:
     label: str
     adapter_dir: Path | None
     identity: str
-
-
-@dataclass(frozen=True)
-class GenParams:
-    """How replies are generated for an eval (all but batch_size are part of the cache key)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    batch_size: int | None = None
 
 
 @dataclass

@@ -188,7 +188,7 @@ def pairwise_scorer(
     The judge is loaded on first use (only if some reply differs from the reference) and
     kept for the rest of the eval.
     """
-    from training.eval.generate import row_conversation
+    from training.eval.prompt_files import row_conversation
 
     loaded: list[Any] = []
 
