@@ -156,10 +156,14 @@ def _retry_budget(model: Any, tokenizer: Any, conversations: list[Any], first: i
     budget = min(REPLAY_RETRY_TOKENS, 4 * first)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit and conversations:
-        from training.eval.evaluate import _ids
+        from training.eval.generate import token_ids
 
         longest = max(
-            len(_ids(tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True)))
+            len(
+                token_ids(
+                    tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True)
+                )
+            )
             for c in conversations
         )
         budget = min(budget, int(limit) - longest)

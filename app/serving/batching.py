@@ -26,18 +26,27 @@ import logging
 import queue
 import secrets
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from app.serving.adapters import AdapterPool
 from app.serving.cpu_env import lower_thread_priority
 from app.serving.replies import Reply, SamplingParams
 
-if TYPE_CHECKING:
-    from app.serving.engine import ChatEngine
-
 log = logging.getLogger(__name__)
+
+
+class DecodingEngine(Protocol):
+    """What the decoder uses of the engine it serves (app/serving/engine.py's ChatEngine)."""
+
+    model: Any
+    tokenizer: Any
+    adapters: AdapterPool
+    model_nice: int
+    eos_ids: list[int]
+    thread_state: threading.local  # the adapter a thread's forward passes use
+
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 PREFIXES_KEPT = 8  # system-message caches kept (one per adapter and system prompt)
@@ -88,7 +97,7 @@ class DecoderHealth:
 class BatchDecoder:
     """The generation thread of a ChatEngine that decodes concurrent replies together."""
 
-    def __init__(self, engine: ChatEngine, *, max_batch: int = 8) -> None:
+    def __init__(self, engine: DecodingEngine, *, max_batch: int = 8) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.engine = engine
@@ -161,7 +170,7 @@ class BatchDecoder:
 
         # The engine's per-step hook activates no adapter for this thread: every row names
         # its own adapter through `adapter_names`.
-        self.engine._local.key = None
+        self.engine.thread_state.key = None
         lower_thread_priority(self.engine.model_nice)
         rows: list[_Row] = []
         # Submitted rows not in the batch yet; people's turns are admitted before helper
@@ -228,7 +237,7 @@ class BatchDecoder:
         """Run a new row's prompt alone, sample its first token, add it to the batch."""
         import torch
 
-        if row.reply._control.cancel.is_set():
+        if row.reply.control.cancel.is_set():
             self._end(row, reason="cancelled")
             return False
         params = row.params
@@ -355,10 +364,10 @@ class BatchDecoder:
         return [rows[i] for i in keep]
 
     def _finished(self, row: _Row) -> bool:
-        if row.reply._finished_at is not None:
+        if row.reply.has_ended:
             return True
-        control = row.reply._control
-        if row.tokens and row.tokens[-1] in self.engine._eos_ids:
+        control = row.reply.control
+        if row.tokens and row.tokens[-1] in self.engine.eos_ids:
             self._end(row, reason="stop")
         elif len(row.tokens) >= row.params.max_new_tokens:
             self._end(row, reason="length")
@@ -371,23 +380,20 @@ class BatchDecoder:
     def _advance(self, row: _Row, token: int) -> None:
         """Add a sampled token to a row and pass on the text it completes."""
         row.tokens.append(token)
-        row.reply._control.generated = len(row.tokens)
-        ids = row.tokens[:-1] if token in self.engine._eos_ids else row.tokens
+        row.reply.control.generated = len(row.tokens)
+        ids = row.tokens[:-1] if token in self.engine.eos_ids else row.tokens
         text = self.engine.tokenizer.decode(ids, skip_special_tokens=True)
         if text.endswith("\ufffd") or not text.startswith(row.sent):
             return  # half a character, or a re-spelling of earlier text: wait for more
         piece, row.sent = text[len(row.sent) :], text
-        row.reply._streamer.put_text(piece)
+        row.reply.streamer.put_text(piece)
 
     def _end(self, row: _Row, *, reason: str = "stop", error: BaseException | None = None) -> None:
         reply = row.reply
-        reply._new_tokens = len(row.tokens)
-        reply._finish_reason = reason
-        reply._error = error
-        reply._finished_at = time.perf_counter()
+        reply.ended(new_tokens=len(row.tokens), reason=reason, error=error)
         self.engine.adapters.release(reply.adapter_version)
         reply.done.set()
-        reply._streamer.end()
+        reply.streamer.end()
 
     # -- sampling --------------------------------------------------------------------------
     @staticmethod

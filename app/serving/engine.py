@@ -42,7 +42,7 @@ from app.serving.replies import (
     new_control,
     new_streamer,
 )
-from training.registry import Registry, RegistryError
+from training.registry import Registry
 
 __all__ = [  # the request/response types live in app/serving/replies.py; callers import them here
     "CURRENT",
@@ -91,9 +91,9 @@ class ChatEngine(EngineBase):
             poll_seconds=poll_seconds,
             model_name=model_name or self.model_dir.name,
         )
-        self._eos_ids = _eos_ids(self.tokenizer, self.model)
+        self.eos_ids = _eos_ids(self.tokenizer, self.model)
         pad = self.tokenizer.pad_token_id
-        self._pad_id = pad if pad is not None else self._eos_ids[0]
+        self._pad_id = pad if pad is not None else self.eos_ids[0]
 
         self.adapters = AdapterPool(self.model, registry, max_adapters=max_adapters)
         # max_batch > 0: concurrent replies are decoded together (app/serving/batching.py);
@@ -104,8 +104,7 @@ class ChatEngine(EngineBase):
             max_batch = 0
         self._batcher = BatchDecoder(self, max_batch=max_batch) if max_batch > 0 else None
         self._system_ids: dict[str, list[int]] = {}  # system prompt -> its tokens alone
-        self._refused: str | None = None  # CURRENT named this and it failed to load
-        self._local = threading.local()
+        self.thread_state = threading.local()
         self._hooks = [
             self.model.register_forward_pre_hook(self._before_step),
             self.model.register_forward_hook(self._after_step, always_call=True),
@@ -129,45 +128,27 @@ class ChatEngine(EngineBase):
         """The version new requests get now (None: the bare base model)."""
         return self.adapters.serving
 
-    def refresh(self) -> bool:
-        """Read CURRENT now; load and switch to the version it names. True if it switched.
+    def versions_lock(self) -> Any:
+        """The adapter pool's admin lock: one load or switch at a time."""
+        return self.adapters.admin
 
-        A version that fails verification or loading is refused: the engine keeps serving
-        what it had, logs why once, and tries again only after CURRENT changes.
-        """
-        pool = self.adapters
-        with pool.admin:
+    def load_version(self, version: str) -> None:
+        """Load `version` into the adapter pool unless it is there (ServingError if not)."""
+        if version not in self.adapters.keys:
             try:
-                pointer = self.registry.current()
-            except (OSError, RegistryError) as err:
-                log.warning("could not read the CURRENT pointer: %s", err)
-                return False
-            if pointer == pool.serving:
-                self._refused = None
-                pool.evict()
-                return False
-            if pointer is not None and pointer == self._refused:
-                return False
-            if pointer is not None and pointer not in pool.keys:
-                try:
-                    pool.load(pointer)
-                except AdapterError as err:
-                    self._refused = pointer
-                    log.error(
-                        "CURRENT names %r but it cannot be served; still serving %s. %s",
-                        pointer,
-                        label(pool.serving),
-                        err,
-                    )
-                    return False
-            with pool.state:
-                previous, pool.serving = pool.serving, pointer
-                if pointer is not None:
-                    pool.touch(pointer)
-            self._refused = None
-            log.info("now serving %s (was %s)", label(pointer), label(previous))
-            pool.evict()
-            return True
+                self.adapters.load(version)
+            except AdapterError as err:
+                raise ServingError(str(err)) from err
+
+    def switch_to(self, version: str | None) -> None:
+        pool = self.adapters
+        with pool.state:
+            pool.serving = version
+            if version is not None:
+                pool.touch(version)
+
+    def tidy_versions(self) -> None:
+        self.adapters.evict()
 
     # -- prompts -------------------------------------------------------------------------
     # -- generation ----------------------------------------------------------------------
@@ -215,17 +196,18 @@ class ChatEngine(EngineBase):
         """Worker thread: run model.generate with this reply's adapter on every step."""
         import torch
 
-        self._local.key = key
+        self.thread_state.key = key
         lower_thread_priority(self.model_nice)
+        new_tokens, reason, error = 0, "stop", None
         try:
             input_ids = torch.tensor([ids], device=self.model.device)
             kwargs: dict[str, Any] = {
                 "max_new_tokens": params.max_new_tokens,
                 "do_sample": not params.greedy,
-                "eos_token_id": self._eos_ids,
+                "eos_token_id": self.eos_ids,
                 "pad_token_id": self._pad_id,
-                "streamer": reply._streamer,
-                "stopping_criteria": [reply._control],
+                "streamer": reply.streamer,
+                "stopping_criteria": [reply.control],
                 "disable_compile": True,
             }
             if not params.greedy:
@@ -237,20 +219,20 @@ class ChatEngine(EngineBase):
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
                 )
             new = out[0, len(ids) :].tolist()
-            reply._new_tokens = len(new)
-            if new and new[-1] in self._eos_ids:
-                reply._finish_reason = "stop"
-            elif reply._control.cancel.is_set() and len(new) < params.max_new_tokens:
-                reply._finish_reason = "cancelled"
+            new_tokens = len(new)
+            if new and new[-1] in self.eos_ids:
+                reason = "stop"
+            elif reply.control.cancel.is_set() and len(new) < params.max_new_tokens:
+                reason = "cancelled"
             else:
-                reply._finish_reason = "length"
+                reason = "length"
         except Exception as err:
             log.exception("generation failed (adapter %s)", label(reply.adapter_version))
-            reply._error = err
-            reply._streamer.end()  # wake the consumer; it raises ServingError
+            error = err
+            reply.streamer.end()  # wake the consumer; it raises ServingError
         finally:
-            reply._finished_at = time.perf_counter()
-            del self._local.key
+            reply.ended(new_tokens=new_tokens, reason=reason, error=error)
+            del self.thread_state.key
             self.adapters.release(reply.adapter_version)
             reply.done.set()
 
@@ -277,22 +259,22 @@ class ChatEngine(EngineBase):
     def _before_step(self, module: Any, args: Any) -> None:
         pool = self.adapters
         try:
-            key: str | None = self._local.key
+            key: str | None = self.thread_state.key
         except AttributeError:  # a step not started by one of our replies: serving version
             key = pool.serving_key()
         pool.step.acquire()
-        self._local.holds_step = True
+        self.thread_state.holds_step = True
         if key != pool.active:
             try:
                 pool.activate(key)
             except BaseException:
-                self._local.holds_step = False
+                self.thread_state.holds_step = False
                 pool.step.release()
                 raise
 
     def _after_step(self, module: Any, args: Any, output: Any) -> None:
-        if getattr(self._local, "holds_step", False):
-            self._local.holds_step = False
+        if getattr(self.thread_state, "holds_step", False):
+            self.thread_state.holds_step = False
             self.adapters.step.release()
 
     def _acquire(self, adapter: str | None) -> tuple[str | None, str | None]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Self
 
 from app.serving.replies import ContextTooLong, Reply, ReplyInfo, SamplingParams, ServingError
-from training.registry import Registry
+from training.registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ _ROLES = ("system", "user", "assistant")
 
 class EngineBase:
     """Prompts, CURRENT-following and whole replies; subclasses set `tokenizer` and
-    implement `stream`, `refresh` and `serving_version`."""
+    implement `stream`, `serving_version` and the version hooks `refresh` calls."""
 
     tokenizer: Any
 
@@ -45,6 +46,7 @@ class EngineBase:
         self._tok_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._refused: str | None = None  # CURRENT named this and it failed to load
 
     # -- what subclasses provide ---------------------------------------------------------
     def stream(
@@ -52,15 +54,66 @@ class EngineBase:
     ) -> Reply:
         raise NotImplementedError
 
-    def refresh(self) -> bool:
+    def serving_version(self) -> str | None:
+        """The version new requests get now (None: the bare base model)."""
         raise NotImplementedError
 
-    def serving_version(self) -> str | None:
+    def versions_lock(self) -> AbstractContextManager[Any]:
+        """Held while `refresh` loads and switches versions (none by default)."""
+        return nullcontext()
+
+    def load_version(self, version: str) -> None:
+        """Make `version` ready to serve; ServingError when it cannot be."""
         raise NotImplementedError
 
     def health(self) -> dict[str, object]:
         """What `/v1/models` and `tuneloop status` report about the decoding loop."""
         return {}
+
+    def switch_to(self, version: str | None) -> None:
+        """Serve `version` (loaded) to new requests from now on."""
+        raise NotImplementedError
+
+    def tidy_versions(self) -> None:
+        """After each check of CURRENT: let go of versions no longer needed (nothing here)."""
+
+    # -- following CURRENT -----------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Read CURRENT now; load and switch to the version it names. True if it switched.
+
+        A version that fails verification or loading is refused: the engine keeps serving
+        what it had, logs why once, and tries again only after CURRENT changes.
+        """
+        with self.versions_lock():
+            try:
+                pointer = self.registry.current()
+            except (OSError, RegistryError) as err:
+                log.warning("could not read the CURRENT pointer: %s", err)
+                return False
+            previous = self.serving_version()
+            if pointer == previous:
+                self._refused = None
+                self.tidy_versions()
+                return False
+            if pointer is not None and pointer == self._refused:
+                return False
+            if pointer is not None:
+                try:
+                    self.load_version(pointer)
+                except ServingError as err:
+                    self._refused = pointer
+                    log.error(
+                        "CURRENT names %r but it cannot be served; still serving %s. %s",
+                        pointer,
+                        label(previous),
+                        err,
+                    )
+                    return False
+            self.switch_to(pointer)
+            self._refused = None
+            log.info("now serving %s (was %s)", label(pointer), label(previous))
+            self.tidy_versions()
+            return True
 
     # -- shared --------------------------------------------------------------------------
     def start(self) -> None:

@@ -144,8 +144,9 @@ class Reply:
         self._params = params
         self._prompt = prompt
         self._model_name = model_name
-        self._streamer = streamer
-        self._control = control
+        # The engine's side: the text queue it fills and the control it stops on.
+        self.streamer = streamer
+        self.control = control
         self._started = started
         self.done = threading.Event()  # set by the engine once generation has stopped
         self._error: BaseException | None = None
@@ -162,7 +163,7 @@ class Reply:
         complete = False
         cut = StopFilter(self._params.stop)
         try:
-            for piece in self._streamer:
+            for piece in self.streamer:
                 out = cut.feed(piece) if piece else ""
                 if out:
                     self.text += out
@@ -185,16 +186,29 @@ class Reply:
             raise ServingError(f"generation failed ({type(err).__name__}: {err})") from err
         if cut.stopped:
             self._finish_reason = "stop"
-            self._new_tokens = self._control.generated
+            self._new_tokens = self.control.generated
         self._finish(cancelled=False)
+
+    def ended(self, *, new_tokens: int, reason: str, error: BaseException | None = None) -> None:
+        """The engine's record of how generation ended: tokens made, why it stopped ("stop",
+        "length", "cancelled"), and the error that ended it, if any."""
+        self._new_tokens = new_tokens
+        self._finish_reason = reason
+        self._error = error
+        self._finished_at = time.perf_counter()
+
+    @property
+    def has_ended(self) -> bool:
+        """Whether the engine recorded the end of generation (`ended`)."""
+        return self._finished_at is not None
 
     def cancel(self) -> None:
         """Stop generating after the current step (safe from any thread)."""
-        self._control.cancel.set()
+        self.control.cancel.set()
 
     def _finish(self, *, cancelled: bool) -> None:
         end = self._finished_at if self._finished_at is not None else time.perf_counter()
-        first = self._streamer.first_text_at
+        first = self.streamer.first_text_at
         self.info = ReplyInfo(
             text=self.text,
             model_name=self._model_name,
@@ -203,7 +217,7 @@ class Reply:
             prompt=self._prompt,
             latency_ms=(end - self._started) * 1000,
             ttft_ms=None if first is None else (first - self._started) * 1000,
-            new_tokens=self._control.generated if cancelled else self._new_tokens,
+            new_tokens=self.control.generated if cancelled else self._new_tokens,
             finish_reason="cancelled" if cancelled else self._finish_reason,
         )
 

@@ -105,7 +105,6 @@ class VllmEngine(EngineBase):
         self._lora_ids = itertools.count(1)
         self._loras: dict[str, Any] = {}  # version -> its LoRARequest, once loaded
         self._serving: str | None = None
-        self._refused: str | None = None
         self._admin = threading.Lock()
         self.refresh()
 
@@ -141,29 +140,11 @@ class VllmEngine(EngineBase):
             self._loras[version] = request
             return request
 
-    def refresh(self) -> bool:
-        """Read CURRENT; load the version it names into vLLM and serve it. True if switched."""
-        try:
-            pointer = self.registry.current()
-        except (OSError, RegistryError) as err:
-            log.warning("could not read the CURRENT pointer: %s", err)
-            return False
-        if pointer == self._serving or (pointer is not None and pointer == self._refused):
-            return False
-        try:
-            self._lora(pointer)
-        except ServingError as err:
-            self._refused = pointer
-            log.error(
-                "CURRENT names %r but it cannot be served; still serving %s. %s",
-                pointer,
-                label(self._serving),
-                err,
-            )
-            return False
-        previous, self._serving, self._refused = self._serving, pointer, None
-        log.info("now serving %s (was %s)", label(pointer), label(previous))
-        return True
+    def load_version(self, version: str) -> None:
+        self._lora(version)
+
+    def switch_to(self, version: str | None) -> None:
+        self._serving = version
 
     def close(self) -> None:
         """Stop following CURRENT and shut vLLM's engine down."""
@@ -211,29 +192,27 @@ class VllmEngine(EngineBase):
             skip_special_tokens=True,
         )
         request_id = uuid.uuid4().hex
-        sent, reason = "", "stop"
+        sent, reason, error = "", "stop", None
         try:
             async for out in self._engine.generate(
                 TokensPrompt(prompt_token_ids=ids), sampling, request_id, lora_request=lora
             ):
-                if reply._control.cancel.is_set():
+                if reply.control.cancel.is_set():
                     await self._engine.abort(request_id)
                     reason = "cancelled"
                     break
                 result = out.outputs[0]
-                reply._control.generated = len(result.token_ids)
+                reply.control.generated = len(result.token_ids)
                 text = result.text
                 if text.startswith(sent) and len(text) > len(sent):
-                    reply._streamer.put_text(text[len(sent) :])
+                    reply.streamer.put_text(text[len(sent) :])
                     sent = text
                 if out.finished:
                     reason = "length" if result.finish_reason == "length" else "stop"
         except Exception as err:  # the consumer raises ServingError with it
             log.exception("vLLM generation failed (adapter %s)", label(reply.adapter_version))
-            reply._error = err
+            error = err
         finally:
-            reply._new_tokens = reply._control.generated
-            reply._finish_reason = reason
-            reply._finished_at = time.perf_counter()
+            reply.ended(new_tokens=reply.control.generated, reason=reason, error=error)
             reply.done.set()
-            reply._streamer.end()
+            reply.streamer.end()

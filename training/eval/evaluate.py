@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.eval.generate import token_ids
+
 Row = dict[str, Any]
 
 
@@ -67,17 +69,11 @@ def read_general_checks(path: Path | None) -> list[Row]:
 def _encode(tokenizer: Any, prompt: list[dict], reply: list[dict], max_length: int) -> tuple:
     p_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
     full = tokenizer.apply_chat_template([*prompt, *reply], tokenize=True)
-    p_ids, full = _ids(p_ids), _ids(full)
+    p_ids, full = token_ids(p_ids), token_ids(full)
     if full[: len(p_ids)] != p_ids:
         raise EvaluationError("the chat template renders a prompt differently mid-conversation")
     cut = max(0, len(full) - max_length)  # keep the reply: drop the prompt's oldest tokens
     return full[cut:], max(1, len(p_ids) - cut)
-
-
-def _ids(value: Any) -> list[int]:
-    if isinstance(value, dict) or hasattr(value, "input_ids"):
-        value = value["input_ids"]
-    return list(value)
 
 
 def reply_logps(

@@ -40,6 +40,14 @@ class GenParams:
     batch_size: int | None = None
 
 
+def token_ids(value: Any) -> list[int]:
+    """The token ids of what a tokenizer returned: a plain list, or a mapping (a
+    BatchEncoding) holding them under "input_ids", as `apply_chat_template` gives in turn."""
+    if isinstance(value, dict) or hasattr(value, "input_ids"):
+        value = value["input_ids"]
+    return list(value)
+
+
 class GenerationError(Exception):
     """A user-facing batch-generation problem: bad conversation, model or adapter."""
 
