@@ -12,7 +12,7 @@ from app.cli.common import JsonOpt
 from app.cli.common import emit as _emit
 from app.cli.common import open_settings as _settings
 from app.cli.common import open_store as _store
-from app.cli.serve import _model_label
+from app.cli.serve import model_label
 
 
 class ImportFormat(StrEnum):
@@ -164,7 +164,7 @@ def status(as_json: JsonOpt = False) -> None:
 
     serving = read_health(settings.home / FILE_NAME)
     payload = {
-        "model": _model_label(settings),
+        "model": model_label(settings),
         "adapter": version,
         "adapter_named": named,
         "adapter_problem": problem,

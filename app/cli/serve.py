@@ -15,7 +15,7 @@ from app.config import Settings
 from feedback.atomic_write import write_atomic
 
 
-def _model_label(settings: Settings) -> str:
+def model_label(settings: Settings) -> str:
     return settings.model or "SmolLM2-135M-Instruct (embedded)"
 
 

@@ -24,7 +24,7 @@ from feedback.models import (
     utcnow,
 )
 from feedback.records import ResponseInfo
-from feedback.store.base import StoreBase, _response_info, retried
+from feedback.store.base import StoreBase, response_info, retried
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class ArgillaStore(StoreBase):
                 b = session.get(Response, c.response_b_id)
                 assert a is not None and b is not None and c.id is not None
                 original, candidate = (a, b) if c.original_is_a else (b, a)
-                found.append((c.id, _response_info(original), _response_info(candidate)))
+                found.append((c.id, response_info(original), response_info(candidate)))
             return found
 
     def unpaired_thumbs_down(self, *, limit: int) -> list[ResponseInfo]:
@@ -105,7 +105,7 @@ class ArgillaStore(StoreBase):
                 .order_by(col(Response.id))
                 .limit(limit)
             ).all()
-            return [_response_info(r) for r in rows]
+            return [response_info(r) for r in rows]
 
     def pending_pairs(self, *, limit: int) -> list[ArgillaPair]:
         """Up to `limit` pairs not yet confirmed as pushed, oldest first (detached rows)."""

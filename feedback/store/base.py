@@ -44,7 +44,7 @@ def retried(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _user_info(user: User) -> UserInfo:
+def user_info(user: User) -> UserInfo:
     assert user.id is not None
     return UserInfo(
         id=user.id,
@@ -55,7 +55,7 @@ def _user_info(user: User) -> UserInfo:
     )
 
 
-def _response_info(r: Response) -> ResponseInfo:
+def response_info(r: Response) -> ResponseInfo:
     assert r.id is not None
     return ResponseInfo(
         id=r.id,

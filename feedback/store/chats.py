@@ -24,7 +24,7 @@ from feedback.models import (
     fetch,
 )
 from feedback.records import ConversationInfo, MessageInfo, ResponseInfo, as_utc
-from feedback.store.base import StoreBase, _response_info, retried
+from feedback.store.base import StoreBase, response_info, retried
 
 
 class ChatStore(StoreBase):
@@ -256,7 +256,7 @@ class ChatStore(StoreBase):
     def response(self, *, response_id: int) -> ResponseInfo:
         """Everything recorded about one response."""
         with self._read() as session:
-            return _response_info(fetch(session, Response, response_id, "response"))
+            return response_info(fetch(session, Response, response_id, "response"))
 
     def owned_completion(self, *, completion_id: str, user_id: int) -> ResponseInfo:
         """The API reply `completion_id` if it is in one of the user's own conversations.
@@ -271,7 +271,7 @@ class ChatStore(StoreBase):
             ).first()
             if row is None or row[1] != user_id:
                 raise FeedbackError(f"there is no completion {completion_id!r} of yours")
-            return _response_info(row[0])
+            return response_info(row[0])
 
     def counts(self) -> dict[str, Any]:
         """Row counts for the status screen; ratings count each user's latest click only."""

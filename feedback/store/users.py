@@ -15,7 +15,7 @@ from feedback.auth.passwords import burn_verify, check_new_password, hash_passwo
 from feedback.errors import FeedbackError
 from feedback.models import ROLES, ApiKey, User, utcnow
 from feedback.records import UserInfo
-from feedback.store.base import StoreBase, _user_info
+from feedback.store.base import StoreBase, user_info
 
 # Names show up in pages, logs and Argilla: plain characters only.
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -51,7 +51,7 @@ class UserStore(StoreBase):
                 user = User(name=name, role=role, password_hash=password_hash)
                 session.add(user)
                 session.flush()
-                return _user_info(user)
+                return user_info(user)
         except IntegrityError:  # lost a race with another process adding the same name
             raise duplicate from None
 
@@ -69,7 +69,7 @@ class UserStore(StoreBase):
             return None
         if not verify_password(user.password_hash, password):
             return None
-        return _user_info(user)
+        return user_info(user)
 
     def set_password(self, *, name: str, password: str, min_length: int = 1) -> UserInfo:
         """Give `name` a new password (same rules as `add_user`)."""
@@ -79,7 +79,7 @@ class UserStore(StoreBase):
             user = accounts.find_user(session, name)
             user.password_hash = password_hash
             session.add(user)
-            return _user_info(user)
+            return user_info(user)
 
     def set_user_status(self, *, name: str, status: str) -> UserInfo:
         """Disable, enable (status "active") or remove an account.
@@ -95,13 +95,13 @@ class UserStore(StoreBase):
             if status == "removed":
                 user.password_hash = "removed"
             session.add(user)
-            return _user_info(user)
+            return user_info(user)
 
     def get_user(self, name: str) -> UserInfo | None:
         """The user called `name` (whatever its status), or None."""
         with self._read() as session:
             user = session.exec(select(User).where(User.name == name.strip())).first()
-            return None if user is None else _user_info(user)
+            return None if user is None else user_info(user)
 
     def list_users(self, *, include_removed: bool = False) -> list[UserInfo]:
         """Every user, by name (removed accounts only when asked)."""
@@ -109,7 +109,7 @@ class UserStore(StoreBase):
         if not include_removed:
             query = query.where(User.status != "removed")
         with self._read() as session:
-            return [_user_info(u) for u in session.exec(query)]
+            return [user_info(u) for u in session.exec(query)]
 
     # The login throttle (policy: feedback.auth.logins) -------------------------------------
 
@@ -153,7 +153,7 @@ class UserStore(StoreBase):
                 raise FeedbackError(f"there is no user {name!r}; add them with `users add` first")
             self._revoke(session, user.id)
             session.add(ApiKey(user_id=user.id, key_hash=key_hash(key), prefix=key_label(key)))
-            return _user_info(user), key
+            return user_info(user), key
 
     def revoke_api_keys(self, *, name: str) -> int:
         """Revoke every live API key of user `name`; returns how many there were."""
@@ -183,4 +183,4 @@ class UserStore(StoreBase):
                 .where(ApiKey.key_hash == key_hash(key), col(ApiKey.revoked_at).is_(None))
                 .where(User.status == "active")  # a disabled or removed account's key is dead
             ).first()
-            return None if user is None else _user_info(user)
+            return None if user is None else user_info(user)
