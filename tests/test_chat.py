@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app.serving.chat import (
+from app.serving.chat import ChatService
+from app.serving.conversation import (
     COMPARE_BASE,
     COMPARE_SAMPLE,
     ChatError,
-    ChatService,
     ChatState,
     Comparison,
 )
@@ -221,7 +221,8 @@ def test_user_strings_are_inert_and_limited(deployment) -> None:
 
 
 def test_corrupted_versions_are_not_offered_and_errors_show_no_paths(deployment) -> None:
-    from app.serving.chat import UsableVersions, without_paths
+    from app.serving.adapters import UsableVersions
+    from app.serving.conversation import without_paths
 
     service, expert, _, registry = deployment
     usable = UsableVersions(registry)

@@ -16,7 +16,8 @@ import pytest
 from app.config import Settings
 from tests.cli import run_cli
 from tests.tiny import tiny_registry
-from training.eval.evalsets import format_table, item_metrics, load_set
+from training.eval.eval_results import format_table
+from training.eval.evalsets import item_metrics, load_set
 from training.eval.generate import generate_replies, load_for_generation
 from training.eval.prompt_files import row_conversation
 from training.eval.scorers import (

@@ -116,7 +116,7 @@ def test_generate_and_eval_on_smollm2_with_two_adapters(
     assert registry.info("v2")["evals"]["demo4"]["metrics"] == result["metrics"]["v2"]
 
     # the three versions answered differently, and a rerun reuses every reply
-    from training.eval.evalsets import recorded
+    from training.eval.eval_results import recorded
 
     settings = Settings()
     assert set(recorded(registry, settings.evals_dir)) == {"base", "v1", "v2"}

@@ -105,7 +105,8 @@ def test_a_locked_database_is_retried_then_reported_in_plain_words(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real SQLite lock held by another connection past the busy timeout."""
-    from app.serving.chat import ChatError, ChatService, ChatState, Turn
+    from app.serving.chat import ChatService
+    from app.serving.conversation import ChatError, ChatState, Turn
     from feedback import db
     from feedback.store import Store
 

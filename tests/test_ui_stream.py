@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import gradio as gr
 from gradio.state_holder import SessionState
 
-from app.serving.chat import ChatState, Turn
+from app.serving.conversation import ChatState, Turn
 from app.web.ui import _sent, _throttled, display
 
 

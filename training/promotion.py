@@ -72,7 +72,7 @@ def judge_and_register(
         gate={name: d.as_dict() for name, d in decisions.items()},
     )
     if config.gate.evals_dir is not None:
-        from training.eval.evalsets import record
+        from training.eval.eval_results import record
 
         for run in runs:  # the serving version (or base) under its own label
             names = {run.labels[0]: run.labels[0], candidate: version}

@@ -47,8 +47,8 @@ def _guidelines(settings: Settings) -> str:
 
 def target(settings: Settings) -> Any | None:
     """The Argilla in use: TUNELOOP_ARGILLA_URL, else the local stack once it was set up."""
+    from feedback.argilla.dataset import Target
     from feedback.argilla.stack import Credentials
-    from feedback.argilla.sync import Target
 
     if settings.argilla_url:
         if not settings.argilla_api_key:
@@ -101,7 +101,7 @@ def sync_once(settings: Settings, store: Any) -> dict[str, Any]:
 
 def add_annotator(settings: Settings, name: str, password: str) -> str:
     """Create the annotator in Argilla too; returns a line telling how they log in."""
-    from feedback.argilla.sync import connect, ensure_annotator
+    from feedback.argilla.dataset import connect, ensure_annotator
 
     found = target(settings)
     if found is None:

@@ -117,7 +117,8 @@ def eval_(
     rerun only generates for what changed. Results are recorded with the versions (and,
     for the bare base, under HOME/evals/base/); a failing scorer records nothing.
     """
-    from training.eval.evalsets import format_table, load_set, record, resolve_targets
+    from training.eval.eval_results import format_table, record
+    from training.eval.evalsets import load_set, resolve_targets
     from training.eval.evalsets import run_eval as run
     from training.eval.scorers import resolve_scorers
     from training.registry import Registry

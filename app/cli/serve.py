@@ -16,6 +16,7 @@ from feedback.atomic_write import write_atomic
 
 
 def model_label(settings: Settings) -> str:
+    """How output names the base model: its directory, or the embedded SmolLM2."""
     return settings.model or "SmolLM2-135M-Instruct (embedded)"
 
 
@@ -54,11 +55,12 @@ def serve(
     from app.serving.cpu_env import tune_cpu_threads
 
     tune_cpu_threads()  # before anything loads torch
-    from app.serving.chat import ChatService, UsableVersions
+    from app.serving.adapters import UsableVersions
+    from app.serving.chat import ChatService
     from app.serving.engine import ChatEngine
     from app.serving.modelfiles import resolve_model_dir
     from app.serving.vllm_engine import check_backend
-    from app.web.ui import launch
+    from app.web.server import launch
     from training.registry import Registry
 
     settings = _settings()
@@ -108,7 +110,7 @@ def serve(
     from app.cli.argilla import start_background_sync
     from app.cli.openwebui import start_background_sync as start_openwebui_sync
     from app.web.login import LoginGate, policy_from
-    from app.web.ui import auth_message
+    from app.web.server import auth_message
     from feedback.models import ROLES
 
     openwebui_stop = start_openwebui_sync(settings, store)

@@ -240,3 +240,41 @@ class AdapterPool:
         self._plain_layers = [m for m in tuners if type(m).set_adapter is plain]
         self._special_layers = [m for m in tuners if type(m).set_adapter is not plain]
         self._aux_layers = [m for m in modules if isinstance(m, AuxiliaryTrainingWrapper)]
+
+
+class UsableVersions:
+    """Registered versions whose files pass their checksums: what the compare menu offers.
+
+    A version's checksums are computed again only when one of its files changed (size or
+    modification time), so listing stays cheap on every page load.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._checked: dict[str, tuple[tuple[tuple[str, int, int], ...], bool]] = {}
+
+    def _stamp(self, version: str) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for path in self.registry.path(version).rglob("*"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            found.append((str(path), info.st_size, info.st_mtime_ns))
+        return tuple(sorted(found))
+
+    def __call__(self) -> list[str]:
+        usable = []
+        for version in self.registry.versions():
+            stamp = self._stamp(version)
+            seen = self._checked.get(version)
+            if seen is None or seen[0] != stamp:
+                try:
+                    self.registry.verify(version)
+                    seen = (stamp, True)
+                except RegistryError:
+                    seen = (stamp, False)
+                self._checked[version] = seen
+            if seen[1]:
+                usable.append(version)
+        return usable

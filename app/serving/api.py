@@ -34,7 +34,8 @@ from app.serving.api_models import (
     CompletionRequest,
     check_sizes,
 )
-from app.serving.chat import CHAT_ROLES, ChatError, ChatService, ChatState, Turn
+from app.serving.chat import ChatService
+from app.serving.conversation import CHAT_ROLES, ChatError, ChatState, Turn
 from app.serving.engine import CURRENT, ContextTooLong, Reply, SamplingParams, ServingError
 from feedback.errors import FeedbackError
 from feedback.records import UserInfo

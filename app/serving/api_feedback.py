@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.serving.api_models import ApiError, FeedbackRequest
-from app.serving.chat import ChatError, ChatService
+from app.serving.chat import ChatService
+from app.serving.conversation import ChatError
 from feedback.errors import FeedbackError
 from feedback.records import UserInfo
 

@@ -26,6 +26,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -155,7 +156,7 @@ class BatchDecoder:
             except BaseException as err:
                 log.exception("the decoding loop failed; restarting it")
                 for row in self._rows:
-                    if row.reply._finished_at is None:
+                    if not row.reply.has_ended:
                         self._end(row, error=err)
                 self._rows = []
                 self.health.restarts += 1

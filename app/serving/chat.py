@@ -8,108 +8,23 @@ method returns, so whatever the UI acknowledges is already durable.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
+from app.serving.conversation import (
+    CHAT_ROLES,
+    COMPARE_BASE,
+    COMPARE_SAMPLE,
+    ChatError,
+    ChatState,
+    Comparison,
+    Turn,
+    without_paths,
+)
 from app.serving.engine import CURRENT, Reply, ReplyInfo, SamplingParams, ServingError
 from app.serving.engine_base import EngineBase
 from feedback.errors import FeedbackError, StoreBusyError
 from feedback.messages import check_storable
 from feedback.store import Store, UserInfo
-from training.registry import Registry, RegistryError
-
-# Roles allowed into the chat app; annotators work in Argilla.
-CHAT_ROLES = ("expert", "operator")
-# "Compare against" choices besides registered versions.
-COMPARE_SAMPLE = "another sample"
-COMPARE_BASE = "base (no adapter)"
-
-
-class ChatError(Exception):
-    """A user-facing problem with a chat action; the message says what to do."""
-
-
-@dataclass
-class Turn:
-    """One visible message; assistant turns carry the stored response id."""
-
-    role: str
-    content: str
-    response_id: int | None = None
-    adapter_version: str | None = None
-
-
-@dataclass
-class ChatState:
-    """Per-browser-session state: the open conversation and its transcript."""
-
-    conversation_id: int | None = None
-    turns: list[Turn] = field(default_factory=list)
-
-    def history(self) -> list[dict[str, str]]:
-        return [{"role": t.role, "content": t.content} for t in self.turns]
-
-    def last_reply_index(self) -> int | None:
-        for i in range(len(self.turns) - 1, -1, -1):
-            if self.turns[i].role == "assistant" and self.turns[i].response_id is not None:
-                return i
-        return None
-
-
-@dataclass
-class Comparison:
-    """Two candidate replies shown side by side, in the (random) order shown."""
-
-    comparison_id: int
-    a: str
-    b: str
-
-
-_PATH = re.compile(r"/(?:[^\s/'\"()]+/)+([^\s/'\"()]+)")
-
-
-def without_paths(text: str) -> str:
-    """`text` with every absolute path cut to its last part: the page shows no server paths."""
-    return _PATH.sub(r"\1", text)
-
-
-class UsableVersions:
-    """Registered versions whose files pass their checksums: what the compare menu offers.
-
-    A version's checksums are computed again only when one of its files changed (size or
-    modification time), so listing stays cheap on every page load.
-    """
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self._checked: dict[str, tuple[tuple[tuple[str, int, int], ...], bool]] = {}
-
-    def _stamp(self, version: str) -> tuple[tuple[str, int, int], ...]:
-        found = []
-        for path in self.registry.path(version).rglob("*"):
-            try:
-                info = path.stat()
-            except OSError:
-                continue
-            found.append((str(path), info.st_size, info.st_mtime_ns))
-        return tuple(sorted(found))
-
-    def __call__(self) -> list[str]:
-        usable = []
-        for version in self.registry.versions():
-            stamp = self._stamp(version)
-            seen = self._checked.get(version)
-            if seen is None or seen[0] != stamp:
-                try:
-                    self.registry.verify(version)
-                    seen = (stamp, True)
-                except RegistryError:
-                    seen = (stamp, False)
-                self._checked[version] = seen
-            if seen[1]:
-                usable.append(version)
-        return usable
 
 
 def _not_saved(err: FeedbackError) -> str:

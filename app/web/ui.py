@@ -17,14 +17,8 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-from app.serving.chat import (
-    COMPARE_SAMPLE,
-    ChatError,
-    ChatService,
-    ChatState,
-    Comparison,
-)
-from app.web.login import ClientAddress, LoginGate
+from app.serving.chat import ChatService
+from app.serving.conversation import COMPARE_SAMPLE, ChatError, ChatState, Comparison
 from app.web.operator import OperatorService, build_operator_tab
 from app.web.sanitize import page_html, plain
 
@@ -33,17 +27,6 @@ TITLE = "tuneloop"
 # While a reply streams, the page is updated at most this often (the first text at once,
 # the final text always): each update is a full render and a message to every open tab.
 STREAM_INTERVAL_S = 0.1
-
-
-def auth_message(argilla_address: str, max_failures: int, lockout_minutes: float) -> str:
-    """The login page's note (HTML): who logs in here, where annotators go, the lockout."""
-    address = html.escape(argilla_address)
-    return (
-        "Log in with your tuneloop account (experts and operators). Annotators rank pairs "
-        f'in Argilla instead: <a href="{address}">{address}</a>. After {max_failures} '
-        f"failed attempts a name is locked for {lockout_minutes:g} minutes; your operator "
-        "can lift it sooner."
-    )
 
 
 def _warn(err: ChatError) -> str:
@@ -95,7 +78,7 @@ def _selected_text(state: ChatState, index: int | None) -> tuple[str, str]:
 
 def build_ui(service: ChatService, rounds_dir: Path, *, remote_content: bool = False) -> gr.Blocks:
     """The Blocks app, its Operator tab over the rounds in `rounds_dir`. Launch it with
-    `launch(service, ...)` so login is enforced.
+    `app.web.server.launch` so login is enforced.
 
     `remote_content`: show links and remote images in messages (off: as text).
     """
@@ -403,42 +386,4 @@ def build_ui(service: ChatService, rounds_dir: Path, *, remote_content: bool = F
                 pick(choice), [comparison], [notice, comparison, picks], api_name=f"pick_{choice}"
             )
 
-    return demo
-
-
-def launch(
-    service: ChatService,
-    *,
-    rounds_dir: Path,
-    gate: LoginGate,
-    login_note: str,
-    host: str = "127.0.0.1",
-    port: int = 7860,
-    block: bool = True,
-    routes: list[Any] | None = None,
-    remote_content: bool = False,
-) -> gr.Blocks:
-    """Serve the app with login enforced by `gate`; returns the running Blocks.
-
-    `routes` (e.g. the OpenAI-compatible API's) are served by the same web app, ahead of
-    Gradio's own; they do their own authentication.
-    """
-    from starlette.middleware import Middleware
-
-    demo = build_ui(service, rounds_dir, remote_content=remote_content)
-    demo.queue(default_concurrency_limit=16)
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        auth=gate.check,  # type: ignore[arg-type]  # Gradio awaits a coroutine function
-        auth_message=login_note,
-        app_kwargs={
-            "middleware": [Middleware(ClientAddress)],
-            **({"routes": list(routes)} if routes else {}),
-        },
-        ssr_mode=False,
-        prevent_thread_lock=not block,
-        show_error=True,
-        quiet=False,
-    )
     return demo

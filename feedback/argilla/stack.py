@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.argilla.launcher import SECRET_ARGS_FLAG
+from feedback.argilla.process_groups import group_memory_kb, start_time, stop_group
 from feedback.atomic_write import write_atomic
 from feedback.errors import FeedbackError
 
@@ -106,7 +106,7 @@ class LocalStack:
         return {
             name: info["pid"]
             for name, info in state.get("processes", {}).items()
-            if _start_time(info["pid"]) == info["start"]
+            if start_time(info["pid"]) == info["start"]
         }
 
     # Up --------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ class LocalStack:
                 start_new_session=True,
                 cwd=self.root,
             )
-        state["processes"][name] = {"pid": proc.pid, "start": _start_time(proc.pid)}
+        state["processes"][name] = {"pid": proc.pid, "start": start_time(proc.pid)}
         self._save_state(state)
 
     def _server_cli(
@@ -281,8 +281,8 @@ class LocalStack:
         stopped = []
         for name in reversed(PROCESSES):
             info = state.get("processes", {}).get(name)
-            if info and _start_time(info["pid"]) == info["start"]:
-                _stop_group(info["pid"], timeout)
+            if info and start_time(info["pid"]) == info["start"]:
+                stop_group(info["pid"], timeout)
                 stopped.append(name)
         self.state_file.unlink(missing_ok=True)
         return stopped
@@ -295,7 +295,7 @@ class LocalStack:
             name: {
                 "pid": state["processes"][name]["pid"] if name in state["processes"] else None,
                 "running": name in alive,
-                "memory_mb": round(_group_memory_kb(alive[name]) / 1024, 1)
+                "memory_mb": round(group_memory_kb(alive[name]) / 1024, 1)
                 if name in alive
                 else 0.0,
             }
@@ -338,68 +338,3 @@ def _wait_port(port: int, timeout: float) -> None:
                     f"nothing listens on 127.0.0.1:{port} after {timeout} s"
                 ) from None
             time.sleep(0.2)
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None: no such process)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie is gone for our purposes
-        return None
-    return int(fields[19])
-
-
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                pids.append(int(entry.name))
-    return pids
-
-
-def _group_memory_kb(pgid: int) -> int:
-    """Proportional set size (PSS) of every process in the group, in kB."""
-    total = 0
-    for pid in _group_pids(pgid):
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
-def _stop_group(pgid: int, timeout: float) -> None:
-    """SIGTERM the group we started, SIGKILL it if it is still there after `timeout`."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while _group_pids(pgid) and time.monotonic() < deadline:
-        _reap(pgid)
-        time.sleep(0.2)
-    if _group_pids(pgid):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-    _reap(pgid)
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when the process is our own child (else it stays a zombie)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -45,6 +45,7 @@ def retried(method: Callable[P, R]) -> Callable[P, R]:
 
 
 def user_info(user: User) -> UserInfo:
+    """The UserInfo a caller gets for a stored user (no password hash)."""
     assert user.id is not None
     return UserInfo(
         id=user.id,
@@ -56,6 +57,7 @@ def user_info(user: User) -> UserInfo:
 
 
 def response_info(r: Response) -> ResponseInfo:
+    """The ResponseInfo a caller gets for a stored response."""
     assert r.id is not None
     return ResponseInfo(
         id=r.id,

@@ -31,7 +31,7 @@ from feedback.models import (
 )
 from feedback.openwebui import SOURCE, Judged, Pick, RatedReply
 from feedback.records import MessageInfo, UserInfo
-from feedback.store.base import StoreBase, _user_info, retried
+from feedback.store.base import StoreBase, user_info, retried
 
 # Front-end end users get accounts that no password opens (not an argon2 hash).
 NO_LOGIN = "!frontend"
@@ -68,7 +68,7 @@ class FrontendStore(StoreBase):
                     .where(FrontendUser.external_id == external_id)
                 ).first()
                 if found is not None:
-                    return _user_info(found)
+                    return user_info(found)
             try:
                 return self._add_frontend_user(source, external_id)
             except IntegrityError:
@@ -78,7 +78,7 @@ class FrontendStore(StoreBase):
     @retried
     def _add_frontend_user(self, source: str, external_id: str) -> UserInfo:
         with self._write() as session:
-            return _user_info(self._user_in(session, source, external_id))
+            return user_info(self._user_in(session, source, external_id))
 
     @staticmethod
     def _user_in(session: Session, source: str, external_id: str) -> User:
