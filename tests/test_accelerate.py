@@ -142,7 +142,7 @@ def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
             "Paris.",
         ),
     )
-    assert result["status"] in ("done", "rejected", "inconclusive"), result
+    assert result["status"] == "inconclusive", result  # INCONCLUSIVE_GATE
     assert result["version"] and result["serving_after"] is None  # --no-promote
     adapter = settings.adapters_dir / "versions" / result["version"]
     assert (adapter / "adapter_config.json").is_file()
@@ -206,7 +206,7 @@ def test_a_round_runs_on_two_cpu_processes_under_torchrun(
         max_steps=4,
         pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast, {i}.", "Paris."),
     )
-    assert result["status"] in ("done", "rejected", "inconclusive"), result
+    assert result["status"] == "inconclusive", result  # INCONCLUSIVE_GATE
     versions = settings.adapters_dir / "versions"
     assert [p.name for p in versions.iterdir()] == [result["version"]]  # one writer
     rounds = [p for p in (settings.rounds_dir).iterdir() if p.is_dir()]
@@ -273,7 +273,7 @@ def test_each_shipped_config_starts_a_round_on_two_cpu_processes(
         max_steps=4,
         pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast, {i}.", "Paris."),
     )  # fmt: skip
-    assert result["status"] in ("done", "rejected", "inconclusive"), result
+    assert result["status"] == "inconclusive", result  # INCONCLUSIVE_GATE
     versions = settings.adapters_dir / "versions"
     assert [p.name for p in versions.iterdir()] == [result["version"]]
     folder = settings.rounds_dir / result["id"]
@@ -306,6 +306,7 @@ def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
 
     from app.config import Settings
     from feedback.store import Store
+    from tests.cli import INCONCLUSIVE_GATE
     from tests.tiny import add_pairs
 
     settings = Settings()
@@ -318,8 +319,8 @@ def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
     launcher = (
         f"accelerate launch --config_file {CONFIGS / 'ddp.yaml'} --main_process_port {_free_port()}"
     )
-    env = {**os.environ, "TUNELOOP_MODEL": str(tiny_model_dir), "TUNELOOP_TRACKER": "none",
-           "TUNELOOP_EVAL_GENERATE": "false", "TUNELOOP_TRAIN_MAX_STEPS": "4",
+    env = {**os.environ, **INCONCLUSIVE_GATE, "TUNELOOP_MODEL": str(tiny_model_dir),
+           "TUNELOOP_TRACKER": "none", "TUNELOOP_TRAIN_MAX_STEPS": "4",
            "TUNELOOP_ROUND_MIN_NEW": "5", "TUNELOOP_TRAIN_LAUNCHER": launcher}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli", "watch", "--once", "--json"],
@@ -331,7 +332,7 @@ def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
     assert event["run"] and event["result"]["returncode"] == 0, log[-3000:]
     outcome = event["result"]["round"]
     assert _dpo_steps_took_two_ranks(settings.rounds_dir / outcome["id"], cap=4)
-    assert outcome["status"] in ("promoted", "rejected"), log[-2000:]
+    assert outcome["status"] == "inconclusive", log[-2000:]
     assert [p.name for p in (settings.adapters_dir / "versions").iterdir()] == [outcome["version"]]
     printed = [line for line in log.splitlines() if line.startswith('{"id": ')]
     assert len(printed) == 1  # only the main process printed a result

@@ -15,6 +15,7 @@ from pathlib import Path
 from app.config import Settings
 from app.offline import OFFLINE_ENV, go_offline
 from feedback.store import Store
+from tests.cli import INCONCLUSIVE_GATE
 from tests.tiny import add_pairs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,14 +50,19 @@ def test_a_round_and_generate_make_no_connection_outside_the_machine(
         PYTHONPATH=os.pathsep.join([str(GUARD), str(REPO), env.get("PYTHONPATH", "")]),
         NETGUARD_LOG=str(log),
         TUNELOOP_MODEL=str(tiny_model_dir),
-        TUNELOOP_TRAIN_MAX_STEPS="1",  # a short round: what runs, not how well, is tested
-        TUNELOOP_EVAL_GENERATE="false",
+        # a short round: what runs, not how well, is tested
+        TUNELOOP_TRAIN_MAX_STEPS="1",
+        TUNELOOP_REPLAY_MAX_NEW_TOKENS="4",
+        **INCONCLUSIVE_GATE,
     )
     result = _tuneloop(["train"], env)
-    assert result["status"] == "promoted", result
+    assert result["status"] == "inconclusive", result  # INCONCLUSIVE_GATE
     prompts = tmp_path / "in.jsonl"
     prompts.write_text(json.dumps({"prompt": "How do I bake bread?"}) + "\n")
-    summary = _tuneloop(["generate", "--in", str(prompts), "--out", str(tmp_path / "o.jsonl")], env)
+    out = tmp_path / "o.jsonl"
+    summary = _tuneloop(
+        ["generate", "--in", str(prompts), "--out", str(out), "--adapter", "base"], env
+    )
     assert summary["generated"] == 1
 
     lines = log.read_text().splitlines()
