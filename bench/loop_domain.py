@@ -70,7 +70,7 @@ def share(hits: list[int]) -> dict[str, float]:
 
 def gain(after: list[int], before: list[int]) -> dict[str, float]:
     """Paired difference after - before with the gate's bootstrap interval (95%)."""
-    from training.gate import paired_interval
+    from training.comparisons import paired_interval
 
     diffs = [float(a - b) for a, b in zip(after, before, strict=True)]
     low, high = paired_interval(diffs, bounded=True)

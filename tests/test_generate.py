@@ -17,12 +17,7 @@ import pytest
 from app.config import Settings
 from tests.cli import run_cli
 from tests.tiny import tiny_registry
-from training.eval.generate import (
-    GenerationError,
-    GenParams,
-    generate_replies,
-    load_for_generation,
-)
+from training.eval.generate import GenerationError, GenParams, generate_replies, load_for_generation
 from training.eval.prompt_files import generate_file, read_rows, row_conversation
 from training.registry import Registry
 

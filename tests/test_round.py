@@ -473,7 +473,7 @@ def test_rows_too_long_to_train_fail_the_round_clearly(
     monkeypatch.setenv("TUNELOOP_TRAIN_MAX_LENGTH", "32")
     out = runner.invoke(app, ["train", "--json"])
     assert out.exit_code == 1, out.output
-    (round_,) = list_rounds(settings.home / "rounds")
+    (round_,) = list_rounds(settings.rounds_dir)
     assert round_["status"] == "failed"
     reason = round_["reason"]
     assert reason.startswith("RowsTooLongError: sft: the prompt of every one of its"), reason

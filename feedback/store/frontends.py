@@ -31,7 +31,7 @@ from feedback.models import (
 )
 from feedback.openwebui import SOURCE, Judged, Pick, RatedReply
 from feedback.records import MessageInfo, UserInfo
-from feedback.store.base import StoreBase, user_info, retried
+from feedback.store.base import StoreBase, retried, user_info
 
 # Front-end end users get accounts that no password opens (not an argon2 hash).
 NO_LOGIN = "!frontend"
