@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from app.serving.adapters import AdapterPool
 from app.serving.cpu_env import lower_thread_priority
 from app.serving.replies import Reply, SamplingParams
+from app.serving.sampling import sample_token, torch_seed
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,6 @@ class _Row:
     generator: Any = None
     tokens: list[int] = field(default_factory=list)
     sent: str = ""  # decoded text already passed on
-
-
-def torch_seed(seed: int) -> int:
-    """A seed torch takes: the API allows any signed 64-bit seed; torch wants unsigned."""
-    return seed % 2**64
 
 
 @dataclass
@@ -256,7 +252,7 @@ class BatchDecoder:
                 logits_to_keep=1,
                 names=[row.key],
             )
-            token = self._sample_one(out.logits[0, -1, :], row)
+            token = sample_token(out.logits[0, -1, :], row.params, row.generator)
             self._merge(state, out.past_key_values, len(row.ids))
             self._advance(row, token)
         except Exception as err:
@@ -313,7 +309,11 @@ class BatchDecoder:
         greedy = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(rows):
             try:  # one row's sampling or text failing ends that row; the others go on
-                token = greedy[i] if row.params.greedy else self._sample_one(logits[i], row)
+                token = (
+                    greedy[i]
+                    if row.params.greedy
+                    else sample_token(logits[i], row.params, row.generator)
+                )
                 self._advance(row, int(token))
             except Exception as err:
                 log.exception("a reply failed in a decode step")
@@ -395,22 +395,3 @@ class BatchDecoder:
         self.engine.adapters.release(reply.adapter_version)
         reply.done.set()
         reply.streamer.end()
-
-    # -- sampling --------------------------------------------------------------------------
-    @staticmethod
-    def _sample_one(logits: Any, row: _Row) -> int:
-        """A row's next token: greedy, or temperature + top-p with its own generator."""
-        import torch
-
-        params = row.params
-        if params.greedy:
-            return int(logits.argmax())
-        scores = logits.float() / params.temperature
-        probs = torch.softmax(scores, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            # keep the smallest set whose mass reaches top_p (always the top token)
-            drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p
-            sorted_probs[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=row.generator))

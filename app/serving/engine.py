@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.serving.adapters import AdapterError, AdapterPool
-from app.serving.batching import BatchDecoder, DecoderHealth, torch_seed
+from app.serving.batching import BatchDecoder, DecoderHealth
 from app.serving.cpu_env import lower_thread_priority
 from app.serving.engine_base import CURRENT, EngineBase, label
 from app.serving.replies import (
@@ -42,6 +42,7 @@ from app.serving.replies import (
     new_control,
     new_streamer,
 )
+from app.serving.sampling import torch_seed
 from training.registry import Registry
 
 __all__ = [  # the request/response types live in app/serving/replies.py; callers import them here
