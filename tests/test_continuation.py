@@ -140,7 +140,8 @@ def test_a_continue_round_starts_from_the_promoted_adapter_on_new_and_replayed_r
     code, _, err = run_cli(monkeypatch, capsys, "promote", second["version"], "--force")
     assert code == 0, err
     third = _train(monkeypatch, capsys)
-    assert third["status"] == "failed" and "nothing new to continue on" in third["reasons"][0]
+    # a failed round under --json is one error object (app/cli/training.py)
+    assert "failed: ContinuationError: nothing new to continue on" in third["error"], third
 
 
 def test_continuation_plan_samples_older_rows_deterministically() -> None:
