@@ -56,9 +56,14 @@ def _latest_ratings(session: Session) -> list[tuple[int, bool]]:
 
 
 def sft_rows(
-    session: Session, split: str, plan: HeldoutSplit | None = None
+    session: Session,
+    split: str,
+    plan: HeldoutSplit | None = None,
+    sources: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """`{"messages": [...]}` rows (each ending in an assistant turn) for TRL's SFTTrainer.
+    `sources`, when given, receives each row's source by its messages' `content_key`:
+    `import`, `correction`, `thumbs_up` or `argilla` (the first that yields the row).
 
     From, in order:
     (a) imported conversations;
@@ -78,14 +83,16 @@ def sft_rows(
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
 
-    def emit(messages: list[dict[str, str]]) -> None:
+    def emit(messages: list[dict[str, str]], source: str) -> None:
         key = content_key(messages)
         if key not in seen:
             seen.add(key)
             out.append({"messages": messages})
+            if sources is not None:
+                sources[key] = source
 
     for messages_json in session.exec(select(Example.messages_json).order_by(col(Example.id))):
-        emit(json.loads(messages_json))
+        emit(json.loads(messages_json), "import")
 
     latest_corrections = (
         select(func.max(Correction.id)).group_by(
@@ -99,7 +106,7 @@ def sft_rows(
         .order_by(col(Correction.id))
     )
     for content, prompt_json in corrections:
-        emit([*json.loads(prompt_json), {"role": "assistant", "content": content}])
+        emit([*json.loads(prompt_json), {"role": "assistant", "content": content}], "correction")
 
     ups: set[int] = set()
     downs: set[int] = set()
@@ -116,9 +123,10 @@ def sft_rows(
         )
         for prompt_json, content in responses:
             if content.strip():
-                emit([*json.loads(prompt_json), {"role": "assistant", "content": content}])
+                reply = {"role": "assistant", "content": content}
+                emit([*json.loads(prompt_json), reply], "thumbs_up")
     for prompt_json, chosen in _well_rated_argilla_winners(session):
-        emit([*json.loads(prompt_json), {"role": "assistant", "content": chosen}])
+        emit([*json.loads(prompt_json), {"role": "assistant", "content": chosen}], "argilla")
     return out
 
 

@@ -74,8 +74,18 @@ def test_loss_metrics_improve_downwards_and_guards_tolerate_their_margin() -> No
     objective = compare("evalset", "exact", *_binary(15, 0, 5), 0.05)
     guard = compare(HELDOUT, "heldout_loss", serving, slightly, -0.05)
     assert decide_stage("dpo", [objective, guard]).decision == "promote"
+    # The feedback's own held-out loss cannot veto an objective shown better (it is said)...
     broken = compare(HELDOUT, "heldout_loss", serving, higher, -0.05)
-    assert decide_stage("dpo", [objective, broken]).decision == "reject"
+    overruled = decide_stage("dpo", [objective, broken])
+    assert overruled.decision == "promote"
+    assert "heldout_loss +0.5" in overruled.notes[0] and "overruled" in overruled.notes[0]
+    # ...but it still blocks a stage whose objective is not shown better.
+    unsure = compare("evalset", "exact", *_binary(2, 1, 17), 0.05)
+    blocked = decide_stage("dpo", [unsure, broken])
+    assert blocked.decision == "reject" and "heldout_loss +0.5" in blocked.reasons[0]
+    # A guard the feedback cannot bend (forgetting outside the domain) always blocks.
+    forgot = compare(HELDOUT, "general_loss", serving, higher, -0.05)
+    assert decide_stage("dpo", [objective, forgot]).decision == "reject"
 
 
 def test_the_interval_is_reproducible_and_covers_the_mean() -> None:
@@ -105,7 +115,7 @@ def test_no_gated_metric_measured_is_inconclusive() -> None:
     assert decide_stage("sft", [missing]).decision == "inconclusive"
 
 
-def test_feedback_graded_metrics_cannot_promote_past_an_eval_set() -> None:
+def test_feedback_labels_never_promote_alone() -> None:
     # A candidate trained on backwards labels: "better" on held-out rows split off the same
     # feedback, no change on the operator's eval set.
     serving = ItemScores([2.0] * 10, [5.0] * 10)
@@ -117,25 +127,39 @@ def test_feedback_graded_metrics_cannot_promote_past_an_eval_set() -> None:
     tie = compare("evalset", "correct", *_binary(0, 0, 80), 0.0)
     win = compare("evalset", "correct", *_binary(15, 0, 65), 0.0)
 
-    # Without an eval set the feedback is all there is to go by.
-    assert decide_stage("dpo", [flipped_loss, flipped_acc]).decision == "promote"
+    # With no eval set and no generated reply, the feedback's own labels cannot promote,
+    # however much better they look (they promoted here before).
+    alone = decide_stage("dpo", [flipped_loss, flipped_acc])
+    assert alone.decision == "inconclusive"
+    assert "the feedback's own labels never promote alone" in alone.reasons[0]
+    # Even given a positive margin, pref_acc stays a guard: no objective, no promotion.
+    eager = compare(HELDOUT, "pref_acc", *_binary(12, 0, 0), 0.05)
+    assert decide_stage("dpo", [eager]).decision == "inconclusive" and eager.role == "soft guard"
     held = decide_stage("dpo", [flipped_loss, flipped_acc, tie])
     assert held.decision == "inconclusive"
-    assert "no metric the feedback cannot bend is shown better" in held.reasons[0]
     assert "evalset:correct +0.000" in held.reasons[0]
     assert decide_stage("dpo", [flipped_loss, win]).decision == "promote"
-    # They still guard: shown worse, they reject whatever the eval set says.
-    broken = compare(HELDOUT, "heldout_loss", serving, higher, -0.05)
-    assert decide_stage("dpo", [broken, win]).decision == "reject"
+    # The generated replies to held-out prompts are what may promote without an eval set.
+    replies_up = compare(HELDOUT, "reply_match", *_binary(12, 0, 8), 0.0)
+    replies_down = compare(HELDOUT, "reply_match", *_binary(0, 12, 8), 0.0)
+    assert decide_stage("dpo", [flipped_loss, flipped_acc, replies_up]).decision == "promote"
+    # Worse replies reject the stage however much lower its held-out loss is.
+    down = decide_stage("dpo", [flipped_loss, flipped_acc, replies_down])
+    assert down.decision == "reject" and "reply_match -0.600" in down.reasons[0]
+    # With an eval set named, the reply metric is a guard: it cannot veto the set's win.
+    assert decide_stage("dpo", [replies_down, win]).decision == "promote"
     # The held-out rubric is the operator's rule, not the feedback's: it may promote.
-    rubric = compare(HELDOUT, "rubric_pass", *_binary(12, 0, 0), 0.0)
-    assert decide_stage("dpo", [rubric, tie]).decision == "promote"
+    rubric = compare(HELDOUT, "rubric_pass", *_binary(12, 0, 0), 0.05)
+    assert decide_stage("dpo", [rubric, tie]).decision == "inconclusive"  # the set's tie: unsure
+    assert decide_stage("dpo", [rubric, flipped_loss]).decision == "promote"
+    broken = compare(HELDOUT, "heldout_loss", serving, higher, -0.05)
+    assert decide_stage("dpo", [broken, win]).decision == "promote"  # cannot veto a shown win
 
 
-def test_the_clearest_stage_is_judged_on_what_may_promote_it() -> None:
+def test_the_clearest_stage_is_judged_on_its_primary_objective() -> None:
     """A triage round's SFT and DPO stages (figures from a real one): both pass on the eval
-    set, DPO more clearly; SFT's held-out loss on 7 feedback rows is far surer. Picking by
-    that loss (in nats, beside shares) chose SFT; with an eval set it may not decide."""
+    set. Its first metric (`correct`) is the set's one primary objective; the others guard,
+    and the held-out loss on 7 feedback rows never counts towards the choice."""
     from training.comparisons import Comparison
     from training.gate import StageDecision
 
@@ -145,12 +169,32 @@ def test_the_clearest_stage_is_judged_on_what_may_promote_it() -> None:
 
     def stage(name: str, loss: tuple[float, float], evals: list[tuple[float, float]]) -> Any:
         comps = [comp(HELDOUT, "heldout_loss", *loss, -0.05)]
-        comps += [comp("tickets_eval", m, *iv, 0.0) for m, iv in zip("abcd", evals, strict=True)]
+        metrics = ("correct", "category_acc", "order_acc", "parseable")
+        comps += [comp("tickets_eval", m, *iv, 0.0) for m, iv in zip(metrics, evals, strict=True)]
         return StageDecision(name, "promote", [], comps)
 
-    sft = stage("sft", (-1.812, -0.269), [(0.31, 0.64), (0.21, 0.55), (0.55, 0.86), (0.76, 0.98)])
-    dpo = stage("dpo", (-1.820, 0.828), [(0.26, 0.60), (0.26, 0.60), (0.74, 0.98), (0.86, 1.0)])
-    assert dpo.strength() > sft.strength()
-    # Without an eval set the held-out loss is all there is, and it counts.
+    sft = stage("sft", (-1.812, -0.269), [(0.26, 0.60), (0.21, 0.55), (0.55, 0.86), (0.76, 0.98)])
+    dpo = stage("dpo", (-1.820, 0.828), [(0.31, 0.64), (0.26, 0.60), (0.74, 0.98), (0.86, 1.0)])
+    assert dpo.strength() == pytest.approx(0.31) and sft.strength() == pytest.approx(0.26)
+    # Without an eval set the held-out loss is all there is, and it cannot pick a stage.
     alone = [StageDecision(s.stage, "promote", [], s.comparisons[:1]) for s in (sft, dpo)]
-    assert alone[0].strength() > alone[1].strength()
+    assert alone[0].strength() == alone[1].strength() == float("-inf")
+
+
+def test_holm_across_stages_asks_more_of_each() -> None:
+    """A gain that one stage alone would show passes; the same gain in one of three competing
+    stages (the other two tied) does not: each stage is another chance to promote by luck."""
+    from training.gate import decide_round
+
+    def comps() -> list:
+        return [compare(HELDOUT, "reply_match", *_binary(8, 1, 31), 0.0)]
+
+    alone = decide_round({"sft": comps()})
+    assert alone["sft"].decision == "promote"
+    p = alone["sft"].comparisons[0].p_value
+    assert p is not None and 0.025 / 3 < p <= 0.025, p
+    tied = [compare(HELDOUT, "reply_match", *_binary(0, 0, 40), 0.0)]
+    three = decide_round({"sft": comps(), "dpo": list(tied), "kto": [
+        compare(HELDOUT, "reply_match", *_binary(0, 0, 40), 0.0)]})  # fmt: skip
+    assert three["sft"].decision == "inconclusive"
+    assert "after Holm" in three["sft"].reasons[0]

@@ -18,6 +18,7 @@ from app.config import REPO_DATA_DIR, Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
 from tests.configs import round_config
+from tests.tiny import differs_gate
 from training.eval.evaluate import EvalSettings
 from training.gate import GateConfig, parse_margins
 from training.registry import Registry, RegistryError
@@ -140,11 +141,17 @@ def _tensors(adapter: Path) -> dict:
 
 
 def test_round_end_to_end_promotes_then_rolls_back(
-    settings: Settings, store: Store, tiny_model_dir: Path
+    settings: Settings, store: Store, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     base_before = _tree_digest(tiny_model_dir)
     seen: list[dict] = []
-    result = _run(settings, store, tiny_model_dir, on_progress=seen.append)
+    # The feedback's own held-out metrics never promote: an eval set any trained adapter
+    # wins on stands in for a real objective, so that the round has one to promote on.
+    margins = "pref_acc=-1,heldout_loss=0,general_loss=-1,general_pass=-1"
+    gate = differs_gate(tiny_model_dir, tmp_path / "gate", _config().system_prompt,
+                        margins=margins, min_items=2)  # fmt: skip
+    result = _run(settings, store, tiny_model_dir, on_progress=seen.append,
+                  config=_config(gate=gate))  # fmt: skip
 
     assert result.status == "promoted", result.reasons
     registry = Registry(settings.adapters_dir)
@@ -416,9 +423,11 @@ def test_sft_trains_only_the_final_reply_of_a_conversation(
 def test_a_dpo_stage_trained_on_flipped_pairs_never_ships(
     settings: Settings, tiny_model_dir: Path
 ) -> None:
-    """Every pair's labels flipped (the canned refusal "chosen"), the corrections right: the
-    DPO stage unlearns what SFT taught, so the gate ships SFT alone, saying why DPO was
-    dropped, and records each stage's decision."""
+    """Every pair's labels flipped (the canned refusal "chosen"), the imported answers
+    right. The DPO stage looks better on the flipped held-out pairs (`pref_acc`): that is
+    the feedback grading itself, and it cannot promote. With no eval set and replies that
+    cannot be told apart on 2 held-out prompts, nothing ships, and each stage's decision
+    says the objective was not shown better."""
     store = Store.open(settings.database)
     prefs, examples = [], []
     for topic, answer in ANSWERS.items():
@@ -431,15 +440,14 @@ def test_a_dpo_stage_trained_on_flipped_pairs_never_ships(
     store.add_bulk(preferences=prefs, examples=examples)
     config = _config(dpo_learning_rate=5e-2, dpo_steps=6)
     result = _run(settings, store, tiny_model_dir, config=config)
-    assert result.status == "promoted" and result.candidate_stage == "sft", result.reasons
-    assert any(r.startswith("dpo dropped: ") for r in result.reasons), result.reasons
-    assert set(result.gate) == {"sft", "dpo"}
-    registry = Registry(settings.adapters_dir)
-    assert registry.current() == result.version and result.version.endswith("-sft")
-    info = registry.info(result.version)
-    assert info["decision"] == "promote" and set(info["gate"]) == {"sft", "dpo"}
-    report = (settings.rounds_dir / result.id / "report.md").read_text()
-    assert "Why the other stages were dropped" in report and "dpo dropped" in report
+    assert result.status != "promoted" and Registry(settings.adapters_dir).current() is None
+    assert set(result.gate) == {"sft", "dpo"} and result.objectives == ["reply_match"]
+    dpo = {c["name"]: c for c in result.gate["dpo"]["comparisons"]}
+    assert dpo["pref_acc"]["role"] == "soft guard" and dpo["pref_acc"]["diff"] > 0
+    assert result.gate["dpo"]["decision"] != "promote"
+    assert any(r.startswith("dpo ") and "reply_match" in r for r in result.reasons), result.reasons
+    info = Registry(settings.adapters_dir).info(result.version or "")
+    assert info["decision"] != "promote" and set(info["gate"]) == {"sft", "dpo"}
 
 
 def test_rollback_walks_back_through_what_served(

@@ -12,6 +12,7 @@ Fixtures: `tiny_model_dir` (session) and `tiny_adapters` (session: {"v1": dir, "
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,58 @@ def tiny_registry(
     for version, path in adapters.items():
         registry.register(version, path)
     return registry
+
+
+DIFFERS_SCORER = '''
+def differs(rows, replies):
+    """1 for a reply that is not the bare base model's own (the row's reference)."""
+    ok = [reply.strip() != row["reference"].strip() for row, reply in zip(rows, replies)]
+    return {"differs": sum(ok) / len(ok)}
+'''
+
+
+def differs_gate(
+    model_dir: Path,
+    folder: Path,
+    system_prompt: str,
+    *,
+    rows: int = 10,
+    max_new_tokens: int = 6,
+    margins: str = "",
+    min_items: int = 8,
+) -> Any:
+    """A gate whose objective any trained adapter of the tiny model meets, for tests of a
+    round's mechanics (promotion, registry, rollback) rather than of the gate: an eval set
+    of `rows` prompts whose rows pass when the reply is not the bare base's own greedy
+    reply. Serving the bare base scores 0 on it; an adapter that changed the replies, 1."""
+    from training.eval.generate import generate_replies, load_for_generation, row_conversation
+    from training.gate import GateConfig, parse_margins
+
+    folder.mkdir(parents=True, exist_ok=True)
+    questions = [f"Which month comes after June, case {i}?" for i in range(rows)]
+    model, tok = load_for_generation(model_dir, bf16=False)
+    own = generate_replies(
+        model,
+        tok,
+        [row_conversation({"prompt": q}, system_prompt) for q in questions],
+        max_new_tokens=max_new_tokens,
+    )
+    evalset = folder / "differs_set.jsonl"
+    evalset.write_text(
+        "".join(
+            json.dumps({"prompt": q, "reference": r}) + "\n"
+            for q, r in zip(questions, own, strict=True)
+        ),
+        encoding="utf-8",
+    )
+    scorer = folder / "differs_scorer.py"
+    scorer.write_text(DIFFERS_SCORER, encoding="utf-8")
+    return GateConfig(
+        margins=parse_margins(margins),
+        eval_sets=(evalset,),
+        eval_scorer=f"{scorer}:differs",
+        eval_max_new_tokens=max_new_tokens,
+        bf16=False,
+        evals_dir=folder / "evals",
+        min_items=min_items,
+    )

@@ -20,6 +20,8 @@ scorer's per-row values) and keeps each item's pairing. A plain bootstrap on a h
 items that all agree gives a zero-width interval, so for metrics bounded in [0, 1] one
 pseudo-item at each extreme (a +1 and a -1 difference) joins the resample, the idea behind
 the Agresti-Caffo adjusted interval: 3 wins out of 3 stays inconclusive, 6 out of 6 does not.
+The same resamples give a gated comparison's one-sided p-value (the share of resampled
+gains at or below max(margin, 0)), which the gate's Holm procedure reads (training/gate.py).
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ class Comparison:
     margin: float | None  # in the better direction; None: reported, not gated
     verdict: str  # better | worse | unsure | ungated | missing
     items_needed: int | None = None
+    # One-sided bootstrap p-value of "no gain above max(margin, 0)" (gated, enough items).
+    p_value: float | None = None
+    role: str = "reported"  # objective | guard | soft guard | reported (gate.decide_round)
+    level: float | None = None  # an objective's Holm level, which p_value had to meet
 
     @property
     def name(self) -> str:
@@ -86,6 +92,9 @@ class Comparison:
             lower = ", lower is better" if lower_is_better(self.metric) else ""
             text += f" (margin {self.margin:+g}{lower})"
         text += f": {self.verdict}"
+        if self.role == "objective" and self.p_value is not None and self.level is not None:
+            met = "<=" if self.p_value <= self.level else ">"
+            text += f" (objective, p={self.p_value:.4f} {met} {self.level:.4f} after Holm)"
         if self.items_needed:
             text += f"; about {self.items_needed} items would be needed to tell"
         return text
@@ -116,12 +125,17 @@ def compare(
         0.0 <= v <= 1.0 for v in [*serving.values, *candidate.values]
     )
     diff = _dot(weights, diffs) / sum(weights)
-    low, high = paired_interval(diffs, weights, bounded=bounded, resamples=resamples)
+    means = bootstrap_means(diffs, weights, bounded=bounded, resamples=resamples)
+    low, high = _percentiles(means)
     comp = Comparison(
         source, metric, n, serving.mean(), candidate.mean(), diff, low, high, margin, "ungated"
     )
     if margin is not None:
         comp.verdict = _verdict(comp) if n >= min_items else "unsure"
+        if n >= min_items:
+            sign = -1.0 if lower_is_better(metric) else 1.0
+            at_or_below = sum(1 for m in means if sign * m <= max(margin, 0.0))
+            comp.p_value = (at_or_below + 1) / (len(means) + 1)
         if comp.verdict == "unsure" or (comp.verdict == "worse" and margin > 0):
             comp.items_needed = max(min_items, items_needed(diffs, weights, comp))
     return comp
@@ -136,6 +150,20 @@ def paired_interval(
     seed: int = 0,
 ) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the weighted mean of paired differences."""
+    return _percentiles(
+        bootstrap_means(diffs, weights, bounded=bounded, resamples=resamples, seed=seed)
+    )
+
+
+def bootstrap_means(
+    diffs: list[float],
+    weights: list[float] | None = None,
+    *,
+    bounded: bool = False,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> list[float]:
+    """The weighted mean of paired differences in each of `resamples` bootstrap resamples."""
     import numpy as np
 
     d = np.asarray(diffs, dtype=float)
@@ -145,8 +173,13 @@ def paired_interval(
         w = np.concatenate([w, [w.mean(), w.mean()]])
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(d), size=(resamples, len(d)))
-    means = (d[idx] * w[idx]).sum(axis=1) / w[idx].sum(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    return ((d[idx] * w[idx]).sum(axis=1) / w[idx].sum(axis=1)).tolist()
+
+
+def _percentiles(means: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    low, high = np.percentile(np.asarray(means), [2.5, 97.5])
     return float(low), float(high)
 
 

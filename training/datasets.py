@@ -8,7 +8,10 @@ feedback kept arriving. Held-out rows are never curated into training: the split
 stable prompt-hash split of `feedback.split` over the store's rows and the seeds (with its
 minimum size; conversations continuing a held-out prompt held out with it; train rows
 repeating a held-out answer left out), and train rows that nearly repeat a held-out prompt
-are dropped as well.
+are dropped as well, and so are train rows whose prompt is (nearly) a prompt of one of the
+gate's eval sets: a round that trained on the gate's own questions would pass it by heart.
+Held-out SFT rows keep where their answer came from (`source`: import, correction, seed,
+thumbs_up, argilla), so the gate can tell answers people wrote from approved samples.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.atomic_write import write_atomic
-from feedback.canonical import canonical_json
+from feedback.canonical import canonical_json, content_key
 from feedback.pii import scrub_row
 from training.curation import CurationReport, dedup, drop_near_heldout
 
@@ -211,11 +214,13 @@ def take_snapshot(
     heldout_min_items: int = 0,
     pii_region: str = "US",
     replay: list[Row] | None = None,
+    gate_eval_sets: tuple[Path, ...] = (),
 ) -> Snapshot:
     """Read, split, curate and hash the round's rows from `store` (and the seed file).
 
     `replay` rows (`replay_rows`) are train-only: they are the base model's own answers,
-    never feedback, so they are not split and never measured as held-out.
+    never feedback, so they are not split and never measured as held-out. Train rows whose
+    prompt is in one of `gate_eval_sets` are left out (`curation.in_gate_eval_set`).
     """
     from feedback.rows import dpo_prompt_answers, kto_prompt_answers, sft_prompt_answers
 
@@ -224,7 +229,12 @@ def take_snapshot(
     sft_all = [*seeds, *store.sft_rows("all")]
     dpo_all = list(store.dpo_rows("all"))
     sft_train = [r for r in sft_all if plan.in_split("train", *sft_prompt_answers(r))]
-    sft_heldout = [r for r in sft_all if plan.in_split("heldout", *sft_prompt_answers(r))]
+    sources = store.sft_row_sources()
+    sft_heldout = [
+        {**r, "source": sources.get(content_key(r["messages"]), "seed")}
+        for r in sft_all
+        if plan.in_split("heldout", *sft_prompt_answers(r))
+    ]
     dpo_train = [r for r in dpo_all if plan.in_split("train", *dpo_prompt_answers(r))]
     dpo_heldout = [r for r in dpo_all if plan.in_split("heldout", *dpo_prompt_answers(r))]
     # The 👎 reasons stay in the store and its export: KTO trains on the label alone.
@@ -242,7 +252,7 @@ def take_snapshot(
     )
 
     def sys_sft(rows: list[Row]) -> list[Row]:
-        return [{"messages": with_system(r["messages"], system_prompt)} for r in rows]
+        return [{**r, "messages": with_system(r["messages"], system_prompt)} for r in rows]
 
     def sys_dpo(rows: list[Row]) -> list[Row]:
         return [{**r, "prompt": with_system(r["prompt"], system_prompt)} for r in rows]
@@ -257,6 +267,12 @@ def take_snapshot(
     sft_train = drop_near_heldout(sft_train, heldout, threshold=dedup_threshold, report=report)
     dpo_train = drop_near_heldout(dpo_train, heldout, threshold=dedup_threshold, report=report)
     kto_train = drop_near_heldout(kto_train, heldout, threshold=dedup_threshold, report=report)
+    gated = CurationReport()
+    eval_prompts = gate_eval_prompts(gate_eval_sets)
+    sft_train, dpo_train, kto_train = (
+        drop_near_heldout(rows, eval_prompts, threshold=dedup_threshold, report=gated)
+        for rows in (sft_train, dpo_train, kto_train)
+    )
     sft_train = dedup(sft_train, threshold=dedup_threshold, report=report)
     dpo_train = dedup(dpo_train, threshold=dedup_threshold, report=report)
     kto_train = dedup(kto_train, threshold=dedup_threshold, report=report)
@@ -287,11 +303,28 @@ def take_snapshot(
             "exact_duplicates": report.exact_duplicates,
             "near_duplicates": report.near_duplicates,
             "near_heldout": report.near_heldout,
+            "in_gate_eval_set": gated.near_heldout,
             "pii": report.pii,
         },
         **store.feedback_marks(plan),
     }
     return snap
+
+
+def gate_eval_prompts(paths: tuple[Path, ...]) -> list[Row]:
+    """The prompts of the gate's eval sets as `{"prompt": [...]}` rows, for leaving them out
+    of training. A set that cannot be read adds none: the gate itself then fails on it and
+    blocks the round's promotion, saying why."""
+    from training.eval.generate import GenerationError, read_rows, row_conversation
+
+    prompts: list[Row] = []
+    for path in paths:
+        try:
+            rows = read_rows(Path(path))
+        except GenerationError:
+            continue
+        prompts += [{"prompt": row_conversation(row, "")} for row in rows]
+    return prompts
 
 
 def snapshot_hash(snap: Snapshot) -> str:

@@ -1,16 +1,38 @@
 """The promotion gate: one decision per stage from its paired comparisons
-(training/comparisons.py), and the choice of the stage a round registers.
+(training/comparisons.py), and the choice of the stage a round registers. The rule for
+operators is docs/gate-rule.md.
 
-A stage's decision: `reject` when any gated metric is `worse`; `promote` when every
-objective that could be measured is `better` (with no objective measured, at least one
-gated metric must be `better`), and none is `worse`; otherwise `inconclusive`, which never
-promotes by itself (an operator can force it with `tuneloop promote --force`).
+Roles. Only an *objective* can promote; every other gated metric is a *guard*, which can
+only block. The objectives are:
+- every measured metric given a positive margin (TUNELOOP_GATE_MARGINS, e.g. the rubric's
+  `rubric_pass=0.05`), except the metrics graded by the feedback's own labels, which are
+  always guards;
+- one primary objective per source that has none of those: for each eval set its first
+  metric (the first its first scorer returns), and for the held-out prompts, when no eval
+  set was measured, the generated-reply metric (`reply_judge` with a judge model, else
+  `reply_match`: training/eval/reply_match.py), so a domain with only a system prompt is
+  gated on what users see.
+The held-out preference accuracy, KTO accuracy, loss and reply metrics are graded by the
+feedback the candidate trained on (its held-out split): if the labels are backwards, a
+candidate trained on them looks *better* there too. So `pref_acc`, `kto_acc` and
+`heldout_loss` never promote, and as guards (the reply metrics too, where they are guards)
+they are *soft*: shown worse, they block a stage whose objectives are not all shown better
+(reject instead of inconclusive), but cannot veto one whose objectives are. The other
+guards (general checks, an eval set's other metrics, a rubric without a positive margin)
+block always.
 
-The held-out preference accuracy, KTO accuracy and loss are measured against the feedback's
-own labels, split off the same feedback the candidate trained on: if the labels are
-backwards, a candidate trained on them looks *better* there too. So when the round also
-measured an eval set, those three still guard (a `worse` rejects) but cannot promote on
-their own: with no objective, the `better` metric must be one the feedback cannot bend.
+False promotions. An objective is `better` when its one-sided bootstrap p-value passes
+Holm's step-down procedure over every (stage, objective) comparison of the round at a
+family-wise level of FAMILY_ALPHA (2.5%, the level of one side of a single 95% interval).
+A stage promotes only when every one of its objectives is `better`, so the chance that a
+round promotes any stage that is not better on all of its objectives is at most
+FAMILY_ALPHA, however many stages and objectives compete (tests/test_gate_rate.py measures
+it on recorded outcomes).
+
+A stage's decision: `reject` when an objective or a guard is `worse` (a soft guard: only
+when the objectives are not all `better`); `promote` when every objective is `better`;
+otherwise `inconclusive`, which never promotes by itself (an operator can force it with
+`tuneloop promote --force`). With no objective measured a stage is inconclusive.
 """
 
 from __future__ import annotations
@@ -31,10 +53,18 @@ from training.comparisons import (
 )
 
 # The gate's defaults, in one place (Settings shows them, the round applies them): the
-# held-out rubric pass rate is the objective; the rest are regression guards.
+# held-out rubric pass rate is an objective where a rubric exists; the generated-reply
+# metric is the objective of a round without eval sets (a primary objective, see above,
+# gated at 0 unless named here); the rest are guards.
 DEFAULT_MARGINS = "rubric_pass=0.05,pref_acc=0,heldout_loss=-0.05,general_loss=-0.25,general_pass=0"
-# Held-out metrics graded by the feedback's own labels (see the module docstring).
+# The held-out generated-reply metrics, the one a round uses first: the judge's when set.
+REPLY_METRICS = ("reply_judge", "reply_match")
+# Held-out metrics graded by the feedback's own labels: never objectives.
 FEEDBACK_LABEL_METRICS = frozenset({"pref_acc", "kto_acc", "heldout_loss"})
+# Guards that cannot veto a stage whose objectives are all shown better (module docstring).
+SOFT_GUARDS = FEEDBACK_LABEL_METRICS | frozenset(REPLY_METRICS)
+# Family-wise one-sided level of the objectives' tests across a round's stages (Holm).
+FAMILY_ALPHA = 0.025
 
 
 class GateConfigError(ValueError):
@@ -67,6 +97,8 @@ class GateConfig:
             return self.margins[qualified]
         if metric in self.margins:
             return self.margins[metric]
+        if source == HELDOUT and metric in REPLY_METRICS:
+            return 0.0  # gated unless a margin says otherwise: it may be the objective
         if source != HELDOUT and not any(k.startswith(f"{source}:") for k in self.margins):
             return 0.0
         return None
@@ -102,6 +134,7 @@ class StageDecision:
     decision: str  # promote | reject | inconclusive
     reasons: list[str]
     comparisons: list[Comparison]
+    notes: list[str] = field(default_factory=list)  # soft guards overruled by the objectives
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -110,53 +143,98 @@ class StageDecision:
         return out
 
     def strength(self) -> float:
-        """How clearly the stage wins: the mean lower interval end of the gains it may be
-        promoted on (objectives, else the gated metrics that may promote: see `decide_stage`);
-        for picking among passing stages."""
+        """How clearly the stage wins: the mean lower interval end of its objectives' gains
+        (guards never count); for picking among passing stages."""
         judged = [c for c in self.comparisons if c.margin is not None and c.low is not None]
-        objectives = [c for c in judged if (c.margin or 0) > 0] or _may_promote(judged)
+        objectives = [c for c in judged if c.role == "objective"] or objectives_of(judged)
         gains = [gain_interval(c)[0] for c in objectives]
         return sum(gains) / len(gains) if gains else -math.inf
 
 
 def decide_stage(stage: str, comparisons: list[Comparison]) -> StageDecision:
-    """The stage's decision from its comparisons (see the module docstring)."""
-    gated = [c for c in comparisons if c.margin is not None and c.verdict != "missing"]
-    worse = [c for c in gated if c.verdict == "worse"]
-    objectives = [c for c in gated if (c.margin or 0) > 0]
-    reasons: list[str] = []
+    """One stage's decision from its comparisons (a round of one stage: `decide_round`)."""
+    return decide_round({stage: comparisons})[stage]
+
+
+def decide_round(
+    stages: dict[str, list[Comparison]], *, alpha: float = FAMILY_ALPHA
+) -> dict[str, StageDecision]:
+    """Every stage's decision (see the module docstring): roles first, then Holm over all
+    the stages' objectives, then each stage's verdict."""
+    family: list[Comparison] = []
+    for comparisons in stages.values():
+        for comp in comparisons:
+            if comp.margin is not None and comp.verdict != "missing":
+                comp.role = "guard"
+                if comp.source == HELDOUT and comp.metric in SOFT_GUARDS:
+                    comp.role = "soft guard"
+        for comp in objectives_of(comparisons):
+            comp.role = "objective"
+            family.append(comp)
+    holm(family, alpha)
+    return {stage: _decide_stage(stage, comparisons) for stage, comparisons in stages.items()}
+
+
+def objectives_of(comparisons: list[Comparison]) -> list[Comparison]:
+    """A stage's objectives (the rule in the module docstring), in comparison order."""
+    measured = [c for c in comparisons if c.margin is not None and c.verdict != "missing"]
+    chosen = [
+        c for c in measured if (c.margin or 0.0) > 0 and c.metric not in FEEDBACK_LABEL_METRICS
+    ]
+    have = {c.source for c in chosen}
+    sources = list(dict.fromkeys(c.source for c in measured))
+    evalsets = [s for s in sources if s != HELDOUT]
+    for source in sources:
+        if source in have:
+            continue
+        if source == HELDOUT:
+            replies = (c for m in REPLY_METRICS for c in measured if (c.source, c.metric) == (
+                HELDOUT, m))  # fmt: skip
+            pick = None if evalsets else next(replies, None)
+        else:
+            pick = next(c for c in measured if c.source == source)
+        if pick is not None:
+            chosen.append(pick)
+    return [c for c in comparisons if any(c is o for o in chosen)]
+
+
+def holm(family: list[Comparison], alpha: float = FAMILY_ALPHA) -> None:
+    """Holm's step-down procedure on the objectives' p-values: the k-th smallest of m must be
+    at most alpha / (m - k + 1), and the first that is not stops the rest. Sets each
+    objective's `level` and its verdict (`better` only where Holm passes it)."""
+    ranked = sorted(family, key=lambda c: 1.0 if c.p_value is None else c.p_value)
+    passing = True
+    for k, comp in enumerate(ranked):
+        comp.level = alpha / (len(ranked) - k)
+        passing = passing and comp.p_value is not None and comp.p_value <= comp.level
+        if passing:
+            comp.verdict = "better"
+        elif comp.verdict == "better":
+            comp.verdict = "unsure"
+
+
+def _decide_stage(stage: str, comparisons: list[Comparison]) -> StageDecision:
+    objectives = [c for c in comparisons if c.role == "objective"]
+    worse = [c for c in comparisons if c.role in ("objective", "guard") and c.verdict == "worse"]
+    soft = [c for c in comparisons if c.role == "soft guard" and c.verdict == "worse"]
     if worse:
-        reasons = [c.describe() for c in worse]
+        return StageDecision(stage, "reject", [c.describe() for c in worse], comparisons)
+    short = [c for c in objectives if c.verdict != "better"]
+    if objectives and not short:
+        notes = [f"{c.describe()}; overruled: the objectives are shown better" for c in soft]
+        return StageDecision(stage, "promote", [], comparisons, notes)
+    if soft:
+        reasons = [c.describe() for c in soft] + [c.describe() for c in short]
         return StageDecision(stage, "reject", reasons, comparisons)
-    if not gated:
-        reasons = ["no gated metric could be measured (no held-out items, no eval set)"]
+    if not objectives:
+        guards = "; ".join(c.describe() for c in comparisons if c.role != "reported")
+        reasons = [
+            "no objective could be measured (no held-out prompt with an approved answer "
+            "whose reply was generated, no eval set); the feedback's own labels never promote "
+            "alone" + (f": {guards}" if guards else "")
+        ]
         return StageDecision(stage, "inconclusive", reasons, comparisons)
-    if objectives:
-        short = [c for c in objectives if c.verdict != "better"]
-        if not short:
-            return StageDecision(stage, "promote", [], comparisons)
-        reasons = [c.describe() for c in short]
-    else:
-        promoters = _may_promote(gated)
-        if any(c.verdict == "better" for c in promoters):
-            return StageDecision(stage, "promote", [], comparisons)
-        what = "gated metric" if promoters is gated else "metric the feedback cannot bend"
-        reasons = [f"no {what} is shown better than the serving version: " + "; ".join(
-            c.describe() for c in promoters
-        )]  # fmt: skip
-    return StageDecision(stage, "inconclusive", reasons, comparisons)
-
-
-def _graded_by_feedback(comp: Comparison) -> bool:
-    return comp.source == HELDOUT and comp.metric in FEEDBACK_LABEL_METRICS
-
-
-def _may_promote(gated: list[Comparison]) -> list[Comparison]:
-    """With no objective, the gated metrics whose `better` promotes: all of them, except the
-    ones graded by the feedback's own labels once an eval set was measured."""
-    if any(c.source != HELDOUT for c in gated):
-        return [c for c in gated if not _graded_by_feedback(c)]
-    return gated
+    return StageDecision(stage, "inconclusive", [c.describe() for c in short], comparisons)
 
 
 def decide_stages(
@@ -167,15 +245,15 @@ def decide_stages(
     eval_error: str | None,
 ) -> dict[str, Any]:
     """Every stage's decision against the serving version, on held-out items (`metrics`, per
-    model) and eval sets (`runs`, training.eval.evalsets.EvalRun); an eval that could not
-    run (`eval_error`) rejects every stage."""
-    decisions: dict[str, StageDecision] = {}
+    model) and eval sets (`runs`, training.eval.evalsets.EvalRun), Holm across the stages;
+    an eval that could not run (`eval_error`) rejects every stage."""
+    comparisons: dict[str, list[Comparison]] = {}
     for stage in stages:
-        comparisons = []
+        comps = comparisons.setdefault(stage, [])
         serving_items = metrics["serving"].get("items", {})
         for metric, items in metrics[stage].get("items", {}).items():
             ref = serving_items.get(metric)
-            comparisons.append(
+            comps.append(
                 compare(
                     HELDOUT,
                     metric,
@@ -188,13 +266,18 @@ def decide_stages(
             )
         for run in runs:
             reference = run.items[run.labels[0]]
-            for metric, values in run.items[stage].items():
+            # in the order the scorers return them: a set's first metric is its objective
+            order = [m for m in run.metrics.get(stage, {}) if m in run.items[stage]]
+            order += [m for m in run.items[stage] if m not in order]
+            for metric in order:
                 pairs = [
                     (a, b)
-                    for a, b in zip(reference.get(metric, []), values, strict=False)
+                    for a, b in zip(
+                        reference.get(metric, []), run.items[stage][metric], strict=False
+                    )
                     if a is not None and b is not None
                 ]
-                comparisons.append(
+                comps.append(
                     compare(
                         run.evalset.name,
                         metric,
@@ -205,11 +288,11 @@ def decide_stages(
                         resamples=gate.resamples,
                     )
                 )
-        decision = decide_stage(stage, comparisons)
-        if eval_error:  # an eval that cannot run blocks the promotion too
+    decisions = decide_round(comparisons)
+    if eval_error:  # an eval that cannot run blocks the promotion too
+        for decision in decisions.values():
             decision.decision = "reject"
             decision.reasons = [eval_error, *decision.reasons]
-        decisions[stage] = decision
     return decisions
 
 

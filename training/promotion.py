@@ -1,6 +1,8 @@
 """The end of a round: evaluate the trained stages beside the serving version, let the gate
-decide on each (training/gate.py), register the stage it picks, promote it when it passed,
-and write the round's report. Runs on the main process only."""
+decide on each (training/gate.py), register the stage it picks, promote it when it passed
+and CURRENT still names the version it was compared with, and write the round's report
+and `items.json` (every model's per-item values the gate paired). Runs on the main process
+only."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from feedback.atomic_write import write_atomic
+from training.comparisons import HELDOUT
 from training.eval.evaluate import evaluate_models
+from training.eval.reply_match import approved_answers, human_written, judge_replies
 from training.eval.report import write_report
 from training.gate import decide_stages, pick_candidate
-from training.registry import Registry
+from training.registry import CurrentChangedError, Registry
 from training.round_config import RoundConfig
 from training.round_state import RoundResult, RoundState, now
 
@@ -36,16 +41,22 @@ def judge_and_register(
     metrics = evaluate_models(
         model_dir,
         {"serving": serving_dir, **stages},
-        sft_rows=snap.eval_sft(),
+        sft_rows=human_written(snap.sft_heldout),  # the loss: answers people wrote
         pairs=snap.dpo_heldout,
         kto_rows=snap.kto_heldout,
+        approved=approved_answers(snap.sft_heldout, snap.dpo_heldout, snap.kto_heldout),
         settings=config.eval,
         load_in_4bit=config.serve_in_4bit,  # the precision `serve` runs, not training's
         bf16=config.infer_bf16,
     )
+    if config.gate.judge is not None:  # the replies judged against the serving version's
+        judge_replies(config.gate.judge, metrics, "serving")
     runs, eval_error = _eval_set_runs(config, registry, model_dir, serving, stages)
     rnd.update(stage="gate")
     decisions = decide_stages(config.gate, metrics, runs, list(stages), eval_error)
+    items = {HELDOUT: {name: m.get("items", {}) for name, m in metrics.items()}}
+    items.update({run.evalset.name: run.items for run in runs})
+    write_atomic(folder / "items.json", json.dumps(items) + "\n")
     candidate, reasons = pick_candidate(decisions, list(stages))
     decision = decisions[candidate].decision
 
@@ -81,11 +92,15 @@ def judge_and_register(
     if decision != "promote":
         status = "rejected" if decision == "reject" else "inconclusive"
     elif promote:
-        registry.promote(version, by=f"round {folder.name}")
-        status = "promoted"
+        try:  # only if CURRENT still serves what the gate compared against
+            registry.promote(version, by=f"round {folder.name}", expect=serving)
+            status = "promoted"
+        except CurrentChangedError as err:
+            status = "stale"
+            reasons = [f"not promoted: {err}; promote it by hand after a look", *reasons]
     else:
         status = "done"
-    info_status = {"promoted": "promoted", "done": "passed"}.get(status, status)
+    info_status = {"promoted": "promoted", "done": "passed", "stale": "passed"}.get(status, status)
     registry.update_info(version, status=info_status, reasons=reasons)
     result = RoundResult(
         id=folder.name,
@@ -98,6 +113,7 @@ def judge_and_register(
         serving_after=registry.current(),
         metrics=public,
         gate={name: d.as_dict() for name, d in decisions.items()},
+        objectives=[c.name for c in decisions[candidate].comparisons if c.role == "objective"],
         report=str(folder / "report.md"),
         continuation=snap.info.get("continuation") or {},
         training=training,
@@ -161,8 +177,8 @@ def code_version() -> str:
 
 
 def _public(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics without the per-item values (those live in the round's report.json)."""
-    return {k: v for k, v in metrics.items() if k != "items"}
+    """Metrics without the per-item values and replies (those are in items.json)."""
+    return {k: v for k, v in metrics.items() if k not in ("items", "replies")}
 
 
 def _hyperparameters(config: RoundConfig) -> dict[str, Any]:

@@ -46,6 +46,14 @@ class PromotionRefusedError(RegistryError):
     """The gate did not pass this version; promoting it needs `force`."""
 
 
+class CurrentChangedError(RegistryError):
+    """CURRENT no longer names the version a promotion was judged against."""
+
+
+# `expect` left out: promote whatever serves now.
+_ANY: Any = object()
+
+
 # Gate decisions that keep a version from being promoted unless an operator forces it.
 NOT_PASSED = ("reject", "inconclusive")
 
@@ -192,17 +200,24 @@ class Registry:
                 )
         return where
 
-    def set_current(self, version: str | None) -> None:
+    def set_current(self, version: str | None, *, expect: str | None = _ANY) -> None:
         """Point CURRENT at `version` (verified first), or remove it (None: bare base).
 
         The pointer is replaced atomically, so a server polling it reads the old name or
-        the new one, never a torn write; each change is appended to HISTORY.
+        the new one, never a torn write; each change is appended to HISTORY. With `expect`,
+        CurrentChangedError unless CURRENT still names it (None: the bare base), checked
+        under the same lock as the change.
         """
         if version is not None:
             self.verify(version)
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             previous = self.current()
+            if expect is not _ANY and previous != expect:
+                raise CurrentChangedError(
+                    f"CURRENT changed from {expect or 'the bare base model'} to "
+                    f"{previous or 'the bare base model'} since {version} was judged against it"
+                )
             if previous == version:
                 return
             if version is None:
@@ -217,9 +232,13 @@ class Registry:
                 os.fsync(f.fileno())
 
     # -- promotion: the one path every entry point (CLI, Operator tab, rounds) takes --------
-    def promote(self, version: str, *, by: str, force: bool = False) -> tuple[str | None, str]:
+    def promote(
+        self, version: str, *, by: str, force: bool = False, expect: str | None = _ANY
+    ) -> tuple[str | None, str]:
         """Serve `version` now; returns (previous, new). A version the gate rejected or
-        could not decide on is refused unless `force` (recorded as forced, with who)."""
+        could not decide on is refused unless `force` (recorded as forced, with who).
+        `expect`: the version the gate compared it with (None: the bare base); when CURRENT
+        names another by now, CurrentChangedError and nothing changes."""
         info = self.info(version)
         decision = info.get("decision")
         if decision in NOT_PASSED and not force:
@@ -228,8 +247,8 @@ class Registry:
                 f"the gate's decision on {version} was {decision} ({why}); "
                 "promote it anyway with `tuneloop promote --force`"
             )
-        before = self.current()
-        self.set_current(version)
+        before = self.current() if expect is _ANY else expect
+        self.set_current(version, expect=expect)
         self.update_info(
             version,
             status="promoted",

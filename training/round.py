@@ -120,6 +120,7 @@ def _run_round(
                 dedup_threshold=config.dedup_threshold,
                 heldout_min_items=config.heldout_min_items,
                 pii_region=config.pii_region,
+                gate_eval_sets=config.gate.eval_sets,
             )
             save_snapshot(snap, folder)
             return snap

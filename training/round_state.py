@@ -19,7 +19,9 @@ class RoundResult:
     """How a round ended."""
 
     id: str
-    status: str  # done | failed | rejected | inconclusive | promoted
+    # done | failed | rejected | inconclusive | promoted | stale (passed, but CURRENT changed
+    # during the round, so it was not promoted over a version it was never compared with)
+    status: str
     version: str | None = None
     candidate_stage: str | None = None
     decision: str | None = None  # the gate's: promote | reject | inconclusive
@@ -28,6 +30,7 @@ class RoundResult:
     serving_after: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)  # each stage's decision and comparisons
+    objectives: list[str] = field(default_factory=list)  # what could promote the candidate
     report: str | None = None
     # fresh or continue (from which version), and the rows new vs replayed older
     continuation: dict[str, Any] = field(default_factory=dict)

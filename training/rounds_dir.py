@@ -18,7 +18,7 @@ from typing import Any
 from training.device import ranks
 
 ROUND_RE = re.compile(r"r(\d{4,})-\d{8}T\d{4,6}")
-FINISHED = ("done", "rejected", "inconclusive", "promoted")
+FINISHED = ("done", "rejected", "inconclusive", "promoted", "stale")
 LOCK_NAME = ".lock"
 
 

@@ -112,7 +112,7 @@ def register_core(app: typer.Typer) -> None:
                     text += (
                         f"\n    {comp['name']} {comp['diff']:+.3f} "
                         f"[{comp['low']:+.3f}, {comp['high']:+.3f}] n={comp['n']}: "
-                        f"{comp['verdict']}"
+                        f"{comp['verdict']} ({comp['role']})"
                     )
         if result.reasons:
             text += "\n" + "\n".join(f"  - {r}" for r in result.reasons)

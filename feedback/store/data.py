@@ -33,6 +33,14 @@ class DataStore(StoreBase):
         with self._read() as session:
             return iter(rows.sft_rows(session, split, plan))
 
+    def sft_row_sources(self) -> dict[str, str]:
+        """Where each SFT row came from, by its messages' `content_key` (import, correction,
+        thumbs_up, argilla): the gate's held-out loss measures the answers people wrote."""
+        found: dict[str, str] = {}
+        with self._read() as session:
+            rows.sft_rows(session, "all", sources=found)
+        return found
+
     def dpo_rows(self, split: str = "all", plan: HeldoutSplit | None = None) -> Iterator[Row]:
         """TRL conversational DPO rows; see `feedback.rows.dpo_rows`."""
         with self._read() as session:

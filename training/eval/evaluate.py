@@ -7,10 +7,14 @@ Metrics per model (the bare base, the serving adapter, each stage of the round):
   - `kto_acc`: the same for held-out unpaired 👍/👎 replies: share whose implicit reward
     has the label's sign (above 0 for 👍, below for 👎; 0 counts half). Reported, and gated
     only when TUNELOOP_GATE_MARGINS names it;
-  - `heldout_loss`: mean token NLL of the held-out reference replies (SFT rows and chosen);
+  - `heldout_loss`: mean token NLL of the held-out reference replies (`sft_rows`: the round
+    passes the answers people wrote, not sampled replies someone approved);
   - `general_loss`: the same on a small fixed set of general instructions
     (`data/general_checks.jsonl`): the regression check that a round did not forget how
     to answer outside the domain;
+  - `reply_match` (generation on, `approved` answers given): each held-out prompt's greedy
+    reply scored against its approved answers (training/eval/reply_match.py), the gate's
+    default objective;
   - `rubric_pass` (when a rubric is given and generation is on): share of greedy replies
     to held-out prompts that pass every rubric check that applies;
   - `general_pass` (generation on): share of general checks whose reply matches its
@@ -163,9 +167,11 @@ def evaluate_models(
     load_in_4bit: bool = False,
     bf16: bool | None = None,
     on_model: Callable[[str], None] | None = None,
+    approved: list[tuple[list[dict], list[str]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics for each named adapter (None = the bare base) on the same held-out rows
-    (`kto_rows`: held-out unpaired 👍/👎 replies, for `kto_acc`). Per-item results are
+    (`kto_rows`: held-out unpaired 👍/👎 replies, for `kto_acc`; `approved`: held-out
+    prompts with their approved answers, for `reply_match`). Per-item results are
     reused from `settings.cache_dir` when the same model met the same item before. The
     base loads as `serve` loads it (`load_in_4bit`, `bf16`: training/device/precision.py)."""
     from peft import PeftModel
@@ -174,6 +180,8 @@ def evaluate_models(
     from training.eval.cache import ItemCache, adapter_identity
     from training.eval.evalsets import model_identity
     from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.reply_match import METRIC as REPLY_METRIC
+    from training.eval.reply_match import best_score
 
     model, tokenizer = load_for_generation(model_dir, None, load_in_4bit=load_in_4bit, bf16=bf16)
     dtype = str(next(model.parameters()).dtype)
@@ -194,7 +202,11 @@ def evaluate_models(
     kto_items = [(r["prompt"], r["completion"]) for r in kto_rows or []]
     kto_labels = [bool(r["label"]) for r in kto_rows or []]
     general_items = [(r["messages"][:-1], r["messages"][-1:]) for r in general]
-    prompts = [r["messages"][:-1] for r in sft_rows] + [p["prompt"] for p in pairs]
+    approved = approved or []
+    # Prompts with an approved answer first: the cap must not crowd out the objective's items.
+    prompts = [p for p, _ in approved] + [r["messages"][:-1] for r in sft_rows]
+    prompts += [p["prompt"] for p in pairs]
+    answers_for = {json.dumps(p, sort_keys=True): answers for p, answers in approved}
     seen: set[str] = set()
     gen_prompts = []
     for prompt in prompts:
@@ -247,8 +259,23 @@ def evaluate_models(
             general_loss=_mean_nll(general_scores),
             items={"heldout_loss": _item_nll(heldout), "general_loss": _item_nll(general_scores)},
         )
-        if settings.generate and rubric is not None and gen_prompts:
+        if settings.generate and gen_prompts and (rubric is not None or approved):
             answers = replies(cache, gen_prompts, settings.max_new_tokens)
+            matched = [
+                best_score(reply, answers_for[key])
+                for reply, prompt in zip(answers, gen_prompts, strict=True)
+                if (key := json.dumps(prompt, sort_keys=True)) in answers_for
+            ]
+            if matched:
+                m[REPLY_METRIC] = sum(matched) / len(matched)
+                m["items"][REPLY_METRIC] = {"values": matched}
+                # the replies themselves, for a judge (training/eval/reply_match.py)
+                m["replies"] = [
+                    {"prompt": prompt, "reply": reply}
+                    for reply, prompt in zip(answers, gen_prompts, strict=True)
+                    if json.dumps(prompt, sort_keys=True) in answers_for
+                ]
+        if settings.generate and rubric is not None and gen_prompts:
             passed = [
                 rubric.passes(reply, {"customer": customer_of(prompt)})
                 for reply, prompt in zip(answers, gen_prompts, strict=True)

@@ -13,7 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-_METRICS = ("pref_acc", "kto_acc", "heldout_loss", "rubric_pass", "general_loss", "general_pass")
+_METRICS = (
+    "reply_match",
+    "pref_acc",
+    "kto_acc",
+    "heldout_loss",
+    "rubric_pass",
+    "general_loss",
+    "general_pass",
+)
 
 
 def _fmt(value: Any) -> str:
@@ -85,6 +93,8 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     if result.get("decision"):
         lines.insert(3, f"- gate decision on that stage: **{result['decision']}**")
+        objectives = ", ".join(result.get("objectives") or []) or "none measured"
+        lines.insert(4, f"- objective (what may promote): {objectives}")
     if result.get("training"):
         lines += ["", "## Training stages", ""] + [
             f"- {stage}: {early_stopping.describe(summary)}"
@@ -102,11 +112,14 @@ def _markdown(report: dict[str, Any]) -> str:
             "",
             "Paired over the same items; 95% interval of the difference (candidate - serving)"
             " by paired bootstrap. Margin: the gain required (positive) or loss tolerated"
-            " (negative) in the metric's better direction.",
+            " (negative) in the metric's better direction. Only an objective promotes (Holm"
+            " across the round's stages and objectives); guards only block, and a soft guard"
+            " (graded by the feedback itself) cannot veto objectives shown better"
+            " (docs/gate-rule.md).",
             "",
-            "| metric | items | serving | candidate | difference [95% interval] | margin "
+            "| metric | role | items | serving | candidate | difference [95% interval] | margin "
             "| verdict |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in decision["comparisons"]:
             interval = (
@@ -119,9 +132,10 @@ def _markdown(report: dict[str, Any]) -> str:
                 f" (~{c['items_needed']} items needed)" if c.get("items_needed") else ""
             )
             lines.append(
-                f"| {c['name']} | {c['n']} | {_fmt(c['serving'])} | {_fmt(c['candidate'])} | "
-                f"{interval} | {margin} | {verdict} |"
+                f"| {c['name']} | {c.get('role', '-')} | {c['n']} | {_fmt(c['serving'])} | "
+                f"{_fmt(c['candidate'])} | {interval} | {margin} | {verdict} |"
             )
+        lines += [f"- {note}" for note in decision.get("notes") or []]
     if metrics:
         names = list(metrics)
         lines += ["", "## Held-out metrics", "", "| metric | " + " | ".join(names) + " |"]
