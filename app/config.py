@@ -651,13 +651,11 @@ class Settings(BaseSettings):
     )
     gate_margins: str = Field(
         default=DEFAULT_MARGINS,
-        description=(
-            "`METRIC=MARGIN` or `SET:METRIC=MARGIN`, comma-separated, in the metric's "
-            "better direction: a positive margin is an objective the candidate must be "
-            "shown to beat, zero or negative what it may lose. An eval set none of whose "
-            "metrics is named gates every metric at 0. Setting it replaces the whole "
-            "list."
-        ),
+        description="METRIC=MARGIN or SET:METRIC=MARGIN, comma-separated: how much each "
+        "gated metric must gain (positive: an objective the candidate must be shown to beat), "
+        "or may lose (zero or negative); in the metric's better direction. An eval set none "
+        "of whose metrics is named gates every metric at 0, its first as the objective; with "
+        "no eval set the held-out replies' reply_match is (docs/gate-rule.md).",
     )
 
     gate_min_items: int = Field(

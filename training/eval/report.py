@@ -67,8 +67,13 @@ def not_run(config: dict[str, Any], snapshot: dict[str, Any]) -> list[str]:
     counts = snapshot.get("counts") or {}
     if not counts.get("dpo_heldout"):
         out.append("pref_acc not measured: no held-out preference pairs")
-    if not counts.get("dpo_heldout") and not counts.get("sft_heldout"):
-        out.append("heldout_loss not measured: nothing held out")
+    if not counts.get("sft_heldout"):
+        out.append(
+            "heldout_loss not measured: no held-out answer people wrote (corrections, "
+            "imported or seed conversations)"
+        )
+    if not evaluation.get("generate", True):
+        out.append("reply_match not measured: generation is off (TUNELOOP_EVAL_GENERATE)")
     return out
 
 
