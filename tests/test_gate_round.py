@@ -62,7 +62,8 @@ def test_a_candidate_with_worse_replies_is_rejected_though_its_heldout_loss_is_l
     on them, and moves the model's replies away from the approved ones: worse replies."""
     from feedback.records import NewExample, NewPreference
     from feedback.store import Store
-    from training.eval.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.prompt_files import row_conversation
     from training.registry import Registry
 
     asks = [a.format(t=t) for a in ASKS for t in THINGS]

@@ -203,7 +203,8 @@ def differs_gate(
     round's mechanics (promotion, registry, rollback) rather than of the gate: an eval set
     of `rows` prompts whose rows pass when the reply is not the bare base's own greedy
     reply. Serving the bare base scores 0 on it; an adapter that changed the replies, 1."""
-    from training.eval.generate import generate_replies, load_for_generation, row_conversation
+    from training.eval.generate import generate_replies, load_for_generation
+    from training.eval.prompt_files import row_conversation
     from training.gate import GateConfig, parse_margins
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -315,7 +315,8 @@ def gate_eval_prompts(paths: tuple[Path, ...]) -> list[Row]:
     """The prompts of the gate's eval sets as `{"prompt": [...]}` rows, for leaving them out
     of training. A set that cannot be read adds none: the gate itself then fails on it and
     blocks the round's promotion, saying why."""
-    from training.eval.generate import GenerationError, read_rows, row_conversation
+    from training.eval.generate import GenerationError
+    from training.eval.prompt_files import read_rows, row_conversation
 
     prompts: list[Row] = []
     for path in paths:

@@ -49,11 +49,10 @@ def judge_and_register(
         load_in_4bit=config.serve_in_4bit,  # the precision `serve` runs, not training's
         bf16=config.infer_bf16,
     )
-    if config.gate.judge is not None:  # the replies judged against the serving version's
-        judge_replies(config.gate.judge, metrics, "serving")
+    judge_error = _judge(config, metrics)
     runs, eval_error = _eval_set_runs(config, registry, model_dir, serving, stages)
     rnd.update(stage="gate")
-    decisions = decide_stages(config.gate, metrics, runs, list(stages), eval_error)
+    decisions = decide_stages(config.gate, metrics, runs, list(stages), eval_error or judge_error)
     items = {HELDOUT: {name: m.get("items", {}) for name, m in metrics.items()}}
     items.update({run.evalset.name: run.items for run in runs})
     write_atomic(folder / "items.json", json.dumps(items) + "\n")
@@ -123,6 +122,18 @@ def judge_and_register(
     )
     rnd.update(stage="done", status=status, reason="; ".join(reasons) or None, finished_at=now())
     return result
+
+
+def _judge(config: RoundConfig, metrics: dict[str, dict[str, Any]]) -> str | None:
+    """With a judge model, its verdicts on the held-out replies against the serving
+    version's (`reply_judge`, then the objective); why it could not judge, if so."""
+    if config.gate.judge is None:
+        return None
+    try:
+        judge_replies(config.gate.judge, metrics, "serving")
+    except Exception as err:  # a judge that cannot load or answer blocks; the round goes on
+        return f"the judge could not run: {type(err).__name__}: {err}".splitlines()[0]
+    return None
 
 
 def _eval_set_runs(
