@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 
 from training.comparisons import HELDOUT, ItemScores, compare, paired_interval
-from training.gate import GateConfig, GateConfigError, decide_stage, parse_margins
+from training.gate import GateConfig, GateConfigError, StageDecision, decide_round, parse_margins
+
+
+def decide_stage(stage: str, comparisons: list) -> StageDecision:
+    """One stage's decision: a round of that stage alone."""
+    return decide_round({stage: comparisons})[stage]
 
 
 def _binary(wins: int, losses: int, ties: int) -> tuple[ItemScores, ItemScores]:
@@ -161,7 +166,6 @@ def test_the_clearest_stage_is_judged_on_its_primary_objective() -> None:
     set. Its first metric (`correct`) is the set's one primary objective; the others guard,
     and the held-out loss on 7 feedback rows never counts towards the choice."""
     from training.comparisons import Comparison
-    from training.gate import StageDecision
 
     def comp(source: str, metric: str, low: float, high: float, margin: float) -> Comparison:
         return Comparison(source, metric, 40, 0.0, (low + high) / 2, (low + high) / 2,
@@ -184,7 +188,6 @@ def test_the_clearest_stage_is_judged_on_its_primary_objective() -> None:
 def test_holm_across_stages_asks_more_of_each() -> None:
     """A gain that one stage alone would show passes; the same gain in one of three competing
     stages (the other two tied) does not: each stage is another chance to promote by luck."""
-    from training.gate import decide_round
 
     def comps() -> list:
         return [compare(HELDOUT, "reply_match", *_binary(8, 1, 31), 0.0)]

@@ -151,11 +151,6 @@ class StageDecision:
         return sum(gains) / len(gains) if gains else -math.inf
 
 
-def decide_stage(stage: str, comparisons: list[Comparison]) -> StageDecision:
-    """One stage's decision from its comparisons (a round of one stage: `decide_round`)."""
-    return decide_round({stage: comparisons})[stage]
-
-
 def decide_round(
     stages: dict[str, list[Comparison]], *, alpha: float = FAMILY_ALPHA
 ) -> dict[str, StageDecision]:
