@@ -201,3 +201,9 @@ def test_holm_across_stages_asks_more_of_each() -> None:
         compare(HELDOUT, "reply_match", *_binary(0, 0, 40), 0.0)]})  # fmt: skip
     assert three["sft"].decision == "inconclusive"
     assert "after Holm" in three["sft"].reasons[0]
+    # One more prompt won is enough among three (docs/gate-rule.md quotes both counts).
+    clearer = [compare(HELDOUT, "reply_match", *_binary(9, 1, 30), 0.0)]
+    three = decide_round({"sft": clearer, "dpo": [
+        compare(HELDOUT, "reply_match", *_binary(0, 0, 40), 0.0)], "kto": [
+        compare(HELDOUT, "reply_match", *_binary(0, 0, 40), 0.0)]})  # fmt: skip
+    assert three["sft"].decision == "promote"
