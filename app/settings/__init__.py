@@ -1,0 +1,1 @@
+"""The fields of `app.config.Settings`, grouped by the part of tuneloop they steer."""
