@@ -74,7 +74,10 @@ def import_(
 
 
 def _head(path: Path) -> str:
-    """The file's first characters ("" when it cannot be read: the import says why)."""
+    """The file's first characters ("" when it cannot be read, or is not a regular file
+    such as a FIFO that would block the open: the import then says why)."""
+    if not path.is_file():
+        return ""
     try:
         with path.open(encoding="utf-8", errors="replace") as f:
             return f.read(4096)
