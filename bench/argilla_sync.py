@@ -145,7 +145,7 @@ def _respond(store: Any, dataset: Any, client: Any, name: str, which: slice) -> 
     from sqlmodel import Session, col, select
 
     from feedback.argilla.sync import to_record
-    from feedback.models import ArgillaPair
+    from feedback.models_external import ArgillaPair
 
     user_id = client.users(username=name).id
     with Session(store.engine) as session:

@@ -57,12 +57,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
+def in_values(column: str, values: tuple[str, ...]) -> str:
     """SQL for `column IN (...)`, used by the CHECK constraints."""
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-def _created() -> datetime:
+def created_field() -> datetime:
     return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[no-any-return]
 
 
@@ -76,15 +76,15 @@ class User(FeedbackTable, table=True):
     __tablename__ = "users"
     __table_args__ = (
         Index("ux_users_name", "name", unique=True),
-        CheckConstraint(_in("role", ROLES), name="role"),
-        CheckConstraint(_in("status", USER_STATUSES), name="status"),
+        CheckConstraint(in_values("role", ROLES), name="role"),
+        CheckConstraint(in_values("status", USER_STATUSES), name="status"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_type=String)
     role: str = Field(sa_type=String)
     password_hash: str = Field(sa_type=String)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
     status: str = Field(default="active", sa_type=String)
 
 
@@ -102,7 +102,7 @@ class LoginFailure(FeedbackTable, table=True):
     # "name:<user name, lower case>" or "addr:<client address>".
     key: str = Field(sa_type=String)
     failures: int = Field(default=0, sa_type=Integer)
-    last_failure_at: datetime = _created()
+    last_failure_at: datetime = created_field()
     locked_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
@@ -124,7 +124,7 @@ class ApiKey(FeedbackTable, table=True):
     key_hash: str = Field(sa_type=String)
     # The first characters of the key, shown in listings so a user can tell keys apart.
     prefix: str = Field(sa_type=String)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
@@ -137,7 +137,7 @@ class Conversation(FeedbackTable, table=True):
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="users.id", sa_type=Integer)
     title: str = Field(sa_type=Text)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
 
 
 class Response(FeedbackTable, table=True):
@@ -147,7 +147,7 @@ class Response(FeedbackTable, table=True):
     __table_args__ = (
         Index("ix_responses_conversation", "conversation_id"),
         Index("ux_responses_completion_id", "completion_id", unique=True),
-        CheckConstraint(_in("kind", RESPONSE_KINDS), name="kind"),
+        CheckConstraint(in_values("kind", RESPONSE_KINDS), name="kind"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -167,7 +167,7 @@ class Response(FeedbackTable, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     # The id an API client was given for this reply ("chatcmpl-..."); None for the page's.
     completion_id: str | None = Field(default=None, sa_type=String)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
 
 
 class Message(FeedbackTable, table=True):
@@ -176,7 +176,7 @@ class Message(FeedbackTable, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ux_messages_conversation_position", "conversation_id", "position", unique=True),
-        CheckConstraint(_in("role", MESSAGE_ROLES), name="role"),
+        CheckConstraint(in_values("role", MESSAGE_ROLES), name="role"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -185,7 +185,7 @@ class Message(FeedbackTable, table=True):
     role: str = Field(sa_type=String)
     content: str = Field(sa_type=Text)
     response_id: int | None = Field(default=None, foreign_key="responses.id", sa_type=Integer)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
 
 
 class Rating(FeedbackTable, table=True):
@@ -202,7 +202,7 @@ class Rating(FeedbackTable, table=True):
     user_id: int = Field(foreign_key="users.id", sa_type=Integer)
     up: bool = Field(sa_type=Boolean)
     reason: str | None = Field(default=None, sa_type=Text)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
 
 
 class Correction(FeedbackTable, table=True):
@@ -218,7 +218,7 @@ class Correction(FeedbackTable, table=True):
     response_id: int = Field(foreign_key="responses.id", sa_type=Integer)
     user_id: int = Field(foreign_key="users.id", sa_type=Integer)
     content: str = Field(sa_type=Text)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
 
 
 class Comparison(FeedbackTable, table=True):
@@ -228,7 +228,7 @@ class Comparison(FeedbackTable, table=True):
     __table_args__ = (
         Index("ix_comparisons_user", "user_id"),
         Index("ix_comparisons_conversation", "conversation_id"),
-        CheckConstraint(_in("choice", CHOICES), name="choice"),
+        CheckConstraint(in_values("choice", CHOICES), name="choice"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -239,7 +239,7 @@ class Comparison(FeedbackTable, table=True):
     # Whether the transcript's reply was shown as A; recorded to audit position bias.
     original_is_a: bool = Field(sa_type=Boolean)
     choice: str | None = Field(default=None, sa_type=String)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
     decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
@@ -250,7 +250,7 @@ class Preference(FeedbackTable, table=True):
     __table_args__ = (
         Index("ux_preferences_dedup_key", "dedup_key", unique=True),
         Index("ix_preferences_source", "source"),
-        CheckConstraint(_in("source", PREFERENCE_SOURCES), name="source"),
+        CheckConstraint(in_values("source", PREFERENCE_SOURCES), name="source"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -270,7 +270,7 @@ class Preference(FeedbackTable, table=True):
         default=None, foreign_key="responses.id", sa_type=Integer
     )
     dedup_key: str = Field(sa_type=String)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
 
 
 class Example(FeedbackTable, table=True):
@@ -283,7 +283,7 @@ class Example(FeedbackTable, table=True):
     messages_json: str = Field(sa_type=Text)
     source: str = Field(default="import", sa_type=String)
     dedup_key: str = Field(sa_type=String)
-    created_at: datetime = _created()
+    created_at: datetime = created_field()
 
 
 T = TypeVar("T", bound=FeedbackTable)
@@ -295,147 +295,3 @@ def fetch(session: Session, model: type[T], row_id: int, what: str) -> T:
     if row is None:
         raise FeedbackError(f"there is no {what} with id {row_id}; check the id")
     return row
-
-
-# Argilla: pairs out for ranking, rankings back (issue 3) ---------------------------------
-
-PAIR_SOURCES = ("compare", "thumbs-down", "generated")
-PAIR_STATUSES = ("pending", "pushed")
-PAIR_DECISIONS = ("A", "B", "tie", "split")
-ARGILLA_RESPONSE_STATUSES = ("submitted", "discarded")
-
-
-class ArgillaPair(FeedbackTable, table=True):
-    """One pair of replies queued for annotators: the outbox row and, later, its verdict.
-
-    Queuing only writes this row (it never waits on Argilla); a sync pushes pending rows
-    under `external_id`, which is stable, so pushing again upserts the same record. Which
-    reply is shown as A is random and recorded (`first_is_a`). The verdict columns are
-    recomputed from the pulled responses on every sync that touches the pair.
-    """
-
-    __tablename__ = "argilla_pairs"
-    __table_args__ = (
-        Index("ux_argilla_pairs_external_id", "external_id", unique=True),
-        Index("ix_argilla_pairs_status", "status"),
-        CheckConstraint(_in("source", PAIR_SOURCES), name="source"),
-        CheckConstraint(_in("status", PAIR_STATUSES), name="status"),
-        CheckConstraint(_in("decision", PAIR_DECISIONS), name="decision"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    external_id: str = Field(sa_type=String)
-    source: str = Field(sa_type=String)
-    prompt_json: str = Field(sa_type=Text)
-    # "first" is the transcript's reply (or the first sample); "second" the other one.
-    first: str = Field(sa_type=Text)
-    second: str = Field(sa_type=Text)
-    first_response_id: int | None = Field(default=None, foreign_key="responses.id", sa_type=Integer)
-    second_response_id: int | None = Field(
-        default=None, foreign_key="responses.id", sa_type=Integer
-    )
-    comparison_id: int | None = Field(default=None, foreign_key="comparisons.id", sa_type=Integer)
-    first_is_a: bool = Field(sa_type=Boolean)
-    metadata_json: str = Field(sa_type=Text)
-    status: str = Field(default="pending", sa_type=String)
-    attempts: int = Field(default=0, sa_type=Integer)
-    last_error: str | None = Field(default=None, sa_type=Text)
-    created_at: datetime = _created()
-    pushed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    decision: str | None = Field(default=None, sa_type=String)
-    agreement: float | None = Field(default=None, sa_type=Float)
-    flagged: bool = Field(default=False, sa_type=Boolean)
-    preference_id: int | None = Field(default=None, foreign_key="preferences.id", sa_type=Integer)
-    decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-
-
-class ArgillaResponse(FeedbackTable, table=True):
-    """One annotator's response to one pair, as last pulled (drafts are never stored)."""
-
-    __tablename__ = "argilla_responses"
-    __table_args__ = (
-        Index("ux_argilla_responses_argilla_id", "argilla_id", unique=True),
-        Index("ix_argilla_responses_pair", "pair_id"),
-        Index("ix_argilla_responses_annotator", "annotator"),
-        CheckConstraint(_in("status", ARGILLA_RESPONSE_STATUSES), name="status"),
-        CheckConstraint(_in("choice", CHOICES), name="choice"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    pair_id: int = Field(foreign_key="argilla_pairs.id", sa_type=Integer)
-    # Argilla's response UUID: one per record and annotator, stable across edits.
-    argilla_id: str = Field(sa_type=String)
-    annotator: str = Field(sa_type=String)
-    status: str = Field(sa_type=String)
-    # In our terms (A/B as shown to the annotator); None for a discarded response.
-    choice: str | None = Field(default=None, sa_type=String)
-    corrected: str | None = Field(default=None, sa_type=Text)
-    rating: int | None = Field(default=None, sa_type=Integer)
-    argilla_updated_at: str = Field(sa_type=String)
-    pulled_at: datetime = _created()
-
-
-# Chat front ends (Open WebUI): their end users, their chats, their feedback ---------------
-
-
-class FrontendUser(FeedbackTable, table=True):
-    """A trusted front end's end user, kept as our own (expert) account.
-
-    The account cannot log in (its password hash matches no password); it owns the
-    conversations the front end's headers attribute to that end user and the ratings its
-    feedback export carries. Keyed by the front end's stable user id, never by a name or an
-    email address (those change, and are personal data).
-    """
-
-    __tablename__ = "frontend_users"
-    __table_args__ = (
-        Index("ux_frontend_users_source_external_id", "source", "external_id", unique=True),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    source: str = Field(sa_type=String)
-    external_id: str = Field(sa_type=String)
-    user_id: int = Field(foreign_key="users.id", sa_type=Integer)
-    created_at: datetime = _created()
-
-
-class FrontendChat(FeedbackTable, table=True):
-    """A front end's chat id and the one conversation its turns are stored in."""
-
-    __tablename__ = "frontend_chats"
-    __table_args__ = (
-        Index("ux_frontend_chats_source_external_id", "source", "external_id", unique=True),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    source: str = Field(sa_type=String)
-    external_id: str = Field(sa_type=String)
-    conversation_id: int = Field(foreign_key="conversations.id", sa_type=Integer)
-    created_at: datetime = _created()
-
-
-class OpenWebUIFeedback(FeedbackTable, table=True):
-    """One Open WebUI feedback entry as last applied: the sync's cursor and its dedup.
-
-    An entry is applied again only when Open WebUI's `updated_at` changed (the user changed
-    their thumb or comment); the new click becomes a new rating row, and the latest counts.
-    """
-
-    __tablename__ = "openwebui_feedback"
-    __table_args__ = (Index("ux_openwebui_feedback_feedback_id", "feedback_id", unique=True),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    feedback_id: str = Field(sa_type=String)
-    updated_at: int = Field(sa_type=Integer)
-    user_id: int = Field(foreign_key="users.id", sa_type=Integer)
-    response_id: int = Field(foreign_key="responses.id", sa_type=Integer)
-    rating_id: int | None = Field(default=None, foreign_key="ratings.id", sa_type=Integer)
-    # Open WebUI's user, chat, message and parent message ids: siblings make picks.
-    user_ref: str = Field(sa_type=String)
-    chat_id: str = Field(sa_type=String)
-    message_id: str = Field(sa_type=String)
-    parent_id: str | None = Field(default=None, sa_type=String)
-    up: bool = Field(sa_type=Boolean)
-    # Open WebUI's optional 1-10 score of the reply.
-    score: int | None = Field(default=None, sa_type=Integer)
-    applied_at: datetime = _created()

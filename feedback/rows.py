@@ -21,8 +21,6 @@ from sqlmodel import Session, col, select
 from feedback.canonical import content_key
 from feedback.errors import FeedbackError
 from feedback.models import (
-    ArgillaPair,
-    ArgillaResponse,
     Comparison,
     Conversation,
     Correction,
@@ -32,6 +30,7 @@ from feedback.models import (
     Rating,
     Response,
 )
+from feedback.models_external import ArgillaPair, ArgillaResponse
 from feedback.split import SPLITS, HeldoutSplit, plan_split
 
 # Argilla's optional "how good is the better reply (1-5)": a pair whose agreeing annotators

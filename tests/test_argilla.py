@@ -31,7 +31,8 @@ from app.config import Settings
 from feedback.argilla import sync as S
 from feedback.argilla.outbox import queue_pair
 from feedback.argilla.stack import ArgillaError, LocalStack
-from feedback.models import ArgillaPair, ArgillaResponse, Preference
+from feedback.models import Preference
+from feedback.models_external import ArgillaPair, ArgillaResponse
 from feedback.store import Store
 from tests.server import free_port
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from feedback.canonical import content_key
 from feedback.errors import FeedbackError
 from feedback.messages import check_prompt
-from feedback.models import PAIR_SOURCES, utcnow
+from feedback.models import utcnow
+from feedback.models_external import PAIR_SOURCES
 from feedback.records import ResponseInfo
 
 if TYPE_CHECKING:

@@ -29,7 +29,8 @@ from feedback.argilla.agreement import agreement_report, verdict
 from feedback.argilla.dataset import Target, connect, ensure_dataset
 from feedback.argilla.stack import ArgillaError
 from feedback.canonical import event_key
-from feedback.models import CHOICES, ArgillaPair, ArgillaResponse, Preference, utcnow
+from feedback.models import CHOICES, Preference, utcnow
+from feedback.models_external import ArgillaPair, ArgillaResponse
 from feedback.pii import scrub_texts
 from feedback.records import NewExample, NewPreference
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import feedback.models_external  # noqa: F401  (its tables join the same metadata)
 from feedback.models import metadata
 
 connection = context.config.attributes.get("connection")

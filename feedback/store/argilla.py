@@ -14,15 +14,8 @@ from typing import Any, TypeVar
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from feedback.models import (
-    ArgillaPair,
-    ArgillaResponse,
-    Comparison,
-    Correction,
-    Rating,
-    Response,
-    utcnow,
-)
+from feedback.models import Comparison, Correction, Rating, Response, utcnow
+from feedback.models_external import ArgillaPair, ArgillaResponse
 from feedback.records import ResponseInfo
 from feedback.store.base import StoreBase, response_info, retried
 

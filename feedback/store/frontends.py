@@ -18,10 +18,7 @@ from feedback.messages import check_prompt
 from feedback.models import (
     Comparison,
     Conversation,
-    FrontendChat,
-    FrontendUser,
     Message,
-    OpenWebUIFeedback,
     Preference,
     Rating,
     Response,
@@ -29,6 +26,7 @@ from feedback.models import (
     fetch,
     utcnow,
 )
+from feedback.models_external import FrontendChat, FrontendUser, OpenWebUIFeedback
 from feedback.openwebui import SOURCE, Judged, Pick, RatedReply
 from feedback.records import MessageInfo, UserInfo
 from feedback.store.base import StoreBase, retried, user_info
