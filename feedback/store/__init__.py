@@ -8,8 +8,8 @@ dataclasses from `feedback.records`, never live ORM objects.
 
 The class is assembled from one part per job: accounts (`users`), chats and feedback
 (`chats`), what rounds and exports read plus bulk imports (`data`), the Argilla outbox
-and sync (`argilla`), and chat front ends' users, chats and feedback (`frontends`). No
-other module opens a database session.
+and sync (`argilla`), chat front ends' users and chats (`frontends`) and Open WebUI's
+feedback (`openwebui`). No other module opens a database session.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from feedback.records import UserInfo
 from feedback.store.argilla import ArgillaStore
 from feedback.store.chats import ChatStore
 from feedback.store.data import DataStore
-from feedback.store.frontends import FrontendStore
+from feedback.store.openwebui import OpenWebUIStore
 from feedback.store.users import UserStore
 
 __all__ = ["Store", "UserInfo"]
 
 
-class Store(UserStore, ChatStore, DataStore, ArgillaStore, FrontendStore):
+class Store(UserStore, ChatStore, DataStore, ArgillaStore, OpenWebUIStore):
     """Reads and writes of the preference store over one SQLAlchemy engine."""
