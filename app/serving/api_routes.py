@@ -17,7 +17,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.serving.api import Call, OpenAIApi
 from app.serving.api_feedback import give_feedback
-from app.serving.api_models import ApiError, CompletionRequest, FeedbackRequest, read_body
+from app.serving.api_models import (
+    ApiError,
+    CompletionRequest,
+    FeedbackRequest,
+    openapi_schema,
+    read_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,12 @@ def api_routes(api: OpenAIApi) -> list[Any]:
             return ApiError(
                 500, "Internal error; the server log says more.", type="server_error"
             ).response()
+
+    @router.get("/openapi.json")
+    async def openapi() -> Any:
+        """What the API accepts, for client generators and API testers (no key needed:
+        it describes the routes, it opens none of them)."""
+        return JSONResponse(openapi_schema())
 
     @router.get("/models")
     async def models(request: Request) -> Any:
