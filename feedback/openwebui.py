@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from feedback.canonical import content_key
@@ -85,18 +85,10 @@ class Pick:
         )
 
 
-def judged(r: RatedReply) -> Judged:
-    """The part of a rating that picks are made from."""
-    return Judged(
-        feedback_id=r.feedback_id,
-        updated_at=r.updated_at,
-        user_ref=r.user_ref,
-        chat_id=r.chat_id,
-        message_id=r.message_id,
-        parent_id=r.parent_id,
-        up=r.up,
-        score=r.score,
-    )
+def judged(r: object) -> Judged:
+    """The part of a rating that picks are made from: of one in an export (`RatedReply`) or
+    of one the store has applied (its row carries the same fields)."""
+    return Judged(**{f.name: getattr(r, f.name) for f in fields(Judged)})
 
 
 def looks_like_export(head: str) -> bool:

@@ -240,7 +240,7 @@ class OpenAIApi:
         info = call.reply.info
         assert info is not None
         if call.candidate_in is not None:
-            self.frontends.record_candidate(call.candidate_in, info, call.completion_id)
+            self.service.record_candidate(call.candidate_in, info, call.completion_id)
         elif not call.helper:
             self.service.finish_reply(call.state, call.reply, completion_id=call.completion_id)
         prompt_tokens = self.service.engine.count_tokens(info.prompt)

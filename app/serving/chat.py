@@ -157,31 +157,31 @@ class ChatService:
         state.turns.append(Turn("assistant", info.text, response_id, info.adapter_version))
         return response_id
 
+    def record_candidate(self, conversation_id: int, info: ReplyInfo, completion_id: str) -> int:
+        """Store a regenerated reply beside its conversation's transcript (a front end's
+        regenerate): a candidate, not the conversation's next turn."""
+        return self._record(conversation_id, info, "candidate", completion_id)
+
     def _record(
         self, conversation_id: int, info: ReplyInfo, kind: str, completion_id: str | None = None
     ) -> int:
         """Store a finished reply (or compare candidate) with how it was made."""
         try:
-            return self._add_response(conversation_id, info, kind, completion_id)
+            return self.store.add_response(
+                conversation_id=conversation_id,
+                prompt=info.prompt,
+                content=info.text,
+                model=info.model_name,
+                adapter_version=info.adapter_version,
+                params=info.params,
+                latency_ms=info.latency_ms,
+                ttft_ms=info.ttft_ms,
+                new_tokens=info.new_tokens,
+                kind=kind,
+                completion_id=completion_id,
+            )
         except FeedbackError as err:
             raise ChatError(_not_saved(err)) from err
-
-    def _add_response(
-        self, conversation_id: int, info: ReplyInfo, kind: str, completion_id: str | None
-    ) -> int:
-        return self.store.add_response(
-            conversation_id=conversation_id,
-            prompt=info.prompt,
-            content=info.text,
-            model=info.model_name,
-            adapter_version=info.adapter_version,
-            params=info.params,
-            latency_ms=info.latency_ms,
-            ttft_ms=info.ttft_ms,
-            new_tokens=info.new_tokens,
-            kind=kind,
-            completion_id=completion_id,
-        )
 
     def open(self, user: UserInfo, conversation_id: int) -> ChatState:
         """Reopen one of the user's own conversations (never someone else's)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
-from app.serving.replies import ReplyInfo, SamplingParams
+from app.serving.replies import SamplingParams
 from feedback.openwebui import SOURCE
 from feedback.records import UserInfo
 from feedback.store import Store
@@ -105,19 +105,3 @@ class Frontends:
         shown = [(m.role, m.content.strip()) for m in transcript]
         asked = [(role, text.strip()) for role, text in history if role != "system"]
         return conversation_id, shown == asked
-
-    def record_candidate(self, conversation_id: int, info: ReplyInfo, completion_id: str) -> int:
-        """Store a regenerated reply beside its chat's transcript."""
-        return self.store.add_response(
-            conversation_id=conversation_id,
-            prompt=info.prompt,
-            content=info.text,
-            model=info.model_name,
-            adapter_version=info.adapter_version,
-            params=info.params,
-            latency_ms=info.latency_ms,
-            ttft_ms=info.ttft_ms,
-            new_tokens=info.new_tokens,
-            kind="candidate",
-            completion_id=completion_id,
-        )

@@ -25,7 +25,7 @@ from feedback.models import (
     utcnow,
 )
 from feedback.models_external import FrontendChat, OpenWebUIFeedback
-from feedback.openwebui import SOURCE, Judged, Pick, RatedReply
+from feedback.openwebui import SOURCE, Judged, Pick, RatedReply, judged
 from feedback.store.base import retried
 from feedback.store.frontends import FrontendStore
 
@@ -48,19 +48,7 @@ class OpenWebUIStore(FrontendStore):
         """Every applied rating as picks need it."""
         with self._read() as session:
             rows = session.exec(select(OpenWebUIFeedback)).all()
-            return [
-                Judged(
-                    feedback_id=r.feedback_id,
-                    updated_at=r.updated_at,
-                    user_ref=r.user_ref,
-                    chat_id=r.chat_id,
-                    message_id=r.message_id,
-                    parent_id=r.parent_id,
-                    up=r.up,
-                    score=r.score,
-                )
-                for r in rows
-            ]
+            return [judged(r) for r in rows]
 
     def apply_openwebui_ratings(self, *, ratings: list[RatedReply]) -> list[str]:
         """Apply a batch of ratings (their users made as needed) in one transaction; what
