@@ -4,6 +4,7 @@ evaluation and gate objects it carries agree with the settings they are built fr
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,15 @@ def test_eval_and_gate_defaults_agree_with_the_settings() -> None:
             if f.name not in WHERE and getattr(own, f.name) != getattr(from_settings, f.name)
         }
         assert differ == {}, f"{type(own).__name__}'s defaults differ from Settings': {differ}"
+
+
+def test_default_paths_point_into_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo domain and the local Argilla's venv default to this checkout's own folders
+    (a default computed from the wrong folder made the Argilla tests skip as 'not built')."""
+
+    for name in ("TUNELOOP_DATA_DIR", "TUNELOOP_ARGILLA_VENV"):
+        monkeypatch.delenv(name, raising=False)
+    root = Path(__file__).resolve().parent.parent
+    settings = Settings()
+    assert settings.data_dir == root / "data" and (root / "data" / "system_prompt.md").is_file()
+    assert settings.argilla_venv == root / ".venv-argilla"

@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 
 
 async def until_gone(request: Request, call: Call) -> None:
-    """Cancel the call's reply as soon as its client disconnects."""
-    while not await request.is_disconnected():
-        await anyio.sleep(0.1)
+    """Cancel the call's reply as soon as its client disconnects. The body is read by then,
+    so the next message the server can get is the disconnect itself: waiting for it reacts
+    at once, where polling `is_disconnected` could miss it until the reply had ended."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
     call.gone = True
     call.reply.cancel()
 

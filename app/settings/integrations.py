@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
+from app.settings.paths import ARGILLA_VENV
+
 
 class IntegrationSettings(BaseSettings):
     """Argilla for annotators, and front ends such as Open WebUI.
@@ -33,7 +35,7 @@ class IntegrationSettings(BaseSettings):
         default=6900, ge=1, le=65535, description="The local Argilla stack's port."
     )
     argilla_venv: Path = Field(
-        default=Path(__file__).resolve().parent.parent / ".venv-argilla",
+        default=ARGILLA_VENV,
         description=(
             "The local Argilla server's own virtualenv (built by `.ci/setup` or `argilla up`)."
         ),
