@@ -30,6 +30,7 @@ def main() -> None:
     import argilla as rg
 
     from app.config import Settings
+    from feedback.argilla import dataset as D
     from feedback.argilla import sync as S
     from feedback.argilla.outbox import NewPair, queue_pairs
     from feedback.argilla.stack import LocalStack
@@ -45,11 +46,11 @@ def main() -> None:
         try:
             creds = stack.credentials()
             assert creds is not None
-            target = S.Target(credentials=creds, dataset="bench-ours", min_submitted=1)
-            client = S.connect(target)
+            target = D.Target(credentials=creds, dataset="bench-ours", min_submitted=1)
+            client = D.connect(target)
 
             # Baseline: the SDK's own bulk log of N equivalent records.
-            base = S.ensure_dataset(client, S.Target(credentials=creds, dataset="bench-sdk"))
+            base = D.ensure_dataset(client, D.Target(credentials=creds, dataset="bench-sdk"))
             records = [
                 rg.Record(
                     id=f"sdk-{i}",
@@ -68,7 +69,7 @@ def main() -> None:
 
             # Ours: queue N pairs in the outbox, then push them.
             store = Store.open(f"sqlite:///{home / 'bench.db'}")
-            dataset = S.ensure_dataset(client, target)  # one-time, like the baseline's
+            dataset = D.ensure_dataset(client, target)  # one-time, like the baseline's
             t0 = time.perf_counter()
             queue_pairs(
                 store,
@@ -97,8 +98,8 @@ def main() -> None:
             )
 
             # N submitted responses (setup, not measured: the owner logs them in bulk).
-            S.ensure_annotator(client, target, "bench1", "bench-pass-1")
-            S.ensure_annotator(client, target, "bench2", "bench-pass-2")
+            D.ensure_annotator(client, target, "bench1", "bench-pass-1")
+            D.ensure_annotator(client, target, "bench2", "bench-pass-2")
             t0 = time.perf_counter()
             _respond(store, dataset, client, "bench1", slice(0, args.n - args.new))
             print(

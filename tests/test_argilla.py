@@ -28,6 +28,7 @@ from sqlalchemy import update
 from sqlmodel import Session, func, select
 
 from app.config import Settings
+from feedback.argilla import dataset as D
 from feedback.argilla import sync as S
 from feedback.argilla.outbox import queue_pair
 from feedback.argilla.stack import ArgillaError, LocalStack
@@ -85,10 +86,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     local.down()
 
 
-def _target(stack: LocalStack, name: str, **kw: Any) -> S.Target:
+def _target(stack: LocalStack, name: str, **kw: Any) -> D.Target:
     creds = stack.credentials()
     assert creds is not None
-    return S.Target(credentials=creds, dataset=name, min_submitted=2, **kw)
+    return D.Target(credentials=creds, dataset=name, min_submitted=2, **kw)
 
 
 def _store(tmp_path: Path) -> Store:
@@ -155,10 +156,10 @@ class Annotator:
             assert not any(i.get("error") for i in r.json()["items"]), r.text
 
 
-def _annotators(stack: LocalStack, target: S.Target, *names: str) -> list[Annotator]:
-    client = S.connect(target)
+def _annotators(stack: LocalStack, target: D.Target, *names: str) -> list[Annotator]:
+    client = D.connect(target)
     for name in names:
-        S.ensure_annotator(client, target, name, PASSWORD)
+        D.ensure_annotator(client, target, name, PASSWORD)
     return [Annotator(stack.url, name) for name in names]
 
 
@@ -166,7 +167,7 @@ def _index(record: dict[str, Any]) -> int:
     return int(record["fields"]["conversation"][0]["content"].split(" question ")[1][:-1])
 
 
-def _argilla_ids(target: S.Target, dataset: Any) -> list[str]:
+def _argilla_ids(target: D.Target, dataset: Any) -> list[str]:
     """Every external id in the dataset, read through the owner's API."""
     creds = target.credentials
     ids: list[str] = []
@@ -232,7 +233,7 @@ def test_200_pairs_two_annotators_majority_ties_agreement(
     ).created is False  # fmt: skip
     first = S.sync(store, target)
     assert (first.pushed, first.push_failed, first.pulled) == (200, 0, 0)
-    dataset = S.ensure_dataset(S.connect(target), target)
+    dataset = D.ensure_dataset(D.connect(target), target)
 
     ann1, ann2, ann3 = _annotators(stack, target, "ann1", "ann2", "ann3")
     records = ann1.records(dataset.id)
@@ -310,7 +311,7 @@ def test_bad_data_is_logged_and_skipped(stack: LocalStack, tmp_path: Path) -> No
     target = _target(stack, "t-bad")
     _queue(store, 5, "bad")
     S.sync(store, target)
-    dataset = S.ensure_dataset(S.connect(target), target)
+    dataset = D.ensure_dataset(D.connect(target), target)
     dataset.records.log(  # a record this store never pushed
         [rg.Record(id="someone-else-1", fields={
             "conversation": [{"role": "user", "content": "?"}],
@@ -414,7 +415,7 @@ def test_annotators_see_scrubbed_pairs_and_rankings_come_back(
 
     target = _target(stack, "t-pii")
     (annotator,) = _annotators(stack, target, "pia")
-    dataset = S.ensure_dataset(S.connect(target), target)
+    dataset = D.ensure_dataset(D.connect(target), target)
     [record] = annotator.records(dataset.id)
     fields = record["fields"]
     seen = json.dumps(fields)
@@ -490,7 +491,7 @@ def test_faults_stopped_then_sigkill_mid_sync(
     target = _target(stack, "t-faults")
     _queue(store, 20, "early")
     S.sync(store, target)
-    dataset = S.ensure_dataset(S.connect(target), target)
+    dataset = D.ensure_dataset(D.connect(target), target)
     ann1, ann2 = _annotators(stack, target, "fa1", "fa2")
     for ann in (ann1, ann2):
         ann.bulk([(r["id"], "A") for r in ann.records(dataset.id)[:10]])
@@ -560,7 +561,7 @@ def test_a_winner_rated_good_in_argilla_becomes_an_sft_example(
     assert json.loads(_cli(home, "argilla", "sync", "--json", **env).stdout)["pushed"] == 4
     target = _target(stack, "t-rating")
     ann1, ann2 = _annotators(stack, target, "rater1", "rater2")
-    dataset = S.ensure_dataset(S.connect(target), target)
+    dataset = D.ensure_dataset(D.connect(target), target)
     by_index = {_index(r): r for r in ann1.records(dataset.id)}
     votes = {  # pair: (choice, (rating1, rating2), correction by rater2)
         0: ("A", (5, 4), None),
