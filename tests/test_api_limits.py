@@ -361,9 +361,12 @@ def test_a_whole_reply_that_fails_keeps_its_own_error() -> None:
         def complete(self, call: Any) -> dict[str, Any]:
             raise ApiError(500, "The model failed: boom", type="server_error")
 
-    class Connected:
-        async def is_disconnected(self) -> bool:
-            return False
+    class Connected:  # a client that stays: its disconnect message never comes
+        async def receive(self) -> dict[str, Any]:
+            import anyio
+
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
 
     async def run() -> None:
         await complete_unless_gone(Failing(), object(), Connected())  # type: ignore[arg-type]
