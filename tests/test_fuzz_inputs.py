@@ -140,6 +140,7 @@ def rows_of(gate: LoginGate) -> set[str]:
 @example(name="erin", password="erin-pass", address="10.0.0.1")
 @example(name="erin\x00", password="erin-pass", address=None)
 @example(name="\ud800", password="\udfff", address="10.0.0.2")
+@example(name="erin", password="pw-\ud800", address=None)  # found by this test: a 500 from Argon2
 def test_any_login_fields_get_a_yes_or_no_and_malformed_ones_leave_no_trace(
     gate: LoginGate, name: str, password: str, address: str | None
 ) -> None:

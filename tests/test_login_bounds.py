@@ -100,6 +100,7 @@ def test_malformed_is_the_account_name_rule() -> None:
     assert malformed("erin", "p" * 1025) is not None
     assert malformed("", "pw") is not None
     assert malformed(None, "pw") is not None
+    assert malformed("erin", "a\ud800b") is not None  # Argon2 hashes bytes; this has none
 
 
 def test_the_queue_runs_the_least_suspect_first_and_drops_the_most_suspect() -> None:

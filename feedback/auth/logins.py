@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from feedback.auth.passwords import MAX_PASSWORD_CHARS
+from feedback.auth.passwords import MAX_PASSWORD_CHARS, is_text
 from feedback.records import UserInfo
 from feedback.store import Store
 from feedback.store.users import USER_NAME
@@ -38,6 +38,8 @@ def malformed(name: object, password: object) -> str | None:
         return f"a malformed user name ({len(name)} characters)"
     if len(password) > MAX_PASSWORD_CHARS:
         return f"a password of {len(password)} characters"
+    if not is_text(password):
+        return "a password that is not valid text"
     return None
 
 

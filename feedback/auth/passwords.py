@@ -57,3 +57,14 @@ def check_new_password(password: str, min_length: int) -> None:
         raise FeedbackError(
             f"the password has {len(password)} characters; use at most {MAX_PASSWORD_CHARS}"
         )
+    if not is_text(password):
+        raise FeedbackError("the password is not valid text (it holds a lone surrogate)")
+
+
+def is_text(value: str) -> bool:
+    """Whether `value` encodes as UTF-8: Argon2 hashes bytes, and a lone surrogate has none."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
