@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI (CI=true) replays the same generated examples on every run: what a property test finds
+# shows up in a developer's exploring run and is kept as an @example, never as a random red CI.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 # The tiny random model and adapters the fast tier runs on.
 pytest_plugins = ["tests.tiny"]
