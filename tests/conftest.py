@@ -14,8 +14,8 @@ hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
-# The tiny random model and adapters the fast tier runs on.
-pytest_plugins = ["tests.tiny"]
+# The tiny random model and adapters the fast tier runs on; the real one the slow tier does.
+pytest_plugins = ["tests.tiny", "tests.real"]
 
 # Air-gapped by design: anything that tries to download fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,6 +9,7 @@ stops and SIGKILLs parts of the stack, so it runs last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -484,7 +485,7 @@ def test_annotator_ranks_a_pair_in_the_real_argilla_ui(stack: LocalStack, tmp_pa
     assert row.corrected is None
 
 
-def test_faults_stopped_then_sigkill_mid_sync(
+def test_faults_unreachable_then_sigkill_mid_sync(
     stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = _store(tmp_path)
@@ -496,13 +497,18 @@ def test_faults_stopped_then_sigkill_mid_sync(
     for ann in (ann1, ann2):
         ann.bulk([(r["id"], "A") for r in ann.records(dataset.id)[:10]])
 
-    # Argilla stopped while pairs are queued: queuing works, sync fails, nothing is lost.
-    stack.down()
+    # Argilla unreachable while pairs are queued (nothing listens at its address): queuing
+    # works, sync fails in plain words, nothing is lost. A restart of the real server, data
+    # kept, is the kill below.
     _queue(store, 200, "late", seed=8)
+    gone = dataclasses.replace(
+        target,
+        credentials=dataclasses.replace(target.credentials, url=f"http://127.0.0.1:{free_port()}"),
+    )
     with pytest.raises(ArgillaError):
-        S.sync(store, target)
-    stack.up()  # restart: same database, the search index rebuilt
-    assert len(Annotator(stack.url, "fa1").records(dataset.id, "submitted")) == 10
+        S.sync(store, gone)
+    with Session(store.engine) as s:
+        assert len(s.exec(select(ArgillaPair.external_id)).all()) == 220
 
     # SIGKILL the server in the middle of a push, then bring it back and sync again. The
     # kill follows the last of the 200 records being built for the push (the real
@@ -534,6 +540,7 @@ def test_faults_stopped_then_sigkill_mid_sync(
     thread.join(timeout=120)
     assert errors, "the kill should have interrupted the sync"
     stack.up()  # sees the dead server, restarts the stack cleanly
+    assert len(Annotator(stack.url, "fa1").records(dataset.id, "submitted")) == 10
     S.sync(store, target)
     final = S.sync(store, target)
     assert final.pushed == 0 and final.skipped == []

@@ -37,12 +37,12 @@ def make_adapter(model_dir: Path, dest: Path, seed: int) -> Path:
 
 
 @pytest.fixture
-def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Registry]:
-    """The embedded SmolLM2 converted into this test's home; v1 and v2; CURRENT -> v1."""
-    from app.serving.modelfiles import resolve_model_dir
-
+def real(
+    smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Registry]:
+    """The embedded SmolLM2 under this test's home; v1 and v2; CURRENT -> v1."""
+    model_dir = smollm2_dir
     settings = Settings()
-    model_dir = resolve_model_dir(None, settings.models_dir, progress=False)
     registry = Registry(settings.adapters_dir)
     for seed in (1, 2):
         registry.register(f"v{seed}", make_adapter(model_dir, tmp_path / f"a{seed}", seed))

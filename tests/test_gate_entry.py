@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -173,19 +172,14 @@ def test_watch_once_is_gated_by_the_eval_set(gate_env: dict[str, Any]) -> None:
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
+    # One round, lost on the eval set: the rejection names it (without the set the round
+    # would have no objective and end inconclusive). `train` above shows both directions.
     first = watch_once()
     log = (settings.rounds_dir / "watch.log").read_text()
-    assert first["run"] and first["result"]["round"]["status"] == "rejected", log[-3000:]
+    outcome = first["result"]["round"]
+    assert first["run"] and outcome["status"] == "rejected", log[-3000:]
+    assert any("demo_set:agrees -" in r for r in outcome["reasons"]), outcome["reasons"]
     assert _current(settings) is None
-
-    from feedback.store import Store
-
-    add_pairs(Store.open(settings.database), 6, prompt="Soup, question {i}?", start=100)
-    write_set(gate_env["set"], _base(gate_env), same=False)
-    second = watch_once()
-    log = (settings.rounds_dir / "watch.log").read_text()
-    assert second["run"] and second["result"]["round"]["status"] == "promoted", log[-3000:]
-    assert _current(settings) == second["result"]["round"]["version"]
 
 
 @pytest.mark.browser
@@ -201,9 +195,12 @@ def test_the_operator_tabs_button_is_gated_by_the_eval_set(
         pytest.skip("needs Debian chromium: apt-get install chromium chromium-driver")
     from playwright.sync_api import sync_playwright
 
+    from training.registry import Registry
+
     settings = gate_env["settings"]
     home = settings.home
     add_user(home, "olga", "operator", "pw-olga-long")
+    write_set(gate_env["set"], _base(gate_env), same=False)
     env = {k: v for k, v in gate_env["env"].items() if k != "TUNELOOP_MODEL"}
     with (
         serve(home, model=str(tiny_model_dir), **env) as (url, _),
@@ -214,25 +211,14 @@ def test_the_operator_tabs_button_is_gated_by_the_eval_set(
         page.get_by_role("tab", name="Operator").click()
         progress = page.locator("#op-progress")
 
+        # One round, won on the eval set (the version's record keeps the set's score):
+        # without the set the round would have no objective and end inconclusive.
         page.locator("#op-start").click()
         expect(page.locator("#op-notice")).to_contain_text("Started a round")
-        expect(progress).to_contain_text("rejected", timeout=300_000)
-        assert _current(settings) is None
-
-        write_set(gate_env["set"], _base(gate_env), same=False)
-        notice = page.locator("#op-notice")
-        first = notice.inner_text()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # until the finished round's process is reaped
-            page.locator("#op-start").click()
-            page.wait_for_timeout(2_000)
-            text = notice.inner_text()
-            if "Started a round" in text and text != first:
-                break
-        else:
-            raise AssertionError(f"the second round did not start: {notice.inner_text()!r}")
         expect(progress).to_contain_text("promoted", timeout=300_000)
         version = _current(settings)
-        assert version is not None and version.startswith("r0002-")
+        assert version is not None and version.startswith("r0001-")
+        info = Registry(settings.adapters_dir).info(version)
+        assert info["evals"]["demo_set"]["metrics"]["agrees"] == 1.0
         expect(page.locator("#model-info")).to_contain_text(version, timeout=30_000)
         browser.close()

@@ -101,9 +101,14 @@ def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path
     runs = summary["runs"]
     assert [(r["variant"], r["round"]) for r in runs] == [("full", 1), ("full", 2)]
     for r in runs:
-        assert r["status"] in {"promoted", "inconclusive", "rejected"}
+        # Known in advance: the tiny random model never writes a triage the checker
+        # accepts, before or after a round, so the objective stays at 0 and cannot be shown
+        # better; a `rejected` would mean a guard caught a worse model.
+        assert r["status"] == "inconclusive", r["gate"]
         assert set(r["gate"]) >= {"sft"}
-        assert any(c["name"] == "tickets_eval:correct" for c in r["gate"]["sft"]["comparisons"])
+        (objective,) = [c for c in r["gate"]["sft"]["comparisons"]
+                        if c["name"] == "tickets_eval:correct"]  # fmt: skip
+        assert objective["serving"] == objective["candidate"] == 0.0
         assert r["heldout"]["n"] == 5 and r["heldout"]["low"] <= r["heldout"]["correct"]
         assert sum(r["expert"].values()) == 6
         assert r["expert_mistakes"] == 1  # round(6 * 10%)

@@ -25,9 +25,7 @@ ISSUES = [
 ]  # fmt: skip
 
 
-def test_short_round_on_smollm2() -> None:
-    from app.serving.modelfiles import resolve_model_dir
-
+def test_short_round_on_smollm2(smollm2_dir: Path) -> None:
     settings = Settings()
     store = Store.open(settings.database)
     pairs = []
@@ -37,7 +35,7 @@ def test_short_round_on_smollm2() -> None:
             good = f"Hi {name}, sorry about that: {policy}.\n\n— Brightwater Support"
             pairs.append(NewPreference(prompt=prompt, chosen=good, rejected="Please call us."))
     store.add_bulk(preferences=pairs)
-    model_dir = resolve_model_dir(None, settings.models_dir, progress=False)
+    model_dir = smollm2_dir
     config = RoundConfig.from_settings(settings, sft_steps=3, dpo_steps=3)
     config.batch_size = 2
     config.max_length = 384
@@ -59,10 +57,14 @@ def test_short_round_on_smollm2() -> None:
         rounds_dir=settings.rounds_dir,
     )
 
-    assert result.status in ("promoted", "rejected", "inconclusive"), result.reasons
+    # Known in advance: the objective (the held-out replies' rubric) is scored on the 2
+    # prompts asked for, fewer than the gate's MIN_ITEMS, so it can never be shown better;
+    # 3 steps at the default rate move the general checks far less than their margins.
+    # A `rejected` here would mean 3 steps broke the model: a finding, not noise.
+    assert result.status == "inconclusive", result.reasons
     assert set(result.gate) == {"sft", "dpo"}  # every stage was gated
-    assert result.version is not None
-    assert registry.current() == (result.version if result.status == "promoted" else None)
+    assert all("on 2 items" in reason and "unsure" in reason for reason in result.reasons)
+    assert result.version is not None and registry.current() is None
     registry.verify(result.version)
     snap = json.loads((settings.rounds_dir / result.id / "snapshot.json").read_text())
     assert snap["counts"]["dpo_heldout"] >= 1 and snap["seed_rows"] == 6

@@ -23,13 +23,9 @@ STORY = [{"role": "user", "content": "Write a long story about a dragon who lear
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded GGUF converted into a fresh models dir (timed: the first start)."""
-    models = tmp_path_factory.mktemp("models")
-    start = time.monotonic()
-    path = resolve_model_dir(None, models, progress=True)
-    print(f"\nfirst conversion took {time.monotonic() - start:.0f} s")
-    return path
+def converted(smollm2_models: Path) -> Path:
+    """The embedded GGUF as converted once for the run (tests/real.py: timed there)."""
+    return smollm2_models / EMBEDDED_MODEL_NAME
 
 
 @pytest.fixture(scope="module")
