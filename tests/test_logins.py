@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,23 @@ def cli(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[
 def home(_isolated_home: Path) -> Path:
     _isolated_home.mkdir(parents=True, exist_ok=True)
     return _isolated_home
+
+
+@pytest.fixture(scope="module")
+def unthrottled(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[tuple[str, Path]]:
+    """One serve for the timing tests, with no lockout to get in their way: (url, home).
+    Each test adds its own users (serve reads accounts at each login)."""
+    home = tmp_path_factory.mktemp("unthrottled") / "home"
+    home.mkdir()
+    with serve(
+        home,
+        model=str(tiny_model_dir),
+        TUNELOOP_LOGIN_DELAY_SECONDS="0",
+        TUNELOOP_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
+    ) as (url, _):
+        yield url, home
 
 
 # -- accounts through the CLI -------------------------------------------------------------
@@ -168,22 +186,17 @@ def test_throttle_locks_a_name_until_the_operator_unlocks_it(
     assert "login refused: 'erin'" in (home / "serve.log").read_text()
 
 
-def test_unknown_and_known_names_take_the_same_time(home: Path, tiny_model_dir: Path) -> None:
+def test_unknown_and_known_names_take_the_same_time(unthrottled: tuple[str, Path]) -> None:
+    url, home = unthrottled
     names = ["kim", "lee", "max"]
     for name in names:
         add_user(home, name, "expert", f"{name}-right")
-    with serve(
-        home,
-        model=str(tiny_model_dir),
-        TUNELOOP_LOGIN_DELAY_SECONDS="0",
-        TUNELOOP_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
-    ) as (url, _):
-        login(url, "warm", "up")  # the first check builds the dummy hash
-        known, unknown = [], []
-        for round_ in range(2):
-            for name in names:
-                known.append(login(url, name, f"wrong-{round_}")[1])
-                unknown.append(login(url, f"ghost-{name}-{round_}", "wrong")[1])
+    login(url, "warm", "up")  # the first check builds the dummy hash
+    known, unknown = [], []
+    for round_ in range(2):
+        for name in names:
+            known.append(login(url, name, f"wrong-{round_}")[1])
+            unknown.append(login(url, f"ghost-{name}-{round_}", "wrong")[1])
     k, u = statistics.median(known), statistics.median(unknown)
     # before: ~550 ms for a known name, ~16 ms for an unknown one (35x)
     assert max(k, u) / min(k, u) < 2.5, (known, unknown)
@@ -201,25 +214,20 @@ def logged_in(url: str, name: str, password: str) -> urllib.request.OpenerDirect
     return opener
 
 
-def test_password_checks_do_not_stall_other_pages(home: Path, tiny_model_dir: Path) -> None:
+def test_password_checks_do_not_stall_other_pages(unthrottled: tuple[str, Path]) -> None:
+    url, home = unthrottled
     add_user(home, "erin", "expert", "erin-pass")
-    with serve(
-        home,
-        model=str(tiny_model_dir),
-        TUNELOOP_LOGIN_DELAY_SECONDS="0",
-        TUNELOOP_LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
-    ) as (url, _):
-        erin = logged_in(url, "erin", "erin-pass")
-        storm = [threading.Thread(target=login, args=(url, f"guess{i}", "wrong")) for i in range(8)]
-        for thread in storm:
-            thread.start()
-        pages = []
-        while any(t.is_alive() for t in storm):
-            start = time.perf_counter()
-            erin.open(url + "config", timeout=30).read()
-            pages.append(time.perf_counter() - start)
-        for thread in storm:
-            thread.join()
+    erin = logged_in(url, "erin", "erin-pass")
+    storm = [threading.Thread(target=login, args=(url, f"guess{i}", "wrong")) for i in range(8)]
+    for thread in storm:
+        thread.start()
+    pages = []
+    while any(t.is_alive() for t in storm):
+        start = time.perf_counter()
+        erin.open(url + "config", timeout=30).read()
+        pages.append(time.perf_counter() - start)
+    for thread in storm:
+        thread.join()
     # on the event loop, 8 verifications (~0.5 s each) held /config for seconds
     assert pages and max(pages) < 1.0, pages
 
