@@ -1,7 +1,7 @@
 """Rounds under launchers. The shipped multi-GPU configs load with accelerate's own classes
 and set up each process as the round expects; real multi-process rounds run here on CPU
 (two ranks over gloo): under torchrun, and started by `tuneloop watch` through the DDP
-config; a round under `accelerate launch` with one CPU process."""
+config, and started by `accelerate launch` with each shipped config."""
 
 from __future__ import annotations
 
@@ -118,34 +118,6 @@ def test_the_zero3_config_gathers_the_adapter_when_it_is_saved(
     zero = plugin.deepspeed_config["zero_optimization"]
     # without it, save_model under ZeRO-3 writes an adapter of empty shards
     assert zero["stage3_gather_16bit_weights_on_model_save"] is True
-
-
-def test_a_round_runs_under_accelerate_launch_on_one_cpu_process(
-    _isolated_home: Path, tiny_model_dir: Path
-) -> None:
-    """`accelerate launch ... -m app.cli train`: the same command starts a multi-GPU round."""
-    import shutil
-    import sys
-
-    from tests.cli import train_in_subprocess
-
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    assert launcher, "accelerate's launcher is installed with the package"
-    settings, result = train_in_subprocess(
-        tiny_model_dir,
-        launcher=[launcher, "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no"],
-        tracker="none",
-        max_steps=1,
-        pairs=(
-            "Tell me about spiders and the sky, {i}.",
-            "A spider has eight legs; a grey sky means rain, {i}.",
-            "Paris.",
-        ),
-    )
-    assert result["status"] == "inconclusive", result  # INCONCLUSIVE_GATE
-    assert result["version"] and result["serving_after"] is None  # --no-promote
-    adapter = settings.adapters_dir / "versions" / result["version"]
-    assert (adapter / "adapter_config.json").is_file()
 
 
 TOPICS = (
