@@ -322,7 +322,7 @@ def run_openwebui(
             if time.monotonic() > deadline:
                 tail = (workdir / "openwebui.log").read_text()[-3000:]
                 raise RuntimeError(f"Open WebUI did not start:\n{tail}")
-            time.sleep(1)
+            time.sleep(0.2)
         yield OpenWebUI(url)
     finally:
         if proc.poll() is None:

@@ -79,7 +79,7 @@ def serve(
                 if time.monotonic() > deadline:
                     log_text = (home / "serve.log").read_text()
                     raise RuntimeError(f"serve did not start:\n{log_text}") from None
-                time.sleep(0.5)
+                time.sleep(0.1)  # a refused connection costs nothing: look often
         yield url, proc
     finally:
         if proc.poll() is None:

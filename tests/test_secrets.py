@@ -7,6 +7,9 @@ import json
 import os
 import stat
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,11 @@ from tests.cli import run_cli
 from tests.server import serve
 
 
-def test_a_fresh_serve_creates_only_private_files(
+def test_a_first_start_creates_an_admin_and_only_private_files(
     _isolated_home: Path, tiny_model_dir: Path
 ) -> None:
+    """A serve on an empty home makes the admin account, its password in a private file,
+    and the admin logs in with it and chats; nothing serve wrote is open to others."""
     from gradio_client import Client
 
     home = _isolated_home
@@ -25,6 +30,10 @@ def test_a_fresh_serve_creates_only_private_files(
     home.mkdir(mode=0o755)  # even in a home others could enter, what serve makes is private
     os.chmod(home, 0o755)
     with serve(home, model=str(tiny_model_dir)) as (url, _):
+        stranger = urllib.parse.urlencode({"username": "erin", "password": "nope"}).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "login", data=stranger, timeout=60)
+        assert refused.value.code == 400  # a name with no account: refused like a wrong password
         password = (home / "admin-password").read_text().strip()
         client = Client(url, auth=("admin", password), verbose=False)
         client.predict("hello", api_name="/chat")

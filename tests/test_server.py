@@ -40,21 +40,6 @@ def test_feedback_survives_sigkill_right_after_ack(home: Path, tiny_model_dir: P
     assert rows(db, "select role, content from messages order by id")[0] == ("user", "hello")
 
 
-def test_strangers_cannot_log_in(home: Path, tiny_model_dir: Path) -> None:
-    # annotators log in only to be sent to Argilla: tests/test_logins.py
-    with serve(home, model=str(tiny_model_dir)) as (url, _):
-        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain error
-            Client(url, auth=("erin", "nope"), verbose=False)
-
-
-def test_first_start_creates_an_admin(home: Path, tiny_model_dir: Path) -> None:
-    with serve(home, model=str(tiny_model_dir)) as (url, _):
-        password = (home / "admin-password").read_text().strip()
-        assert (home / "admin-password").stat().st_mode & 0o077 == 0
-        client = Client(url, auth=("admin", password), verbose=False)
-        client.predict("hi", api_name="/chat")
-
-
 def test_running_server_switches_adapter_without_restart(
     home: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
