@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def _isolated_home(
     if "slow" not in request.keywords or "tiny_model_dir" in request.fixturenames:
         monkeypatch.setenv("TUNELOOP_INFER_BF16", "false")
     return home
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what is imported by now (torch, transformers, TRL, Gradio: ~500k objects) out of
+    the garbage collector's sight: a full collection, which rounds and generation run to
+    free a model, then scans only what the tests make (0.3 s less per collection here).
+    A run of many tests imports the training stack anyway, so it is imported first."""
+    if len(session.items) > 50:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+        import trl  # noqa: F401
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
