@@ -13,7 +13,8 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from app.serving.api import Call, OpenAIApi
 from app.serving.api_feedback import give_feedback
@@ -62,6 +63,9 @@ def api_routes(api: OpenAIApi) -> list[Any]:
             return await work()
         except ApiError as err:
             return err.response()
+        except ClientDisconnect:  # closed while its body was read: nobody to answer
+            log.info("request cancelled: the client went away before its body was read")
+            return Response(status_code=499)
         except Exception:  # a bug must not leak a traceback to the client
             log.exception("API request failed")
             return ApiError(
