@@ -28,7 +28,7 @@ def test_a_waiting_person_goes_before_a_waiting_helper_call(
         # Both wait for that row: the helper call asked first, the person second.
         queued = {
             "helper": engine.stream(
-                [{"role": "user", "content": "tags"}], helper_params(person, 4)
+                [{"role": "user", "content": "tags"}], helper_params(person, 4, json=False)
             ),
             "person": engine.stream([{"role": "user", "content": "hello"}], person),
         }

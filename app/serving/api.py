@@ -184,7 +184,8 @@ class OpenAIApi:
             raise ApiError(400, "The last message must be the user's.", param="messages")
         helper = self.is_helper(body)
         if helper:
-            params = frontends.helper_params(params, self.helper_max_tokens)
+            wants_json = frontends.asks_for_json([(t.role, t.content) for t in turns])
+            params = frontends.helper_params(params, self.helper_max_tokens, json=wants_json)
         history = [{"role": t.role, "content": t.content} for t in turns]
         engine = self.service.engine
         try:

@@ -11,8 +11,9 @@ requests are not a person's turn at all.
   search queries and autocompletions, each a single user message starting `### Task:`.
   Such a request, any request with OpenAI's `"store": false`, and any request for the
   `tuneloop:task` model (an admin can make it Open WebUI's task model) is answered but
-  never stored, never trained on, capped at TUNELOOP_HELPER_MAX_TOKENS and decoded after
-  people's turns when the batch is full.
+  never stored, never trained on, capped at TUNELOOP_HELPER_MAX_TOKENS, decoded after
+  people's turns when the batch is full, and, when it asks for a JSON answer, ended as soon
+  as its object closes (or when none begins).
 """
 
 from __future__ import annotations
@@ -51,12 +52,20 @@ def is_helper(*, model: str, store: bool | None, texts: Sequence[tuple[str, str]
     return len(users) == 1 and users[0].lstrip().startswith(HELPER_PROMPT_STARTS)
 
 
-def helper_params(params: SamplingParams, max_tokens: int) -> SamplingParams:
-    """A helper call's sampling: its token budget capped, behind people in the batch."""
+def asks_for_json(texts: Sequence[tuple[str, str]]) -> bool:
+    """Whether a helper call's prompt asks for a JSON answer (Open WebUI's title, tags,
+    follow-up, query and autocomplete prompts do; its emoji prompt does not)."""
+    return any(role == "user" and "JSON" in text for role, text in texts)
+
+
+def helper_params(params: SamplingParams, max_tokens: int, *, json: bool) -> SamplingParams:
+    """A helper call's sampling: its token budget capped, behind people in the batch, and,
+    when it asks for JSON, over once its object is (app/serving/json_answer.py)."""
     return replace(
         params,
         max_new_tokens=min(params.max_new_tokens, max_tokens),
         priority=HELPER_PRIORITY,
+        json_answer=json,
     )
 
 

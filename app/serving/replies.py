@@ -30,6 +30,9 @@ class SamplingParams:
     # When the batch is full, lower goes first: people's turns 0, a front end's helper calls
     # (titles, tags) 1, so those never hold a person's reply back.
     priority: int = 0
+    # The reply must be one JSON object (a front end's helper call): it ends once that
+    # object closes, or early when none begins (app/serving/json_answer.py).
+    json_answer: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -56,6 +59,8 @@ class SamplingParams:
             del out["seed"]
         if not self.priority:
             del out["priority"]
+        if not self.json_answer:
+            del out["json_answer"]
         return out
 
 
