@@ -1,15 +1,15 @@
 """Open WebUI as the chat page under load: what its helper calls cost people, and the sync.
 
-    .venv/bin/python -m bench.openwebui_load [--users 8] [--turns 2] [--ratings 10000]
-    .venv/bin/python -m bench.openwebui_load --tiny --users 2 --turns 1 --ratings 200  # smoke
+    .venv/bin/python -m bench.openwebui_load [--users 8] [--turns 2] [--repeats 2] [--ratings 10000]
+    .venv/bin/python -m bench.openwebui_load --tiny --users 2 --turns 1 --repeats 1 --ratings 200
 
 A real `tuneloop serve` (the embedded SmolLM2, or `--tiny`: a random tiny model for a smoke
 run) behind a real Open WebUI 0.12.4 (`.venv-openwebui`), with a recording proxy between the
 two that tells helper calls from people's turns (`app.serving.frontends.is_helper`) and
 times every completion as Open WebUI receives it. USERS Open WebUI users chat TURNS turns
 each, all at once, through Open WebUI's own API, and rate every reply; first with Open
-WebUI's helper calls on (title, tags, follow-ups: its defaults), then off. Measured in this
-one run:
+WebUI's helper calls off, then on (title, tags, follow-ups: its defaults), REPEATS times,
+each phase waiting until the last helper call has ended. Measured in this one run:
 
 - the share of serve's decoded tokens that went to helper calls (helpers on);
 - people's p50/p95 time to first token as Open WebUI sees it, helpers on against off;
@@ -46,6 +46,8 @@ class Recorder:
     def __init__(self, backend: str) -> None:
         self.backend = backend.rstrip("/")
         self.calls: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.last_start = 0.0
         self._lock = threading.Lock()
 
     def app(self) -> Any:
@@ -81,6 +83,9 @@ class Recorder:
                 "status": 0,
             }
             started = time.perf_counter()
+            with self._lock:
+                self.in_flight += 1
+                self.last_start = time.monotonic()
             if not call["stream"]:
                 reply = await client.post(url, content=body, headers=headers)
                 call["status"] = reply.status_code
@@ -113,6 +118,20 @@ class Recorder:
     def _add(self, call: dict[str, Any]) -> None:
         with self._lock:
             self.calls.append(call)
+            self.in_flight -= 1
+
+    def settle(self, quiet_s: float = 3.0, timeout_s: float = 600.0) -> None:
+        """Wait until no completion is in flight and none has begun for `quiet_s`: Open
+        WebUI starts its follow-up and tag requests after the reply, and a phase's helper
+        calls must not run into the next phase."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = self.in_flight == 0 and time.monotonic() - self.last_start >= quiet_s
+            if idle:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("completions were still running after the phase")
 
     def take(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -237,6 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="off/on phase pairs")
     parser.add_argument("--ratings", type=int, default=10_000)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--tiny", action="store_true", help="a random tiny model (smoke run)")
@@ -280,15 +300,17 @@ def main() -> None:
                 for i in range(args.users)
             ]
             assert "tuneloop" in owui.models(tokens[0]), "Open WebUI does not list tuneloop"
-            for helpers in (True, False):
+            # Off and on alternate (off, on, off, on): neither gets the warmer machine.
+            phases: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+            walls: dict[bool, float] = {False: 0.0, True: 0.0}
+            for helpers in [False, True] * args.repeats:
                 started = time.perf_counter()
                 chat_load(owui, tokens, args.turns, helpers)
-                time.sleep(2)  # the last follow-up / tag requests finish after the reply
-                key_ = "helpers_on" if helpers else "helpers_off"
-                figures[key_] = {
-                    **summary(recorder.take()),
-                    "wall_s": round(time.perf_counter() - started, 1),
-                }
+                recorder.settle()
+                walls[helpers] += time.perf_counter() - started
+                phases[helpers] += recorder.take()
+            for helpers, key_ in ((True, "helpers_on"), (False, "helpers_off")):
+                figures[key_] = {**summary(phases[helpers]), "wall_s": round(walls[helpers], 1)}
                 print(key_, json.dumps(figures[key_]))
     on, off = figures["helpers_on"], figures["helpers_off"]
     if on["people_ttft_p95_s"] and off["people_ttft_p95_s"]:
