@@ -114,6 +114,31 @@ def test_helper_calls_are_answered_capped_and_not_stored(server: dict[str, Any])
     assert "tuneloop:task" in [m.id for m in client(server).models.list()]
 
 
+def test_open_webuis_routine_tasks_are_answered_without_the_model(
+    server: dict[str, Any],
+) -> None:
+    """Its title and tags prompts (default TUNELOOP_HELPER_ANSWERS=quick), as Open WebUI
+    sends them: whole and streamed, no token decoded, nothing stored."""
+    before = conversations(server)
+    history = "<chat_history>\nUSER: How do I return a kettle?\n</chat_history>"
+    title = f'### Task:\nGenerate a title.\n### Output:\nJSON format: {{ "title": "" }}\n{history}'
+    tags = f'### Task:\nGenerate tags.\n### Output:\nJSON format: {{ "tags": [] }}\n{history}'
+    answer = client(server).chat.completions.create(
+        model="tuneloop",
+        messages=[{"role": "user", "content": title}],
+        max_tokens=1000,
+        extra_headers=forwarded(str(uuid.uuid4()), str(uuid.uuid4())),
+    )
+    assert answer.choices[0].message.content == '{"title": "How do I return a kettle"}'
+    assert answer.usage is not None and answer.usage.completion_tokens == 0
+    stream = client(server).chat.completions.create(
+        model="tuneloop", messages=[{"role": "user", "content": tags}], stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == '{"tags": ["General"]}'
+    assert conversations(server) == before
+
+
 def test_a_trusted_front_ends_users_are_kept_apart_one_conversation_per_chat(
     server: dict[str, Any],
 ) -> None:

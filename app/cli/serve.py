@@ -130,6 +130,7 @@ def serve(
         max_active=settings.api_max_active,
         trusted_frontends=settings.trusted_frontend_names,
         helper_max_tokens=settings.helper_max_tokens,
+        quick_helpers=settings.helper_answers == "quick",
         wait_seconds=settings.api_wait_seconds,
         max_body_bytes=settings.api_max_body_bytes,
     )

@@ -37,6 +37,8 @@ from app.serving.api_models import (
 from app.serving.chat import ChatService
 from app.serving.conversation import CHAT_ROLES, ChatError, ChatState, Turn
 from app.serving.engine import CURRENT, ContextTooLong, Reply, SamplingParams, ServingError
+from app.serving.helper_answers import quick_answer
+from app.serving.replies import answered_reply
 from feedback.errors import FeedbackError
 from feedback.records import UserInfo
 
@@ -74,6 +76,7 @@ class OpenAIApi:
         max_active: int = 16,
         trusted_frontends: frozenset[str] = frozenset(),
         helper_max_tokens: int = 128,
+        quick_helpers: bool = False,
         wait_seconds: float = 0.0,
         max_body_bytes: int = 1_048_576,
     ) -> None:
@@ -83,6 +86,7 @@ class OpenAIApi:
         self.slots = Slots(max_active, wait_seconds=wait_seconds)
         self.frontends = frontends.Frontends(service.store, trusted=trusted_frontends)
         self.helper_max_tokens = helper_max_tokens
+        self.quick_helpers = quick_helpers  # app/serving/helper_answers.py
         self.max_body_bytes = max_body_bytes
 
     # -- who is asking ---------------------------------------------------------------------
@@ -200,7 +204,13 @@ class OpenAIApi:
         candidate_in = None
         try:
             if helper:
-                reply = engine.stream(history, params, adapter=adapter)
+                quick = quick_answer(turns[-1].content) if self.quick_helpers else None
+                if quick is not None:  # a routine task of the front end's: no decoding
+                    reply = answered_reply(
+                        quick, params=params, prompt=history, model_name=engine.model_name
+                    )
+                else:
+                    reply = engine.stream(history, params, adapter=adapter)
             else:
                 caller = self.frontends.caller(user, headers or {})
                 user = caller.user

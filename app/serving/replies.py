@@ -291,3 +291,34 @@ class QueueStreamer:
     def __iter__(self) -> Iterator[str]:
         while (item := self._queue.get()) is not None:
             yield item
+
+
+def answered_reply(
+    text: str, *, params: SamplingParams, prompt: list[dict[str, str]], model_name: str
+) -> Reply:
+    """A Reply that is already complete with `text`, for an answer made without the model
+    (app/serving/helper_answers.py); it streams and finishes like a decoded one."""
+    streamer = QueueStreamer()
+    streamer.put_text(text)
+    streamer.end()
+    control = _Answered()
+    reply = Reply(
+        version=None,
+        params=params,
+        prompt=prompt,
+        model_name=model_name,
+        streamer=streamer,
+        control=control,
+        started=time.perf_counter(),
+    )
+    reply.ended(new_tokens=0, reason="stop")
+    reply.done.set()
+    return reply
+
+
+class _Answered:
+    """The control of a reply no model decodes: nothing to cancel, no token generated."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.generated = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
@@ -89,6 +90,14 @@ class IntegrationSettings(BaseSettings):
         description="Most tokens a front end's helper call (title, tags, follow-ups, a "
         "`tuneloop:task` request, `store: false`) may ask for; such calls are answered, not "
         "stored, and wait behind people's turns.",
+    )
+    helper_answers: Literal["quick", "model"] = Field(
+        default="quick",
+        description="How a front end's routine helper calls are answered: `quick` answers "
+        "Open WebUI's title, tags, follow-up, query and autocomplete tasks at once without "
+        "the model (the title is the first words of the chat; tags ['General']; none of "
+        "the rest), which the embedded SmolLM2 cannot do (measured: it repeats their "
+        "instructions); `model` decodes them (a capped, low-priority call).",
     )
     api_wait_seconds: float = Field(
         default=5.0,
