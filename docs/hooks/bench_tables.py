@@ -9,7 +9,8 @@ writes them; older runs were transcribed, and say so in `provenance`). A page as
 - `<!-- bench-table FILE rows=PATH cols=KEY,KEY:pct,... -->`: a table built from the list
   of objects at the dotted PATH of the file (e.g. `figures.triage.runs`), one column per
   dotted KEY (`:pct` shows a share as a percentage, `:1f` one decimal).
-- `{{ bench FILE PATH }}`: one value in running text (e.g. `figures.minutes.total`).
+- `{{ bench FILE PATH }}`: one value in running text (e.g. `figures.minutes.total`);
+  `{{ bench FILE PATH:2f }}` with two decimals, `:pct` as a percentage.
 
 A missing file, table or key fails the build: a figure is either in a file or not quoted.
 """
@@ -24,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 TABLE = re.compile(r"<!-- bench-table (\S+\.json) (.+?) -->")
-FIGURE = re.compile(r"\{\{ *bench (\S+\.json) (\S+) *\}\}")
+FIGURE = re.compile(r"\{\{ *bench (\S+\.json) ([^\s:]+)(?::(\S+))? *\}\}")
 
 
 class BenchDocError(ValueError):
@@ -98,7 +99,9 @@ def table(name: str, spec: str) -> str:
 def render(markdown: str) -> str:
     """The page with every bench marker replaced by what its file holds."""
     markdown = TABLE.sub(lambda m: table(m.group(1), m.group(2)), markdown)
-    return FIGURE.sub(lambda m: show(pick(load(m.group(1)), m.group(2), m.group(1))), markdown)
+    return FIGURE.sub(
+        lambda m: show(pick(load(m.group(1)), m.group(2), m.group(1)), m.group(3) or ""), markdown
+    )
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
