@@ -17,7 +17,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from tests.server import free_port
+from tests.server import free_port, serve
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv-openwebui"
@@ -269,6 +269,36 @@ def run_openwebui(
     timeout: float = 240.0,
 ) -> Iterator[OpenWebUI]:
     """Open WebUI on a free port, offline, using `backend` (a tuneloop `/v1` URL)."""
+    with _openwebui(workdir, backend, api_key, forward_headers, task_model, timeout) as ready:
+        yield ready()
+
+
+@contextmanager
+def serve_behind_openwebui(
+    workdir: Path, home: Path, *, model: str | None, api_key: str, **serve_env: str
+) -> Iterator[tuple[str, OpenWebUI]]:
+    """A tuneloop serve with Open WebUI in front of it, the two starting at once (both
+    starts are mostly single-threaded imports, so on two cores they overlap): yields
+    (serve's URL, Open WebUI)."""
+    port = free_port()
+    backend = f"http://127.0.0.1:{port}/v1"
+    with (
+        _openwebui(workdir, backend, api_key, True, None, 240.0) as ready,
+        serve(home, model=model, port=port, **serve_env) as (url, _),
+    ):
+        yield url, ready()
+
+
+@contextmanager
+def _openwebui(
+    workdir: Path,
+    backend: str,
+    api_key: str,
+    forward_headers: bool,
+    task_model: str | None,
+    timeout: float,
+) -> Iterator[Callable[[], OpenWebUI]]:
+    """Start Open WebUI; yields a call that waits until it answers; stops it afterwards."""
     reason = missing()
     if reason:
         raise RuntimeError(reason)
@@ -310,20 +340,23 @@ def run_openwebui(
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
-    try:
+
+    def ready() -> OpenWebUI:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"Open WebUI exited:\n{(workdir / 'openwebui.log').read_text()}")
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
+                    return OpenWebUI(url)
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 tail = (workdir / "openwebui.log").read_text()[-3000:]
                 raise RuntimeError(f"Open WebUI did not start:\n{tail}")
             time.sleep(0.2)
-        yield OpenWebUI(url)
+
+    try:
+        yield ready
     finally:
         if proc.poll() is None:
             proc.terminate()

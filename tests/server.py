@@ -47,10 +47,11 @@ def issue_key(home: Path, name: str, **env: str) -> str:
 
 @contextmanager
 def serve(
-    home: Path, *, model: str | None, timeout: float = 240.0, **env: str
+    home: Path, *, model: str | None, port: int | None = None, timeout: float = 240.0, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start `tuneloop serve` on a free port; yields (url, process); stops it afterwards."""
-    port = free_port()
+    """Start `tuneloop serve` on `port` (a free one unless given); yields (url, process);
+    stops it afterwards."""
+    port = port or free_port()
     full_env = {
         **os.environ,
         "TUNELOOP_HOME": str(home),

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.openwebui import missing, run_openwebui
-from tests.server import add_user, issue_key, serve
+from tests.openwebui import missing, serve_behind_openwebui
+from tests.server import add_user, issue_key
 from tests.test_browser import ARGS, CHROMIUM
 from tests.tiny import build_tiny_model
 
@@ -54,12 +54,12 @@ def test_chat_rate_and_regenerate_on_open_webuis_page(tmp_path: Path) -> None:
     add_user(home, "owui", "expert", "pw-owui-secret")
     key = issue_key(home, "owui")
     with (
-        serve(
-            home, model=str(model), TUNELOOP_MAX_NEW_TOKENS="12", TUNELOOP_TRUSTED_FRONTENDS="owui"
-        ) as (url, _),
-        run_openwebui(tmp_path / "owui", backend=url + "v1", api_key=key) as owui,
+        serve_behind_openwebui(
+            tmp_path / "owui", home, model=str(model), api_key=key,
+            TUNELOOP_MAX_NEW_TOKENS="12", TUNELOOP_TRUSTED_FRONTENDS="owui",
+        ) as (url, owui),
         sync_playwright() as p,
-    ):
+    ):  # fmt: skip
         admin, _ = owui.signup("Admin", "admin@example.org", "pw-admin-1")
         token, dana = owui.add_user(admin, "Dana Expert", "dana@example.org", "pw-dana-1")
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -36,7 +36,7 @@ def test_short_round_on_smollm2(smollm2_dir: Path) -> None:
             pairs.append(NewPreference(prompt=prompt, chosen=good, rejected="Please call us."))
     store.add_bulk(preferences=pairs)
     model_dir = smollm2_dir
-    config = RoundConfig.from_settings(settings, sft_steps=3, dpo_steps=3)
+    config = RoundConfig.from_settings(settings, sft_steps=2, dpo_steps=2)
     config.batch_size = 2
     config.max_length = 384
     config.eval = type(config.eval)(
@@ -59,8 +59,8 @@ def test_short_round_on_smollm2(smollm2_dir: Path) -> None:
 
     # Known in advance: the objective (the held-out replies' rubric) is scored on the 2
     # prompts asked for, fewer than the gate's MIN_ITEMS, so it can never be shown better;
-    # 3 steps at the default rate move the general checks far less than their margins.
-    # A `rejected` here would mean 3 steps broke the model: a finding, not noise.
+    # 2 steps at the default rate move the general checks far less than their margins.
+    # A `rejected` here would mean 2 steps broke the model: a finding, not noise.
     assert result.status == "inconclusive", result.reasons
     assert set(result.gate) == {"sft", "dpo"}  # every stage was gated
     assert all("on 2 items" in reason and "unsure" in reason for reason in result.reasons)
