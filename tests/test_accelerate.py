@@ -1,7 +1,7 @@
 """Rounds under launchers. The shipped multi-GPU configs load with accelerate's own classes
 and set up each process as the round expects; real multi-process rounds run here on CPU
 (two ranks over gloo): under torchrun, and started by `tuneloop watch` through the DDP
-config, and started by `accelerate launch` with each shipped config."""
+config, and started by `accelerate launch` with the configs that shard the base."""
 
 from __future__ import annotations
 
