@@ -1,7 +1,8 @@
 """Rounds under launchers. The shipped multi-GPU configs load with accelerate's own classes
 and set up each process as the round expects; real multi-process rounds run here on CPU
-(two ranks over gloo): under torchrun, and started by `tuneloop watch` through the DDP
-config, and started by `accelerate launch` with the configs that shard the base."""
+(two ranks over gloo): started by `tuneloop watch` through the DDP config (accelerate's
+launcher runs torchrun's elastic agent, as `torchrun -m app.cli train` does), and by
+`accelerate launch` with the configs that shard the base."""
 
 from __future__ import annotations
 
@@ -152,52 +153,6 @@ def _dpo_steps_took_two_ranks(folder: Path, *, cap: int) -> bool:
     return True
 
 
-def test_a_round_runs_on_two_cpu_processes_under_torchrun(
-    _isolated_home: Path, tiny_model_dir: Path
-) -> None:
-    """Two ranks over gloo train one round: one version, one report, rank 0's adapter."""
-    import json
-
-    from safetensors.torch import load_file
-
-    from app.config import Settings
-    from feedback.store import Store
-    from tests.cli import train_in_subprocess
-    from tests.tiny import add_pairs
-
-    Settings().home.mkdir(parents=True)
-    store = Store.open(Settings().database)
-    for k, topic in enumerate(TOPICS):  # distinct prompts and answers: see the split's rules
-        add_pairs(
-            store, 1, prompt=topic, chosen=f"Short, polite and correct ({k}).", rejected="No."
-        )
-    settings, result = train_in_subprocess(
-        tiny_model_dir,
-        launcher=_torchrun(2),
-        tracker="none",
-        max_steps=4,
-        pairs=("Tell me about bread, {i}.", "Flour, water, salt and yeast, {i}.", "Paris."),
-    )
-    assert result["status"] == "inconclusive", result  # INCONCLUSIVE_GATE
-    versions = settings.adapters_dir / "versions"
-    assert [p.name for p in versions.iterdir()] == [result["version"]]  # one writer
-    rounds = [p for p in (settings.rounds_dir).iterdir() if p.is_dir()]
-    assert [p.name for p in rounds] == [result["id"]]
-    folder = rounds[0]
-    assert sorted(p.name for p in folder.glob("report.*")) == ["report.json", "report.md"]
-    state = json.loads((folder / "state.json").read_text())
-    assert state["status"] == result["status"] and state["version"] == result["version"]
-    assert _dpo_steps_took_two_ranks(folder, cap=4)
-    # The registered version is what rank 0 saved, a plain PEFT adapter (no DPO "ref" copy).
-    stage = folder / result["candidate_stage"] / "adapter"
-    registered = versions / result["version"]
-    assert not (stage / "ref").exists()
-    trained = load_file(str(stage / "adapter_model.safetensors"))
-    served = load_file(str(registered / "adapter_model.safetensors"))
-    assert trained.keys() == served.keys() and trained
-    assert all(trained[k].equal(served[k]) for k in trained)
-
-
 # The shipped configs that shard the base starting a real round: 2 CPU processes over gloo
 # (DeepSpeed's CPU accelerator uses gloo too, without Intel's oneCCL). ZeRO-3 in the fast
 # tier: it shards the base, gathers the adapter and computes DPO's reference per step; FSDP
@@ -304,11 +259,25 @@ def test_watch_starts_a_launched_round_with_the_shipped_ddp_config(
     log = (settings.rounds_dir / "watch.log").read_text()
     assert event["run"] and event["result"]["returncode"] == 0, log[-3000:]
     outcome = event["result"]["round"]
-    assert _dpo_steps_took_two_ranks(settings.rounds_dir / outcome["id"], cap=4)
+    folder = settings.rounds_dir / outcome["id"]
+    assert _dpo_steps_took_two_ranks(folder, cap=4)
     assert outcome["status"] == "inconclusive", log[-2000:]
-    assert [p.name for p in (settings.adapters_dir / "versions").iterdir()] == [outcome["version"]]
+    versions = settings.adapters_dir / "versions"
+    assert [p.name for p in versions.iterdir()] == [outcome["version"]]  # one writer
     printed = [line for line in log.splitlines() if line.startswith('{"id": ')]
     assert len(printed) == 1  # only the main process printed a result
+    assert sorted(p.name for p in folder.glob("report.*")) == ["report.json", "report.md"]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["status"] == outcome["status"] and state["version"] == outcome["version"]
+    # The registered version is what rank 0 saved, a plain PEFT adapter (no DPO "ref" copy).
+    from safetensors.torch import load_file
+
+    stage = folder / outcome["candidate_stage"] / "adapter"
+    assert not (stage / "ref").exists()
+    trained = load_file(str(stage / "adapter_model.safetensors"))
+    served = load_file(str(versions / outcome["version"] / "adapter_model.safetensors"))
+    assert trained.keys() == served.keys() and trained
+    assert all(trained[k].equal(served[k]) for k in trained)
 
 
 def test_a_launcher_that_is_not_installed_is_a_clear_error() -> None:
