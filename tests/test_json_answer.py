@@ -1,5 +1,5 @@
 """A helper call that must answer in JSON ends when its object closes, or when none begins:
-the rule (app/serving/json_answer.py), then the decoding loop on the tiny model."""
+the rule (app/serving/json_answer.py), then a reply streamed by the tiny model."""
 
 from __future__ import annotations
 

@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 from app.serving.adapters import AdapterPool
 from app.serving.cpu_env import lower_thread_priority
-from app.serving.json_answer import json_answer_over
 from app.serving.replies import Reply, SamplingParams
 from app.serving.sampling import sample_token, torch_seed
 
@@ -373,8 +372,6 @@ class BatchDecoder:
             self._end(row, reason="stop")
         elif len(row.tokens) >= row.params.max_new_tokens:
             self._end(row, reason="length")
-        elif row.params.json_answer and json_answer_over(row.sent):
-            self._end(row, reason="stop")
         elif control.cancel.is_set():
             self._end(row, reason="cancelled")
         else:

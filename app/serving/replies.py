@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from app.serving.json_answer import json_answer_over
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -165,7 +167,7 @@ class Reply:
         if self._consumed:
             return
         self._consumed = True
-        complete = False
+        complete = over = False
         cut = StopFilter(self._params.stop)
         try:
             for piece in self.streamer:
@@ -173,7 +175,10 @@ class Reply:
                 if out:
                     self.text += out
                     yield out
-                if cut.stopped:  # a stop sequence: the reply is complete without it
+                # a stop sequence (the reply is complete without it), or a JSON answer whose
+                # object has closed or never began (app/serving/json_answer.py)
+                over = cut.stopped or (self._params.json_answer and json_answer_over(self.text))
+                if over:
                     self.cancel()
                     break
             rest = cut.flush()
@@ -189,7 +194,7 @@ class Reply:
         if self._error is not None:
             err = self._error
             raise ServingError(f"generation failed ({type(err).__name__}: {err})") from err
-        if cut.stopped:
+        if over:
             self._finish_reason = "stop"
             self._new_tokens = self.control.generated
         self._finish(cancelled=False)
