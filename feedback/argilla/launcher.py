@@ -84,19 +84,33 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# Followed by a JSON list on stdin: arguments (passwords, API keys) appended in-process, so
-# they never appear in the command line that `ps` shows every local user.
-SECRET_ARGS_FLAG = "--tuneloop-secret-args-on-stdin"
+# Followed by a JSON list of argument lists on stdin: argilla-server commands run one after
+# another in this one process (each start of argilla-server pays seconds of imports), with
+# their arguments (passwords, API keys) never in the command line `ps` shows every local user.
+COMMANDS_FLAG = "--tuneloop-commands-on-stdin"
+# Printed after each command of the list finishes, so the caller knows which ones did.
+STEP_DONE = "tuneloop-step-done"
+
+
+def run_commands(app: object, commands: list[list[str]]) -> int:
+    """Run each command with argilla-server's CLI in turn; the first failure's exit code."""
+    for index, argv in enumerate(commands):
+        code = app(args=[str(a) for a in argv], prog_name="argilla_server",  # type: ignore[operator]
+                   standalone_mode=False)  # fmt: skip
+        if isinstance(code, int) and code != 0:
+            return code
+        print(f"{STEP_DONE} {index}", flush=True)
+    return 0
 
 
 def main() -> None:
-    """Apply the patch, then run argilla-server's own typer CLI with our argv."""
-    if SECRET_ARGS_FLAG in sys.argv:
-        sys.argv.remove(SECRET_ARGS_FLAG)
-        sys.argv.extend(str(a) for a in json.loads(sys.stdin.read()))
+    """Apply the patch, then run argilla-server's own typer CLI with our argv (or with the
+    commands given on stdin)."""
     patch()
     from argilla_server.cli.__main__ import app
 
+    if sys.argv[1:] == [COMMANDS_FLAG]:
+        sys.exit(run_commands(app, json.loads(sys.stdin.read())))
     sys.argv[0] = "argilla_server"
     app()
 

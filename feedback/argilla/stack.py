@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedback.argilla.launcher import SECRET_ARGS_FLAG
+from feedback.argilla.launcher import COMMANDS_FLAG, STEP_DONE
 from feedback.argilla.process_groups import group_memory_kb, start_time, stop_group
 from feedback.atomic_write import write_atomic
 from feedback.errors import FeedbackError
@@ -127,8 +127,11 @@ class LocalStack:
     def _venv_ready(self) -> bool:
         if not self.python.exists():
             return False
-        probe = "import argilla_server, osmem_server"
-        return subprocess.run([str(self.python), "-c", probe], capture_output=True).returncode == 0
+        # Found, not imported: importing argilla_server takes seconds, paid again by every
+        # process that starts from it.
+        probe = "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))"
+        argv = [str(self.python), "-c", probe, "argilla_server", "osmem_server"]
+        return subprocess.run(argv, capture_output=True).returncode == 0
 
     def up(self, timeout: float = 180.0) -> dict[str, Any]:
         """Start whatever is not running, wait until the server is healthy; idempotent."""
@@ -147,10 +150,10 @@ class LocalStack:
             self._start(state, "osmem", [self._osmem_binary(), *self._osmem_args(state)])
             _wait_port(state["ports"]["redis"], timeout=30)
             _wait_port(state["ports"]["osmem"], timeout=30)
-            self._server_cli(state, "database", "migrate")
-            self._ensure_owner(state)
-            self._server_cli(state, "search-engine", "reindex")
+            # The worker needs only Redis until the server hands it jobs: it starts while the
+            # database is migrated, the owner made and the indices rebuilt (one process).
             self._start(state, "worker", self._launch("worker", "--num-workers", "1"))
+            self._prepare(state)
             self._start(
                 state,
                 "server",
@@ -212,40 +215,45 @@ class LocalStack:
         state["processes"][name] = {"pid": proc.pid, "start": start_time(proc.pid)}
         self._save_state(state)
 
-    def _server_cli(
-        self, state: dict[str, Any], *args: str, secret_args: tuple[str, ...] = ()
-    ) -> None:
-        """Run an argilla-server command; `secret_args` travel on stdin, never in the argv
-        that every local user can read in `ps` (the launcher appends them in-process)."""
-        argv = self._launch(*args, *([SECRET_ARGS_FLAG] if secret_args else []))
+    def _server_cli(self, state: dict[str, Any], *commands: list[str]) -> tuple[int, str]:
+        """Run argilla-server commands in turn in one process: how many finished, and the
+        failure's message when one failed ("" when none did). They travel on stdin, so their
+        secrets are never in the argv that every local user can read in `ps` (the launcher
+        hands them to argilla-server's CLI in-process)."""
         out = subprocess.run(
-            argv,
-            input=json.dumps(list(secret_args)),
+            self._launch(COMMANDS_FLAG),
+            input=json.dumps([list(c) for c in commands]),
             env=self._env(state),
             capture_output=True,
             text=True,
             timeout=300,
         )
-        if out.returncode != 0:
-            tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ArgillaError(f"argilla-server {' '.join(args[:3])} failed: {tail[0]}")
+        done = sum(line.startswith(STEP_DONE) for line in out.stdout.splitlines())
+        if out.returncode == 0 or done == len(commands):
+            return done, ""
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+        return done, f"argilla-server {' '.join(commands[done][:3])} failed: {tail[0]}"
 
-    def _ensure_owner(self, state: dict[str, Any]) -> None:
-        """Create the owner user and API key on the first start; keep them mode 0600."""
+    def _prepare(self, state: dict[str, Any]) -> None:
+        """Migrate Argilla's database, create the owner on the first start (credentials kept
+        mode 0600) and rebuild the in-memory search indices from the database."""
+        migrate, reindex = ["database", "migrate"], ["search-engine", "reindex"]
         if self.credentials() is not None:
-            return
-        password = secrets.token_urlsafe(12)
-        api_key = "tl.argilla." + secrets.token_urlsafe(24)
-        self._server_cli(
-            state, "database", "users", "create", "--username", OWNER, "--first-name", OWNER,
-            "--role", "owner", "--workspace", self.workspace,
-            secret_args=("--password", password, "--api-key", api_key),
-        )  # fmt: skip
-        # Saved once Argilla has the owner: these credentials are the ones that work.
-        write_atomic(
-            self.credentials_file,
-            json.dumps({"username": OWNER, "password": password, "api_key": api_key}),
-        )
+            _, failure = self._server_cli(state, migrate, reindex)
+        else:
+            password = secrets.token_urlsafe(12)
+            api_key = "tl.argilla." + secrets.token_urlsafe(24)
+            owner = ["database", "users", "create", "--username", OWNER, "--first-name", OWNER,
+                     "--role", "owner", "--workspace", self.workspace,
+                     "--password", password, "--api-key", api_key]  # fmt: skip
+            done, failure = self._server_cli(state, migrate, owner, reindex)
+            if done >= 2:  # Argilla has the owner: these credentials are the ones that work
+                write_atomic(
+                    self.credentials_file,
+                    json.dumps({"username": OWNER, "password": password, "api_key": api_key}),
+                )
+        if failure:
+            raise ArgillaError(failure)
 
     def _healthy(self, timeout: float) -> bool:
         creds = self.credentials()
