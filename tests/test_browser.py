@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,19 @@ def test_annotators_are_sent_to_argilla_and_reasons_stay_text(
         erin.locator("#thumb-down").click()
         expect(erin.locator("#notice")).to_contain_text('<img src=x id="pwned"> wrong')
         assert erin.locator("#pwned").count() == 0
+
+        # Past the page: the login note at Gradio's config route, and an annotator calling
+        # the rating endpoint directly gets the same notice and rates nothing.
+        from gradio_client import Client
+
+        with pytest.raises(urllib.error.HTTPError) as config:
+            urllib.request.urlopen(url + "config", timeout=30)
+        assert config.value.code == 401
+        assert "http://127.0.0.1:6977" in config.value.read().decode()
+        reply = Client(url, auth=("ann", "pw-ann-secret"), verbose=False).predict(
+            "", api_name="/rate_up"
+        )
+    shown = str(reply[0]).replace("\\", "")  # the notice is Markdown with every mark escaped
+    assert "Argilla" in shown and "http://127.0.0.1:6977" in shown
+    with sqlite3.connect(home / "tuneloop.db") as db:
+        assert db.execute("select count(*) from ratings").fetchone() == (1,)  # erin's only

@@ -232,21 +232,6 @@ def test_password_checks_do_not_stall_other_pages(unthrottled: tuple[str, Path])
     assert pages and max(pages) < 1.0, pages
 
 
-def test_annotators_are_sent_to_argilla(home: Path, tiny_model_dir: Path) -> None:
-    from gradio_client import Client
-
-    add_user(home, "ann", "annotator", "ann-pass")
-    with serve(home, model=str(tiny_model_dir), TUNELOOP_ARGILLA_PORT="6977") as (url, _):
-        with pytest.raises(urllib.error.HTTPError) as page:  # the login page's note
-            urllib.request.urlopen(url + "config", timeout=30)
-        assert page.value.code == 401
-        assert "http://127.0.0.1:6977" in page.value.read().decode()
-        client = Client(url, auth=("ann", "ann-pass"), verbose=False)
-        reply = client.predict("", api_name="/rate_up")
-    shown = str(reply[0]).replace("\\", "")  # the notice is Markdown with every mark escaped
-    assert "Argilla" in shown and "http://127.0.0.1:6977" in shown
-
-
 def test_address_limit_spans_names_and_successes_do_not_count(tmp_path: Path) -> None:
     from datetime import timedelta
 

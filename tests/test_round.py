@@ -17,6 +17,7 @@ from app.cli.main import app
 from app.config import REPO_DATA_DIR, Settings
 from feedback.records import NewExample, NewPreference
 from feedback.store import Store
+from tests.cli import run_cli
 from tests.configs import round_config
 from tests.tiny import differs_gate
 from training.eval.evaluate import EvalSettings
@@ -495,7 +496,7 @@ def test_rows_too_long_to_train_fail_the_round_clearly(
 
 
 def test_a_failed_train_json_is_one_error_object_and_no_traceback(
-    settings: Settings, store: Store
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """As its own process: stdout holds the error object alone, stderr no traceback
     (the log file keeps it); TUNELOOP_DEBUG=1 shows the traceback on stderr."""
@@ -509,10 +510,11 @@ def test_a_failed_train_json_is_one_error_object_and_no_traceback(
     assert "RowsTooLongError" in body["error"]
     assert "Traceback" not in proc.stderr and "RowsTooLongError" in proc.stderr
     assert "Traceback" in (settings.home / "logs" / "tuneloop.log").read_text()
-    debug = subprocess.run(
-        argv, env={**env, "TUNELOOP_DEBUG": "1"}, capture_output=True, text=True, check=False
-    )
-    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    # The same entry point in-process (the process's own streams are shown above).
+    monkeypatch.setenv("TUNELOOP_TRAIN_MAX_LENGTH", "32")
+    monkeypatch.setenv("TUNELOOP_DEBUG", "1")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--json")
+    assert code == 1 and "Traceback" in err and "RowsTooLongError" in err
 
 
 def test_rows_whose_prompt_fills_the_length_are_left_out(tiny_model_dir: Path, caplog) -> None:
