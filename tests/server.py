@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -21,28 +21,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def home_store(home: Path, **env: str) -> Iterator[Any]:
+    """HOME's store as `tuneloop` would open it with `env` set, and the settings it read."""
+    from app.config import Settings
+    from feedback.store import Store
+
+    saved = dict(os.environ)
+    os.environ.update({"TUNELOOP_HOME": str(home), **env})
+    try:
+        settings = Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    store = Store.open(settings.database)
+    try:
+        yield store, settings
+    finally:
+        store.engine.dispose()
+
+
 def add_user(home: Path, name: str, role: str, password: str, **env: str) -> None:
-    """Create an account through the real CLI (password on stdin)."""
-    subprocess.run(
-        [sys.executable, "-m", "app.cli", "users", "add", name, "--role", role],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "TUNELOOP_HOME": str(home), **env},
-    )
+    """Create an account in HOME's store as `tuneloop users add` does, in this process: a
+    second of start-up saved per account (the command itself: tests/test_logins.py,
+    tests/test_json_output.py and, for annotators, tests/test_argilla.py)."""
+    with home_store(home, **env) as (store, settings):
+        store.add_user(
+            name=name, role=role, password=password, min_length=settings.min_password_length
+        )
 
 
 def issue_key(home: Path, name: str, **env: str) -> str:
-    """An API key for `name` through the real CLI (`tuneloop users key NAME --json`)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "users", "key", name, "--json"],
-        text=True,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "TUNELOOP_HOME": str(home), **env},
-    ).stdout
-    return str(json.loads(out)["api_key"])
+    """An API key for `name`, issued as `tuneloop users key NAME` does, in this process (the
+    command itself: tests/test_api.py)."""
+    with home_store(home, **env) as (store, _):
+        return str(store.issue_api_key(name=name)[1])
 
 
 @contextmanager

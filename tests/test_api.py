@@ -52,7 +52,10 @@ def server(
     add_user(home, "ann", "annotator", "pw-ann-secret")
     registry = Registry(home / "adapters")
     registry.register("v1", tiny_adapters["v1"])
-    keys = {name: issue_key(home, name) for name in ("erin", "otto", "ann")}
+    keys = {  # through the real command, as its output is shown
+        name: json.loads(cli(home, "users", "key", name, "--json").stdout)["api_key"]
+        for name in ("erin", "otto", "ann")
+    }
     with serve(home, model=str(tiny_model_dir), TUNELOOP_MAX_NEW_TOKENS="24") as (url, proc):
         yield {"url": url, "home": home, "keys": keys, "proc": proc}
 
