@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.openwebui import missing, serve_behind_openwebui
 from tests.server import add_user, issue_key
 from tests.tiny import build_tiny_model
@@ -43,10 +44,15 @@ def tuneloop(home: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def run(home: Path, *args: str, env: dict[str, str]) -> dict[str, Any]:
-    proc = tuneloop(home, *args, "--json", env=env)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+def run(capsys: Any, home: Path, *args: str, env: dict[str, str]) -> dict[str, Any]:
+    """`tuneloop ARGS --json` through its entry point in this process (a second of start-up
+    saved per command; the sync killed part way below is a process of its own)."""
+    capsys.readouterr()  # what the test printed before (a library's notes) is not the command's
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"TUNELOOP_HOME": str(home), **env}.items():
+            mp.setenv(key, value)
+        code, out, err = run_cli(mp, capsys, *args, "--json")
+    assert code == 0, err
     return dict(json.loads(out))
 
 
@@ -55,13 +61,13 @@ def query(home: Path, sql: str, *args: Any) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
 
 
-def exported(home: Path, kind: str, env: dict[str, str]) -> list[dict[str, Any]]:
+def exported(capsys: Any, home: Path, kind: str, env: dict[str, str]) -> list[dict[str, Any]]:
     out = home / f"{kind}.jsonl"
-    run(home, "export", kind, "--out", str(out), "--raw", env=env)
+    run(capsys, home, "export", kind, "--out", str(out), "--raw", env=env)
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_open_webui_chat_rate_regenerate_sync(tmp_path: Path) -> None:
+def test_open_webui_chat_rate_regenerate_sync(tmp_path: Path, capsys) -> None:
     model = build_tiny_model(tmp_path / "tiny")
     # Open WebUI's helper prompts run to ~700 tokens of the tiny vocabulary.
     config = json.loads((model / "config.json").read_text())
@@ -100,7 +106,7 @@ def test_open_webui_chat_rate_regenerate_sync(tmp_path: Path) -> None:
         token_file.write_text(admin)
         token_file.chmod(0o600)
         env = {"TUNELOOP_OPENWEBUI_URL": owui.url, "TUNELOOP_OPENWEBUI_TOKEN_FILE": str(token_file)}
-        report = run(home, "openwebui", "sync", env=env)
+        report = run(capsys, home, "openwebui", "sync", env=env)
         assert (report["entries"], report["rated"], report["brought_in"], report["picks"]) == (
             3,
             3,
@@ -123,9 +129,9 @@ def test_open_webui_chat_rate_regenerate_sync(tmp_path: Path) -> None:
             (0,)
         ]
 
-        sft = exported(home, "sft", env)
-        kto = exported(home, "kto", env)
-        dpo = exported(home, "dpo", env)
+        sft = exported(capsys, home, "sft", env)
+        kto = exported(capsys, home, "kto", env)
+        dpo = exported(capsys, home, "dpo", env)
         assert sorted(r["messages"][-1]["content"].strip() for r in sft) == sorted(
             [texts[first.reply_id], texts[third.reply_id]]
         )
@@ -136,10 +142,10 @@ def test_open_webui_chat_rate_regenerate_sync(tmp_path: Path) -> None:
             (r["chosen"][0]["content"].strip(), r["rejected"][0]["content"].strip()) for r in dpo
         ] == [(texts[third.reply_id], texts[second.reply_id])]
 
-        counts = run(home, "status", env=env)["counts"]
-        again = run(home, "openwebui", "sync", env=env)
+        counts = run(capsys, home, "status", env=env)["counts"]
+        again = run(capsys, home, "openwebui", "sync", env=env)
         assert (again["entries"], again["picks"]) == (0, 0)
-        assert run(home, "status", env=env)["counts"] == counts
+        assert run(capsys, home, "status", env=env)["counts"] == counts
 
         # More ratings; a sync killed (SIGKILL) the moment its batch of ratings is committed,
         # before it makes its picks and reports; then run again.
@@ -157,7 +163,7 @@ def test_open_webui_chat_rate_regenerate_sync(tmp_path: Path) -> None:
             time.sleep(0.005)
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL, "the sync ended before it could be killed"
-        run(home, "openwebui", "sync", env=env)
+        run(capsys, home, "openwebui", "sync", env=env)
         latest = dict(
             query(
                 home,
