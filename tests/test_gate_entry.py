@@ -1,5 +1,6 @@
 """The eval-set gate through every entry point that starts a round: `tuneloop train`,
-`tuneloop watch --once`, and the Operator tab's button in a real browser.
+`tuneloop watch --once` (twice, as two processes: the second sees nothing new and runs no
+round), and the Operator tab's button in a real browser.
 
 An eval set named in TUNELOOP_GATE_EVAL_SETS on which the candidate loses blocks the
 promotion; the same set rewritten so that the candidate wins allows it. The tiny model's
@@ -177,15 +178,26 @@ def test_watch_once_is_gated_by_the_eval_set(gate_env: dict[str, Any]) -> None:
     first = watch_once()
     log = (settings.rounds_dir / "watch.log").read_text()
     outcome = first["result"]["round"]
-    assert first["run"] and outcome["status"] == "rejected", log[-3000:]
+    assert first["run"] and "12 new preferences" in first["reason"], first
+    assert first["result"]["returncode"] == 0 and outcome["status"] == "rejected", log[-3000:]
     assert any("demo_set:agrees -" in r for r in outcome["reasons"]), outcome["reasons"]
     assert _current(settings) is None
+    state = json.loads((settings.rounds_dir / outcome["id"] / "state.json").read_text())
+    assert state["status"] == outcome["status"]
+
+    # Run again (a restart of the watcher): nothing new since that round, so no round.
+    second = watch_once()
+    assert not second["run"] and second["new"]["preferences"] == 0, second
+    assert second["last_round"] == outcome["id"]
 
 
 @pytest.mark.browser
-def test_the_operator_tabs_button_is_gated_by_the_eval_set(
-    gate_env: dict[str, Any], tiny_model_dir: Path
+def test_the_operator_tab_acts_and_its_round_is_gated_by_the_eval_set(
+    gate_env: dict[str, Any], tiny_model_dir: Path, tiny_adapters: dict[str, Path]
 ) -> None:
+    """The Operator tab in a real browser: an operator sees it, promotes and rolls back from
+    it, and starts a round that the eval set gates (a second start meanwhile is refused);
+    an expert never sees the tab."""
     from playwright.sync_api import expect
 
     from tests.server import add_user, serve
@@ -200,6 +212,9 @@ def test_the_operator_tabs_button_is_gated_by_the_eval_set(
     settings = gate_env["settings"]
     home = settings.home
     add_user(home, "olga", "operator", "pw-olga-long")
+    add_user(home, "erin", "expert", "pw-erin-secret")
+    registry = Registry(settings.adapters_dir)
+    registry.register("v1", tiny_adapters["v1"])
     write_set(gate_env["set"], _base(gate_env), same=False)
     env = {k: v for k, v in gate_env["env"].items() if k != "TUNELOOP_MODEL"}
     with (
@@ -208,17 +223,44 @@ def test_the_operator_tabs_button_is_gated_by_the_eval_set(
     ):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = login(browser, url, "olga", "pw-olga-long")
-        page.get_by_role("tab", name="Operator").click()
+        tab = page.get_by_role("tab", name="Operator")
+        expect(tab).to_be_visible()
+        tab.click()
+        expect(page.locator("#op-summary")).to_contain_text("Serving")
+        expect(page.locator("#op-summary")).to_contain_text("New since the last round")
         progress = page.locator("#op-progress")
+        expect(progress).to_contain_text("No round has run yet")
+        page.screenshot(path="/tmp/operator-tab.png", full_page=True)
+
+        # Promote from the tab; the running server follows CURRENT. Then back to the base.
+        page.locator("#op-version input").click()
+        page.get_by_role("option", name="v1").click()
+        page.locator("#op-promote").click()
+        expect(page.locator("#op-notice")).to_contain_text("Now serving v1")
+        expect(page.locator("#model-info")).to_contain_text("v1", timeout=30_000)
+        assert registry.current() == "v1"
+        page.locator("#op-rollback").click()
+        expect(page.locator("#op-notice")).to_contain_text("bare base model")
+        assert registry.current() is None
 
         # One round, won on the eval set (the version's record keeps the set's score):
         # without the set the round would have no objective and end inconclusive.
         page.locator("#op-start").click()
         expect(page.locator("#op-notice")).to_contain_text("Started a round")
+        page.locator("#op-start").click()  # the round takes seconds to start its process
+        expect(page.get_by_text("A round is already running").first).to_be_visible()  # a toast
         expect(progress).to_contain_text("promoted", timeout=300_000)
         version = _current(settings)
         assert version is not None and version.startswith("r0001-")
-        info = Registry(settings.adapters_dir).info(version)
+        info = registry.info(version)
         assert info["evals"]["demo_set"]["metrics"]["agrees"] == 1.0
         expect(page.locator("#model-info")).to_contain_text(version, timeout=30_000)
+        page.locator("#op-refresh").click()
+        expect(page.locator("#op-history")).to_contain_text(version.split("-")[0])
+
+        expert = login(browser, url, "erin", "pw-erin-secret")
+        expect(expert.locator("#model-info")).to_contain_text("erin")
+        expert.wait_for_timeout(2_000)  # let every page-load event finish before looking
+        expect(expert.get_by_role("tab", name="Operator")).to_have_count(0)
+        expect(expert.locator("#op-start")).not_to_be_visible()
         browser.close()

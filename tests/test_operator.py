@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from app.config import Settings
 from app.web.operator import OperatorError, OperatorService
 from feedback.store import Store
-from tests.cli import INCONCLUSIVE_GATE
 from tests.tiny import add_pairs
 from training.registry import Registry
 
@@ -154,35 +152,3 @@ def test_start_round_refuses_while_a_round_holds_the_lock(service: OperatorServi
             service.start_round("olga")
         fcntl.flock(held, fcntl.LOCK_UN)
     assert not (service.rounds_dir / "operator-train.log").exists()
-
-
-def test_start_round_runs_a_real_round_in_the_background(
-    service: OperatorService, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The button starts `tuneloop train` as a subprocess; progress and the result appear in
-    the rounds dir, and a second start while it runs is refused."""
-    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model_dir))
-    for key, value in {"TUNELOOP_TRACKER": "none", "TUNELOOP_TRAIN_MAX_STEPS": "1",
-                       **INCONCLUSIVE_GATE}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    add_pairs(
-        service.store,
-        12,
-        prompt="How do I water tomatoes, case {i}?",
-        chosen="Deep water twice a week and a little mulch, case {i}.",  # answers differ:
-        # a train pair repeating a held-out answer is not trained on
-        rejected="Bread needs flour.",
-    )
-    message = service.start_round("olga")
-    assert message.startswith("Started a round")
-    with pytest.raises(OperatorError, match="already running"):
-        service.start_round("olga")
-    deadline = time.monotonic() + 240
-    while service.running() and time.monotonic() < deadline:
-        time.sleep(1)
-    log = (service.rounds_dir / "operator-train.log").read_text()
-    rounds = service.rounds()
-    assert rounds, log
-    assert rounds[-1]["status"] == "inconclusive", log  # INCONCLUSIVE_GATE
-    assert "**done**" in service.progress("olga")
-    assert service.history("olga")[0][0] == rounds[-1]["id"]

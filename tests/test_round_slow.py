@@ -39,6 +39,10 @@ def test_short_round_on_smollm2(smollm2_dir: Path) -> None:
     config = RoundConfig.from_settings(settings, sft_steps=2, dpo_steps=2)
     config.batch_size = 2
     config.max_length = 384
+    # No replay: its 30 answers from the bare base are ~6 s of generation on 2 cores for
+    # a round this short; that they come from the bare base and join SFT only is
+    # test_round.py's subject, on the tiny model.
+    config.replay_file = None
     config.eval = type(config.eval)(
         **{
             **config.eval.__dict__,

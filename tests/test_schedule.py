@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from feedback.store import Store
-from tests.cli import INCONCLUSIVE_GATE
 from tests.tiny import add_pairs
 from training import rounds_dir, schedule
 
@@ -151,46 +150,3 @@ def test_watch_keeps_checking_until_stopped() -> None:
             sleep=lambda _: None,
         )
     assert ran == [True]
-
-
-FAST_ROUND = {"TUNELOOP_TRACKER": "none", "TUNELOOP_TRAIN_MAX_STEPS": "1", **INCONCLUSIVE_GATE}
-
-
-def test_watch_once_runs_a_real_round_then_waits_for_new_feedback(
-    _isolated_home: Path, tiny_model_dir: Path
-) -> None:
-    """`tuneloop watch --once` twice, as two processes (a restart in between): the first
-    starts a real round on the tiny model, the second sees nothing new and runs none."""
-    import os
-    import subprocess
-    import sys
-
-    from app.config import Settings
-
-    settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    store = Store.open(settings.database)
-    _prefs(store, 6)
-    env = {**os.environ, **FAST_ROUND, "TUNELOOP_MODEL": str(tiny_model_dir),
-           "TUNELOOP_ROUND_MIN_NEW": "5"}  # fmt: skip
-
-    def watch_once() -> dict:
-        proc = subprocess.run(
-            [sys.executable, "-m", "app.cli", "watch", "--once", "--json"],
-            env=env, capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    first = watch_once()
-    assert first["run"] and "6 new preferences" in first["reason"]
-    log = (settings.rounds_dir / "watch.log").read_text()
-    assert first["result"]["returncode"] == 0, log[-2000:]
-    outcome = first["result"]["round"]
-    assert outcome["status"] == "inconclusive", log[-2000:]  # INCONCLUSIVE_GATE
-    states = json.loads((settings.rounds_dir / outcome["id"] / "state.json").read_text())
-    assert states["status"] == outcome["status"]
-
-    second = watch_once()
-    assert not second["run"] and second["new"]["preferences"] == 0
-    assert second["last_round"] == outcome["id"]
