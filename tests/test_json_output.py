@@ -143,20 +143,25 @@ def test_path_errors_are_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> 
 
 def test_a_training_round_keeps_stdout_for_its_json(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The trainer prints its metric dicts; as its own process, stdout still holds one object.
-    The round runs TUNELOOP_MODEL_NICE below normal, every thread of it."""
+    The round runs TUNELOOP_MODEL_NICE below normal, every thread of it. With the default
+    tracker, each stage is one tracker run holding the round's own loss curve."""
     from app.config import Settings
     from feedback.store import Store
+    from tests.test_tracking import logged_metrics
     from tests.tiny import add_pairs
+    from training import tracking
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    add_pairs(Store.open(settings.database), 8, prompt="Hi?", chosen="Hello!", rejected="No.")
+    add_pairs(  # each pair its own chosen reply: one repeating a held-out reply is left out
+        Store.open(settings.database), 8, prompt="What comes after June, question {i}?",
+        chosen="July comes after June, {i}.", rejected="A spider has eight legs.",
+    )  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "train", "--json", "--no-promote", "--max-steps", "1"],
+        [sys.executable, "-m", "app.cli", "train", "--json", "--no-promote", "--max-steps", "2"],
         env={
             **os.environ,
             "TUNELOOP_MODEL": str(tiny_model_dir),
-            "TUNELOOP_TRACKER": "none",
             "TUNELOOP_MODEL_NICE": "7",
             **INCONCLUSIVE_GATE,
         },
@@ -172,11 +177,22 @@ def test_a_training_round_keeps_stdout_for_its_json(tmp_path: Path, tiny_model_d
     stdout, stderr = proc.communicate(timeout=600)
     watcher.join(timeout=10)
     assert proc.returncode == 0, stderr[-2000:]
-    assert one_object(stdout)["status"] == "inconclusive"  # INCONCLUSIVE_GATE
+    result = one_object(stdout)
+    assert result["status"] == "inconclusive"  # INCONCLUSIVE_GATE
     assert "'loss'" in stderr or "train_runtime" in stderr  # the trainer's own prints
     # Once the round has lowered itself, every thread of it (torch's workers too) runs 7
     # below where it started (this process's; an in-process `train` may have lowered it).
     assert seen == {min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)}, seen
+
+    round_id, rounds = result["id"], settings.rounds_dir
+    assert sorted(tracking.runs(rounds)) == [f"{round_id}-dpo", f"{round_id}-sft"]
+    lines = (rounds / round_id / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
+    for stage in ("sft", "dpo"):  # the tracker holds the round's own metrics.jsonl curve
+        ours = [m["loss"] for m in logged if m["stage"] == stage and "loss" in m]
+        points = logged_metrics(rounds, f"{round_id}-{stage}")
+        tracked = [p["train/loss"] for p in points if "train/loss" in p]
+        assert ours and tracked == pytest.approx(ours), stage
 
 
 def test_lowering_twice_in_one_process_does_not_sink_further() -> None:

@@ -98,36 +98,3 @@ def test_the_tracker_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("TUNELOOP_TRACKER", "mlflow")
     with pytest.raises(ValidationError):
         Settings()
-
-
-def test_a_real_round_logs_both_stages_to_the_tracker(
-    _isolated_home: Path, tiny_model_dir: Path
-) -> None:
-    """`tuneloop train` with the default tracker: one tracker run per stage, with its curve."""
-    import json
-    import sys
-
-    from tests.cli import train_in_subprocess
-
-    settings, result = train_in_subprocess(
-        tiny_model_dir,
-        launcher=[sys.executable],
-        tracker="trackio",
-        max_steps=2,
-        pairs=(
-            "What comes after June, question {i}?",
-            "July comes after June, {i}.",
-            "A spider has eight legs.",
-        ),
-    )
-    round_id = result["id"]
-    rounds = settings.rounds_dir
-    assert sorted(tracking.runs(rounds)) == [f"{round_id}-dpo", f"{round_id}-sft"]
-    # the tracker holds the same loss curve as the round's own metrics.jsonl
-    lines = (rounds / round_id / "metrics.jsonl").read_text().splitlines()
-    logged = [json.loads(line) for line in lines]
-    for stage in ("sft", "dpo"):
-        ours = [m["loss"] for m in logged if m["stage"] == stage and "loss" in m]
-        points = logged_metrics(rounds, f"{round_id}-{stage}")
-        tracked = [p["train/loss"] for p in points if "train/loss" in p]
-        assert ours and tracked == pytest.approx(ours), stage
