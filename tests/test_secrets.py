@@ -11,6 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,16 +73,21 @@ def test_settings_hold_secrets_redacted(monkeypatch) -> None:
     assert "hunter2" in settings.database  # what the engine gets
 
 
-# A stand-in argilla_server package: its CLI records the argv it got and the command line
-# the kernel shows for its process (what `ps` shows every local user).
+# A stand-in argilla_server package: its CLI records each argv it got and the command line
+# the kernel shows for its process (what `ps` shows every local user), and fails a command
+# whose first word is in FAKE_FAIL.
 FAKE_MAIN = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 
 
 def app(args=None, prog_name=None, standalone_mode=True):
     cmdline = Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode()
-    Path(REPORT).write_text(json.dumps({"argv": args, "cmdline": cmdline}))
+    seen = json.loads(Path(REPORT).read_text()) if Path(REPORT).exists() else []
+    Path(REPORT).write_text(json.dumps([*seen, {"argv": args, "cmdline": cmdline}]))
+    if args[0] == os.environ.get("FAKE_FAIL"):
+        print("no index", file=sys.stderr)
+        return 1
     return 0
 """
 FAKE_COMMONS = """
@@ -94,10 +100,9 @@ def es_index_name_for_dataset(dataset):
 """
 
 
-def test_argilla_owner_secrets_never_on_a_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The real stack code and launcher, in front of a stand-in argilla-server."""
+def fake_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Path]:
+    """The real stack code and launcher in front of a stand-in argilla-server: (the stack,
+    the file where the stand-in records what it was asked)."""
     from feedback.argilla.stack import LocalStack
 
     report = tmp_path / "report.json"
@@ -114,9 +119,52 @@ def test_argilla_owner_secrets_never_on_a_command_line(
     stack = LocalStack(home=tmp_path / "home", venv=venv)
     stack.root.mkdir(parents=True)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
-    state = {"ports": {"redis": 1, "osmem": 2}, "processes": {}}
+    return stack, report
+
+
+STATE = {"ports": {"redis": 1, "osmem": 2}, "processes": {}}
+
+
+def test_argilla_owner_secrets_never_on_a_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, report = fake_stack(tmp_path, monkeypatch)
     create = ["database", "users", "create", "--password", "pw-s3cret"]
-    assert stack._server_cli(state, create) == (1, "")
-    seen = json.loads(report.read_text())
+    assert stack._server_cli(STATE, create) == (1, "")
+    (seen,) = json.loads(report.read_text())
     assert seen["argv"] == create  # argilla-server gets it...
     assert "launcher.py" in seen["cmdline"] and "pw-s3cret" not in seen["cmdline"]  # not ps
+
+
+def test_a_first_start_that_fails_keeps_the_owner_only_once_argilla_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first start migrates, makes the owner and rebuilds the indices in one process;
+    its credentials are saved exactly when that process got as far as making the owner."""
+    from feedback.argilla.stack import ArgillaError
+
+    stack, report = fake_stack(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAKE_FAIL", "database")  # the migration fails: no owner made
+    with pytest.raises(ArgillaError, match="argilla-server database migrate failed: no index"):
+        stack._prepare(STATE)
+    assert stack.credentials() is None
+    assert [s["argv"][:2] for s in json.loads(report.read_text())] == [["database", "migrate"]]
+
+    report.unlink()
+    monkeypatch.setenv("FAKE_FAIL", "search-engine")  # the owner is made, the reindex fails
+    with pytest.raises(ArgillaError, match="search-engine reindex failed: no index"):
+        stack._prepare(STATE)
+    asked = [s["argv"] for s in json.loads(report.read_text())]
+    assert [a[:2] for a in asked] == [["database", "migrate"], ["database", "users"],
+                                      ["search-engine", "reindex"]]  # fmt: skip
+    creds = stack.credentials()
+    assert creds is not None and creds.password == asked[1][asked[1].index("--password") + 1]
+    assert creds.api_key == asked[1][asked[1].index("--api-key") + 1]
+    assert stack.credentials_file.stat().st_mode & 0o777 == 0o600
+
+    report.unlink()
+    monkeypatch.delenv("FAKE_FAIL")  # the next start: the owner exists, only migrate + reindex
+    stack._prepare(STATE)
+    assert [s["argv"] for s in json.loads(report.read_text())] == [
+        ["database", "migrate"], ["search-engine", "reindex"]]  # fmt: skip
+    assert stack.credentials() == creds
