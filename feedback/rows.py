@@ -1,8 +1,9 @@
 """What the store hands to training (TRL rows) and to the status screen (counts).
 
-SFT rows come from imported conversations, expert corrections, thumbs-up replies and the
-better reply of Argilla pairs its annotators rated good (4 or 5 of 5); DPO
-rows come from non-tie preferences; KTO rows (unpaired, one label each) from thumbs on
+SFT rows come from imported conversations, expert corrections, thumbs-up replies, the
+answer a 👎 reason names (`feedback.reasons`) and the better reply of Argilla pairs its
+annotators rated good (4 or 5 of 5); DPO rows come from non-tie preferences and from named
+answers over the replies they reject; KTO rows (unpaired, one label each) from thumbs on
 replies that have no partner. Each row's side of the train/heldout split is decided
 by its prompt (`feedback.split`), so an edit's SFT row and its DPO pair always land on the
 same side; a train-side row whose answer repeats a held-out answer is in neither split.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func
@@ -31,6 +33,7 @@ from feedback.models import (
     Response,
 )
 from feedback.models_external import ArgillaPair, ArgillaResponse
+from feedback.reasons import named_answer
 from feedback.split import SPLITS, HeldoutSplit, plan_split
 
 # Argilla's optional "how good is the better reply (1-5)": a pair whose agreeing annotators
@@ -62,15 +65,17 @@ def sft_rows(
 ) -> list[dict[str, Any]]:
     """`{"messages": [...]}` rows (each ending in an assistant turn) for TRL's SFTTrainer.
     `sources`, when given, receives each row's source by its messages' `content_key`:
-    `import`, `correction`, `thumbs_up` or `argilla` (the first that yields the row).
+    `import`, `correction`, `reason`, `thumbs_up` or `argilla` (the first that yields the row).
 
     From, in order:
     (a) imported conversations;
     (b) corrections: the response's prompt plus the corrected reply (each user's latest
         correction of a response);
-    (c) responses without a correction or error whose latest rating is thumbs-up for at
+    (c) the answer a user's latest 👎 reason names (`named_answer`), for responses without
+        a correction: the rater's correction in their own words;
+    (d) responses without a correction or error whose latest rating is thumbs-up for at
         least one user and thumbs-down for none;
-    (d) the better reply of a decided Argilla pair (not a tie, not flagged) whose annotators
+    (e) the better reply of a decided Argilla pair (not a tie, not flagged) whose annotators
         who voted for it rated it `ARGILLA_SFT_MIN_RATING` or more on the median, unless
         one of them wrote a corrected answer instead (that one is trained, from (a)).
     """
@@ -106,6 +111,8 @@ def sft_rows(
     )
     for content, prompt_json in corrections:
         emit([*json.loads(prompt_json), {"role": "assistant", "content": content}], "correction")
+    for named in _named_answers(session):
+        emit([*named.prompt, {"role": "assistant", "content": named.answer}], "reason")
 
     ups: set[int] = set()
     downs: set[int] = set()
@@ -126,6 +133,45 @@ def sft_rows(
                 emit([*json.loads(prompt_json), reply], "thumbs_up")
     for prompt_json, chosen in _well_rated_argilla_winners(session):
         emit([*json.loads(prompt_json), {"role": "assistant", "content": chosen}], "argilla")
+    return out
+
+
+@dataclass(frozen=True)
+class NamedAnswer:
+    """A reply some user 👎'd with a reason naming the right answer (`named_answer`)."""
+
+    response_id: int
+    prompt: list[dict[str, str]]
+    reply: str
+    answer: str
+
+
+def _named_answers(session: Session) -> list[NamedAnswer]:
+    """Each user's latest 👎 whose reason names an answer, on replies nobody corrected (a
+    rewrite says more than a reason) and that did not fail; one per answer and reply."""
+    latest = (
+        select(func.max(Rating.id)).group_by(col(Rating.response_id), col(Rating.user_id))
+    ).scalar_subquery()
+    corrected = select(Correction.response_id).distinct()
+    query = (
+        select(Rating.reason, Response.id, Response.prompt_json, Response.content)
+        .join(Response, col(Response.id) == col(Rating.response_id))
+        .where(col(Rating.id).in_(latest))
+        .where(col(Rating.up).is_(False))
+        .where(col(Rating.reason).is_not(None))
+        .where(col(Response.error).is_(None))
+        .where(col(Rating.response_id).not_in(corrected))
+        .order_by(col(Rating.id))
+    )
+    out: list[NamedAnswer] = []
+    seen: set[tuple[int, str]] = set()
+    for reason, response_id, prompt_json, content in session.exec(query):
+        answer = named_answer(reason)
+        if answer is None or response_id is None or answer.strip() == content.strip():
+            continue
+        if (response_id, answer) not in seen:
+            seen.add((response_id, answer))
+            out.append(NamedAnswer(response_id, json.loads(prompt_json), content, answer))
     return out
 
 
@@ -162,7 +208,8 @@ def _well_rated_argilla_winners(session: Session) -> list[tuple[str, str]]:
 def dpo_rows(
     session: Session, split: str, plan: HeldoutSplit | None = None
 ) -> list[dict[str, Any]]:
-    """TRL conversational preference rows from every non-tie preference.
+    """TRL conversational preference rows from every non-tie preference, then from each
+    answer a 👎 reason names over the reply it rejects (`_named_answers`).
 
     `{"prompt": [...messages], "chosen": [{"role": "assistant", "content": ...}],
     "rejected": [{"role": "assistant", "content": ...}]}`, oldest first.
@@ -179,8 +226,9 @@ def dpo_rows(
         .where(col(Preference.tie).is_(False))
         .order_by(col(Preference.id))
     )
-    for prompt_json, chosen, rejected in session.exec(query):
-        prompt = json.loads(prompt_json)
+    pairs = [(json.loads(p), chosen, rejected) for p, chosen, rejected in session.exec(query)]
+    pairs += [(n.prompt, n.answer, n.reply) for n in _named_answers(session) if n.reply.strip()]
+    for prompt, chosen, rejected in pairs:
         key = content_key([prompt, chosen, rejected])
         if key in seen:
             continue
@@ -196,9 +244,11 @@ def dpo_rows(
 
 
 def _partnered(session: Session) -> set[int]:
-    """Responses whose feedback already trains as a pair: corrected ones (the edit pair) and
-    either side of a non-tie preference (a compare pick, an Argilla ranking)."""
+    """Responses whose feedback already trains as a pair: corrected ones (the edit pair),
+    those a 👎 reason named the answer for, and either side of a non-tie preference (a
+    compare pick, an Argilla ranking)."""
     partnered = set(session.exec(select(Correction.response_id).distinct()).all())
+    partnered.update(n.response_id for n in _named_answers(session))
     sides = session.exec(
         select(Preference.chosen_response_id, Preference.rejected_response_id).where(
             col(Preference.tie).is_(False)

@@ -186,11 +186,11 @@ def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_p
     api = client(server)
     home = server["home"]
     question = [{"role": "user", "content": "Which month comes after June?"}]
-    liked, fixed, other = (
+    liked, fixed, other, named = (
         api.chat.completions.create(
             model="tuneloop:base", messages=question, temperature=1.0, seed=seed, max_tokens=10
         )
-        for seed in (1, 2, 3)
+        for seed in (1, 2, 3, 4)
     )
     assert feedback(api, {"completion_id": liked.id, "rating": 1, "reason": "clear"})["kind"] == (
         "rating"
@@ -198,6 +198,8 @@ def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_p
     feedback(api, {"completion_id": fixed.id, "correction": "July comes after June."})
     picked = feedback(api, {"completion_ids": [liked.id, other.id], "choice": "first"})
     assert picked["kind"] == "pick"
+    # A 👎 whose reason names the answer trains as that rater's correction.
+    feedback(api, {"completion_id": named.id, "rating": -1, "reason": "Wrong, the answer is July"})
 
     # Someone else's completion, an unknown id, and a malformed body are refused.
     with pytest.raises(openai.NotFoundError):
@@ -218,6 +220,7 @@ def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_p
 
     sft = export("sft")
     assert [r["messages"][-1]["content"] for r in sft].count("July comes after June.") == 1
+    assert [r["messages"][-1]["content"] for r in sft].count("July") == 1
     liked_text = liked.choices[0].message.content
     assert [r["messages"][-1]["content"] for r in sft].count(liked_text) == 1
     assert all(r["messages"][-2] == question[0] for r in sft)
@@ -231,6 +234,11 @@ def test_feedback_reaches_the_exports_exactly_once(server: dict[str, Any], tmp_p
         if r["chosen"][0]["content"] == liked_text and r["rejected"][0]["content"] == other_text
     ]
     assert len(picks) == 1
+    named_text = named.choices[0].message.content
+    assert [(r["rejected"][0]["content"]) for r in dpo if r["chosen"][0]["content"] == "July"] == [
+        named_text
+    ]
+    assert named_text not in [r["completion"][0]["content"] for r in export("kto")]
     db = home / "tuneloop.db"
     sources = dict(rows(db, "select source, count(*) from preferences group by 1"))
     assert sources == {"edit": 1, "chat-compare": 1}

@@ -10,7 +10,7 @@ minimum size; conversations continuing a held-out prompt held out with it; train
 repeating a held-out answer left out), and train rows that nearly repeat a held-out prompt
 are dropped as well, and so are train rows whose prompt is (nearly) a prompt of one of the
 gate's eval sets: a round that trained on the gate's own questions would pass it by heart.
-Held-out SFT rows keep where their answer came from (`source`: import, correction, seed,
+Held-out SFT rows keep where their answer came from (`source`: import, correction, reason, seed,
 thumbs_up, argilla), so the gate can tell answers people wrote from approved samples.
 """
 

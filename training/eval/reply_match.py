@@ -40,7 +40,7 @@ JUDGE_METRIC = "reply_judge"
 SHORT_ANSWER_WORDS = 10
 # Where an approved answer came from (training/datasets.py tags held-out SFT rows). People
 # wrote these; the others are model replies that someone approved.
-HUMAN_SOURCES = frozenset({"import", "correction", "seed"})
+HUMAN_SOURCES = frozenset({"import", "correction", "reason", "seed"})
 
 
 def words(text: str) -> list[str]:
