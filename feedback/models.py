@@ -37,7 +37,7 @@ USER_STATUSES = ("active", "disabled", "removed")
 MESSAGE_ROLES = ("user", "assistant")
 RESPONSE_KINDS = ("reply", "candidate")
 CHOICES = ("A", "B", "tie")
-PREFERENCE_SOURCES = ("chat-compare", "edit", "import", "argilla")
+PREFERENCE_SOURCES = ("chat-compare", "edit", "import", "argilla", "best-of")
 
 # Deterministic constraint names, so migrations can refer to them on every database.
 NAMING_CONVENTION = {

@@ -15,7 +15,14 @@ from the last such lead to the end of the reason.
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from feedback.models import Correction, Rating, Response
 
 # "answer:", "right answer is", "correct answer was", "should be:"; "answer is" alone is
 # matched separately because what follows it is often a verdict, not an answer.
@@ -50,3 +57,42 @@ def named_answer(reason: str | None) -> str | None:
 def _verdict(rest: str) -> bool:
     first = re.match(r"\s*([^\W\d_]+)", rest)
     return bool(first) and first.group(1).lower() in _VERDICT  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class NamedAnswer:
+    """A reply some user 👎'd with a reason naming the right answer (`named_answer`)."""
+
+    response_id: int
+    prompt: list[dict[str, str]]
+    reply: str
+    answer: str
+
+
+def named_answers(session: Session) -> list[NamedAnswer]:
+    """Each user's latest 👎 whose reason names an answer, on replies nobody corrected (a
+    rewrite says more than a reason) and that did not fail; one per answer and reply."""
+    latest = (
+        select(func.max(Rating.id)).group_by(col(Rating.response_id), col(Rating.user_id))
+    ).scalar_subquery()
+    corrected = select(Correction.response_id).distinct()
+    query = (
+        select(Rating.reason, Response.id, Response.prompt_json, Response.content)
+        .join(Response, col(Response.id) == col(Rating.response_id))
+        .where(col(Rating.id).in_(latest))
+        .where(col(Rating.up).is_(False))
+        .where(col(Rating.reason).is_not(None))
+        .where(col(Response.error).is_(None))
+        .where(col(Rating.response_id).not_in(corrected))
+        .order_by(col(Rating.id))
+    )
+    out: list[NamedAnswer] = []
+    seen: set[tuple[int, str]] = set()
+    for reason, response_id, prompt_json, content in session.exec(query):
+        answer = named_answer(reason)
+        if answer is None or response_id is None or answer.strip() == content.strip():
+            continue
+        if (response_id, answer) not in seen:
+            seen.add((response_id, answer))
+            out.append(NamedAnswer(response_id, json.loads(prompt_json), content, answer))
+    return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func
@@ -33,7 +32,7 @@ from feedback.models import (
     Response,
 )
 from feedback.models_external import ArgillaPair, ArgillaResponse
-from feedback.reasons import named_answer
+from feedback.reasons import named_answers
 from feedback.split import SPLITS, HeldoutSplit, plan_split
 
 # Argilla's optional "how good is the better reply (1-5)": a pair whose agreeing annotators
@@ -111,7 +110,7 @@ def sft_rows(
     )
     for content, prompt_json in corrections:
         emit([*json.loads(prompt_json), {"role": "assistant", "content": content}], "correction")
-    for named in _named_answers(session):
+    for named in named_answers(session):
         emit([*named.prompt, {"role": "assistant", "content": named.answer}], "reason")
 
     ups: set[int] = set()
@@ -133,45 +132,6 @@ def sft_rows(
                 emit([*json.loads(prompt_json), reply], "thumbs_up")
     for prompt_json, chosen in _well_rated_argilla_winners(session):
         emit([*json.loads(prompt_json), {"role": "assistant", "content": chosen}], "argilla")
-    return out
-
-
-@dataclass(frozen=True)
-class NamedAnswer:
-    """A reply some user 👎'd with a reason naming the right answer (`named_answer`)."""
-
-    response_id: int
-    prompt: list[dict[str, str]]
-    reply: str
-    answer: str
-
-
-def _named_answers(session: Session) -> list[NamedAnswer]:
-    """Each user's latest 👎 whose reason names an answer, on replies nobody corrected (a
-    rewrite says more than a reason) and that did not fail; one per answer and reply."""
-    latest = (
-        select(func.max(Rating.id)).group_by(col(Rating.response_id), col(Rating.user_id))
-    ).scalar_subquery()
-    corrected = select(Correction.response_id).distinct()
-    query = (
-        select(Rating.reason, Response.id, Response.prompt_json, Response.content)
-        .join(Response, col(Response.id) == col(Rating.response_id))
-        .where(col(Rating.id).in_(latest))
-        .where(col(Rating.up).is_(False))
-        .where(col(Rating.reason).is_not(None))
-        .where(col(Response.error).is_(None))
-        .where(col(Rating.response_id).not_in(corrected))
-        .order_by(col(Rating.id))
-    )
-    out: list[NamedAnswer] = []
-    seen: set[tuple[int, str]] = set()
-    for reason, response_id, prompt_json, content in session.exec(query):
-        answer = named_answer(reason)
-        if answer is None or response_id is None or answer.strip() == content.strip():
-            continue
-        if (response_id, answer) not in seen:
-            seen.add((response_id, answer))
-            out.append(NamedAnswer(response_id, json.loads(prompt_json), content, answer))
     return out
 
 
@@ -206,13 +166,18 @@ def _well_rated_argilla_winners(session: Session) -> list[tuple[str, str]]:
 
 
 def dpo_rows(
-    session: Session, split: str, plan: HeldoutSplit | None = None
+    session: Session,
+    split: str,
+    plan: HeldoutSplit | None = None,
+    sources: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """TRL conversational preference rows from every non-tie preference, then from each
-    answer a 👎 reason names over the reply it rejects (`_named_answers`).
+    answer a 👎 reason names over the reply it rejects (`feedback.reasons.named_answers`).
 
     `{"prompt": [...messages], "chosen": [{"role": "assistant", "content": ...}],
-    "rejected": [{"role": "assistant", "content": ...}]}`, oldest first.
+    "rejected": [{"role": "assistant", "content": ...}]}`, oldest first. `sources`, when
+    given, receives each row's source by `content_key([prompt, chosen, rejected])`: the
+    preference's (`chat-compare`, `edit`, `import`, `argilla`, `best-of`) or `reason`.
     """
     _check_split(split)
     if split != "all":
@@ -222,17 +187,23 @@ def dpo_rows(
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     query = (
-        select(Preference.prompt_json, Preference.chosen, Preference.rejected)
+        select(Preference.prompt_json, Preference.chosen, Preference.rejected, Preference.source)
         .where(col(Preference.tie).is_(False))
         .order_by(col(Preference.id))
     )
-    pairs = [(json.loads(p), chosen, rejected) for p, chosen, rejected in session.exec(query)]
-    pairs += [(n.prompt, n.answer, n.reply) for n in _named_answers(session) if n.reply.strip()]
-    for prompt, chosen, rejected in pairs:
+    pairs = [
+        (json.loads(p), chosen, rejected, src) for p, chosen, rejected, src in session.exec(query)
+    ]
+    pairs += [
+        (n.prompt, n.answer, n.reply, "reason") for n in named_answers(session) if n.reply.strip()
+    ]
+    for prompt, chosen, rejected, source in pairs:
         key = content_key([prompt, chosen, rejected])
         if key in seen:
             continue
         seen.add(key)
+        if sources is not None:
+            sources[key] = source
         out.append(
             {
                 "prompt": prompt,
@@ -248,7 +219,7 @@ def _partnered(session: Session) -> set[int]:
     those a 👎 reason named the answer for, and either side of a non-tie preference (a
     compare pick, an Argilla ranking)."""
     partnered = set(session.exec(select(Correction.response_id).distinct()).all())
-    partnered.update(n.response_id for n in _named_answers(session))
+    partnered.update(n.response_id for n in named_answers(session))
     sides = session.exec(
         select(Preference.chosen_response_id, Preference.rejected_response_id).where(
             col(Preference.tie).is_(False)

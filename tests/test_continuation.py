@@ -320,3 +320,79 @@ def test_best_of_ranks_samples_by_the_demo_rubric_and_finds_ties() -> None:
     assert first.scores[1] == 1.0 and first.scores[1] > first.scores[0] > first.scores[2]
     assert second.why_not == "tie" and second.scores[2] is None  # an empty reply takes no part
     assert choose(["a", "b"], [0.5, None]) == "unscored"
+
+
+def test_best_of_pairs_sent_to_the_round_train_as_a_source_of_their_own(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_adapters: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from app.config import Settings
+    from feedback.store import Store
+    from tests.tiny import tiny_registry
+
+    domain = tmp_path / "domain"
+    domain.mkdir()
+    (domain / "system_prompt.md").write_text("You help with gardens and kitchens.\n")
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text(SCORER)
+    for key, value in {
+        "TUNELOOP_DATA_DIR": str(domain),
+        "TUNELOOP_MAX_NEW_TOKENS": "8",
+        "TUNELOOP_TEMPERATURE": "1.5",
+        "TUNELOOP_TRACKER": "none",
+        "TUNELOOP_EVAL_GENERATE": "false",
+        "TUNELOOP_HELDOUT_MIN_ITEMS": "0",
+        "TUNELOOP_TRAIN_MAX_STEPS": "1",
+        "TUNELOOP_TRAIN_BATCH_SIZE": "4",
+        "TUNELOOP_TRAIN_SAVE_STEPS": "100",
+    }.items():
+        monkeypatch.setenv(key, value)
+    registry = tiny_registry(
+        monkeypatch, tmp_path / "home", tiny_model_dir, tiny_adapters, max_new_tokens=8
+    )
+    registry.set_current("v1")
+    settings = Settings()
+    store = Store.open(settings.database)
+    add_topic_rows(store)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"How do I care for {t}?\n" for t in ("tomatoes", "bread", "soup")))
+
+    code, out, err = run_cli(
+        monkeypatch, capsys, "pairs", "generate", "--prompts", str(prompts),
+        "--from", "CURRENT", "--best-of", "3", "--scorer", f"{scorer}:ords", "--to", "round",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["to"] == "round" and result["pairs"] == result["queued"] == 3
+    # The scorers' pick is the label: stored as pairs, nothing waits for annotators.
+    assert store.pending_pairs(limit=100) == []
+    code, out, err = run_cli(monkeypatch, capsys, "status", "--json")
+    assert code == 0, err
+    assert json.loads(out)["counts"]["preferences_by_source"]["best-of"] == 3
+    best = {i["replies"][i["best"]]: i["replies"][i["worst"]] for i in result["items"]}
+
+    done = _train(monkeypatch, capsys)
+    assert done["status"] != "failed", done
+    folder = settings.rounds_dir / done["id"]
+    sources = json.loads((folder / "snapshot.json").read_text())["train_sources"]["dpo"]
+    rows = [json.loads(line) for line in (folder / "data" / "dpo_train.jsonl").open()]
+    trained = [
+        r for r in rows if best.get(r["chosen"][0]["content"]) == r["rejected"][0]["content"]
+    ]
+    assert sources == {"best-of": len(trained), "import": len(rows) - len(trained)}
+    assert len(trained) >= 1 and "source" not in rows[0]
+
+    # --to names where the pairs go, and goes only with --best-of.
+    code, _, err = run_cli(
+        monkeypatch, capsys, "pairs", "generate", "--prompts", str(prompts), "--best-of", "3",
+        "--to", "annotators",
+    )  # fmt: skip
+    assert code == 1 and "'argilla'" in err and "'round'" in err
+    code, _, err = run_cli(
+        monkeypatch, capsys, "pairs", "generate", "--prompts", str(prompts), "--to", "round"
+    )
+    assert code == 1 and "go with --best-of" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -40,7 +41,7 @@ def test_fresh_database_is_at_head_and_reopening_is_a_no_op(tmp_path: Path) -> N
     url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(url)
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head == "0005_frontends"
+    assert head == "0006_best_of_source"
     with engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == head
     tables = set(inspect(engine).get_table_names())
@@ -80,3 +81,26 @@ def test_migrations_ship_inside_the_package() -> None:
 def test_engine_without_migrations_is_empty(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'bare.db'}", apply_migrations=False)
     assert inspect(engine).get_table_names() == []
+
+
+def test_the_best_of_source_arrives_and_stored_pairs_stay(tmp_path: Path) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}", apply_migrations=False)
+    migrate(engine, "0005_frontends")
+    pair = (
+        "INSERT INTO preferences (prompt_json, chosen, rejected, tie, source, dedup_key, "
+        "created_at) VALUES ('[]', 'a', 'b', 0, :source, :key, '2026-01-01 00:00:00')"
+    )
+    with engine.begin() as connection:
+        connection.execute(text(pair), {"source": "edit", "key": "k1"})
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(pair), {"source": "best-of", "key": "k2"})
+    migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(text(pair), {"source": "best-of", "key": "k2"})
+        stored = connection.execute(text("SELECT source FROM preferences ORDER BY id"))
+        assert stored.scalars().all() == ["edit", "best-of"]
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(pair), {"source": "bogus", "key": "k3"})
+    assert schema_diff(engine, metadata) == []

@@ -201,6 +201,21 @@ def final_turn_rows(rows: list[Row]) -> list[Row]:
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
 
 
+def _replies(row: Row) -> tuple[str, str]:
+    return str(row["chosen"][-1]["content"]), str(row["rejected"][-1]["content"])
+
+
+def _count_sources(rows: list[Row]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["source"]] = counts.get(row["source"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _without_source(rows: list[Row]) -> list[Row]:
+    return [{k: v for k, v in r.items() if k != "source"} for r in rows]
+
+
 def _sft_prompt(row: Row) -> list[dict[str, Any]]:
     return list(row["messages"][:-1])
 
@@ -227,7 +242,12 @@ def take_snapshot(
     seeds = read_seed_rows(seed_file)
     plan = store.heldout_split(min_items=heldout_min_items, extra=seeds)
     sft_all = [*seeds, *store.sft_rows("all")]
-    dpo_all = list(store.dpo_rows("all"))
+    # Each pair's source rides along until the rows are curated, then is counted and dropped.
+    dpo_sources = store.dpo_row_sources()
+    dpo_all = [
+        {**r, "source": dpo_sources.get(content_key([r["prompt"], *_replies(r)]), "import")}
+        for r in store.dpo_rows("all")
+    ]
     sft_train = [r for r in sft_all if plan.in_split("train", *sft_prompt_answers(r))]
     sources = store.sft_row_sources()
     sft_heldout = [
@@ -276,6 +296,8 @@ def take_snapshot(
     sft_train = dedup(sft_train, threshold=dedup_threshold, report=report)
     dpo_train = dedup(dpo_train, threshold=dedup_threshold, report=report)
     kto_train = dedup(kto_train, threshold=dedup_threshold, report=report)
+    train_sources = {"dpo": _count_sources(dpo_train)}
+    dpo_train, dpo_heldout = _without_source(dpo_train), _without_source(dpo_heldout)
     sft_train = [scrub_row(r, report.pii, pii_region) for r in sft_train]
     dpo_train = [scrub_row(r, report.pii, pii_region) for r in dpo_train]
     kto_train = [scrub_row(r, report.pii, pii_region) for r in kto_train]
@@ -288,6 +310,9 @@ def take_snapshot(
         "hash": snapshot_hash(snap),
         "counts": {part: len(getattr(snap, part)) for part in PARTS},
         "raw_counts": raw,
+        # DPO train rows by where their pairs came from (chat-compare, edit, import,
+        # argilla, best-of, reason), after curation and before a continued round's share.
+        "train_sources": train_sources,
         "seed_rows": len(seeds),
         "replay_rows": len(replay or []),
         "split": {

@@ -6,7 +6,6 @@ background sync of `serve`, annotator creation for `users add`, and the status f
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -220,30 +219,6 @@ def pair_thumbs_down(settings: Settings, store: Any, engine: Any, *, limit: int)
     return queued
 
 
-def _read_prompts(path: Path) -> list[list[dict[str, str]]]:
-    """Prompts from a .jsonl file ({"prompt": str} or {"messages": [...]}) or one per line."""
-    if not path.is_file():
-        raise ArgillaConfigError(f"{path} does not exist; give a prompts file")
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix != ".jsonl":
-            prompts.append([{"role": "user", "content": line.strip()}])
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ArgillaConfigError(f"{path}:{number}: not JSON ({err.msg})") from None
-        if isinstance(row.get("messages"), list):
-            prompts.append([m for m in row["messages"] if m.get("role") != "system"])
-        elif isinstance(row.get("prompt"), str):
-            prompts.append([{"role": "user", "content": row["prompt"]}])
-        else:
-            raise ArgillaConfigError(f'{path}:{number}: needs "prompt" or "messages"')
-    return prompts
-
-
 @pairs_app.command("generate")
 def pairs_generate(
     prompts: Annotated[Path, typer.Option("--prompts", help=".jsonl or one prompt a line.")],
@@ -272,6 +247,14 @@ def pairs_generate(
         str | None,
         typer.Option("--scorer", help="With --best-of: scorers (default TUNELOOP_EVAL_SCORER)."),
     ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="With --best-of: 'argilla' (annotators rank, the default) or 'round' (the "
+            "scorers' pick is the label: stored as best-of pairs the next round trains on).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sample two replies per prompt and queue them for ranking (never waits on Argilla);
@@ -288,17 +271,19 @@ def pairs_generate(
             raise ArgillaConfigError("--best-of samples one adapter: name it with --from")
         payload, text = best_of_pairs(
             settings, store, prompts=prompts, limit=n, source=source or "CURRENT", n=best_of,
-            scorer=scorer,
+            scorer=scorer, to=to or "argilla",
         )  # fmt: skip
         emit(as_json, payload, text)
         return
-    if source is not None or scorer is not None:
-        raise ArgillaConfigError("--from and --scorer go with --best-of N")
+    if source is not None or scorer is not None or to is not None:
+        raise ArgillaConfigError("--from, --scorer and --to go with --best-of N")
     names = [a.strip() for a in (adapters or "CURRENT").split(",") if a.strip()]
     if not 1 <= len(names) <= 2:
         raise ArgillaConfigError("--adapters takes one or two names, e.g. CURRENT,v0003")
     picked = [None if a == "base" else a for a in names]
-    rows = _read_prompts(prompts)[: n if n else None]
+    from app.cli.pairs import read_prompts
+
+    rows = read_prompts(prompts)[: n if n else None]
     engine = _engine(settings)
     queued = same = 0
     try:

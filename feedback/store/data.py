@@ -46,6 +46,14 @@ class DataStore(StoreBase):
         with self._read() as session:
             return iter(rows.dpo_rows(session, split, plan))
 
+    def dpo_row_sources(self) -> dict[str, str]:
+        """Where each DPO row came from, by `content_key([prompt, chosen, rejected])`: a
+        round reports how many of its pairs each source gave (`feedback.rows.dpo_rows`)."""
+        found: dict[str, str] = {}
+        with self._read() as session:
+            rows.dpo_rows(session, "all", sources=found)
+        return found
+
     def kto_rows(self, split: str = "all", plan: HeldoutSplit | None = None) -> Iterator[Row]:
         """TRL unpaired rows from thumbs without a partner; see `feedback.rows.kto_rows`."""
         with self._read() as session:

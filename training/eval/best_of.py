@@ -11,7 +11,10 @@ equal gives no pair: the scorers cannot tell its samples apart, and a pair they 
 rank would only ask annotators for a coin flip the scorers already made.
 
 The pair goes into the same outbox as every other pair (`feedback.argilla.outbox`), best reply
-first, with the scores in its metadata; Argilla shows the two in random order as always.
+first, with the scores in its metadata; Argilla shows the two in random order as always. Or,
+where the operator trusts the checks to label (`pairs generate --to round`), it is stored
+as a preference pair of source `best-of`, best over worst, that the next round trains on as
+a source of its own (`keep_for_round`; the round's snapshot counts its pairs by source).
 """
 
 from __future__ import annotations
@@ -184,3 +187,22 @@ def queue(store: Any, picks: list[Picked], *, adapter: str, model: str, n: int) 
     for picked, result in zip(chosen, results, strict=True):
         picked.queued = result.created
     return sum(r.created for r in results)
+
+
+def keep_for_round(store: Any, picks: list[Picked]) -> int:
+    """Store each chosen pair as a `best-of` preference (best chosen, worst rejected), without
+    asking annotators; returns how many were new (a pair stored before is a duplicate)."""
+    from feedback.records import NewPreference
+
+    chosen = [p for p in picks if p.best is not None and p.worst is not None]
+    if not chosen:
+        return 0
+    pairs = [
+        NewPreference(
+            prompt=p.conversation,
+            chosen=p.replies[p.best],  # type: ignore[index]
+            rejected=p.replies[p.worst],  # type: ignore[index]
+        )
+        for p in chosen
+    ]
+    return store.add_bulk(preferences=pairs, source="best-of").added
