@@ -1,6 +1,7 @@
-"""The preference stages' settings by measurement: one finished round of a development
-domain, its DPO (or KTO) stage retrained under each setting from that round's own SFT
-adapter and rows, scored on the domain's test set.
+"""A stage's settings by measurement: one finished round of a development domain, its DPO
+(or KTO) stage retrained under each setting from that round's own SFT adapter and rows, or
+its SFT stage (`--stage sft`) retrained from the bare base on the round's SFT rows, scored
+on the domain's test set.
 
     .venv/bin/python -m bench.preference_sweep --round HOME/rounds/ROUND_ID --model DIR
     .venv/bin/python -m bench.preference_sweep --domain bookings --round ... --model DIR
@@ -17,7 +18,9 @@ them, also where a continued round trained on a share. Each setting trains the s
 round did (`training.stages.train_dpo` / `train_kto`, the round's own hyperparameters from
 `report.json`) except what the setting changes: `lr` (TUNELOOP_DPO_LEARNING_RATE or
 TUNELOOP_KTO_LEARNING_RATE), `beta`, `epochs`, `seed` (TUNELOOP_TRAIN_SEED: run one setting
-under several to see its spread), and for DPO `loss` (TUNELOOP_DPO_LOSS_TYPE), `smoothing`
+under several to see its spread), for SFT `lr`, `epochs` and `min_steps` (the data-size
+rule, TUNELOOP_SFT_MIN_STEPS; its gain "over SFT" is over the round's own SFT stage), and
+for DPO `loss` (TUNELOOP_DPO_LOSS_TYPE), `smoothing`
 (TUNELOOP_DPO_LABEL_SMOOTHING), `sft` (TUNELOOP_DPO_SFT_WEIGHT: the chosen replies' NLL
 added, 0 for none). It reports correctness on the domain's test set (its checker's primary
 metric, a 95% Wilson interval), the paired gains over the SFT stage alone and over the
@@ -46,6 +49,14 @@ from bench.loop_domain import correctness, gain, share  # noqa: E402
 from bench.record import write_result  # noqa: E402
 
 KEYS = {
+    # SFT retrained from the bare base on the round's own SFT rows: `gain_over_sft` is then
+    # the gain over the round's own SFT stage, i.e. over the settings the round ran with.
+    "sft": {
+        "lr": ("sft_learning_rate", float),
+        "epochs": ("sft_epochs", float),
+        "min_steps": ("sft_min_steps", int),
+        "seed": ("seed", int),
+    },
     "dpo": {
         "lr": ("dpo_learning_rate", float),
         "beta": ("dpo_beta", float),
@@ -65,6 +76,7 @@ KEYS = {
     },
 }
 DEFAULT_SETTINGS = {
+    "sft": "epochs=2; epochs=4",
     "dpo": "lr=1e-4; lr=5e-4; lr=2e-5,loss=sigmoid; lr=1e-4,loss=robust,smoothing=0.1",
     "kto": "lr=2e-5; lr=1e-4; lr=5e-4",
 }
@@ -147,9 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     except SplitError as err:
         parser.error(str(err))
 
-    from training.stages import train_dpo, train_kto
+    from training.stages import train_dpo, train_kto, train_sft
 
-    train = {"dpo": train_dpo, "kto": train_kto}[args.stage]
+    def sft_from_base(model: Path, rows: list, _sft: Path, stage_dir: Path, config: Any,
+                      log: Any) -> Path:  # fmt: skip
+        return train_sft(model, rows, stage_dir, config, log)
+
+    train = {"sft": sft_from_base, "dpo": train_dpo, "kto": train_kto}[args.stage]
     round_dir = args.round.resolve()
     base = round_config(round_dir)
     rows = read_jsonl(round_dir / "data" / f"{args.stage}_train.jsonl")

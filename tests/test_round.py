@@ -3,6 +3,7 @@ failures that must not promote, resume, the held-out split, and the trainer conf
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -629,3 +630,25 @@ def test_replay_is_cached_per_model_prompts_and_system_prompt_and_drops_cut_answ
     saved = [json.loads(f.read_text()) for f in cache.glob("*.json")]
     mine = next(s for s in saved if s["rows"] == kept)
     assert mine["cut_off"] >= 1 and len(kept) + mine["cut_off"] == 3
+
+
+def test_sft_steps_follow_the_data_size_under_the_min_steps_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training.trainer_args import stage_steps
+
+    monkeypatch.setenv("TUNELOOP_TRAIN_BATCH_SIZE", "2")
+    monkeypatch.setenv("TUNELOOP_SFT_EPOCHS", "2")
+    config = RoundConfig.from_settings(Settings())
+    off = dataclasses.replace(config, sft_min_steps=0)
+    assert [stage_steps(n, off, "sft") for n in (10, 44, 200)] == [10, 44, 200]
+    monkeypatch.setenv("TUNELOOP_SFT_MIN_STEPS", "100")
+    monkeypatch.setenv("TUNELOOP_SFT_MAX_EPOCHS", "8")
+    rule = RoundConfig.from_settings(Settings())
+    # 10 rows: 5 steps an epoch, capped at 8 epochs; 44 rows: 100 steps (~4.5 epochs);
+    # 200 rows: 2 epochs are already more than 100 steps
+    assert [stage_steps(n, rule, "sft") for n in (10, 44, 200)] == [40, 100, 200]
+    # set steps win, and the rule is SFT's alone
+    assert stage_steps(44, dataclasses.replace(rule, sft_steps=7), "sft") == 7
+    assert stage_steps(44, rule, "dpo") == 22
+    assert stage_steps(44, dataclasses.replace(rule, max_steps=30), "sft") == 30

@@ -30,6 +30,9 @@ class RoundConfig:
     sft_epochs: float
     dpo_epochs: float
     sft_steps: int  # > 0: exactly this many SFT steps instead of epochs
+    # The data-size rule: at least this many SFT steps (0: off), epochs capped at the max.
+    sft_min_steps: int
+    sft_max_epochs: float
     dpo_steps: int
     max_steps: int  # > 0: cap on each stage's steps
     batch_size: int

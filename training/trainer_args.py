@@ -19,12 +19,17 @@ Row = dict[str, Any]
 
 def stage_steps(rows: int, config: RoundConfig, stage: str) -> int:
     """How many optimizer steps a stage runs for `rows` training rows. A step takes
-    `batch_size` rows in each process of a launched round, so an epoch has fewer steps."""
+    `batch_size` rows in each process of a launched round, so an epoch has fewer steps.
+    SFT runs at least `sft_min_steps` (within `sft_max_epochs`) unless its steps are set."""
     explicit = {"sft": config.sft_steps, "dpo": config.dpo_steps}.get(stage, 0)
     epochs = {"sft": config.sft_epochs, "dpo": config.dpo_epochs}.get(stage, config.kto_epochs)
     per_step = config.batch_size * ranks.world_size()
     per_epoch = math.ceil(math.ceil(rows / per_step) / config.grad_accum)
     steps = explicit or max(1, math.ceil(per_epoch * epochs))
+    if stage == "sft" and not explicit and config.sft_min_steps:
+        # few rows: more epochs, up to the cap; enough rows: `sft_epochs` as set
+        stretched = min(config.sft_min_steps, math.ceil(per_epoch * config.sft_max_epochs))
+        steps = max(steps, stretched)
     return min(steps, config.max_steps) if config.max_steps else steps
 
 

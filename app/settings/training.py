@@ -17,6 +17,21 @@ class TrainingSettings(BaseSettings):
     # --- Training rounds: SFT, DPO, evaluation gate, schedule ---
     # Core: one round's hyperparameters (defaults work for the embedded SmolLM2 on CPU).
     sft_epochs: float = Field(default=2.0, gt=0.0, le=100.0, description="SFT epochs per round.")
+    # Small data gets more passes: with few rows `sft_epochs` is only a handful of steps.
+    sft_min_steps: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "> 0: SFT runs at least this many steps where `TUNELOOP_SFT_EPOCHS` would take "
+            "fewer (more epochs for fewer rows, at most `TUNELOOP_SFT_MAX_EPOCHS`); 0: off."
+        ),
+    )
+    sft_max_epochs: float = Field(
+        default=8.0,
+        gt=0.0,
+        le=100.0,
+        description="The most epochs `TUNELOOP_SFT_MIN_STEPS` may stretch SFT to.",
+    )
     dpo_epochs: float = Field(default=1.0, gt=0.0, le=100.0, description="DPO epochs per round.")
     sft_steps: int = Field(
         default=0, ge=0, description="> 0: exactly this many SFT steps instead of epochs."
