@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,13 +29,10 @@ def home_store(home: Path, **env: str) -> Iterator[Any]:
     from app.config import Settings
     from feedback.store import Store
 
-    saved = dict(os.environ)
-    os.environ.update({"TUNELOOP_HOME": str(home), **env})
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"TUNELOOP_HOME": str(home), **env}.items():
+            patch.setenv(key, value)
         settings = Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     store = Store.open(settings.database)
     try:
         yield store, settings
