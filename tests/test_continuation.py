@@ -218,15 +218,14 @@ def ords(rows, replies):
 '''
 
 
-def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
+def _best_of_home(
     tmp_path: Path,
     tiny_model_dir: Path,
     tiny_adapters: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    from app.config import Settings
-    from feedback.store import Store
+) -> Path:
+    """A home serving tiny adapter v1 that samples differing 8-token replies, a domain of
+    one system prompt, and the SCORER file (returned)."""
     from tests.tiny import tiny_registry
 
     domain = tmp_path / "domain"
@@ -237,11 +236,25 @@ def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
     monkeypatch.setenv("TUNELOOP_DATA_DIR", str(domain))
     monkeypatch.setenv("TUNELOOP_MAX_NEW_TOKENS", "8")
     monkeypatch.setenv("TUNELOOP_TEMPERATURE", "1.5")  # samples that differ
-    monkeypatch.setenv("TUNELOOP_EVAL_SCORER", f"{scorer}:ords")  # the configured scorer
     registry = tiny_registry(
         monkeypatch, tmp_path / "home", tiny_model_dir, tiny_adapters, max_new_tokens=8
     )
     registry.set_current("v1")
+    return scorer
+
+
+def test_pairs_generate_best_of_queues_the_best_and_worst_sample_and_skips_ties(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_adapters: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from app.config import Settings
+    from feedback.store import Store
+
+    scorer = _best_of_home(tmp_path, tiny_model_dir, tiny_adapters, monkeypatch)
+    monkeypatch.setenv("TUNELOOP_EVAL_SCORER", f"{scorer}:ords")  # the configured scorer
     prompts = tmp_path / "prompts.jsonl"
     rows = [
         {"prompt": f"How do I care for {t}?"} for t in ("tomatoes", "bread", "soup", "a spider")
@@ -331,17 +344,9 @@ def test_best_of_pairs_sent_to_the_round_train_as_a_source_of_their_own(
 ) -> None:
     from app.config import Settings
     from feedback.store import Store
-    from tests.tiny import tiny_registry
 
-    domain = tmp_path / "domain"
-    domain.mkdir()
-    (domain / "system_prompt.md").write_text("You help with gardens and kitchens.\n")
-    scorer = tmp_path / "scorer.py"
-    scorer.write_text(SCORER)
+    scorer = _best_of_home(tmp_path, tiny_model_dir, tiny_adapters, monkeypatch)
     for key, value in {
-        "TUNELOOP_DATA_DIR": str(domain),
-        "TUNELOOP_MAX_NEW_TOKENS": "8",
-        "TUNELOOP_TEMPERATURE": "1.5",
         "TUNELOOP_TRACKER": "none",
         "TUNELOOP_EVAL_GENERATE": "false",
         "TUNELOOP_HELDOUT_MIN_ITEMS": "0",
@@ -350,10 +355,6 @@ def test_best_of_pairs_sent_to_the_round_train_as_a_source_of_their_own(
         "TUNELOOP_TRAIN_SAVE_STEPS": "100",
     }.items():
         monkeypatch.setenv(key, value)
-    registry = tiny_registry(
-        monkeypatch, tmp_path / "home", tiny_model_dir, tiny_adapters, max_new_tokens=8
-    )
-    registry.set_current("v1")
     settings = Settings()
     store = Store.open(settings.database)
     add_topic_rows(store)
