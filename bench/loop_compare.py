@@ -73,6 +73,7 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any]) -> dict[str, An
                 row[stage] = [sb["correct"], sc["correct"]]
         per_pair.append(row)
     domains = sorted(shipped)
+    minutes = [[p["round_minutes"][k] for p in per_pair if p["round_minutes"][k]] for k in (0, 1)]
     return {
         "final": bool(cand_fig["final"]),
         "pairs": per_pair,
@@ -81,6 +82,7 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any]) -> dict[str, An
         "stages": {s: {"suite": mean_gain(v), "per_domain": {d: mean_gain({d: v[d]})
                                                             for d in sorted(v)}}
                    for s, v in stages.items() if v},
+        "mean_round_minutes": [sum(m) / len(m) if m else None for m in minutes],
         "env": [baseline["settings"].get("env", {}), candidate["settings"].get("env", {})],
         "commits": [baseline.get("commit"), candidate.get("commit")],
     }  # fmt: skip
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                                 for d, g in result["shipped"]["per_domain"].items()))  # fmt: skip
     for stage, figs in result["stages"].items():
         print(f"  {stage} stage: {fmt_gain(figs['suite'])}")
+    if None not in result["mean_round_minutes"]:
+        base_min, cand_min = result["mean_round_minutes"]
+        print(f"mean round minutes: baseline {base_min:.1f}, candidate {cand_min:.1f}")
     write_result("bench.loop_compare", {"files": [args.baseline.name, args.candidate.name],
                                         **result}, name="loop_compare")  # fmt: skip
 

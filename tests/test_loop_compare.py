@@ -21,8 +21,8 @@ def run_file(final: bool, hits: dict[tuple[str, int], list[int]], stage: str = "
         share = sum(h) / len(h)
         stages = {stage: {"correct": share, "hits": h}}
         runs.append({"domain": domain, "seed": seed, "runs": [{
-            "variant": "full", "round": 1, "stage": stage, "hits": h,
-            "heldout": {"correct": share}, "stages": stages}]})  # fmt: skip
+            "variant": "full", "round": 1, "stage": stage, "hits": h, "stages": stages,
+            "heldout": {"correct": share}, "round_minutes": 2.0 + seed}]})  # fmt: skip
     return {"benchmark": "bench.loop_quality", "commit": "c", "settings": {"env": {}},
             "figures": {"final": final, "runs": runs}}  # fmt: skip
 
@@ -39,6 +39,7 @@ def test_gain_is_paired_per_item_and_each_domain_weighs_the_same() -> None:
     assert out["shipped"]["suite"]["domains"] == 2  # c: in one file only, not paired
     assert out["stages"]["sft"]["suite"]["diff"] == pytest.approx((0.25 - 0.5) / 2)
     assert [(p["domain"], p["seed"]) for p in out["pairs"]] == [("a", 0), ("a", 1), ("b", 0)]
+    assert out["mean_round_minutes"] == pytest.approx([(2 + 3 + 2) / 3] * 2)
 
 
 def test_runs_of_different_kinds_or_items_are_refused(tmp_path: Path) -> None:

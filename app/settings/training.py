@@ -18,8 +18,10 @@ class TrainingSettings(BaseSettings):
     # Core: one round's hyperparameters (defaults work for the embedded SmolLM2 on CPU).
     sft_epochs: float = Field(default=2.0, gt=0.0, le=100.0, description="SFT epochs per round.")
     # Small data gets more passes: with few rows `sft_epochs` is only a handful of steps.
+    # 100 against off, one round on each development domain under three seeds, paired by
+    # seed: bench/results/loop_compare-*.json and docs/training-rounds.md#sft-steps-by-measurement
     sft_min_steps: int = Field(
-        default=0,
+        default=100,
         ge=0,
         description=(
             "> 0: SFT runs at least this many steps where `TUNELOOP_SFT_EPOCHS` would take "
