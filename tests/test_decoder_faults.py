@@ -73,6 +73,14 @@ def test_every_signed_64_bit_seed_samples(make_engine, seed: int) -> None:
     assert engine.generate(ASK, params).text == engine.generate(ASK, params).text
 
 
+@pytest.mark.parametrize("temperature", [1.1754943508222875e-38, 1e-9])
+def test_a_vanishing_temperature_answers_as_greedy(make_engine, temperature: float) -> None:
+    # found by the API fuzz test: scores divided by 1e-38 overflowed to NaN probabilities
+    engine = make_engine()
+    tiny = engine.generate(ASK, SamplingParams(max_new_tokens=6, temperature=temperature))
+    assert tiny.text == engine.generate(ASK, SamplingParams(max_new_tokens=6, temperature=0)).text
+
+
 def test_a_fault_outside_any_row_restarts_the_loop_and_is_counted(make_engine) -> None:
     engine = make_engine()
     batcher = engine._batcher

@@ -19,6 +19,8 @@ from typing import Any
 
 from app.serving.json_answer import json_answer_over
 
+GREEDY_BELOW = 1e-4  # a temperature under this decodes greedily
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -48,7 +50,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # scores divided by a temperature this small overflow to inf (NaN probabilities),
+        # and any sample from them would be the top token anyway
+        return self.temperature < GREEDY_BELOW
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for storage next to the reply (stop and seed only when set)."""
