@@ -19,7 +19,7 @@ class TrainingSettings(BaseSettings):
     sft_epochs: float = Field(default=2.0, gt=0.0, le=100.0, description="SFT epochs per round.")
     # Small data gets more passes: with few rows `sft_epochs` is only a handful of steps.
     # 100 against off, one round on each development domain under three seeds, paired by
-    # seed: bench/results/loop_compare-*.json and docs/training-rounds.md#sft-steps-by-measurement
+    # seed: bench/results/loop_compare-20261207T140557Z.json, docs/training-rounds.md
     sft_min_steps: int = Field(
         default=100,
         ge=0,
