@@ -71,3 +71,12 @@ class SimulatedExpert:
     def correction(self, item: dict[str, Any], rng: random.Random) -> str:
         """The answer the expert wanted, in one of its wordings."""
         return str(rng.choice(self.expert.corrections(item)))
+
+    def edit_of(self, reply: str, item: dict[str, Any], rng: random.Random) -> str | None:
+        """The answer the expert wanted as an edit of `reply`: one of its wordings that is not
+        the reply word for word, or None when every one is. A mistaken 👎 can land on a reply
+        that already says the answer as the expert would write it, and then an edit has
+        nothing to change (the chat page refuses to save it)."""
+        wordings = [str(w) for w in self.expert.corrections(item)]
+        fresh = [w for w in wordings if w.strip() != reply.strip()]
+        return rng.choice(fresh) if fresh else None

@@ -113,10 +113,12 @@ def baseline(domain: Domain, args: Any, model_dir: Path, root: Path) -> tuple[li
 def run_variant(domain: Domain, variant: str, args: Any, model_dir: Path, root: Path,
                 test: list[dict], base_hits: list[int], cache: dict, *, seed: int,
                 name: str | None = None, rounds: int | None = None, sabotage: bool = False,
-                env: dict[str, str] | None = None) -> list[dict]:  # fmt: skip
+                env: dict[str, str] | None = None, first_round: int = 1) -> list[dict]:  # fmt: skip
     """`args.rounds` rounds in a row of one variant; a report per round. The sabotage check
     names its runs (`name`), runs one round each with its own `seed`, flips the expert's
-    labels (`sabotage`) and brings its own settings (`env`)."""
+    labels (`sabotage`) and brings its own settings (`env`); a run that goes on in a home
+    an earlier run left (its store, its registry) starts at `first_round`, so that its
+    prompts are new ones."""
     import torch
 
     from feedback.store import Store
@@ -132,11 +134,13 @@ def run_variant(domain: Domain, variant: str, args: Any, model_dir: Path, root: 
     expert = SimulatedExpert(domain.expert, mistakes=0.0 if sabotage else args.expert_mistakes,
                              seed=seed)  # fmt: skip
     store = Store.open(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
-    user = store.add_user(name="sim-expert", role="expert", password="not-used-" + "x" * 8)
+    user = store.get_user("sim-expert") or store.add_user(
+        name="sim-expert", role="expert", password="not-used-" + "x" * 8
+    )
     registry = Registry(home / "adapters")
     env = env or round_env(domain, args, root)
     reports = []
-    for rnd in range(1, (rounds or args.rounds) + 1):
+    for rnd in range(first_round, first_round + (rounds or args.rounds)):
         t0 = time.perf_counter()
         items = pool[(rnd - 1) * args.prompts_per_round : rnd * args.prompts_per_round]
         serving = registry.current()
@@ -201,6 +205,7 @@ def run_variant(domain: Domain, variant: str, args: Any, model_dir: Path, root: 
         print_gate(gate)
         print(f"  test-set correct {fmt_share(report['heldout'])}; stages "
               + ", ".join(f"{s} {fmt_share(v)}" for s, v in stages.items()))  # fmt: skip
+    store.engine.dispose()  # the database whole in its file: a later run may copy this home
     return reports
 
 

@@ -72,8 +72,7 @@ def record_feedback(
             store.decide_comparison(comparison_id=comparison, user_id=user_id, choice=choice)
             tally["ties" if choice == "tie" else "compare_picks"] += 1
         elif kind == "correction" and sabotage:  # the mirror of a correction
-            if not judged.right:
-                text = expert.correction(item, rng)
+            if not judged.right and (text := expert.edit_of(reply, item, rng)) is not None:
                 flipped.append(NewPreference(prompt=prompt, chosen=reply, rejected=text))
                 tally["corrections"] += 1
             else:
@@ -83,13 +82,17 @@ def record_feedback(
             store.rate(response_id=reply_id, user_id=user_id, up=True)
             tally["thumbs_up"] += 1
         elif kind == "correction":
-            text = expert.correction(item, rng)
+            edit = expert.edit_of(reply, item, rng)
             if variant == "sft":  # an SFT row, and no edit pair
-                imported.append(NewExample(messages=[*prompt, {"role": "assistant",
-                                                               "content": text}]))  # fmt: skip
-            else:
-                store.correct(response_id=reply_id, user_id=user_id, content=text)
-            tally["corrections"] += 1
+                answer = {"role": "assistant", "content": edit or reply}
+                imported.append(NewExample(messages=[*prompt, answer]))
+                tally["corrections"] += 1
+            elif edit is not None:
+                store.correct(response_id=reply_id, user_id=user_id, content=edit)
+                tally["corrections"] += 1
+            else:  # the reply is already the answer, word for word: the mistake becomes a 👎
+                store.rate(response_id=reply_id, user_id=user_id, up=False, reason=wrong or "wrong")
+                tally["thumbs_down"] += 1
         elif kind == "thumbs" and variant != "sft":
             store.rate(response_id=reply_id, user_id=user_id, up=False, reason=wrong or "wrong")
             tally["thumbs_down"] += 1

@@ -25,7 +25,8 @@ points.
     .venv/bin/python -m bench.loop_quality --final              # the test domains' report
     .venv/bin/python -m bench.loop_quality --final --variants none --sabotage-runs 5
                                          # the gate's check on every test domain (production
-                                         # settings: seed examples kept, KTO on)
+                                         # settings: seed examples kept, KTO on; each flipped
+                                         # round goes on from the honest round's version)
     .venv/bin/python -m bench.loop_quality --smoke --model DIR  # every code path, tiny sizes
 
 `--house` runs the sabotage check on the house-style demo (`data/`, `bench/loop_house.py`).
@@ -124,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the gate's check on each domain: an honest round and N rounds on flipped labels "
         "(one seed each); none of the N may be promoted",
     )
+    add("--sabotage-from", choices=("tuned", "base"), default=None, help="where the sabotaged "
+        "rounds start: the version the honest round promoted, with its store (tuned: the "
+        "default) or the bare base (the default with --sabotage-easy)")  # fmt: skip
     add("--sabotage-easy", action="store_true", help="the sabotage check under its first, "
         "easier settings (no seed examples, no KTO, an eval objective added)")  # fmt: skip
     add("--house", action="store_true", help="the house-style demo's honest round and its "
@@ -161,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.seeds:
         parser.error("--seeds names no seed")
     args.seed = args.seeds[0]  # the house-style demo's one seed
+    if args.sabotage_from == "tuned" and args.sabotage_easy:
+        parser.error("--sabotage-easy is the check as first measured, from the base: drop "
+                     "--sabotage-from tuned")  # fmt: skip
     if args.sabotage_easy and args.no_gate_eval_set:
         parser.error("--sabotage-easy gates on the domain's eval set: drop --no-gate-eval-set")
     if not 0.0 <= args.expert_mistakes <= 1.0:

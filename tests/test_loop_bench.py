@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.domains import load_domain
 from bench.experts import SimulatedExpert
 from bench.loop_feedback import feedback_kinds
@@ -72,6 +74,42 @@ def test_corrections_vary_and_always_check_out() -> None:
     assert len(texts) >= 4
     assert all(checker([ITEM], [t])["correct"] == 1.0 for t in texts)
     assert all(expert_verdict(t, ITEM) == "" for t in texts)
+
+
+def test_an_edit_is_never_the_reply_itself(tmp_path: Path) -> None:
+    """A mistaken 👎 can land on a reply that is already the answer as the expert writes it:
+    the edit takes another wording, and where there is none the mistake is stored as a 👎
+    (the chat page refuses an edit that changes nothing, and the round must go on)."""
+    import random
+    from types import SimpleNamespace
+
+    from bench.experts import Judgement
+    from bench.loop_feedback import record_feedback
+    from feedback.store import Store
+
+    answer = "category: shipping\norder: 416183"
+    wordings = [answer, "shipping, 416183"]
+    two = SimulatedExpert(
+        SimpleNamespace(verdict=expert_verdict, corrections=lambda item: wordings)
+    )
+    rng = random.Random(0)
+    assert {two.edit_of(answer, ITEM, rng) for _ in range(20)} == {"shipping, 416183"}
+    one = SimulatedExpert(
+        SimpleNamespace(verdict=expert_verdict, corrections=lambda item: [answer])
+    )
+    assert one.edit_of(answer + "\n", ITEM, rng) is None
+
+    store = Store.open(f"sqlite:///{tmp_path / 'tuneloop.db'}")
+    user = store.add_user(name="sim-expert", role="expert", password="not-used-xxxxxxxx")
+    n = 20
+    mistaken = [Judgement(right=False, reason="wrong answer", mistaken=True)] * n
+    tally = record_feedback(store, user.id, [ITEM] * n, [answer] * n,
+                            {i: "no idea" for i in range(n)}, "You triage.", expert=one,
+                            judgements=mistaken, variant="full", adapter=None, seed=3)  # fmt: skip
+    compares = tally["compare_picks"] + tally["ties"]
+    assert tally["corrections"] == 0 and compares and tally["thumbs_down"] == n - compares
+    counts = store.counts()
+    assert (counts["corrections"], counts["ratings_down"]) == (0, tally["thumbs_down"])
 
 
 def test_feedback_mix_is_mostly_thumbs() -> None:
@@ -151,3 +189,67 @@ def test_smoke_run_on_the_multi_turn_domain(tiny_model_dir: Path, tmp_path: Path
         turns = row["messages"] if "messages" in row else row["prompt"]
         roles = [t["role"] for t in turns if t["role"] != "system"]
         assert roles[:3] == ["user", "assistant", "user"], roles
+
+
+def test_sabotaged_rounds_go_on_from_the_honest_round(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Under the production settings each sabotaged round starts where the honest round left
+    the loop: a copy of its home (its store, its registry and the version it promoted), new
+    prompts (round 2's), every label flipped; the summary measures it against that start."""
+    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator"),
+           "TUNELOOP_BENCH_RESULTS": str(tmp_path / "results")}  # fmt: skip
+    command = [sys.executable, "-m", "bench.loop_quality", "--smoke", "--model",
+               str(tiny_model_dir), "--home", str(tmp_path / "loop"), "--variants", "none",
+               "--sabotage-runs", "1", "--domain", "tickets"]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "loop" / "tickets" / "sabotage"
+    summary = json.loads((root / "sabotage.json").read_text())
+    assert summary["settings"] == "production" and summary["sabotage_from"] == "tuned"
+    honest, sabotaged = summary["runs"]
+    assert (honest["variant"], honest["round"]) == ("honest", 1)
+    assert (sabotaged["variant"], sabotaged["round"]) == ("sabotage-1", 2)
+    assert summary["start_version"] == honest["serving_after"]
+    assert summary["start_hits"] == honest["hits"]  # the start is the honest round's version
+    assert sabotaged["gain_over_start"]["low"] <= sabotaged["gain_over_start"]["diff"]
+    assert summary["sabotage_runs"] == 1
+    assert summary["sabotage_promoted"] == int(sabotaged["status"] == "promoted")
+    from feedback.store import Store
+
+    def responses(home: str) -> list[str]:
+        store = Store.open(f"sqlite:///{root / home / 'tuneloop.db'}")
+        user = store.get_user("sim-expert")
+        assert user is not None
+        chats = store.list_conversations(user_id=user.id)
+        texts = [m.content for c in chats
+                 for m in store.conversation_messages(conversation_id=c.id, user_id=user.id)
+                 if m.role == "user"]  # fmt: skip
+        store.engine.dispose()
+        return texts
+
+    before, after = responses("honest"), responses("sabotage-1")
+    assert len(before) == 6 and set(before) <= set(after)  # the honest round's feedback kept
+    assert len(after) == 12 and len(set(after) - set(before)) == 6  # and 6 new prompts
+    (result,) = (tmp_path / "results").glob("loop_quality-dev-*.json")
+    saved = json.loads(result.read_text())
+    assert saved["figures"]["sabotage"][0]["sabotage_from"] == "tuned"
+
+    # Going on from an honest round needs its home: without one the check says so.
+    proc = subprocess.run([*command[:7], str(tmp_path / "elsewhere"), *command[8:],
+                           "--skip-honest"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert "honest round's home" in proc.stderr + proc.stdout
+
+
+def test_sabotage_starts_from_the_tuned_version_unless_easy() -> None:
+    from bench.loop_quality import parse_args
+    from bench.loop_sabotage import sabotage_start
+
+    assert sabotage_start(parse_args(["--sabotage-runs", "1"])) == "tuned"
+    assert sabotage_start(parse_args(["--sabotage-runs", "1", "--sabotage-easy"])) == "base"
+    assert sabotage_start(parse_args(["--sabotage-runs", "1", "--sabotage-from", "base"])) == (
+        "base"
+    )
+    with pytest.raises(SystemExit):  # the easy check was measured from the base only
+        parse_args(["--sabotage-runs", "1", "--sabotage-easy", "--sabotage-from", "tuned"])
