@@ -68,10 +68,6 @@ class SimulatedExpert:
                 out.append(Judgement(right=not reading, reason=reading, mistaken=False))
         return out
 
-    def correction(self, item: dict[str, Any], rng: random.Random) -> str:
-        """The answer the expert wanted, in one of its wordings."""
-        return str(rng.choice(self.expert.corrections(item)))
-
     def edit_of(self, reply: str, item: dict[str, Any], rng: random.Random) -> str | None:
         """The answer the expert wanted as an edit of `reply`: one of its wordings that is not
         the reply word for word, or None when every one is. A mistaken 👎 can land on a reply

@@ -99,8 +99,9 @@ def run_sabotage(domain: Domain, args: Any, model_dir: Path, root: Path) -> dict
                 "has none: run the honest round (drop --skip-honest) or pass the --home of "
                 "the run that made it"
             )
-        version = Registry(honest_home / "adapters").current()
-        adapter = Registry(honest_home / "adapters").verify(version) if version else None
+        registry = Registry(honest_home / "adapters")
+        version = registry.current()
+        adapter = registry.verify(version) if version else None
         start_hits = correctness(domain, model_dir, adapter, test, args.eval_tokens, cache)
         summary["start_version"] = version
         summary["start"], summary["start_hits"] = share(start_hits), start_hits

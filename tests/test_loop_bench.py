@@ -70,7 +70,7 @@ def test_corrections_vary_and_always_check_out() -> None:
     checker = load_scorer(f"{DOMAIN / 'scorer.py'}:triage")
     rng = random.Random(0)
     expert = SimulatedExpert(TICKETS.expert)
-    texts = {expert.correction(ITEM, rng) for _ in range(50)}
+    texts = {expert.edit_of("I could not read that.", ITEM, rng) for _ in range(50)}
     assert len(texts) >= 4
     assert all(checker([ITEM], [t])["correct"] == 1.0 for t in texts)
     assert all(expert_verdict(t, ITEM) == "" for t in texts)
