@@ -11,6 +11,11 @@ its labels (`mistakes`, 10% by default). For a batch of n labels exactly round(n
 wrong, which ones drawn with the expert's seed, so a run is repeatable and the share is
 what was asked for. A wrong label inverts the expert's reading of the reply it judges: a 👍
 for a wrong reply, a 👎 or a correction for a right one, the other reply of a compare.
+
+With `names_answer`, an honest 👎's reason names the answer in one of the expert's wordings
+("the answer is …") instead of saying what is wrong, as some people write their reasons;
+the round reads such a reason as a correction (`feedback.reasons`). The wording is drawn
+apart from the labels, so the same seed gives the same labels either way.
 """
 
 from __future__ import annotations
@@ -38,10 +43,18 @@ class SimulatedExpert:
     """A domain's expert (`expert` is its `expert.py` module), wrong on `mistakes` of its
     labels, drawn with `seed`."""
 
-    def __init__(self, expert: Any, *, mistakes: float = DEFAULT_MISTAKES, seed: int = 0):
+    def __init__(
+        self,
+        expert: Any,
+        *,
+        mistakes: float = DEFAULT_MISTAKES,
+        seed: int = 0,
+        names_answer: bool = False,
+    ):
         if not 0.0 <= mistakes <= 1.0:
             raise ValueError(f"the expert's mistake share must be in [0, 1], not {mistakes}")
         self.expert, self.mistakes, self.seed = expert, mistakes, seed
+        self.names_answer = names_answer
 
     def honest(self, reply: str, item: dict[str, Any]) -> str:
         """The expert's own reading: '' when the reply is right, else what is wrong."""
@@ -58,6 +71,7 @@ class SimulatedExpert:
         """A label per reply; `batch` numbers the call (a round) so each has its own draw."""
         wrong_labels = self.mistaken(len(replies), batch)
         rng = random.Random(f"{self.seed}:{batch}:reasons")
+        wording = random.Random(f"{self.seed}:{batch}:named")
         out = []
         for i, (reply, item) in enumerate(zip(replies, items, strict=True)):
             reading = self.honest(reply, item)
@@ -65,6 +79,8 @@ class SimulatedExpert:
                 reason = "" if reading else rng.choice(MISTAKEN_REASONS)
                 out.append(Judgement(right=bool(reading), reason=reason, mistaken=True))
             else:
+                if reading and self.names_answer:
+                    reading = f"the answer is {wording.choice(self.expert.corrections(item))}"
                 out.append(Judgement(right=not reading, reason=reading, mistaken=False))
         return out
 

@@ -132,7 +132,7 @@ def run_variant(domain: Domain, variant: str, args: Any, model_dir: Path, root: 
     pool = read_jsonl(domain.pool)
     # a saboteur flips every label, so its own reading stays honest underneath
     expert = SimulatedExpert(domain.expert, mistakes=0.0 if sabotage else args.expert_mistakes,
-                             seed=seed)  # fmt: skip
+                             seed=seed, names_answer=args.expert_reasons == "answer")  # fmt: skip
     store = Store.open(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
     user = store.get_user("sim-expert") or store.add_user(
         name="sim-expert", role="expert", password="not-used-" + "x" * 8

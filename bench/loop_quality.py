@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(the expert's labels and mistakes, the sampling, the trainer)")  # fmt: skip
     add("--expert-mistakes", type=float, default=DEFAULT_MISTAKES, help="share of the "
         "simulated expert's labels that are wrong (exactly, per round)")  # fmt: skip
+    add("--expert-reasons", choices=("own", "answer"), default="own", help="what an honest 👎's "
+        "reason says: what is wrong (own: the domain expert's reading) or the answer "
+        "(answer: 'the answer is …' in one of the expert's wordings)")  # fmt: skip
     add("--train-args", default="", help="extra `tuneloop train` arguments")
     add("--gate-margins", default=None, help="TUNELOOP_GATE_MARGINS for every round")
     add("--no-gate-eval-set", action="store_true", help="name no eval set to the gate, as a new "

@@ -237,3 +237,23 @@ def test_rounds_gate_on_the_domain_eval_set_unless_told_not_to(tmp_path: Path) -
     env = round_env(args.domains[0], args, tmp_path)
     assert "TUNELOOP_GATE_EVAL_SETS" not in env and "TUNELOOP_EVAL_SCORER" not in env
     assert env["TUNELOOP_DATA_DIR"].endswith("domains/bookings")
+
+
+def test_an_expert_that_names_the_answer_gives_the_same_labels() -> None:
+    """With `names_answer`, an honest 👎's reason is the answer in the expert's wording, which
+    the round reads as a correction; which labels are wrong stays what the seed drew."""
+    from feedback.reasons import named_answer
+
+    domain = load_domain("appointments")
+    items = rows(domain.gate)[:60]
+    wrong = ["doctor: Nobody\nday: Sunday\ntime: 03:00"] * len(items)
+    own = SimulatedExpert(domain.expert, seed=3).judge(wrong, items, batch=1)
+    naming = SimulatedExpert(domain.expert, seed=3, names_answer=True).judge(wrong, items, batch=1)
+    assert [(j.right, j.mistaken) for j in naming] == [(j.right, j.mistaken) for j in own]
+    honest = [(j, item) for j, item in zip(naming, items, strict=True) if not j.mistaken]
+    assert honest and all(not j.right for j, _ in honest)
+    for j, item in honest:
+        answer = named_answer(j.reason)
+        assert answer in domain.expert.corrections(item)
+        assert domain.expert.verdict(answer, item) == ""
+    assert all(named_answer(j.reason) is None for j in own)
