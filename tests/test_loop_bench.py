@@ -167,12 +167,15 @@ def test_smoke_run_goes_through_real_rounds(tiny_model_dir: Path, tmp_path: Path
 
 def test_smoke_run_on_the_multi_turn_domain(tiny_model_dir: Path, tmp_path: Path) -> None:
     """One round on appointments, whose items are earlier turns, not a prompt: the store
-    keeps the turns, the round trains on them and its gate scores the domain's eval set."""
-    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator")}
+    keeps the turns, the round trains on them and its gate scores the domain's eval set.
+    Its expert names the answer in each honest 👎 (`--expert-reasons answer`), and those
+    reasons reach the round as rows of their own."""
+    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path / "operator"),
+           "TUNELOOP_BENCH_RESULTS": str(tmp_path / "results")}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "bench.loop_quality", "--smoke", "--model", str(tiny_model_dir),
          "--home", str(tmp_path / "loop"), "--variants", "full", "--rounds", "1",
-         "--domain", "appointments"],
+         "--domain", "appointments", "--expert-reasons", "answer"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -189,6 +192,12 @@ def test_smoke_run_on_the_multi_turn_domain(tiny_model_dir: Path, tmp_path: Path
         turns = row["messages"] if "messages" in row else row["prompt"]
         roles = [t["role"] for t in turns if t["role"] != "system"]
         assert roles[:3] == ["user", "assistant", "user"], roles
+    # the tiny model's replies are all wrong, so the honest 👎s name answers and become SFT
+    # rows and pairs of their own (the expert's own reasons name none: tests/test_domains.py)
+    assert "reason" in store.sft_row_sources().values()
+    assert "reason" in store.dpo_row_sources().values()
+    (result,) = (tmp_path / "results").glob("loop_quality-dev-*.json")
+    assert json.loads(result.read_text())["settings"]["expert_reasons"] == "answer"
 
 
 def test_sabotaged_rounds_go_on_from_the_honest_round(tiny_model_dir: Path, tmp_path: Path) -> None:
