@@ -19,7 +19,8 @@ class TrainingSettings(BaseSettings):
     sft_epochs: float = Field(default=2.0, gt=0.0, le=100.0, description="SFT epochs per round.")
     # Small data gets more passes: with few rows `sft_epochs` is only a handful of steps.
     # 100 against off, one round on each development domain under three seeds, paired by
-    # seed: bench/results/loop_compare-20261207T140557Z.json, docs/training-rounds.md
+    # seed: bench/results/loop_compare-20261207T140557Z.json; 150 was no better and slower:
+    # loop_compare-20261208T015606Z.json (docs/training-rounds.md, "SFT steps")
     sft_min_steps: int = Field(
         default=100,
         ge=0,
